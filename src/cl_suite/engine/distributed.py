@@ -1,0 +1,90 @@
+"""Process-group helpers. Everything is a no-op in a single process, so the loop has one code path.
+
+Launch with ``torchrun``: it sets RANK/WORLD_SIZE/LOCAL_RANK, which ``init_distributed`` reads.
+"""
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def get_rank() -> int:
+    return dist.get_rank() if is_distributed() else 0
+
+
+def get_world_size() -> int:
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def is_main_process() -> bool:
+    return get_rank() == 0
+
+
+def init_distributed(device_type: str, timeout_s: int = 600) -> bool:
+    """Join the process group torchrun prepared; return whether this run is distributed.
+
+    nccl on GPUs, gloo on CPUs (nccl has no CPU path). The backend is always passed explicitly:
+    without it torch builds a multi-backend group whose behaviour differs between versions.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or is_distributed():
+        return is_distributed()
+    backend = "nccl" if device_type == "cuda" else "gloo"
+    if device_type == "cuda":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s))
+    return True
+
+
+def cleanup_distributed() -> None:
+    if is_distributed():
+        dist.destroy_process_group()
+
+
+def barrier() -> None:
+    if is_distributed():
+        dist.barrier()
+
+
+class _GatherWithGrad(torch.autograd.Function):
+    """all_gather whose backward sums every rank's gradient for this rank's slice.
+
+    ``dist.all_gather`` is not differentiable, and the common "put my live tensor back in my slot"
+    trick drops the gradient other ranks' losses send to my samples (they are their negatives).
+    Summing over ranks in backward, with DDP averaging parameter gradients, gives exactly the
+    gradient of the global-batch loss.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, x.contiguous())
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        n = grad.shape[0] // dist.get_world_size()
+        return grad[get_rank() * n:(get_rank() + 1) * n]
+
+
+def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
+    """Concatenate ``x`` from every rank in rank order (rank 0 first), keeping gradients."""
+    return _GatherWithGrad.apply(x) if get_world_size() > 1 else x
+
+
+@torch.no_grad()
+def gather_no_grad(x: torch.Tensor) -> torch.Tensor:
+    """Concatenate ``x`` (same shape on every rank) from every rank, without gradients."""
+    if get_world_size() == 1:
+        return x
+    parts = [torch.empty_like(x) for _ in range(get_world_size())]
+    dist.all_gather(parts, x.contiguous())
+    return torch.cat(parts)

@@ -1,0 +1,84 @@
+"""Optimizers: parameter groups, LARS, and the linear learning-rate scaling rule."""
+from __future__ import annotations
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+# Keys of an optimizer config that configure the suite, not the optimizer's constructor.
+SUITE_KEYS = ("name", "batch_size_reference", "exclude_bias_and_norm")
+
+
+class LARS(torch.optim.Optimizer):
+    """SGD with momentum and layer-wise adaptive rate scaling (You, Gitman, Ginsburg 2017).
+
+    For each parameter with ``lars_adaptation`` on, the update is scaled by the trust ratio
+    ``eta * ||w|| / (||g|| + wd * ||w||)`` (1 where either norm is zero). As in SimCLR and BYOL,
+    biases and normalisation parameters are usually excluded from both weight decay and the
+    adaptation: ``build_optimizer`` puts them in a group with ``lars_adaptation=False``.
+    """
+
+    def __init__(self, params, lr: float, momentum: float = 0.9, weight_decay: float = 0.0, eta: float = 0.02,
+                 lars_adaptation: bool = True):
+        if lr <= 0 or not 0 <= momentum < 1 or weight_decay < 0 or eta <= 0:
+            raise ValueError(f"LARS: need lr > 0, 0 <= momentum < 1, weight_decay >= 0, eta > 0; got "
+                             f"lr={lr}, momentum={momentum}, weight_decay={weight_decay}, eta={eta}")
+        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, eta=eta,
+                                      lars_adaptation=lars_adaptation))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                d_p = p.grad
+                if group["weight_decay"] != 0:
+                    d_p = d_p.add(p, alpha=group["weight_decay"])
+                if group["lars_adaptation"]:
+                    w_norm, g_norm = torch.linalg.vector_norm(p), torch.linalg.vector_norm(d_p)
+                    trust = torch.where((w_norm > 0) & (g_norm > 0), group["eta"] * w_norm / g_norm,
+                                        torch.ones_like(w_norm))
+                    d_p = d_p.mul(trust)
+                state = self.state[p]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = d_p.clone()
+                else:
+                    state["momentum_buffer"].mul_(group["momentum"]).add_(d_p)
+                p.add_(state["momentum_buffer"], alpha=-group["lr"])
+        return loss
+
+
+def _is_bias_or_norm(name: str, param: torch.Tensor) -> bool:
+    # Biases and the affine parameters of BN/LayerNorm/GroupNorm are the 1-d tensors.
+    return param.ndim <= 1
+
+
+def parameter_groups(model: nn.Module, weight_decay: float, exclude_bias_and_norm: bool) -> list[dict]:
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        (no_decay if exclude_bias_and_norm and _is_bias_or_norm(name, param) else decay).append(param)
+    groups = [{"params": decay, "weight_decay": weight_decay}]
+    if no_decay:
+        # lars_adaptation is read by LARS only; other optimizers keep it as an inert group key.
+        groups.append({"params": no_decay, "weight_decay": 0.0, "lars_adaptation": False})
+    return groups
+
+
+def scaled_lr(cfg: DictConfig, global_batch_size: int) -> float:
+    """``lr`` is given for ``batch_size_reference`` images; scale it linearly (Goyal et al. 2017)."""
+    ref = cfg.get("batch_size_reference")
+    return float(cfg.lr) * (global_batch_size / ref if ref else 1.0)
+
+
+def build_optimizer(cfg: DictConfig, model: nn.Module, global_batch_size: int) -> torch.optim.Optimizer:
+    ctor = OmegaConf.masked_copy(cfg, [k for k in cfg if k not in SUITE_KEYS])
+    groups = parameter_groups(model, float(cfg.get("weight_decay", 0.0)), bool(cfg.exclude_bias_and_norm))
+    return instantiate(ctor, params=groups, lr=scaled_lr(cfg, global_batch_size), _convert_="all")

@@ -1,0 +1,292 @@
+"""The pre-training loop: plain PyTorch, one file to read top to bottom.
+
+config -> dataset, augmentation, method(backbone, sampler), probe, optimizers -> for each step:
+augment on the device, forward under autocast, backward, step, schedule -> per epoch: metrics,
+periodic kNN monitor, checkpoint -> at the end: kNN and offline linear evaluation.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch.nn.parallel import DistributedDataParallel
+from torchmetrics.classification import MulticlassAccuracy
+from tqdm import tqdm
+
+from cl_suite.data.augment import TwoViewAugment
+from cl_suite.data.loader import TrainBatches
+from cl_suite.engine import checkpoint as ckpt
+from cl_suite.engine.build import build_augment_config, build_dataset, build_method
+from cl_suite.engine.distributed import (cleanup_distributed, get_rank, get_world_size, init_distributed,
+                                         is_main_process)
+from cl_suite.engine.evaluation import evaluate_encoder
+from cl_suite.engine.logger import NullLogger
+from cl_suite.engine.optim import build_optimizer
+from cl_suite.engine.pretrainer import Pretrainer
+from cl_suite.engine.probe import OnlineProbe
+from cl_suite.engine.validation import validate_train_config
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError(f"trainer.device={name!r} but CUDA is not available; use trainer.device=cpu or auto")
+        if get_world_size() > 1:  # torchrun: one GPU per process
+            device = torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def step_seed(seed: int, step: int, rank: int) -> int:
+    """Augmentation seed of one step: a function of (seed, step, rank) only, so a resumed run draws the
+    same views as the uninterrupted one without restoring any generator state."""
+    return (seed * 1_000_003 + step) * 1024 + rank
+
+
+def autocast(precision: str, device: torch.device):
+    dtype = PRECISIONS[precision]
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def rng_states() -> dict[str, Any]:
+    states = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Run one pre-training job described by ``cfg``; return the final metrics."""
+    validate_train_config(cfg)
+    device_type = "cuda" if cfg.trainer.device != "cpu" and torch.cuda.is_available() else "cpu"
+    with contextlib.ExitStack() as teardown:
+        # Callbacks run last-in first-out: wandb finishes before the process group goes away (an
+        # unfinished run hangs at exit, or is silently reused by the next job of a multirun).
+        init_distributed(device_type)
+        teardown.callback(cleanup_distributed)
+        trainer = Trainer(cfg, resolve_device(cfg.trainer.device))
+        teardown.callback(trainer.logger.finish)
+        return trainer.fit()
+
+
+class Trainer:
+    """Owns the objects of one run and the step counter; ``fit`` runs it to the end.
+
+    The position of a run is its global optimizer ``step`` alone: the epoch, the batch inside it, the
+    augmentation seed and the learning rate all derive from it, so a checkpoint taken at any step
+    continues exactly. ``trainer.max_steps`` stops a run early without changing its schedule (which
+    always spans ``trainer.epochs``): a smoke run, or the first half of a split run.
+    """
+
+    def __init__(self, cfg: DictConfig, device: torch.device):
+        self.cfg, self.device, t = cfg, device, cfg.trainer
+        self.run_dir = Path(cfg.paths.output_dir)
+        self.rank, self.world = get_rank(), get_world_size()
+        self.main = is_main_process()
+        seed_everything(cfg.seed)
+
+        self.data = build_dataset(cfg.dataset)
+        self.aug_cfg = build_augment_config(cfg.dataset)
+        self.augment = TwoViewAugment(self.aug_cfg)
+        self.batches = TrainBatches(self.data.pretrain, t.batch_size, device, cfg.seed, self.rank, self.world,
+                                    num_workers=t.num_workers, data_on_device=t.data_on_device)
+        self.steps_per_epoch = len(self.batches)
+        self.schedule_steps = t.epochs * self.steps_per_epoch
+        self.stop_step = self.schedule_steps if t.max_steps is None else min(self.schedule_steps, t.max_steps)
+
+        self.method = build_method(cfg).to(device)
+        self.probe = OnlineProbe(self.method.num_features, self.data.num_classes).to(device)
+        model = Pretrainer(self.method, self.probe)
+        if t.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        self.model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
+            if self.world > 1 else model
+        self.optimizer = build_optimizer(cfg.optimizer, self.method, t.batch_size)
+        self.probe_optimizer = torch.optim.AdamW(self.probe.parameters(), lr=cfg.probe.lr,
+                                                 weight_decay=cfg.probe.weight_decay)
+        self.scheduler = instantiate(cfg.scheduler, optimizer=self.optimizer, steps_per_epoch=self.steps_per_epoch,
+                                     total_steps=self.schedule_steps)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and t.precision == "fp16")
+        self.probe_accuracy = {k: MulticlassAccuracy(num_classes=self.data.num_classes,
+                                                     top_k=min(k, self.data.num_classes), average="micro",
+                                                     ignore_index=-1).to(device) for k in (1, 5)}
+
+        self.step = 0
+        self.history: dict[str, Any] = {"init": {}, "epochs": [], "final": {}}
+        wandb_id = self._restore(cfg.resume) if cfg.resume else None
+        self.logger = NullLogger()
+        if self.main:
+            self.logger = instantiate(cfg.logger, run_dir=str(self.run_dir), run_id=wandb_id,
+                                      run_config=OmegaConf.to_container(cfg, resolve=True),
+                                      _recursive_=False)  # the run config's _target_ nodes stay data
+
+    # ---- the run ----
+    def fit(self) -> dict[str, Any]:
+        t = self.cfg.trainer
+        if t.eval_at_init and self.step == 0:
+            self.history["init"] = self.evaluate(with_linear=True, with_probe=False)  # the probe is untrained
+            self.logger.log({f"init/{k}": v for k, v in self.history["init"].items()}, step=0)
+            self._print("at initialisation: " + _fmt(self.history["init"]))
+        while self.step < self.stop_step:
+            epoch = self.step // self.steps_per_epoch
+            record = self.train_epoch(epoch)
+            finished_epoch = self.step % self.steps_per_epoch == 0
+            last = self.step >= self.stop_step
+            if finished_epoch and not last and t.eval_every_epochs and (epoch + 1) % t.eval_every_epochs == 0:
+                record.update(self.evaluate(with_linear=False))
+            self.history["epochs"].append(record)
+            self.logger.log(record, step=self.step)
+            self._print(f"epoch {epoch + 1}/{t.epochs}: " + _fmt(record))
+            if not last and t.checkpoint_every_epochs and (epoch + 1) % t.checkpoint_every_epochs == 0:
+                self.save()
+
+        self.history["final"] = {**self.evaluate(with_linear=True), "step": self.step,
+                                 "epoch": self.step / self.steps_per_epoch}
+        self.save()
+        final = {f"final/{k}": v for k, v in self.history["final"].items()}
+        self.logger.log(final, step=self.step)
+        self.logger.log_summary(final)
+        self._print(_summary_table(self.history))
+        return self.history["final"]
+
+    def train_epoch(self, epoch: int) -> dict[str, Any]:
+        """Train from the current step to the end of ``epoch`` (or to ``stop_step``); return its record."""
+        t, device = self.cfg.trainer, self.device
+        self.model.train()
+        for metric in self.probe_accuracy.values():
+            metric.reset()
+        first = self.step - epoch * self.steps_per_epoch
+        n_steps = min(self.steps_per_epoch, self.stop_step - epoch * self.steps_per_epoch) - first
+        loss_sum, window_loss = torch.zeros((), device=device), torch.zeros((), device=device)
+        start = window_start = time.perf_counter()
+        window_steps = 0
+        bar = tqdm(total=n_steps, desc=f"epoch {epoch + 1}/{t.epochs}", disable=not (self.main and t.progress_bar),
+                   leave=False, dynamic_ncols=True)
+        generator = torch.Generator(device=device)
+        for batch in self.batches.epoch(epoch, start_step=first):
+            generator.manual_seed(step_seed(self.cfg.seed, self.step, self.rank))
+            out, probe_logits = self.train_step(batch, generator)
+            loss_sum += out.loss.detach()
+            window_loss += out.loss.detach()
+            window_steps += 1
+            for metric in self.probe_accuracy.values():
+                metric.update(probe_logits.detach(), out.feature_labels)
+            bar.update(1)
+            if self.step % t.log_every_steps == 0 and self.main:  # the only host syncs inside an epoch
+                elapsed = time.perf_counter() - window_start
+                metrics = {"train/loss": (window_loss / window_steps).item(),
+                           "lr": self.optimizer.param_groups[0]["lr"],
+                           "images_per_s": window_steps * t.batch_size / elapsed,
+                           **{k: v.item() for k, v in out.stats.items()}}
+                self.logger.log(metrics, step=self.step)
+                bar.set_postfix(loss=f"{metrics['train/loss']:.3f}", img_s=f"{metrics['images_per_s']:.0f}")
+                window_loss.zero_()
+                window_start, window_steps = time.perf_counter(), 0
+            if self.step >= self.stop_step:
+                break
+        bar.close()
+        seconds = time.perf_counter() - start
+        record = {"epoch": epoch + 1, "step": self.step, "train/epoch_loss": (loss_sum / max(n_steps, 1)).item(),
+                  "lr": self.optimizer.param_groups[0]["lr"], "epoch_time_s": seconds,
+                  "images_per_s": n_steps * t.batch_size / seconds}
+        if n_steps and bool((self.data.pretrain.labels >= 0).any()):
+            record.update({f"online_probe/train_top{k}": 100 * m.compute().item()
+                           for k, m in self.probe_accuracy.items()})
+        return record
+
+    def train_step(self, batch, generator: torch.Generator):
+        t = self.cfg.trainer
+        views = self.augment(batch.images, generator)
+        if t.channels_last:
+            views = tuple(v.contiguous(memory_format=torch.channels_last) for v in views)
+        with autocast(t.precision, self.device):
+            out, probe_loss, probe_logits = self.model(views, batch.labels, batch.indices)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.probe_optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(out.loss + probe_loss).backward()
+        if t.grad_clip is not None:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.method.parameters(), t.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.step(self.probe_optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self.method.on_train_step_end(self.step, self.schedule_steps)
+        self.step += 1
+        return out, probe_logits
+
+    def evaluate(self, with_linear: bool, with_probe: bool = True) -> dict[str, float]:
+        return evaluate_encoder(self.method, self.probe if with_probe else None, self.data, self.aug_cfg, self.device,
+                                self.cfg.evaluation, with_linear=with_linear,
+                                channels_last=self.cfg.trainer.channels_last, seed=self.cfg.seed)
+
+    # ---- checkpoints ----
+    def save(self) -> None:
+        """Write ``checkpoints/last.pt`` and ``metrics.json`` (rank 0 only, atomically)."""
+        if not self.main:
+            return
+        state = {
+            "method": self.method.state_dict(), "probe": self.probe.state_dict(),
+            "optimizer": self.optimizer.state_dict(), "probe_optimizer": self.probe_optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(), "step": self.step,
+            "epoch": self.step // self.steps_per_epoch, "rng": rng_states(),
+            "config": OmegaConf.to_container(self.cfg, resolve=True), "wandb_run_id": self.logger.run_id,
+            "history": self.history,
+        }
+        ckpt.save_checkpoint(self.run_dir / ckpt.CHECKPOINT_DIR / ckpt.LAST, state)
+        ckpt.write_json(self.run_dir / "metrics.json", self.history)
+
+    def _restore(self, resume: str) -> str | None:
+        path = ckpt.resolve_checkpoint(resume)
+        state = ckpt.load_checkpoint(path, map_location=self.device)
+        self.method.load_state_dict(state["method"])
+        self.probe.load_state_dict(state["probe"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.probe_optimizer.load_state_dict(state["probe_optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.step, self.history = state["step"], state["history"]
+        self._print(f"resumed from {path} at step {self.step} (epoch {self.step / self.steps_per_epoch:.2f})")
+        return state.get("wandb_run_id")
+
+    def _print(self, text: str) -> None:
+        if self.main:
+            print(text)
+
+
+def _fmt(metrics: dict[str, Any]) -> str:
+    return "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())
+
+
+def _summary_table(history: dict) -> str:
+    """Final numbers next to the same protocol at initialisation; each labelled with its protocol."""
+    rows = [("kNN (frozen, un-augmented)", "knn/top1"), ("linear (frozen, cached features)", "linear/top1"),
+            ("online probe (diagnostic, test set)", "online_probe/test_top1")]
+    lines = ["", f"{'protocol':<38}{'init':>10}{'final':>10}"]
+    for label, key in rows:
+        init = history["init"].get(key)
+        final = history["final"].get(key)
+        if final is None:
+            continue
+        lines.append(f"{label:<38}{(f'{init:.2f}' if init is not None else '-'):>10}{final:>10.2f}")
+    return "\n".join(lines) + "\n(top-1 accuracy, %, on the test split; final = last epoch)"

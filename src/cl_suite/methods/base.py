@@ -1,0 +1,36 @@
+"""What every framework gives the training loop."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+
+@dataclass
+class MethodOutput:
+    loss: torch.Tensor  # scalar training loss
+    features: torch.Tensor  # (n, F) detached backbone features, for the online probe
+    feature_labels: torch.Tensor  # (n,) labels aligned with ``features`` (-1 = unlabelled)
+    stats: dict[str, torch.Tensor] = field(default_factory=dict)  # detached diagnostics
+
+
+class ContrastiveMethod(nn.Module):
+    """A framework: owns the backbone, its heads and any state (queues, banks, momentum encoders).
+
+    ``forward(views, labels, indices)`` returns a ``MethodOutput``. State that must survive a restart
+    lives in parameters or buffers, so the module's ``state_dict`` is the whole method state.
+    """
+
+    backbone: nn.Module
+
+    @property
+    def num_features(self) -> int:
+        return self.backbone.num_features
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """The representation that is evaluated (kNN, linear probe): the backbone's pooled features."""
+        return self.backbone(images)
+
+    def on_train_step_end(self, step: int, total_steps: int) -> None:
+        """Called after each optimizer step: momentum updates and enqueueing go here, not in forward."""

@@ -1,0 +1,63 @@
+"""SimCLR (Chen, Kornblith, Norouzi, Hinton, ICML 2020): two views, in-batch candidate negatives."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cl_suite.engine.distributed import gather_with_grad, get_rank
+from cl_suite.methods.base import ContrastiveMethod, MethodOutput
+from cl_suite.models.heads import mlp
+from cl_suite.samplers.base import NegativeSampler
+
+
+class SimCLR(ContrastiveMethod):
+    """Anchors are both views of every local image; candidates are all 2B views of the global batch.
+
+    For anchor ``a`` the positive is the other view of the same image; the candidate mask removes the
+    anchor itself and its positive, leaving the 2B-2 negatives of NT-Xent. Under DDP the candidates
+    are all-gathered with gradients, so W processes x B/W images give the loss and gradients of one
+    process x B images.
+
+    ``concat_views``: one backbone call on both views (BN statistics over 2B images, as in the SimCLR
+    TF code) or one call per view (over B images, as DCL/HCL/NNCLR do). The choice changes results.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        sampler: NegativeSampler,
+        temperature: float = 0.5,
+        projector_hidden_dims: list[int] | tuple[int, ...] = (2048,),
+        projector_dim: int = 128,
+        concat_views: bool = False,
+    ):
+        super().__init__()
+        if not temperature > 0:
+            raise ValueError(f"method.temperature={temperature} must be > 0")
+        self.backbone = backbone
+        self.sampler = sampler
+        self.temperature = float(temperature)
+        self.concat_views = concat_views
+        self.projector = mlp(backbone.num_features, list(projector_hidden_dims), projector_dim)
+
+    def forward(self, views: tuple[torch.Tensor, torch.Tensor], labels: torch.Tensor,
+                indices: torch.Tensor | None = None) -> MethodOutput:
+        x1, x2 = views
+        b = x1.shape[0]
+        if self.concat_views:
+            h = self.backbone(torch.cat([x1, x2]))
+        else:
+            h = torch.cat([self.backbone(x1), self.backbone(x2)])
+        z = F.normalize(self.projector(h).float(), dim=1)  # (2b, d): view-1 rows then view-2 rows
+
+        local = torch.arange(2 * b, device=z.device)
+        partner = (local + b) % (2 * b)  # row of the other view of the same image
+        candidates = gather_with_grad(z)  # (2B, d), rank-major, each rank's block laid out like z
+        offset = get_rank() * 2 * b
+        mask = torch.ones(2 * b, candidates.shape[0], dtype=torch.bool, device=z.device)
+        mask[local, offset + local] = False  # the anchor itself
+        mask[local, offset + partner] = False  # its positive
+        out = self.sampler(anchors=z, positives=z[partner], candidates=candidates, candidate_mask=mask,
+                           temperature=self.temperature)
+        return MethodOutput(loss=out.loss, features=h.detach(), feature_labels=labels.repeat(2), stats=out.stats)

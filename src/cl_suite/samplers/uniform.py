@@ -1,0 +1,18 @@
+"""Uniform negatives: InfoNCE (Oord et al. 2018) / NT-Xent (SimCLR, Chen et al. 2020, eq. 1)."""
+from __future__ import annotations
+
+import torch
+
+from cl_suite.samplers.base import NegativeSampler
+
+
+class UniformSampler(NegativeSampler):
+    """Every candidate is a negative with weight one: ``N_a = sum_j exp(s(a, c_j)/t)``.
+
+    With SimCLR's candidates (the 2B-2 other views of the batch) this is NT-Xent,
+    ``-log exp(s_ij/t) / sum_{k != i} exp(s_ik/t)`` (SimCLR eq. 1).
+    """
+
+    def log_negative_mass(self, pos_sim, cand_sim, candidate_mask, temperature):
+        logits = (cand_sim / temperature).masked_fill(~candidate_mask, float("-inf"))
+        return torch.logsumexp(logits, dim=1)

@@ -1,0 +1,429 @@
+"""The batched augmentation must match torchvision's semantics op by op, and its randomness must be
+per sample, at the configured rates, and reproducible from the generator's seed."""
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+import torchvision.transforms.v2 as T
+import torchvision.transforms.v2.functional as TF
+
+from cl_suite.data.augment import (
+    AugmentConfig,
+    TwoViewAugment,
+    adjust_brightness,
+    adjust_contrast,
+    adjust_hue,
+    adjust_saturation,
+    color_jitter,
+    eval_transform,
+    gaussian_blur,
+    normalize,
+    resized_crop,
+    rgb_to_grayscale,
+    sample_crop_boxes,
+    solarize,
+)
+
+CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR_STD = (0.2023, 0.1994, 0.2010)
+
+
+def _images(n: int, c: int = 3, size: int = 16, seed: int = 0) -> torch.Tensor:
+    """Random float images in [0, 1], with a few exactly grey pixels and saturated ones (edge cases
+    of HSV and clamping)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, c, size, size, generator=g)
+    x[:, :, 0, :4] = x[:, :1, 0, :4]  # grey pixels: max == min
+    x[:, :, 1, :2] = 1.0
+    x[:, :, 2, :2] = 0.0
+    return x
+
+
+def _uint8(n: int, c: int = 3, size: int = 8, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (n, c, size, size), dtype=torch.uint8, generator=g)
+
+
+def _per_sample_reference(fn, x: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
+    return torch.stack([fn(x[i], float(factors[i])) for i in range(len(x))])
+
+
+def _config(**overrides) -> AugmentConfig:
+    """Everything off (identity crop, no flip, no colour ops) unless overridden."""
+    base = dict(
+        crop_size=8,
+        crop_scale=(1.0, 1.0),
+        crop_ratio=(1.0, 1.0),
+        flip_p=0.0,
+        jitter=dict(p=0.0),
+        grayscale_p=0.0,
+    )
+    base.update(overrides)
+    return AugmentConfig.from_dict(base, CIFAR_MEAN, CIFAR_STD)
+
+
+def _unnormalize(v: torch.Tensor) -> torch.Tensor:
+    mean = torch.tensor(CIFAR_MEAN).reshape(1, 3, 1, 1)
+    std = torch.tensor(CIFAR_STD).reshape(1, 3, 1, 1)
+    return v * std + mean
+
+
+def _changed(view: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+    """Per sample: does the (un-normalised) view differ from the input image?"""
+    diff = (_unnormalize(view) - images.float() / 255).abs().amax(dim=(1, 2, 3))
+    return diff > 1e-4
+
+
+# ------------------------------------------------------------------------------------------------
+# Colour ops against torchvision
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "ours, theirs",
+    [
+        (adjust_brightness, TF.adjust_brightness),
+        (adjust_contrast, TF.adjust_contrast),
+        (adjust_saturation, TF.adjust_saturation),
+    ],
+)
+@pytest.mark.parametrize("channels", [3, 1])
+def test_blend_ops_match_torchvision(ours, theirs, channels):
+    x = _images(12, c=channels)
+    factors = torch.linspace(0.0, 2.0, 12)  # includes 0 and strong factors that clamp
+    got = ours(x, factors)
+    want = _per_sample_reference(theirs, x, factors)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+
+
+def test_hue_matches_torchvision():
+    x = _images(12)
+    factors = torch.linspace(-0.5, 0.5, 12)
+    torch.testing.assert_close(adjust_hue(x, factors), _per_sample_reference(TF.adjust_hue, x, factors), atol=1e-4, rtol=0)
+    # A real HSV shift, not an approximation: the saturated red pixel goes to pure green at +1/3.
+    red = torch.zeros(1, 3, 1, 1)
+    red[0, 0] = 1.0
+    torch.testing.assert_close(adjust_hue(red, torch.tensor([1 / 3])).flatten(), torch.tensor([0.0, 1.0, 0.0]), atol=1e-5, rtol=0)
+    # One channel: identity, as torchvision.
+    g = _images(3, c=1)
+    assert torch.equal(adjust_hue(g, torch.full((3,), 0.3)), g)
+
+
+def test_grayscale_and_solarize_match_torchvision():
+    x = _images(6)
+    torch.testing.assert_close(rgb_to_grayscale(x), TF.rgb_to_grayscale(x, num_output_channels=1), atol=1e-6, rtol=0)
+    for threshold in (0.0, 0.3, 0.5, 1.0):
+        assert torch.equal(solarize(x, threshold), TF.solarize(x, threshold))
+
+
+@pytest.mark.parametrize("kernel_size", [3, 5])
+def test_gaussian_blur_matches_torchvision(kernel_size):
+    x = _images(8)
+    sigma = torch.linspace(0.1, 2.0, 8)
+    got = gaussian_blur(x, sigma, kernel_size)
+    want = torch.stack([TF.gaussian_blur(x[i], [kernel_size] * 2, [float(sigma[i])] * 2) for i in range(8)])
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+
+
+def test_color_jitter_applies_ops_in_the_given_order():
+    """Every one of the 24 orders, per sample, against torchvision's ops applied one after the other."""
+    perms = torch.tensor(list(itertools.permutations(range(4))))  # (24, 4)
+    n = len(perms)
+    x = _images(n, size=8, seed=1)
+    b = torch.full((n,), 1.6)  # strong factors, so that the order changes the result (clamping)
+    c = torch.full((n,), 0.3)
+    s = torch.full((n,), 1.9)
+    h = torch.full((n,), 0.27)
+    apply = torch.arange(n) % 5 != 0  # a few samples outside RandomApply stay unchanged
+    got = color_jitter(x, b, c, s, h, order=perms, apply=apply)
+    ops = [TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue]
+    factors = [b, c, s, h]
+    for i in range(n):
+        want = x[i]
+        if apply[i]:
+            for op in perms[i].tolist():
+                want = ops[op](want, float(factors[op][i]))
+        torch.testing.assert_close(got[i], want, atol=1e-4, rtol=0, msg=f"order {perms[i].tolist()}")
+    # The test has teeth: with these factors the order matters.
+    assert (got[1] - color_jitter(x[1:2], b[:1], c[:1], s[:1], h[:1], order=perms[:1])[0]).abs().max() > 1e-2
+
+
+def test_color_jitter_op_off_is_identity():
+    x = _images(4)
+    order = torch.arange(4).expand(4, 4)
+    assert torch.equal(color_jitter(x, None, None, None, None, order=order), x)
+    ones = torch.ones(4)
+    assert torch.equal(color_jitter(x, ones, ones, ones, None, order=order), x)
+
+
+# ------------------------------------------------------------------------------------------------
+# Random resized crop
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("antialias", [False, True])
+@pytest.mark.parametrize("size, out", [(32, 32), (96, 32), (20, 48)])
+def test_resized_crop_matches_torchvision(size, out, antialias):
+    x = _images(16, size=size)
+    g = torch.Generator().manual_seed(3)
+    boxes = sample_crop_boxes(16, size, size, (0.08, 1.0), (3 / 4, 4 / 3), g, "cpu")
+    boxes[0] = torch.tensor([0, 0, size, size])  # whole image
+    boxes[1] = torch.tensor([size - 2, size - 3, 2, 3])  # tiny box in the corner: border handling
+    got = resized_crop(x, boxes, out, antialias=antialias)
+    want = torch.stack([TF.resized_crop(x[i], *boxes[i].tolist(), [out, out], antialias=antialias) for i in range(16)])
+    torch.testing.assert_close(got, want, atol=2e-5, rtol=0)
+
+
+def test_resized_crop_identity_box_is_exact_and_flip_mirrors():
+    x = _images(4, size=32)
+    boxes = torch.tensor([[0, 0, 32, 32]] * 4)
+    assert torch.equal(resized_crop(x, boxes, 32), x)
+    flip = torch.tensor([True, False, True, False])
+    got = resized_crop(x, boxes, 32, flip=flip)
+    assert torch.equal(got[flip], x[flip].flip(-1))
+    assert torch.equal(got[~flip], x[~flip])
+
+
+def test_crop_sampler_statistics_match_torchvision():
+    n = 20000
+    g = torch.Generator().manual_seed(0)
+    boxes = sample_crop_boxes(n, 32, 32, (0.08, 1.0), (3 / 4, 4 / 3), g, "cpu").double()
+    top, left, h, w = boxes.unbind(1)
+    assert (h >= 1).all() and (w >= 1).all() and (top >= 0).all() and (left >= 0).all()
+    assert (top + h <= 32).all() and (left + w <= 32).all()
+    # Rounded boxes, so compare with the same bounds as torchvision's: |side - exact side| <= 0.5.
+    area = h * w / 1024
+    assert area.min() >= 0.05 and area.max() <= 1.0
+    ratio = w / h
+    assert ratio.min() >= (math.sqrt(0.08 * 1024 * 0.75) - 0.5) / (math.sqrt(0.08 * 1024 / 0.75) + 0.5)
+
+    # Same distribution as torchvision's sampler (2000 draws; its Python loop is slow).
+    torch.manual_seed(0)
+    rrc = T.RandomResizedCrop(32)
+    ref = torch.tensor(
+        [[p["top"], p["left"], p["height"], p["width"]] for p in (rrc.make_params([torch.zeros(3, 32, 32)]) for _ in range(2000))],
+        dtype=torch.float64,
+    )
+    ref_area = ref[:, 2] * ref[:, 3] / 1024
+    assert abs(area.mean() - ref_area.mean()) < 0.02  # ~0.53 each; standard error ~0.007 for the reference
+    assert abs((w / h).log().mean() - (ref[:, 3] / ref[:, 2]).log().mean()) < 0.015
+    assert abs((left + w / 2).mean() - (ref[:, 1] + ref[:, 3] / 2).mean()) < 0.4  # centred on average
+
+    # On a large image rounding is negligible: area and ratio lie in the configured ranges.
+    boxes = sample_crop_boxes(5000, 1000, 1000, (0.3, 0.6), (0.5, 2.0), g, "cpu").double()
+    area = boxes[:, 2] * boxes[:, 3] / 1e6
+    ratio = boxes[:, 3] / boxes[:, 2]
+    assert area.min() > 0.3 - 2e-3 and area.max() < 0.6 + 2e-3
+    assert ratio.min() > 0.5 - 2e-3 and ratio.max() < 2.0 + 2e-3
+
+
+@pytest.mark.parametrize("height, width", [(32, 320), (320, 32), (40, 40)])
+def test_crop_sampler_falls_back_like_torchvision(height, width):
+    # Scale near 1 with a narrow ratio: no try can fit a long thin image, so every box is the fallback.
+    scale, ratio = (0.95, 1.0), (3 / 4, 4 / 3)
+    if height == width:
+        scale, ratio = (1.0, 1.0), (2.0, 3.0)  # square image, wide-only ratio: cannot fit either
+    g = torch.Generator().manual_seed(0)
+    boxes = sample_crop_boxes(64, height, width, scale, ratio, g, "cpu")
+    rrc = T.RandomResizedCrop(8, scale=scale, ratio=ratio)
+    p = rrc.make_params([torch.zeros(3, height, width)])
+    want = torch.tensor([p["top"], p["left"], p["height"], p["width"]])
+    assert (boxes == want).all(), (boxes[0], want)
+
+
+def test_crop_sampler_mixes_found_and_fallback():
+    # On 8x8 with scale (0.9, 1) and ratio (0.8, 1.25) some tries fit and some samples fall back.
+    g = torch.Generator().manual_seed(0)
+    boxes = sample_crop_boxes(4000, 8, 8, (0.9, 1.0), (0.5, 2.0), g, "cpu")
+    assert (boxes[:, 2:] <= 8).all()
+    assert len(torch.unique(boxes, dim=0)) > 1
+
+
+# ------------------------------------------------------------------------------------------------
+# The pipeline: rates, reproducibility, output
+# ------------------------------------------------------------------------------------------------
+
+
+def test_flip_rate():
+    imgs = _uint8(4000)
+    v1, v2 = TwoViewAugment(_config(flip_p=0.3))(imgs, torch.Generator().manual_seed(0))
+    plain = normalize(imgs.float() / 255, CIFAR_MEAN, CIFAR_STD)
+    for v in (v1, v2):
+        is_flipped = (v - plain.flip(-1)).abs().amax(dim=(1, 2, 3)) < 1e-5
+        is_plain = (v - plain).abs().amax(dim=(1, 2, 3)) < 1e-5
+        assert (is_flipped ^ is_plain).all()  # every sample is exactly one of the two
+        assert abs(is_flipped.float().mean().item() - 0.3) < 0.04  # 5 standard errors
+
+
+@pytest.mark.parametrize(
+    "overrides, rates",
+    [
+        (dict(jitter=dict(p=0.3, brightness=0.4, contrast=0, saturation=0, hue=0)), (0.3, 0.3)),
+        (dict(jitter=dict(p=0.7)), (0.7, 0.7)),
+        (dict(grayscale_p=0.4), (0.4, 0.4)),
+        (dict(blur=dict(p=[0.9, 0.1])), (0.9, 0.1)),
+        (dict(solarize=dict(p=[0.2, 0.6])), (0.2, 0.6)),
+    ],
+)
+def test_ops_applied_at_configured_rate_per_view(overrides, rates):
+    imgs = _uint8(3000)
+    v1, v2 = TwoViewAugment(_config(**overrides))(imgs, torch.Generator().manual_seed(1))
+    for v, rate in zip((v1, v2), rates):
+        assert abs(_changed(v, imgs).float().mean().item() - rate) < 0.045  # > 5 standard errors
+
+
+def test_grayscale_views_have_equal_channels():
+    imgs = _uint8(500)
+    v1, _ = TwoViewAugment(_config(grayscale_p=1.0))(imgs, torch.Generator().manual_seed(0))
+    x = _unnormalize(v1)
+    torch.testing.assert_close(x[:, 0], x[:, 1], atol=1e-5, rtol=0)
+    torch.testing.assert_close(x[:, 1], x[:, 2], atol=1e-5, rtol=0)
+
+
+def test_same_seed_same_views_different_seed_different_views():
+    imgs = _uint8(64, size=32)
+    aug = TwoViewAugment(
+        AugmentConfig.from_dict({"blur": {"p": [1.0, 0.1]}, "solarize": {"p": [0.0, 0.2]}}, CIFAR_MEAN, CIFAR_STD)
+    )
+    a1, a2 = aug(imgs, torch.Generator().manual_seed(7))
+    b1, b2 = aug(imgs, torch.Generator().manual_seed(7))
+    c1, c2 = aug(imgs, torch.Generator().manual_seed(8))
+    assert torch.equal(a1, b1) and torch.equal(a2, b2)
+    assert not torch.allclose(a1, c1) and not torch.allclose(a2, c2)
+    assert not torch.allclose(a1, a2)  # the two views are independent draws
+    # Per sample: the crops differ between samples (not one draw for the batch, as torchvision v2 does).
+    assert len(torch.unique(a1.flatten(1).mean(1))) == 64
+
+
+def test_output_shape_dtype_device_and_normalisation():
+    imgs = _uint8(10, size=32)
+    cfg = AugmentConfig.from_dict({"crop_size": 24}, CIFAR_MEAN, CIFAR_STD)
+    v1, v2 = TwoViewAugment(cfg)(imgs, torch.Generator().manual_seed(0))
+    for v in (v1, v2):
+        assert v.shape == (10, 3, 24, 24) and v.dtype == torch.float32 and v.device == imgs.device
+        x = _unnormalize(v)
+        assert x.min() >= -1e-5 and x.max() <= 1 + 1e-5
+    # With every op off, a view is exactly the normalised image.
+    v1, _ = TwoViewAugment(_config(crop_size=32))(imgs, torch.Generator().manual_seed(0))
+    want = (imgs.float() / 255 - torch.tensor(CIFAR_MEAN).reshape(1, 3, 1, 1)) / torch.tensor(CIFAR_STD).reshape(1, 3, 1, 1)
+    torch.testing.assert_close(v1, want, atol=1e-6, rtol=0)
+
+
+def test_single_channel_data():
+    imgs = _uint8(50, c=1)
+    cfg = AugmentConfig.from_dict({"crop_size": 8, "blur": {"p": [0.5, 0.5]}}, (0.5,), (0.25,))
+    v1, v2 = TwoViewAugment(cfg)(imgs, torch.Generator().manual_seed(0))
+    assert v1.shape == (50, 1, 8, 8) and torch.isfinite(v1).all()
+
+
+def test_input_checks():
+    aug = TwoViewAugment(AugmentConfig())
+    g = torch.Generator().manual_seed(0)
+    with pytest.raises(ValueError, match="uint8"):
+        aug(torch.rand(2, 3, 32, 32), g)
+    with pytest.raises(ValueError, match="1 channels but"):
+        aug(_uint8(2, c=1), g)
+
+
+# ------------------------------------------------------------------------------------------------
+# Evaluation transform
+# ------------------------------------------------------------------------------------------------
+
+
+def test_eval_transform_identity_and_centre_crop():
+    imgs = _uint8(4, size=32)
+    out = eval_transform(imgs, AugmentConfig())
+    assert torch.equal(out, normalize(imgs.float() / 255, CIFAR_MEAN, CIFAR_STD))
+
+    # 40 -> centre 32 at fraction 0.8: a pure crop, no resize.
+    imgs = _uint8(4, size=40)
+    out = eval_transform(imgs, AugmentConfig(eval_crop_fraction=0.8))
+    assert torch.equal(out, normalize(imgs[:, :, 4:36, 4:36].float() / 255, CIFAR_MEAN, CIFAR_STD))
+
+    # STL-10-like: 96 -> centre 84 -> 32, against torchvision CenterCrop + antialiased Resize.
+    imgs = _uint8(4, size=96)
+    out = eval_transform(imgs, AugmentConfig(eval_crop_fraction=0.875))
+    ref = TF.resize(TF.center_crop(imgs.float() / 255, [84, 84]), [32, 32], antialias=True)
+    torch.testing.assert_close(out, normalize(ref, CIFAR_MEAN, CIFAR_STD), atol=1e-5, rtol=0)
+
+
+# ------------------------------------------------------------------------------------------------
+# Config
+# ------------------------------------------------------------------------------------------------
+
+
+def test_config_defaults_are_simclr_cifar():
+    cfg = AugmentConfig.from_dict({}, CIFAR_MEAN, CIFAR_STD)
+    assert cfg.crop_size == 32 and cfg.crop_scale == (0.08, 1.0) and cfg.flip_p == 0.5
+    assert (cfg.jitter.p, cfg.jitter.brightness, cfg.jitter.hue) == (0.8, 0.4, 0.1)
+    assert cfg.grayscale_p == 0.2 and cfg.blur.p == (0.0, 0.0) and cfg.solarize.p == (0.0, 0.0)
+
+
+def test_config_from_omegaconf():
+    from omegaconf import OmegaConf
+
+    node = OmegaConf.create({"crop_scale": [0.2, 1.0], "blur": {"p": [1.0, 0.1], "kernel_size": 5}})
+    cfg = AugmentConfig.from_dict(node, CIFAR_MEAN, CIFAR_STD)
+    assert cfg.crop_scale == (0.2, 1.0) and cfg.blur.p == (1.0, 0.1) and cfg.blur.kernel_size == 5
+
+
+@pytest.mark.parametrize(
+    "d, message",
+    [
+        ({"jitter": {"hue": 0.7}}, r"jitter\.hue = 0\.7 must be in \[0, 0\.5\]"),
+        ({"jitter": {"brightness": -0.1}}, r"jitter\.brightness = -0\.1 must be >= 0"),
+        ({"jitter": {"p": 1.5}}, r"jitter\.p = 1\.5 must be a probability"),
+        ({"jitter": {"brigthness": 0.4}}, r"unknown key\(s\) jitter\.brigthness"),
+        ({"colour": 1}, r"unknown key\(s\) colour; allowed: blur, crop_antialias"),
+        ({"flip_p": -0.1}, r"flip_p = -0\.1"),
+        ({"crop_scale": [0.5, 0.2]}, r"crop_scale = \[0\.5, 0\.2\] must satisfy 0 < scale_min"),
+        ({"crop_scale": [0.0, 1.0]}, r"crop_scale"),
+        ({"crop_scale": [0.5, 1.2]}, r"crop_scale"),
+        ({"crop_ratio": [2.0, 1.0]}, r"crop_ratio = \[2\.0, 1\.0\]"),
+        ({"crop_size": 0}, r"crop_size = 0 must be an integer >= 1"),
+        ({"blur": {"kernel_size": 4}}, r"blur\.kernel_size = 4 must be an odd integer"),
+        ({"blur": {"p": [0.5]}}, r"blur\.p = \[0\.5\] must be a list of 2"),
+        ({"blur": {"p": 0.5}}, r"blur\.p = 0\.5 must be a list of 2"),
+        ({"solarize": {"p": [0.0, 2.0]}}, r"solarize\.p\[1\] = 2\.0"),
+        ({"eval_crop_fraction": 0}, r"eval_crop_fraction = 0"),
+        ({"mean": [0.5]}, r"mean/std .* come from the data set"),
+    ],
+)
+def test_config_errors_name_the_key(d, message):
+    with pytest.raises(ValueError, match=message):
+        AugmentConfig.from_dict(d, CIFAR_MEAN, CIFAR_STD)
+
+
+def test_config_mean_std_length_checked():
+    with pytest.raises(ValueError, match="mean has 3 entries but std has 1"):
+        AugmentConfig.from_dict({}, CIFAR_MEAN, (0.2,))
+
+
+# ------------------------------------------------------------------------------------------------
+# CUDA: runs on the device without host synchronisation
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_no_host_sync():
+    imgs = _uint8(256, size=32).cuda()
+    cfg = AugmentConfig.from_dict({"blur": {"p": [1.0, 0.1]}, "solarize": {"p": [0.0, 0.2]}}, CIFAR_MEAN, CIFAR_STD)
+    aug = TwoViewAugment(cfg)
+    g = torch.Generator(device="cuda").manual_seed(0)
+    aug(imgs, g)  # first call: caches mean/std on the device (one host-to-device copy)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        v1, v2 = aug(imgs, g)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert v1.device == imgs.device and v1.shape == (256, 3, 32, 32)
+    with pytest.raises(ValueError, match="generator is on cpu"):
+        aug(imgs, torch.Generator())
+    # The crop is the same computation on both devices.
+    x = _images(8, size=32).cuda()
+    boxes = torch.tensor([[0, 0, 32, 32], [3, 5, 20, 17]] * 4, device="cuda")
+    torch.testing.assert_close(resized_crop(x, boxes, 32).cpu(), resized_crop(x.cpu(), boxes.cpu(), 32), atol=1e-5, rtol=0)

@@ -1,0 +1,19 @@
+"""Pre-train an encoder: `python train.py method=simclr dataset=cifar10 backbone=resnet18`.
+
+With no arguments: SimCLR on the bundled digits data set, on the CPU in about a minute.
+"""
+import hydra
+from omegaconf import DictConfig
+
+from cl_suite.engine.trainer import train
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def main(cfg: DictConfig) -> float:
+    final = train(cfg)
+    # Returned for sweepers that optimise (e.g. Optuna): the headline linear top-1.
+    return final["linear/top1"]
+
+
+if __name__ == "__main__":
+    main()
