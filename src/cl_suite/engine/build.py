@@ -1,6 +1,7 @@
 """Config -> objects. Shared by ``train.py`` and ``evaluate.py`` so both build exactly the same thing."""
 from __future__ import annotations
 
+from hydra.errors import InstantiationException
 from hydra.utils import get_method, instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -32,8 +33,32 @@ def build_augment_config(cfg: DictConfig) -> AugmentConfig:
                                    mean=list(cfg.mean), std=list(cfg.std))
 
 
+def instantiate_unwrapped(cfg: DictConfig, **kwargs):
+    """``instantiate``, but a constructor's own ValueError/OSError reaches the user as it was raised.
+
+    Our constructors validate their arguments with messages that name the config key; Hydra would wrap
+    them in an ``InstantiationException`` whose text repeats them escaped on one line.
+    """
+    try:
+        return instantiate(cfg, **kwargs)
+    except InstantiationException as err:
+        if isinstance(err.__cause__, (ValueError, OSError)):
+            raise err.__cause__ from None
+        raise
+
+
 def build_method(cfg: DictConfig) -> ContrastiveMethod:
     """Backbone and sampler first, then the method that owns them (a method never builds its sampler)."""
-    backbone = instantiate(cfg.backbone, _convert_="all")
-    sampler = instantiate(cfg.sampler, _convert_="all")
-    return instantiate(cfg.method, backbone=backbone, sampler=sampler, _convert_="all")
+    backbone = instantiate_unwrapped(cfg.backbone, _convert_="all")
+    sampler = instantiate_unwrapped(cfg.sampler, _convert_="all")
+    return instantiate_unwrapped(cfg.method, backbone=backbone, sampler=sampler, _convert_="all")
+
+
+def build_logger(cfg: DictConfig, run_dir: str, run_config: DictConfig, run_id: str | None = None):
+    """The ``logger`` group, given the run's resolved config as plain data.
+
+    ``_recursive_=False`` and ``_convert_="all"``: the run config's own ``_target_`` nodes must reach the
+    logger as data, not be instantiated, and as plain dicts (wandb cannot serialise DictConfig).
+    """
+    return instantiate(cfg, run_dir=run_dir, run_id=run_id, run_config=OmegaConf.to_container(run_config, resolve=True),
+                       _recursive_=False, _convert_="all")

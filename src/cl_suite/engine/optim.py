@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
@@ -81,4 +80,6 @@ def scaled_lr(cfg: DictConfig, global_batch_size: int) -> float:
 def build_optimizer(cfg: DictConfig, model: nn.Module, global_batch_size: int) -> torch.optim.Optimizer:
     ctor = OmegaConf.masked_copy(cfg, [k for k in cfg if k not in SUITE_KEYS])
     groups = parameter_groups(model, float(cfg.get("weight_decay", 0.0)), bool(cfg.exclude_bias_and_norm))
-    return instantiate(ctor, params=groups, lr=scaled_lr(cfg, global_batch_size), _convert_="all")
+    from cl_suite.engine.build import instantiate_unwrapped  # build imports the model side; keep optim light
+
+    return instantiate_unwrapped(ctor, params=groups, lr=scaled_lr(cfg, global_batch_size), _convert_="all")

@@ -15,7 +15,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch.nn.parallel import DistributedDataParallel
 from torchmetrics.classification import MulticlassAccuracy
@@ -24,7 +23,8 @@ from tqdm import tqdm
 from cl_suite.data.augment import TwoViewAugment
 from cl_suite.data.loader import TrainBatches
 from cl_suite.engine import checkpoint as ckpt
-from cl_suite.engine.build import build_augment_config, build_dataset, build_method
+from cl_suite.engine.build import (build_augment_config, build_dataset, build_logger, build_method,
+                                   instantiate_unwrapped)
 from cl_suite.engine.distributed import (cleanup_distributed, get_rank, get_world_size, init_distributed,
                                          is_main_process)
 from cl_suite.engine.evaluation import evaluate_encoder
@@ -124,7 +124,7 @@ class Trainer:
         self.optimizer = build_optimizer(cfg.optimizer, self.method, t.batch_size)
         self.probe_optimizer = torch.optim.AdamW(self.probe.parameters(), lr=cfg.probe.lr,
                                                  weight_decay=cfg.probe.weight_decay)
-        self.scheduler = instantiate(cfg.scheduler, optimizer=self.optimizer, steps_per_epoch=self.steps_per_epoch,
+        self.scheduler = instantiate_unwrapped(cfg.scheduler, optimizer=self.optimizer, steps_per_epoch=self.steps_per_epoch,
                                      total_steps=self.schedule_steps)
         self.scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and t.precision == "fp16")
         self.probe_accuracy = {k: MulticlassAccuracy(num_classes=self.data.num_classes,
@@ -136,9 +136,7 @@ class Trainer:
         wandb_id = self._restore(cfg.resume) if cfg.resume else None
         self.logger = NullLogger()
         if self.main:
-            self.logger = instantiate(cfg.logger, run_dir=str(self.run_dir), run_id=wandb_id,
-                                      run_config=OmegaConf.to_container(cfg, resolve=True),
-                                      _recursive_=False)  # the run config's _target_ nodes stay data
+            self.logger = build_logger(cfg.logger, str(self.run_dir), cfg, run_id=wandb_id)
 
     # ---- the run ----
     def fit(self) -> dict[str, Any]:

@@ -5,11 +5,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from cl_suite.engine import checkpoint as ckpt
-from cl_suite.engine.build import build_augment_config, build_dataset, build_method
+from cl_suite.engine.build import build_augment_config, build_dataset, build_logger, build_method
 from cl_suite.engine.evaluation import evaluate_encoder
 from cl_suite.engine.probe import OnlineProbe
 from cl_suite.engine.trainer import resolve_device
@@ -57,9 +56,7 @@ def evaluate_run(cfg: DictConfig) -> dict[str, Any]:
     ckpt.write_json(run_dir / "eval.json", result)
 
     if cfg.wandb and state.get("wandb_run_id") and "WandbLogger" in str(train_cfg.logger.get("_target_")):
-        logger = instantiate(train_cfg.logger, run_dir=str(run_dir), run_id=state["wandb_run_id"],
-                             run_config=OmegaConf.to_container(train_cfg, resolve=True),
-                             _recursive_=False)  # the run config's _target_ nodes stay data
+        logger = build_logger(train_cfg.logger, str(run_dir), train_cfg, run_id=state["wandb_run_id"])
         try:
             logger.log_summary({f"eval/{k}": v for k, v in metrics.items()})
         finally:

@@ -1,0 +1,96 @@
+"""Every option of every config group composes with the defaults and instantiates (Hydra compose API)."""
+import pytest
+import torch
+from hydra.utils import get_method, instantiate
+from omegaconf import OmegaConf
+
+from cl_suite.engine.build import build_augment_config, build_logger, build_method
+from cl_suite.engine.optim import build_optimizer
+from cl_suite.engine.validation import validate_train_config
+from helpers import CONF, compose_train, group_options, to_plain
+
+GROUPS = ["dataset", "backbone", "method", "sampler", "optimizer", "scheduler", "logger", "evaluation"]
+
+
+def test_every_group_has_options():
+    for group in GROUPS:
+        assert group_options(group), f"conf/{group} is empty"
+
+
+@pytest.mark.parametrize("option", group_options("dataset"))
+def test_dataset_configs_compose(option):
+    overrides = [f"dataset={option}"]
+    if option == "imagefolder":
+        overrides.append("dataset.root=/some/where")  # the one data set without a default location
+    cfg = compose_train(overrides)
+    plain = to_plain(cfg)
+    validate_train_config(cfg)
+    assert callable(get_method(plain["dataset"]["_target_"]))
+    aug = build_augment_config(cfg.dataset)  # augmentation block validates
+    assert aug.crop_size >= 1 and len(aug.mean) == 3
+
+
+@pytest.mark.parametrize("option", group_options("backbone"))
+def test_backbone_configs_instantiate_and_give_features(option):
+    cfg = compose_train([f"backbone={option}"])
+    backbone = instantiate(cfg.backbone).eval()
+    with torch.no_grad():
+        out = backbone(torch.randn(2, 3, 32, 32))
+    assert out.shape == (2, backbone.num_features)
+
+
+@pytest.mark.parametrize("method", group_options("method"))
+@pytest.mark.parametrize("sampler", group_options("sampler"))
+def test_method_sampler_pairs_instantiate_and_give_a_loss(method, sampler):
+    cfg = compose_train([f"method={method}", f"sampler={sampler}", "backbone.widths=[8]"])
+    model = build_method(cfg)
+    x = torch.randn(4, 3, 16, 16)
+    out = model((x, x + 0.1 * torch.randn_like(x)), labels=torch.arange(4), indices=torch.arange(4))
+    assert out.loss.ndim == 0 and torch.isfinite(out.loss)
+    out.loss.backward()
+
+
+@pytest.mark.parametrize("option", group_options("optimizer"))
+def test_optimizer_configs_build_and_step(option):
+    cfg = compose_train([f"optimizer={option}"])
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.BatchNorm1d(4))
+    opt = build_optimizer(cfg.optimizer, model, global_batch_size=512)
+    before = [p.detach().clone() for p in model.parameters()]
+    model(torch.randn(8, 4)).pow(2).sum().backward()
+    opt.step()
+    assert any(not torch.equal(b, p) for b, p in zip(before, model.parameters()))
+    ref = cfg.optimizer.batch_size_reference
+    assert opt.param_groups[0]["lr"] == pytest.approx(cfg.optimizer.lr * (512 / ref if ref else 1))
+
+
+@pytest.mark.parametrize("option", group_options("scheduler"))
+def test_scheduler_configs_instantiate(option):
+    cfg = compose_train([f"scheduler={option}"])
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = instantiate(cfg.scheduler, optimizer=opt, steps_per_epoch=10, total_steps=100)
+    for _ in range(100):
+        opt.step()
+        sched.step()
+    assert 0.0 <= opt.param_groups[0]["lr"] <= 1.0
+
+
+@pytest.mark.parametrize("option", group_options("logger"))
+def test_logger_configs_instantiate(option, tmp_path):
+    cfg = compose_train([f"logger={option}"], output_dir=tmp_path)
+    logger = build_logger(cfg.logger, str(tmp_path), cfg)
+    logger.log({"x": 1.0}, step=1)
+    logger.finish()
+
+
+def test_evaluate_config_composes():
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
+        cfg = compose(config_name="evaluate", overrides=["run=/tmp/some-run"])
+    assert cfg.run == "/tmp/some-run" and cfg.evaluation.knn.k >= 1
+
+
+def test_default_config_is_the_embedded_cpu_run():
+    cfg = compose_train([])
+    assert OmegaConf.select(cfg, "dataset.name") == "digits"
+    assert cfg.method._target_.endswith("SimCLR") and cfg.sampler._target_.endswith("UniformSampler")

@@ -1,0 +1,79 @@
+"""Real training runs on digits: the CLI end to end, exact resume, the wandb offline run."""
+import json
+import math
+
+import pytest
+import torch
+
+from cl_suite.engine.trainer import train
+from helpers import TINY, compose_train, run_cli
+
+
+@pytest.fixture(scope="module")
+def cli_run(tmp_path_factory):
+    """One real `python train.py` run, shared by the tests that read its files."""
+    run_dir = tmp_path_factory.mktemp("run")
+    # k=200 and a narrow net: the random-init kNN is far from perfect, so learning shows.
+    args = ["logger=none", "trainer.epochs=8", "trainer.progress_bar=false", "backbone.widths=[16,32]",
+            "evaluation.knn.k=200", "evaluation.linear.epochs=20", f"hydra.run.dir={run_dir}"]
+    proc = run_cli("train.py", args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return run_dir, proc
+
+
+@pytest.mark.slow
+def test_train_cli_writes_run_files_and_learns(cli_run):
+    run_dir, proc = cli_run
+    assert (run_dir / ".hydra" / "config.yaml").is_file()
+    state = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=False)
+    assert state["step"] == 8 * (1437 // 256) and state["epoch"] == 8
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert [e["epoch"] for e in metrics["epochs"]] == list(range(1, 9))
+    assert metrics["epochs"][-1]["train/epoch_loss"] < metrics["epochs"][0]["train/epoch_loss"]
+    init, final = metrics["init"]["knn/top1"], metrics["final"]["knn/top1"]
+    assert final >= init + 8, f"kNN top-1 {init:.1f} at init -> {final:.1f} after pre-training"
+    assert final > 70 and metrics["final"]["linear/top1"] > 90
+    # The console ends with the protocol-labelled table.
+    assert "kNN (frozen, un-augmented)" in proc.stdout and "linear (frozen, cached features)" in proc.stdout
+
+
+@pytest.mark.slow
+def test_evaluate_cli_reproduces_the_final_numbers(cli_run):
+    run_dir, _ = cli_run
+    proc = run_cli("evaluate.py", [f"run={run_dir}", "evaluation.knn.k=200", "evaluation.linear.epochs=20"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((run_dir / "eval.json").read_text())
+    final = json.loads((run_dir / "metrics.json").read_text())["final"]
+    for key in ("knn/top1", "knn/top5", "linear/top1", "online_probe/test_top1"):
+        assert math.isclose(result["metrics"][key], final[key], abs_tol=1e-6), key
+    assert result["step"] == final["step"]
+    # The training config on disk is untouched by evaluate.py (hydra.output_subdir is null there).
+    assert "evaluate" not in (run_dir / ".hydra" / "overrides.yaml").read_text()
+
+
+def test_resume_mid_epoch_equals_uninterrupted_run(tmp_path):
+    """Stop after 30 steps (mid-epoch 2), resume from the run dir: bit-identical weights and metrics."""
+    common = TINY + ["trainer.epochs=3", "trainer.eval_at_init=false"]
+    full = train(compose_train(common, tmp_path / "full"))
+    train(compose_train(common + ["trainer.max_steps=30"], tmp_path / "split"))
+    first = torch.load(tmp_path / "split" / "checkpoints" / "last.pt", weights_only=False)
+    assert first["step"] == 30
+    resumed = train(compose_train(common + [f"resume={tmp_path / 'split'}"], tmp_path / "split"))
+    a = torch.load(tmp_path / "full" / "checkpoints" / "last.pt", weights_only=False)
+    b = torch.load(tmp_path / "split" / "checkpoints" / "last.pt", weights_only=False)
+    for key in a["method"]:
+        assert torch.equal(a["method"][key], b["method"][key]), key
+    for key in a["probe"]:
+        assert torch.equal(a["probe"][key], b["probe"][key]), key
+    assert full == resumed
+
+
+def test_wandb_offline_run_files(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    cfg = compose_train([o for o in TINY if not o.startswith("logger")] + ["logger=wandb", "trainer.max_steps=3"],
+                        tmp_path)
+    train(cfg)
+    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1, list(tmp_path.rglob("*"))
+    state = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=False)
+    assert list(runs[0].glob(f"run-{state['wandb_run_id']}.wandb")), "the .wandb log of the checkpoint's run id"
