@@ -1,0 +1,78 @@
+"""LARS, parameter groups and the warm-up + cosine schedule against hand-computed values."""
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from cl_suite.engine.optim import LARS, parameter_groups
+from cl_suite.engine.schedule import warmup_cosine, warmup_cosine_factor
+
+
+def test_lars_step_matches_the_trust_ratio_formula():
+    torch.manual_seed(0)
+    w = nn.Parameter(torch.randn(5, 3))
+    w.grad = torch.randn(5, 3)
+    w0, g = w.detach().clone(), w.grad.clone()
+    lr, wd, eta = 0.5, 1e-2, 0.02
+    LARS([w], lr=lr, momentum=0.9, weight_decay=wd, eta=eta).step()
+    d = g + wd * w0
+    trust = eta * w0.norm() / d.norm()
+    torch.testing.assert_close(w.detach(), w0 - lr * trust * d)
+
+
+def test_lars_momentum_accumulates_scaled_updates():
+    w = nn.Parameter(torch.ones(4))
+    opt = LARS([w], lr=0.25, momentum=0.5, eta=1.0)
+    updates = []
+    for _ in range(2):
+        before = w.detach().clone()
+        w.grad = torch.ones(4)
+        opt.step()
+        updates.append(before - w.detach())
+    # step 1: trust = ||w0||/||g|| = 1, buffer = g; step 2: buffer = 0.5 g + (||w1||/||g||) g
+    torch.testing.assert_close(updates[0], torch.full((4,), 0.25))
+    w1 = torch.full((4,), 0.75)
+    torch.testing.assert_close(updates[1], 0.25 * (0.5 + w1.norm() / 2) * torch.ones(4))
+
+
+def test_bias_and_norm_parameters_get_no_decay_and_no_adaptation():
+    model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Linear(8, 2))
+    decay, no_decay = parameter_groups(model, weight_decay=0.1, exclude_bias_and_norm=True)
+    assert {p.ndim for p in decay["params"]} == {2} and len(decay["params"]) == 2
+    assert {p.ndim for p in no_decay["params"]} == {1} and len(no_decay["params"]) == 4
+    assert no_decay["weight_decay"] == 0.0 and no_decay["lars_adaptation"] is False
+    (only,) = parameter_groups(model, weight_decay=0.1, exclude_bias_and_norm=False)
+    assert len(only["params"]) == 6
+
+
+def test_lars_leaves_excluded_group_as_plain_momentum_sgd():
+    w = nn.Parameter(torch.full((3,), 2.0))
+    w.grad = torch.ones(3)
+    LARS([{"params": [w], "weight_decay": 0.0, "lars_adaptation": False}], lr=0.1, weight_decay=0.5).step()
+    torch.testing.assert_close(w.detach(), torch.full((3,), 1.9))
+
+
+def test_warmup_cosine_values():
+    total, warm = 100, 10
+    assert warmup_cosine_factor(0, total, warm, 0.0) == pytest.approx(0.1)
+    assert warmup_cosine_factor(9, total, warm, 0.0) == pytest.approx(1.0)
+    assert warmup_cosine_factor(10, total, warm, 0.0) == pytest.approx(1.0)
+    assert warmup_cosine_factor(55, total, warm, 0.0) == pytest.approx(0.5)
+    assert warmup_cosine_factor(100, total, warm, 0.1) == pytest.approx(0.1)
+    mid = warmup_cosine_factor(32, total, warm, 0.2)
+    assert mid == pytest.approx(0.2 + 0.8 * 0.5 * (1 + math.cos(math.pi * 22 / 90)))
+
+
+def test_warmup_cosine_scheduler_drives_the_optimizer_lr():
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=2.0)
+    sched = warmup_cosine(opt, steps_per_epoch=5, total_steps=20, warmup_epochs=1, min_lr_ratio=0.0)
+    lrs = []
+    for _ in range(20):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[:5] == pytest.approx([0.4, 0.8, 1.2, 1.6, 2.0])
+    assert lrs[5] == pytest.approx(2.0) and lrs[-1] < 0.05
+    with pytest.raises(ValueError, match="min_lr_ratio"):
+        warmup_cosine(opt, 5, 20, warmup_epochs=1, min_lr_ratio=2.0)
