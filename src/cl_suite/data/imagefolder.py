@@ -1,0 +1,255 @@
+"""Any class-folder tree of image files (torchvision's ImageFolder convention), at one square size.
+
+Layout: ``<root>/<split_dir>/<class>/<file>``; the classes are the sorted sub-folder names and the
+label of an image is the index of its folder. Every image is stored at ``image_size`` x ``image_size``:
+shorter side resized to ``image_size`` (bilinear, antialiased), then centre-cropped. Augmentation
+crops from that storage size later.
+
+With ``in_memory=True`` each split is decoded once (in threads: PIL releases the GIL while decoding)
+into one uint8 tensor, and with ``cache=True`` that tensor is saved under ``<root>/.cl_suite_cache``
+so the next run loads it in seconds instead of decoding again. With ``in_memory=False`` images are
+decoded on demand, for data that does not fit in memory.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+import torchvision.transforms.functional as TF
+from PIL import Image
+from torchvision.transforms import InterpolationMode
+
+from cl_suite.data.types import DatasetNotFoundError, ImageDataset, ImageSplit
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
+CACHE_DIR_NAME = ".cl_suite_cache"
+# Bump when the decoding changes, so that caches written by older code are rebuilt, not reused.
+_CACHE_FORMAT = 1
+# Cache folders we already warned about, so that an unwritable root warns once, not once per split.
+_warned_cache_dirs: set[Path] = set()
+
+
+class UnreadableImageError(OSError):
+    """An image file that PIL cannot open or decode. The message names the file."""
+
+
+def decode_image(path: str | os.PathLike, image_size: int) -> torch.Tensor:
+    """Read one image file as uint8 RGB ``(3, image_size, image_size)``: resize shorter side, centre crop."""
+    try:
+        with Image.open(path) as img:
+            # JPEG only (a no-op for other formats): decode at a power-of-two reduced scale that still
+            # keeps both sides >= image_size; several times faster for large photos.
+            img.draft("RGB", (image_size, image_size))
+            img = img.convert("RGB")  # also forces the (lazy) decode, so errors surface here
+    except (OSError, ValueError, Image.DecompressionBombError) as err:
+        raise UnreadableImageError(f"cannot read image file {path}: {err}") from err
+    img = TF.resize(img, image_size, interpolation=InterpolationMode.BILINEAR, antialias=True)
+    img = TF.center_crop(img, [image_size, image_size])
+    return TF.pil_to_tensor(img)
+
+
+class LazyImageReader:
+    """``index -> uint8 (3, S, S)`` decoded on demand; a class (not a closure) so DataLoader workers can pickle it."""
+
+    def __init__(self, paths: list[str], image_size: int) -> None:
+        self.paths = paths
+        self.image_size = image_size
+
+    def __call__(self, index: int) -> torch.Tensor:
+        return decode_image(self.paths[index], self.image_size)
+
+
+def _is_image(name: str) -> bool:
+    return name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def _class_folders(split_path: Path) -> list[str]:
+    # Hidden folders (.ipynb_checkpoints, .DS_Store-style clutter) are not classes.
+    return sorted(e.name for e in os.scandir(split_path) if e.is_dir() and not e.name.startswith("."))
+
+
+def _list_class_tree(split_path: Path, classes: list[str]) -> tuple[list[str], list[int]]:
+    """All image files under each class folder (recursively, sorted, as torchvision does) and their labels."""
+    paths, labels = [], []
+    for label, name in enumerate(classes):
+        found = []
+        for folder, _, files in os.walk(split_path / name, followlinks=True):
+            found += [os.path.join(folder, f) for f in files if _is_image(f)]
+        if not found:
+            raise ValueError(
+                f"class folder {split_path / name} holds no image files (allowed extensions, any case: "
+                f"{', '.join(IMAGE_EXTENSIONS)}); remove the folder or add its images"
+            )
+        paths += sorted(found)
+        labels += [label] * len(found)
+    return paths, labels
+
+
+def _missing_error(path: Path, root: Path, key: str | None = None, value: str | None = None) -> DatasetNotFoundError:
+    """``key``/``value``: the config key of the missing split folder (None: the root itself is missing)."""
+    setting = f"dataset.root={root}" + (f", dataset.{key}={value}" if key else "")
+    fix = f"set dataset.root=<dir that contains '{value}'> or dataset.{key}=<its sub-folder name>" if key else (
+        "set dataset.root=<dir that contains the split folders>"
+    )
+    return DatasetNotFoundError(
+        f"image folder not found: {path} does not exist ({setting}).\n"
+        f"  expected <root>/<split_dir>/<class>/<image files> (extensions {', '.join(IMAGE_EXTENSIONS)}).\n"
+        f"Fix it: {fix}. Image folders cannot be fetched with dataset.download: copy or unpack them there first."
+    )
+
+
+def _file_list_hash(split_path: Path, paths: list[str]) -> str:
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(Path(path).relative_to(split_path).as_posix().encode())
+        digest.update(b"\n")
+    return digest.hexdigest()
+
+
+def _decode_all(paths: list[str], image_size: int, num_workers: int) -> torch.Tensor:
+    images = torch.empty((len(paths), 3, image_size, image_size), dtype=torch.uint8)
+
+    def decode_into(index: int) -> None:
+        images[index] = decode_image(paths[index], image_size)
+
+    if num_workers == 0:
+        for index in range(len(paths)):
+            decode_into(index)
+    else:
+        with ThreadPoolExecutor(max_workers=num_workers) as pool:
+            list(pool.map(decode_into, range(len(paths))))  # list() re-raises the first worker error
+    return images
+
+
+def _warn_cache_once(cache_dir: Path, reason: str) -> None:
+    if cache_dir not in _warned_cache_dirs:
+        _warned_cache_dirs.add(cache_dir)
+        warnings.warn(
+            f"image folder cache disabled: {reason}. Every run will decode all images again; make the "
+            f"folder writable or set dataset.cache=false to silence this.",
+            stacklevel=4,
+        )
+
+
+def _load_cache(cache_file: Path, image_size: int, count: int, paths_hash: str) -> torch.Tensor | None:
+    """The cached images if the cache file exists and was built from the same file list, else None."""
+    if not cache_file.is_file():
+        return None
+    try:
+        # mmap: loading is instant and the pages are shared between processes reading the same cache.
+        cached = torch.load(cache_file, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:  # a damaged cache is rebuilt, not fatal
+        warnings.warn(f"ignoring unreadable image cache {cache_file} ({err}); decoding again", stacklevel=4)
+        return None
+    expected = {"format": _CACHE_FORMAT, "image_size": image_size, "count": count, "paths_hash": paths_hash}
+    if any(cached.get(key) != value for key, value in expected.items()):
+        log.info("image cache %s is stale (file list or settings changed); rebuilding", cache_file)
+        return None
+    return cached["images"]
+
+
+def _save_cache(cache_file: Path, images: torch.Tensor, image_size: int, paths_hash: str) -> None:
+    content = {
+        "format": _CACHE_FORMAT,
+        "image_size": image_size,
+        "count": len(images),
+        "paths_hash": paths_hash,
+        "images": images,
+    }
+    tmp_name = None
+    try:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        # Write a temporary file next to the target, then rename: a crash never leaves a half-written cache.
+        with tempfile.NamedTemporaryFile(dir=cache_file.parent, prefix=cache_file.name, suffix=".tmp", delete=False) as f:
+            tmp_name = f.name
+            torch.save(content, f)
+        # NamedTemporaryFile creates the file owner-only (0600); make the cache readable like any data file.
+        os.chmod(tmp_name, 0o644)
+        os.replace(tmp_name, cache_file)
+    except OSError as err:
+        if tmp_name is not None and os.path.exists(tmp_name):
+            os.unlink(tmp_name)
+        _warn_cache_once(cache_file.parent, f"cannot write {cache_file} ({err})")
+
+
+def _read_split(
+    root: Path, key: str, split_dir: str, classes: list[str] | None, image_size: int,
+    in_memory: bool, cache: bool, num_workers: int,
+) -> tuple[ImageSplit, list[str]]:
+    """Read one split. ``classes=None``: take its own class folders (train); else they must match (test).
+
+    Returns the split and its class list.
+    """
+    split_path = root / split_dir
+    if not split_path.is_dir():
+        raise _missing_error(split_path, root, key, split_dir)
+    own_classes = _class_folders(split_path)
+    if not own_classes:
+        raise ValueError(f"{split_path} has no class sub-folders; expected <{key}>/<class>/<image files>")
+    if classes is not None and own_classes != classes:
+        raise ValueError(
+            f"{split_path} has different classes from the train split: only in train: "
+            f"{sorted(set(classes) - set(own_classes))}, only in {split_dir}: {sorted(set(own_classes) - set(classes))}"
+        )
+    paths, labels = _list_class_tree(split_path, own_classes)
+    label_tensor = torch.tensor(labels, dtype=torch.int64)
+    if not in_memory:
+        return ImageSplit(labels=label_tensor, read_image=LazyImageReader(paths, image_size)), own_classes
+
+    images = None
+    if cache:
+        paths_hash = _file_list_hash(split_path, paths)
+        safe_name = split_dir.replace("/", "_").replace(os.sep, "_")
+        cache_file = root / CACHE_DIR_NAME / f"{safe_name}_{image_size}.pt"
+        images = _load_cache(cache_file, image_size, len(paths), paths_hash)
+    if images is None:
+        log.info("decoding %d images from %s at %dx%d", len(paths), split_path, image_size, image_size)
+        images = _decode_all(paths, image_size, num_workers)
+        if cache:
+            _save_cache(cache_file, images, image_size, paths_hash)
+    return ImageSplit(labels=label_tensor, images=images), own_classes
+
+
+def load_imagefolder(
+    root: str | os.PathLike,
+    train_dir: str = "train",
+    test_dir: str = "test",
+    pretrain_dir: str | None = None,
+    image_size: int = 32,
+    in_memory: bool = True,
+    cache: bool = True,
+    num_workers: int = 4,
+    name: str = "imagefolder",
+) -> ImageDataset:
+    """A data set from ``<root>/<train_dir>`` and ``<root>/<test_dir>`` class-folder trees.
+
+    ``pretrain_dir`` (default: ``train_dir``) is what self-supervised training reads; it must have the
+    same class folders as the train split (its labels are only used for label-aware samplers/metrics).
+    ``num_workers`` threads decode images (0: decode in the calling thread).
+    """
+    if not isinstance(image_size, int) or isinstance(image_size, bool) or image_size < 1:
+        raise ValueError(f"{name}: image_size must be a positive integer, got {image_size!r}")
+    if not isinstance(num_workers, int) or num_workers < 0:
+        raise ValueError(f"{name}: num_workers must be an integer >= 0, got {num_workers!r}")
+    root_path = Path(root).expanduser().resolve()
+    if not root_path.is_dir():
+        raise _missing_error(root_path, root_path)
+
+    options = dict(image_size=image_size, in_memory=in_memory, cache=cache, num_workers=num_workers)
+    train, classes = _read_split(root_path, "train_dir", train_dir, None, **options)
+    test, _ = _read_split(root_path, "test_dir", test_dir, classes, **options)
+    if pretrain_dir is None or pretrain_dir == train_dir:
+        pretrain = train
+    else:
+        pretrain, _ = _read_split(root_path, "pretrain_dir", pretrain_dir, classes, **options)
+    return ImageDataset(
+        name=name, pretrain=pretrain, train=train, test=test, classes=classes, image_size=image_size
+    )
