@@ -5,6 +5,7 @@ With no arguments: SimCLR on the bundled digits data set, on the CPU in about a 
 import hydra
 from omegaconf import DictConfig
 
+import cl_suite.resolvers  # noqa: F401  (registers ${cl_suite.run_stamp:} before Hydra composes)
 from cl_suite.engine.trainer import train
 
 

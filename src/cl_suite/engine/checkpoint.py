@@ -13,6 +13,12 @@ CHECKPOINT_DIR = "checkpoints"
 LAST = "last.pt"
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _atomic_write(path: Path, write) -> None:
     """Write through a temporary file in the same folder, fsync, then rename over ``path``.
 
@@ -21,6 +27,7 @@ def _atomic_write(path: Path, write) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes files owner-only; give run files the usual mode
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
