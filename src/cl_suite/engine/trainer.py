@@ -7,7 +7,6 @@ periodic kNN monitor, checkpoint -> at the end: kNN and offline linear evaluatio
 from __future__ import annotations
 
 import contextlib
-import math
 import random
 import time
 from pathlib import Path
@@ -58,7 +57,7 @@ def seed_everything(seed: int) -> None:
 def step_seed(seed: int, step: int, rank: int) -> int:
     """Augmentation seed of one step: a function of (seed, step, rank) only, so a resumed run draws the
     same views as the uninterrupted one without restoring any generator state."""
-    return (seed * 1_000_003 + step) * 1024 + rank
+    return ((seed * 1_000_003 + step) * 1024 + rank) % 2**63
 
 
 def autocast(precision: str, device: torch.device):
@@ -69,10 +68,20 @@ def autocast(precision: str, device: torch.device):
 
 
 def rng_states() -> dict[str, Any]:
+    """The global generators. The loop itself draws from its own seeded generators, but models may not
+    (dropout, stochastic depth in timm models), so a resumed run restores these too."""
     states = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         states["cuda"] = torch.cuda.get_rng_state_all()
     return states
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    random.setstate(states["python"])
+    np.random.set_state(states["numpy"])
+    torch.set_rng_state(states["torch"].cpu())
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in states["cuda"]])
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
@@ -264,6 +273,7 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         self.step, self.history = state["step"], state["history"]
+        set_rng_states(state["rng"])
         self._print(f"resumed from {path} at step {self.step} (epoch {self.step / self.steps_per_epoch:.2f})")
         return state.get("wandb_run_id")
 
