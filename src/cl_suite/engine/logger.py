@@ -67,7 +67,7 @@ class WandbLogger:
         for pattern in ("knn/*", "online_probe/*", "linear/*", "epoch_time_s", "train/epoch_*"):
             self._run.define_metric(pattern, step_metric="epoch")
         if self.mode == "offline":
-            print(f"wandb is offline (no credentials found); upload later with: wandb sync {Path(self._run.dir).parent}")
+            print(f"wandb is offline; upload the run later with: wandb sync {Path(self._run.dir).parent}")
 
     def log(self, metrics: dict[str, Any], step: int) -> None:
         self._run.log(metrics, step=step)
