@@ -95,7 +95,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         teardown.callback(cleanup_distributed)
         trainer = Trainer(cfg, resolve_device(cfg.trainer.device))
         teardown.callback(trainer.logger.finish)
-        return trainer.fit()
+        final = trainer.fit()
+    # After wandb has finished (and printed its own run summary): the run ends with the numbers.
+    trainer._print(_summary_table(trainer.history))
+    trainer._print(f"run folder: {trainer.run_dir}  (re-evaluate: python evaluate.py run={trainer.run_dir})")
+    return final
 
 
 class Trainer:
@@ -173,7 +177,6 @@ class Trainer:
         final = {f"final/{k}": v for k, v in self.history["final"].items()}
         self.logger.log(final, step=self.step)
         self.logger.log_summary(final)
-        self._print(_summary_table(self.history))
         return self.history["final"]
 
     def train_epoch(self, epoch: int) -> dict[str, Any]:
