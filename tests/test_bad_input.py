@@ -29,10 +29,12 @@ def test_unknown_group_option_lists_the_choices(override, named):
     ("trainer.batch_size=4096", ValueError, "larger than the 1437 training images"),
     ("method.temperature=0", ValueError, "method.temperature=0"),
     ("optimizer.lr=-0.1", ConfigError, "optimizer.lr=-0.1"),
+    ("trainer.precision=fp16 trainer.device=cpu", ConfigError, "trainer.precision='fp16' needs a CUDA device"),
+    ("resume=/no/such/run", FileNotFoundError, "resume='/no/such/run'"),
 ])
 def test_bad_values_fail_before_training(tmp_path, override, error, named):
     with pytest.raises(error) as err:
-        train(compose_train(TINY + [override], tmp_path))
+        train(compose_train(TINY + override.split(), tmp_path))
     assert named in str(err.value)
     assert not (tmp_path / "checkpoints").exists()
 

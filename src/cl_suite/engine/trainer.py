@@ -29,6 +29,7 @@ from cl_suite.engine.distributed import (cleanup_distributed, get_rank, get_worl
 from cl_suite.engine.evaluation import evaluate_encoder
 from cl_suite.engine.logger import NullLogger
 from cl_suite.engine.optim import build_optimizer
+from cl_suite.engine.preemption import PreemptionGuard
 from cl_suite.engine.pretrainer import Pretrainer
 from cl_suite.engine.probe import OnlineProbe
 from cl_suite.engine.validation import validate_train_config
@@ -93,9 +94,15 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         # unfinished run hangs at exit, or is silently reused by the next job of a multirun).
         init_distributed(device_type)
         teardown.callback(cleanup_distributed)
-        trainer = Trainer(cfg, resolve_device(cfg.trainer.device))
+        guard = teardown.enter_context(PreemptionGuard())
+        trainer = Trainer(cfg, resolve_device(cfg.trainer.device), guard)
         teardown.callback(trainer.logger.finish)
         final = trainer.fit()
+    if final is None:  # stopped by a signal after saving its checkpoint
+        trainer._print(f"stopped by signal {guard.received} at step {trainer.step}; checkpoint saved in "
+                       f"{trainer.run_dir}. Run the same command again to continue (resume=auto).")
+        guard.hand_over()  # e.g. submitit requeues the job here
+        raise SystemExit(128 + guard.received)  # the shell's "terminated by signal" status: not finished
     # After wandb has finished (and printed its own run summary): the run ends with the numbers.
     trainer._print(_summary_table(trainer.history))
     trainer._print(f"run folder: {trainer.run_dir}  (re-evaluate: python evaluate.py run={trainer.run_dir})")
@@ -111,8 +118,9 @@ class Trainer:
     always spans ``trainer.epochs``): a smoke run, or the first half of a split run.
     """
 
-    def __init__(self, cfg: DictConfig, device: torch.device):
+    def __init__(self, cfg: DictConfig, device: torch.device, guard: PreemptionGuard | None = None):
         self.cfg, self.device, t = cfg, device, cfg.trainer
+        self.guard = guard or PreemptionGuard()
         self.run_dir = Path(cfg.paths.output_dir)
         self.rank, self.world = get_rank(), get_world_size()
         self.main = is_main_process()
@@ -146,13 +154,16 @@ class Trainer:
 
         self.step = 0
         self.history: dict[str, Any] = {"init": {}, "epochs": [], "final": {}}
-        wandb_id = self._restore(cfg.resume) if cfg.resume else None
+        checkpoint = self._checkpoint_to_resume(cfg.resume)
+        wandb_id = self._restore(checkpoint) if checkpoint else None
         self.logger = NullLogger()
         if self.main:
             self.logger = build_logger(cfg.logger, str(self.run_dir), cfg, run_id=wandb_id)
 
     # ---- the run ----
-    def fit(self) -> dict[str, Any]:
+    def fit(self) -> dict[str, Any] | None:
+        """Train to ``stop_step`` and evaluate; return the final metrics, or None when a stop signal
+        arrived (the checkpoint of the step it stopped at is saved)."""
         t = self.cfg.trainer
         if t.eval_at_init and self.step == 0:
             self.history["init"] = self.evaluate(with_linear=True, with_probe=False)  # the probe is untrained
@@ -161,6 +172,10 @@ class Trainer:
         while self.step < self.stop_step:
             epoch = self.step // self.steps_per_epoch
             record = self.train_epoch(epoch)
+            if self._stop_requested():
+                self.history["epochs"].append({**record, "stopped_by_signal": True})
+                self.save()
+                return None
             finished_epoch = self.step % self.steps_per_epoch == 0
             last = self.step >= self.stop_step
             if finished_epoch and not last and t.eval_every_epochs and (epoch + 1) % t.eval_every_epochs == 0:
@@ -186,19 +201,20 @@ class Trainer:
         for metric in self.probe_accuracy.values():
             metric.reset()
         first = self.step - epoch * self.steps_per_epoch
-        n_steps = min(self.steps_per_epoch, self.stop_step - epoch * self.steps_per_epoch) - first
+        planned = min(self.steps_per_epoch, self.stop_step - epoch * self.steps_per_epoch) - first
         loss_sum, window_loss = torch.zeros((), device=device), torch.zeros((), device=device)
         start = window_start = time.perf_counter()
-        window_steps = 0
-        bar = tqdm(total=n_steps, desc=f"epoch {epoch + 1}/{t.epochs}", disable=not (self.main and t.progress_bar),
+        steps = window_steps = 0
+        bar = tqdm(total=planned, desc=f"epoch {epoch + 1}/{t.epochs}", disable=not (self.main and t.progress_bar),
                    leave=False, dynamic_ncols=True)
         generator = torch.Generator(device=device)
         for batch in self.batches.epoch(epoch, start_step=first):
             generator.manual_seed(step_seed(self.cfg.seed, self.step, self.rank))
             out, probe_logits = self.train_step(batch, generator)
+            steps += 1
+            window_steps += 1
             loss_sum += out.loss.detach()
             window_loss += out.loss.detach()
-            window_steps += 1
             for metric in self.probe_accuracy.values():
                 metric.update(probe_logits.detach(), out.feature_labels)
             bar.update(1)
@@ -212,14 +228,14 @@ class Trainer:
                 bar.set_postfix(loss=f"{metrics['train/loss']:.3f}", img_s=f"{metrics['images_per_s']:.0f}")
                 window_loss.zero_()
                 window_start, window_steps = time.perf_counter(), 0
-            if self.step >= self.stop_step:
+            if self.step >= self.stop_step or self._stop_requested():
                 break
         bar.close()
         seconds = time.perf_counter() - start
-        record = {"epoch": epoch + 1, "step": self.step, "train/epoch_loss": (loss_sum / max(n_steps, 1)).item(),
+        record = {"epoch": epoch + 1, "step": self.step, "train/epoch_loss": (loss_sum / max(steps, 1)).item(),
                   "lr": self.optimizer.param_groups[0]["lr"], "epoch_time_s": seconds,
-                  "images_per_s": n_steps * t.batch_size / seconds}
-        if n_steps and bool((self.data.pretrain.labels >= 0).any()):
+                  "images_per_s": steps * t.batch_size / seconds}
+        if steps and bool((self.data.pretrain.labels >= 0).any()):
             record.update({f"online_probe/train_top{k}": 100 * m.compute().item()
                            for k, m in self.probe_accuracy.items()})
         return record
@@ -245,6 +261,21 @@ class Trainer:
         self.step += 1
         return out, probe_logits
 
+    def _stop_requested(self) -> bool:
+        """Whether a stop signal arrived, agreed by all processes.
+
+        One process alone must not stop (the others would wait forever in the next collective), so
+        under DDP the flag is all-reduced, every ``log_every_steps`` steps to keep host syncs rare.
+        """
+        local = self.guard.received is not None
+        if self.world == 1:
+            return local
+        if self.step % self.cfg.trainer.log_every_steps:
+            return False
+        flag = torch.tensor([float(local)], device=self.device if self.device.type == "cuda" else "cpu")
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        return bool(flag.item())
+
     def evaluate(self, with_linear: bool, with_probe: bool = True) -> dict[str, float]:
         return evaluate_encoder(self.method, self.probe if with_probe else None, self.data, self.aug_cfg, self.device,
                                 self.cfg.evaluation, with_linear=with_linear,
@@ -266,8 +297,17 @@ class Trainer:
         ckpt.save_checkpoint(self.run_dir / ckpt.CHECKPOINT_DIR / ckpt.LAST, state)
         ckpt.write_json(self.run_dir / "metrics.json", self.history)
 
-    def _restore(self, resume: str) -> str | None:
-        path = ckpt.resolve_checkpoint(resume)
+    def _checkpoint_to_resume(self, resume: str | None) -> Path | None:
+        """``resume=auto``: this run dir's last checkpoint if there is one (a re-run of the same command,
+        a requeued job); a path: that checkpoint or run dir; null: start fresh."""
+        if resume is None:
+            return None
+        if resume == "auto":
+            last = self.run_dir / ckpt.CHECKPOINT_DIR / ckpt.LAST
+            return last if last.is_file() else None
+        return ckpt.resolve_checkpoint(resume)
+
+    def _restore(self, path: Path) -> str | None:
         state = ckpt.load_checkpoint(path, map_location=self.device)
         self.method.load_state_dict(state["method"])
         self.probe.load_state_dict(state["probe"])

@@ -2,6 +2,7 @@
 what is allowed, before any data is read or any model is built."""
 from __future__ import annotations
 
+import torch
 from omegaconf import DictConfig
 
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -38,6 +39,11 @@ def validate_train_config(cfg: DictConfig) -> None:
     _int(cfg, "seed", 0)
     if t.precision not in PRECISIONS:
         raise ConfigError(f"trainer.precision={t.precision!r} is not one of {PRECISIONS}")
+    if t.precision == "fp16" and (str(t.device) == "cpu" or not torch.cuda.is_available()):
+        raise ConfigError("trainer.precision='fp16' needs a CUDA device (its loss scaling is a CUDA GradScaler); "
+                          "use trainer.precision=bf16 on the CPU")
+    if cfg.resume is not None and not isinstance(cfg.resume, str):
+        raise ConfigError(f"resume={cfg.resume!r} is not allowed: expected auto, null, a .pt file or a run dir")
     if t.grad_clip is not None:
         _positive(t, "trainer.grad_clip")
     device = str(t.device)
