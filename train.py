@@ -2,10 +2,13 @@
 
 With no arguments: SimCLR on the bundled digits data set, on the CPU in about a minute.
 """
+import sys
+
 import hydra
 from omegaconf import DictConfig
 
 import cl_suite.resolvers  # noqa: F401  (registers ${cl_suite.run_stamp:} before Hydra composes)
+from cl_suite.engine.distributed import worker_rank_hydra_overrides
 from cl_suite.engine.trainer import train
 
 
@@ -17,4 +20,5 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
+    sys.argv.extend(worker_rank_hydra_overrides())
     main()

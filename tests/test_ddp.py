@@ -23,6 +23,22 @@ def test_nt_xent_on_two_processes_equals_one_process():
 
 
 @pytest.mark.slow
+def test_full_training_step_on_two_processes_equals_one_process(tmp_path):
+    """Method and online-probe parameters after one step; tolerance 1e-6 (float32 summation order)."""
+    script = str(ROOT / "tests" / "ddp_train_step_script.py")
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    single = subprocess.run([sys.executable, script, str(tmp_path / "one.pt")], env=env, capture_output=True,
+                            text=True, timeout=120)
+    assert single.returncode == 0, single.stderr[-3000:]
+    proc = torchrun([script, str(tmp_path / "two.pt")])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    one, two = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "two.pt")
+    for key in one:
+        torch.testing.assert_close(two[key], one[key], rtol=1e-6, atol=1e-6, msg=key)
+    assert {k.split(".")[0] for k in one} == {"method", "probe"}
+
+
+@pytest.mark.slow
 def test_torchrun_training_writes_one_run_dir_and_one_checkpoint(tmp_path):
     outputs = tmp_path / "outputs"
     args = [o for o in TINY if not o.startswith("trainer.epochs")] + [

@@ -92,3 +92,19 @@ def test_multirun_gives_each_job_its_own_run_dir_and_wandb_run(tmp_path):
         (run,) = (tmp_path / job / "wandb").glob("offline-run-*")
         run_ids.add(run.name.rsplit("-", 1)[-1])
     assert len(run_ids) == 2
+
+
+def test_bf16_autocast_trains_on_cpu_with_a_finite_fp32_loss(tmp_path):
+    cfg = compose_train(TINY + ["trainer.precision=bf16", "trainer.max_steps=3", "trainer.eval_at_init=false",
+                                "trainer.log_every_steps=1"], tmp_path)
+    train(cfg)
+    record = json.loads((tmp_path / "metrics.json").read_text())["epochs"][-1]
+    assert record["step"] == 3 and math.isfinite(record["train/epoch_loss"])
+
+
+@pytest.mark.slow
+def test_compiled_model_trains_and_saves_plain_state_dict_keys(tmp_path):
+    train(compose_train(TINY + ["trainer.compile=true", "trainer.max_steps=2", "trainer.eval_at_init=false"],
+                        tmp_path))
+    state = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=False)
+    assert state["step"] == 2 and not any("_orig_mod" in key for key in state["method"])

@@ -42,6 +42,17 @@ def init_distributed(device_type: str, timeout_s: int = 600) -> bool:
     return True
 
 
+def worker_rank_hydra_overrides() -> list[str]:
+    """Extra Hydra overrides for torchrun processes other than rank 0.
+
+    torchrun starts every process with the same command line, so every process would write
+    ``.hydra/`` and the job log into the shared run folder; only rank 0 should.
+    """
+    if int(os.environ.get("RANK", "0")) > 0:
+        return ["hydra.output_subdir=null", "hydra/job_logging=disabled", "hydra/hydra_logging=disabled"]
+    return []
+
+
 def cleanup_distributed() -> None:
     if is_distributed():
         dist.destroy_process_group()

@@ -137,11 +137,17 @@ class Trainer:
 
         self.method = build_method(cfg).to(device)
         self.probe = OnlineProbe(self.method.num_features, self.data.num_classes).to(device)
+        self.channels_last = device.type == "cuda" if t.channels_last == "auto" else bool(t.channels_last)
         model = Pretrainer(self.method, self.probe)
-        if t.channels_last:
+        if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
-        self.model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
-            if self.world > 1 else model
+        if self.world > 1:
+            if t.sync_batchnorm:
+                model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # swaps the BN children in place
+            model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        if t.compile:
+            model.compile(mode=t.compile_mode)  # in place: state_dict keys stay free of "_orig_mod."
+        self.model = model
         self.optimizer = build_optimizer(cfg.optimizer, self.method, t.batch_size)
         self.probe_optimizer = torch.optim.AdamW(self.probe.parameters(), lr=cfg.probe.lr,
                                                  weight_decay=cfg.probe.weight_decay)
@@ -243,7 +249,7 @@ class Trainer:
     def train_step(self, batch, generator: torch.Generator):
         t = self.cfg.trainer
         views = self.augment(batch.images, generator)
-        if t.channels_last:
+        if self.channels_last:
             views = tuple(v.contiguous(memory_format=torch.channels_last) for v in views)
         with autocast(t.precision, self.device):
             out, probe_loss, probe_logits = self.model(views, batch.labels, batch.indices)
@@ -279,7 +285,7 @@ class Trainer:
     def evaluate(self, with_linear: bool, with_probe: bool = True) -> dict[str, float]:
         return evaluate_encoder(self.method, self.probe if with_probe else None, self.data, self.aug_cfg, self.device,
                                 self.cfg.evaluation, with_linear=with_linear,
-                                channels_last=self.cfg.trainer.channels_last, seed=self.cfg.seed)
+                                channels_last=self.channels_last, seed=self.cfg.seed)
 
     # ---- checkpoints ----
     def save(self) -> None:

@@ -6,6 +6,7 @@ import torch
 from omegaconf import DictConfig
 
 PRECISIONS = ("fp32", "bf16", "fp16")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 class ConfigError(ValueError):
@@ -42,6 +43,12 @@ def validate_train_config(cfg: DictConfig) -> None:
     if t.precision == "fp16" and (str(t.device) == "cpu" or not torch.cuda.is_available()):
         raise ConfigError("trainer.precision='fp16' needs a CUDA device (its loss scaling is a CUDA GradScaler); "
                           "use trainer.precision=bf16 on the CPU")
+    if t.channels_last not in ("auto", True, False):
+        raise ConfigError(f"trainer.channels_last={t.channels_last!r} is not allowed: expected auto, true or false")
+    if t.compile_mode not in COMPILE_MODES:
+        raise ConfigError(f"trainer.compile_mode={t.compile_mode!r} is not one of {COMPILE_MODES}")
+    if t.sync_batchnorm and (str(t.device) == "cpu" or not torch.cuda.is_available()):
+        raise ConfigError("trainer.sync_batchnorm=true needs CUDA (torch's SyncBatchNorm has no CPU path)")
     if cfg.resume is not None and not isinstance(cfg.resume, str):
         raise ConfigError(f"resume={cfg.resume!r} is not allowed: expected auto, null, a .pt file or a run dir")
     if t.grad_clip is not None:

@@ -30,6 +30,7 @@ class SimCLR(ContrastiveMethod):
         temperature: float = 0.5,
         projector_hidden_dims: list[int] | tuple[int, ...] = (2048,),
         projector_dim: int = 128,
+        projector_batch_norm: bool = True,
         concat_views: bool = False,
     ):
         super().__init__()
@@ -39,7 +40,8 @@ class SimCLR(ContrastiveMethod):
         self.sampler = sampler
         self.temperature = float(temperature)
         self.concat_views = concat_views
-        self.projector = mlp(backbone.num_features, list(projector_hidden_dims), projector_dim)
+        self.projector = mlp(backbone.num_features, list(projector_hidden_dims), projector_dim,
+                             batch_norm=projector_batch_norm)
 
     def forward(self, views: tuple[torch.Tensor, torch.Tensor], labels: torch.Tensor,
                 indices: torch.Tensor | None = None) -> MethodOutput:
