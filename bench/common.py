@@ -117,9 +117,15 @@ def synchronize(device: torch.device) -> None:
 
 @dataclass
 class Timing:
-    median_s: float
-    mean_s: float
-    iters: int
+    times: list[float]  # seconds of each timed call
+
+    @property
+    def median_s(self) -> float:
+        return statistics.median(self.times)
+
+    @property
+    def mean_s(self) -> float:
+        return statistics.fmean(self.times)
 
 
 def time_it(fn: Callable[[], object], device: torch.device, iters: int = 10, warmup: int = 3) -> Timing:
@@ -146,7 +152,18 @@ def time_it(fn: Callable[[], object], device: torch.device, iters: int = 10, war
             now = time.perf_counter()
             times.append(now - last)
             last = now
-    return Timing(statistics.median(times), statistics.fmean(times), iters)
+    return Timing(times)
+
+
+def time_interleaved(fns: dict[str, Callable[[], object]], device: torch.device, iters: int, warmup: int,
+                     rounds: int) -> dict[str, Timing]:
+    """``time_it`` for each function in turn, ``rounds`` times, pooling the calls of each function: on a
+    shared machine a slow spell then hits every function, not just the one being timed."""
+    pooled: dict[str, list[float]] = {name: [] for name in fns}
+    for r in range(rounds):
+        for name, fn in fns.items():
+            pooled[name] += time_it(fn, device, iters, warmup if r == 0 else 1).times
+    return {name: Timing(times) for name, times in pooled.items()}
 
 
 def cpu_model() -> str:

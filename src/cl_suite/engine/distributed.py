@@ -27,12 +27,27 @@ def is_main_process() -> bool:
     return get_rank() == 0
 
 
+def _export_slurm_task_environment() -> None:
+    """A SLURM job with several tasks (submitit launcher, tasks_per_node > 1) and no torchrun: derive
+    RANK/WORLD_SIZE/LOCAL_RANK/MASTER_ADDR/MASTER_PORT from the SLURM variables, as torchrun would."""
+    if "RANK" in os.environ or int(os.environ.get("SLURM_NTASKS", "1")) <= 1:
+        return
+    try:
+        from submitit.helpers import TorchDistributedEnvironment
+    except ImportError as err:
+        raise RuntimeError("a SLURM job with several tasks needs submitit to set up DDP: "
+                           "pip install -e '.[slurm]', or launch one torchrun per node instead") from err
+    TorchDistributedEnvironment().export()
+
+
 def init_distributed(device_type: str, timeout_s: int = 600) -> bool:
-    """Join the process group torchrun prepared; return whether this run is distributed.
+    """Join the process group torchrun (or a multi-task SLURM job) prepared; return whether the run is
+    distributed.
 
     nccl on GPUs, gloo on CPUs (nccl has no CPU path). The backend is always passed explicitly:
     without it torch builds a multi-backend group whose behaviour differs between versions.
     """
+    _export_slurm_task_environment()
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or is_distributed():
         return is_distributed()
     backend = "nccl" if device_type == "cuda" else "gloo"

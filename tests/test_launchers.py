@@ -1,0 +1,41 @@
+"""Cluster plumbing: the submitit launcher path (run locally) and signal hand-over to the launcher."""
+import json
+import os
+import signal
+
+import pytest
+
+from cl_suite.engine.preemption import PreemptionGuard
+from helpers import run_cli
+
+
+def test_guard_records_the_signal_and_hands_it_to_the_previous_handler():
+    seen = []
+    previous = signal.signal(signal.SIGUSR1, lambda signum, frame: seen.append(signum))
+    try:
+        with PreemptionGuard() as guard:
+            os.kill(os.getpid(), signal.SIGUSR1)
+            assert guard.received == signal.SIGUSR1 and seen == []  # recorded, not acted on yet
+        assert guard.hand_over() and seen == [signal.SIGUSR1]  # e.g. submitit's requeue handler
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+
+
+def test_guard_without_a_python_handler_hands_over_nothing():
+    with PreemptionGuard() as guard:
+        os.kill(os.getpid(), signal.SIGTERM)
+    assert guard.received == signal.SIGTERM and not guard.hand_over()
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # restored
+
+
+@pytest.mark.slow
+def test_submitit_launcher_runs_a_sweep_as_separate_jobs(tmp_path):
+    args = ["-m", "hydra/launcher=local", "seed=0,1", "logger=none", "trainer.max_steps=2",
+            "trainer.eval_at_init=false", "trainer.progress_bar=false", "evaluation.linear.epochs=2",
+            "backbone.widths=[8,16]", f"hydra.sweep.dir={tmp_path}"]
+    proc = run_cli("train.py", args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for job in ("0", "1"):
+        metrics = json.loads((tmp_path / job / "metrics.json").read_text())
+        assert metrics["final"]["step"] == 2
+    assert (tmp_path / ".submitit").is_dir()  # went through submitit, not the in-process sweeper
