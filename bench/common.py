@@ -33,6 +33,7 @@ from cl_suite.engine.trainer import Trainer, autocast, resolve_device
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
 ON_CUDA = torch.cuda.is_available()
+LOAD_AT_START = os.getloadavg()[0]  # 1-minute load average when the benchmark started (contention check)
 
 # Settings every benchmark run starts from: synthetic CIFAR-sized data, nothing logged or evaluated,
 # no checkpoint looked up or written, and a schedule long enough that it never ends while we time it.
@@ -185,7 +186,7 @@ def describe_device(device: torch.device) -> str:
         props = torch.cuda.get_device_properties(device)
         return f"{props.name} ({props.total_memory / 2**30:.0f} GiB, CUDA {torch.version.cuda})"
     return (f"CPU: {cpu_model()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, "
-            f"{torch.backends.cpu.get_cpu_capability()}")
+            f"{torch.backends.cpu.get_cpu_capability()}, load average {LOAD_AT_START:.2f} at start")
 
 
 def header(title: str, device: torch.device, note: str = "") -> str:

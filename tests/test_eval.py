@@ -52,3 +52,24 @@ def test_linear_probe_is_deterministic_and_leaves_global_rng_alone():
     a = train_linear_classifier(x, y, x, y, 3, epochs=3, seed=5)
     assert torch.equal(state, torch.get_rng_state())
     assert a == train_linear_classifier(x, y, x, y, 3, epochs=3, seed=5)
+
+
+def test_running_probe_accuracy_matches_torchmetrics_and_skips_unlabelled():
+    from torchmetrics.classification import MulticlassAccuracy
+
+    from cl_suite.engine.probe import RunningTopkAccuracy
+
+    torch.manual_seed(0)
+    running = RunningTopkAccuracy((1, 5), num_classes=7, device=torch.device("cpu"))
+    reference = {k: MulticlassAccuracy(num_classes=7, top_k=k, average="micro", ignore_index=-1) for k in (1, 5)}
+    for _ in range(3):
+        logits, labels = torch.randn(20, 7), torch.randint(-1, 7, (20,))
+        running.update(logits, labels)
+        for metric in reference.values():
+            metric.update(logits, labels)
+    got = running.compute()
+    for k, metric in reference.items():
+        assert math.isclose(got[f"top{k}"], 100 * metric.compute().item(), abs_tol=1e-4)
+    running.reset()
+    running.update(torch.randn(4, 7), torch.full((4,), -1))
+    assert running.compute() == {}

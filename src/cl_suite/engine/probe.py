@@ -21,3 +21,38 @@ class OnlineProbe(nn.Module):
         labelled = (labels >= 0).sum().clamp(min=1)
         loss = F.cross_entropy(logits, labels, ignore_index=-1, reduction="sum") / labelled
         return loss, logits
+
+
+class RunningTopkAccuracy:
+    """Top-k accuracy of the probe on the training views, accumulated on the device.
+
+    Updated every step, so it must not synchronise with the host: torchmetrics' update validates its
+    inputs and drops ignored labels with boolean indexing, both host syncs on a GPU. Here the counts
+    are plain tensor sums; ``compute`` (once per epoch) is the only sync. Unlabelled samples (-1) do
+    not count. Checked against torchmetrics in the tests.
+    """
+
+    def __init__(self, ks: tuple[int, ...], num_classes: int, device: torch.device):
+        self.ks = tuple(min(k, num_classes) for k in ks)
+        self.names = tuple(f"top{k}" for k in ks)
+        self.hits = torch.zeros(len(ks), device=device)
+        self.count = torch.zeros((), device=device)
+
+    def reset(self) -> None:
+        self.hits.zero_()
+        self.count.zero_()
+
+    @torch.no_grad()
+    def update(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        labelled = labels >= 0
+        ranked = logits.topk(max(self.ks), dim=1).indices == labels[:, None]  # (n, max k)
+        for i, k in enumerate(self.ks):
+            self.hits[i] += (ranked[:, :k].any(dim=1) & labelled).sum()
+        self.count += labelled.sum()
+
+    def compute(self) -> dict[str, float]:
+        """Percentages per ``top{k}``; empty when no labelled sample was seen."""
+        count = self.count.item()
+        if count == 0:
+            return {}
+        return {name: 100.0 * hits / count for name, hits in zip(self.names, self.hits.tolist())}

@@ -16,7 +16,6 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.nn.parallel import DistributedDataParallel
-from torchmetrics.classification import MulticlassAccuracy
 from tqdm import tqdm
 
 from cl_suite.data.augment import TwoViewAugment
@@ -31,7 +30,7 @@ from cl_suite.engine.logger import NullLogger
 from cl_suite.engine.optim import build_optimizer
 from cl_suite.engine.preemption import PreemptionGuard
 from cl_suite.engine.pretrainer import Pretrainer
-from cl_suite.engine.probe import OnlineProbe
+from cl_suite.engine.probe import OnlineProbe, RunningTopkAccuracy
 from cl_suite.engine.validation import validate_train_config
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -154,9 +153,7 @@ class Trainer:
         self.scheduler = instantiate_unwrapped(cfg.scheduler, optimizer=self.optimizer, steps_per_epoch=self.steps_per_epoch,
                                      total_steps=self.schedule_steps)
         self.scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and t.precision == "fp16")
-        self.probe_accuracy = {k: MulticlassAccuracy(num_classes=self.data.num_classes,
-                                                     top_k=min(k, self.data.num_classes), average="micro",
-                                                     ignore_index=-1).to(device) for k in (1, 5)}
+        self.probe_accuracy = RunningTopkAccuracy((1, 5), self.data.num_classes, device)
 
         self.step = 0
         self.history: dict[str, Any] = {"init": {}, "epochs": [], "final": {}}
@@ -204,8 +201,7 @@ class Trainer:
         """Train from the current step to the end of ``epoch`` (or to ``stop_step``); return its record."""
         t, device = self.cfg.trainer, self.device
         self.model.train()
-        for metric in self.probe_accuracy.values():
-            metric.reset()
+        self.probe_accuracy.reset()
         first = self.step - epoch * self.steps_per_epoch
         planned = min(self.steps_per_epoch, self.stop_step - epoch * self.steps_per_epoch) - first
         loss_sum, window_loss = torch.zeros((), device=device), torch.zeros((), device=device)
@@ -221,8 +217,7 @@ class Trainer:
             window_steps += 1
             loss_sum += out.loss.detach()
             window_loss += out.loss.detach()
-            for metric in self.probe_accuracy.values():
-                metric.update(probe_logits.detach(), out.feature_labels)
+            self.probe_accuracy.update(probe_logits, out.feature_labels)
             bar.update(1)
             if self.step % t.log_every_steps == 0 and self.main:  # the only host syncs inside an epoch
                 elapsed = time.perf_counter() - window_start
@@ -241,9 +236,7 @@ class Trainer:
         record = {"epoch": epoch + 1, "step": self.step, "train/epoch_loss": (loss_sum / max(steps, 1)).item(),
                   "lr": self.optimizer.param_groups[0]["lr"], "epoch_time_s": seconds,
                   "images_per_s": steps * t.batch_size / seconds}
-        if steps and bool((self.data.pretrain.labels >= 0).any()):
-            record.update({f"online_probe/train_top{k}": 100 * m.compute().item()
-                           for k, m in self.probe_accuracy.items()})
+        record.update({f"online_probe/train_{k}": v for k, v in self.probe_accuracy.compute().items()})
         return record
 
     def train_step(self, batch, generator: torch.Generator):
