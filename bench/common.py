@@ -29,6 +29,7 @@ from omegaconf import DictConfig, open_dict
 
 import cl_suite.resolvers  # noqa: F401  (registers ${cl_suite.run_stamp:} as train.py does)
 from cl_suite.engine.trainer import Trainer, autocast, resolve_device
+from cl_suite.engine.validation import validate_train_config
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
@@ -72,8 +73,10 @@ def temp_dir() -> str:
 
 
 def build_trainer(overrides: list[str], images: int) -> Trainer:
-    """A ``Trainer`` on the device ``trainer.device`` names (auto: CUDA when present), in train mode."""
+    """A ``Trainer`` on the device ``trainer.device`` names (auto: CUDA when present), in train mode.
+    Under torchrun, call ``init_distributed`` first (as ``cl_suite.engine.trainer.train`` does)."""
     cfg = compose_config(overrides, images, temp_dir())
+    validate_train_config(cfg)
     trainer = Trainer(cfg, resolve_device(cfg.trainer.device))
     trainer.model.train()
     return trainer

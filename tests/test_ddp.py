@@ -9,8 +9,8 @@ import torch
 from helpers import ROOT, TINY
 
 
-def torchrun(args, timeout=240):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": f"{ROOT / 'src'}:{ROOT / 'tests'}"}
+def torchrun(args, timeout=240, env=None):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": f"{ROOT / 'src'}:{ROOT / 'tests'}", **(env or {})}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *args]
     return subprocess.run(cmd, cwd=ROOT, env=env, timeout=timeout, capture_output=True, text=True)
 
@@ -39,13 +39,17 @@ def test_full_training_step_on_two_processes_equals_one_process(tmp_path):
 
 
 @pytest.mark.slow
-def test_torchrun_training_writes_one_run_dir_and_one_checkpoint(tmp_path):
+def test_torchrun_training_writes_one_run_dir_one_checkpoint_one_wandb_run(tmp_path):
     outputs = tmp_path / "outputs"
-    args = [o for o in TINY if not o.startswith("trainer.epochs")] + [
-        "trainer.max_steps=4", "trainer.eval_at_init=false", f"hydra.run.dir={outputs}/run"]
-    proc = torchrun([str(ROOT / "train.py"), *args])
+    args = [o for o in TINY if not o.startswith(("trainer.epochs", "logger"))] + [
+        "logger=wandb", "trainer.max_steps=4", "trainer.eval_at_init=false", f"hydra.run.dir={outputs}/run"]
+    proc = torchrun([str(ROOT / "train.py"), *args], env={"WANDB_MODE": "offline"})
     assert proc.returncode == 0, proc.stderr[-3000:]
+    run = outputs / "run"
     assert [p.name for p in outputs.iterdir()] == ["run"]
-    state = torch.load(outputs / "run" / "checkpoints" / "last.pt", weights_only=False)
+    assert sorted(p.name for p in run.iterdir() if p.is_file()) == ["metrics.json", "train.log"]
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["last.pt"]
+    state = torch.load(run / "checkpoints" / "last.pt", weights_only=False)
     assert state["step"] == 4
-    assert (outputs / "run" / "metrics.json").is_file()
+    (wandb_run,) = (run / "wandb").glob("offline-run-*")  # rank 0 only
+    assert wandb_run.name.endswith(state["wandb_run_id"])
