@@ -6,6 +6,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from cl_suite.engine.diagnostics import is_histogram
+
 
 class NullLogger:
     """``logger=none``: logs nothing (``metrics.json`` and the console still get every number)."""
@@ -64,13 +66,22 @@ class WandbLogger:
         )
         self.run_id = self._run.id
         self._run.define_metric("epoch")
-        for pattern in ("knn/*", "online_probe/*", "linear/*", "epoch_time_s", "train/epoch_*"):
+        for pattern in ("knn/*", "online_probe/*", "linear/*", "epoch_time_s", "train/epoch_*", "diag/*"):
             self._run.define_metric(pattern, step_metric="epoch")
         if self.mode == "offline":
             print(f"wandb is offline; upload the run later with: wandb sync {Path(self._run.dir).parent}")
 
     def log(self, metrics: dict[str, Any], step: int) -> None:
-        self._run.log(metrics, step=step)
+        self._run.log({k: self._histogram(v) if is_histogram(v) else v for k, v in metrics.items()}, step=step)
+
+    @staticmethod
+    def _histogram(value: dict):
+        import numpy as np
+        import wandb
+
+        counts = np.asarray(value["counts"])
+        edges = np.linspace(*value["range"], len(counts) + 1)
+        return wandb.Histogram(np_histogram=(counts, edges))
 
     def log_summary(self, metrics: dict[str, Any]) -> None:
         for key, value in metrics.items():

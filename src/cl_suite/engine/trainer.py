@@ -23,6 +23,7 @@ from cl_suite.data.loader import TrainBatches
 from cl_suite.engine import checkpoint as ckpt
 from cl_suite.engine.build import (build_augment_config, build_dataset, build_logger, build_method,
                                    instantiate_unwrapped)
+from cl_suite.engine.diagnostics import EpochDiagnostics, is_histogram
 from cl_suite.engine.distributed import (cleanup_distributed, get_rank, get_world_size, init_distributed,
                                          is_main_process)
 from cl_suite.engine.evaluation import evaluate_encoder
@@ -154,6 +155,7 @@ class Trainer:
                                      total_steps=self.schedule_steps)
         self.scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and t.precision == "fp16")
         self.probe_accuracy = RunningTopkAccuracy((1, 5), self.data.num_classes, device)
+        self.diagnostics = EpochDiagnostics()
 
         self.step = 0
         self.history: dict[str, Any] = {"init": {}, "epochs": [], "final": {}}
@@ -202,6 +204,7 @@ class Trainer:
         t, device = self.cfg.trainer, self.device
         self.model.train()
         self.probe_accuracy.reset()
+        self.diagnostics.reset()
         first = self.step - epoch * self.steps_per_epoch
         planned = min(self.steps_per_epoch, self.stop_step - epoch * self.steps_per_epoch) - first
         loss_sum, window_loss = torch.zeros((), device=device), torch.zeros((), device=device)
@@ -212,19 +215,21 @@ class Trainer:
         generator = torch.Generator(device=device)
         for batch in self.batches.epoch(epoch, start_step=first):
             generator.manual_seed(step_seed(self.cfg.seed, self.step, self.rank))
+            self.method.set_epoch(self.step / self.steps_per_epoch)
             out, probe_logits = self.train_step(batch, generator)
             steps += 1
             window_steps += 1
             loss_sum += out.loss.detach()
             window_loss += out.loss.detach()
             self.probe_accuracy.update(probe_logits, out.feature_labels)
+            self.diagnostics.update(out.stats)
             bar.update(1)
             if self.step % t.log_every_steps == 0 and self.main:  # the only host syncs inside an epoch
                 elapsed = time.perf_counter() - window_start
                 metrics = {"train/loss": (window_loss / window_steps).item(),
                            "lr": self.optimizer.param_groups[0]["lr"],
                            "images_per_s": window_steps * t.batch_size / elapsed,
-                           **{k: v.item() for k, v in out.stats.items()}}
+                           **{k: v.item() for k, v in out.stats.items() if v.ndim == 0}}
                 self.logger.log(metrics, step=self.step)
                 bar.set_postfix(loss=f"{metrics['train/loss']:.3f}", img_s=f"{metrics['images_per_s']:.0f}")
                 window_loss.zero_()
@@ -237,6 +242,8 @@ class Trainer:
                   "lr": self.optimizer.param_groups[0]["lr"], "epoch_time_s": seconds,
                   "images_per_s": steps * t.batch_size / seconds}
         record.update({f"online_probe/train_{k}": v for k, v in self.probe_accuracy.compute().items()})
+        if steps:
+            record.update(self.diagnostics.compute())
         return record
 
     def train_step(self, batch, generator: torch.Generator):
@@ -325,7 +332,9 @@ class Trainer:
 
 
 def _fmt(metrics: dict[str, Any]) -> str:
-    return "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())
+    """One console line of the scalar metrics (histograms go to wandb and metrics.json only)."""
+    return "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()
+                     if not is_histogram(v))
 
 
 def _summary_table(history: dict) -> str:

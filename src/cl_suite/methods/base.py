@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from cl_suite.samplers.base import NegativeSampler
+
 
 @dataclass
 class MethodOutput:
@@ -31,6 +33,13 @@ class ContrastiveMethod(nn.Module):
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """The representation that is evaluated (kNN, linear probe): the backbone's pooled features."""
         return self.backbone(images)
+
+    def set_epoch(self, epoch: float) -> None:
+        """Training progress in epochs (3.5 = half-way through the fourth), set before every step, for
+        schedules inside the method's sampler (ring annealing, MoCHi start epochs)."""
+        for module in self.modules():
+            if isinstance(module, NegativeSampler):
+                module.epoch = epoch
 
     def on_train_step_end(self, step: int, total_steps: int) -> None:
         """Called after each optimizer step: momentum updates and enqueueing go here, not in forward."""

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cl_suite.engine.distributed import gather_with_grad, get_rank
+from cl_suite.engine.distributed import gather_no_grad, gather_with_grad, get_rank
 from cl_suite.methods.base import ContrastiveMethod, MethodOutput
 from cl_suite.models.heads import mlp
 from cl_suite.samplers.base import NegativeSampler
@@ -60,6 +60,8 @@ class SimCLR(ContrastiveMethod):
         mask = torch.ones(2 * b, candidates.shape[0], dtype=torch.bool, device=z.device)
         mask[local, offset + local] = False  # the anchor itself
         mask[local, offset + partner] = False  # its positive
+        view_labels = labels.repeat(2)
         out = self.sampler(anchors=z, positives=z[partner], candidates=candidates, candidate_mask=mask,
-                           temperature=self.temperature)
-        return MethodOutput(loss=out.loss, features=h.detach(), feature_labels=labels.repeat(2), stats=out.stats)
+                           temperature=self.temperature, anchor_labels=view_labels,
+                           candidate_labels=gather_no_grad(view_labels))
+        return MethodOutput(loss=out.loss, features=h.detach(), feature_labels=view_labels, stats=out.stats)

@@ -1,4 +1,4 @@
-from cl_suite.samplers.base import NegativeSampler, SamplerOutput
+from cl_suite.samplers.base import Contrast, NegativeSampler, NegativeTerm, SamplerOutput
 from cl_suite.samplers.uniform import UniformSampler
 
-__all__ = ["NegativeSampler", "SamplerOutput", "UniformSampler"]
+__all__ = ["Contrast", "NegativeSampler", "NegativeTerm", "SamplerOutput", "UniformSampler"]

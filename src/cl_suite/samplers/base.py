@@ -7,7 +7,9 @@ knows about the other. All samplers write the loss per anchor as
     loss_a = -log( P_a / (P_a + N_a) ),  P_a = exp(s(a, a+)/t),
 
 and differ only in the negative mass ``N_a`` (InfoNCE: the sum over candidates; DCL: debiased; ...).
-They return ``log N_a``, and the shared code evaluates ``softplus(log N_a - log P_a)`` in log space.
+A sampler returns ``log N_a`` (``NegativeTerm``), and the shared code evaluates
+``softplus(log N_a - log P_a)``, which is exact also when the loss is tiny. The positive is never a
+candidate, so no sampler can drop it.
 """
 from __future__ import annotations
 
@@ -17,50 +19,109 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+HISTOGRAM_BINS = 50  # similarity histograms over [-1, 1]
+
+
+@dataclass
+class Contrast:
+    """Everything a sampler may look at for one batch of anchors (all fp32, on one device)."""
+
+    anchors: torch.Tensor  # (A, D), L2-normalised
+    candidates: torch.Tensor  # (M, D), L2-normalised pool of candidate negatives
+    pos_sim: torch.Tensor  # (A,) cosine similarity of each anchor to its positive
+    cand_sim: torch.Tensor  # (A, M) cosine similarities to the candidates
+    mask: torch.Tensor  # (A, M) bool, True where candidate m is a negative for anchor a
+    temperature: float
+
+
+@dataclass
+class NegativeTerm:
+    log_mass: torch.Tensor  # (A,) log N_a
+    # (A, M) non-negative weight each candidate gets in N_a, for the diagnostics only (detached):
+    # None = every unmasked candidate counts once (InfoNCE); ring: 0/1 kept; HCL: importance weights.
+    weights: torch.Tensor | None = None
+    extra_stats: dict[str, torch.Tensor] = field(default_factory=dict)
+
 
 @dataclass
 class SamplerOutput:
     loss: torch.Tensor  # scalar: mean over anchors
-    stats: dict[str, torch.Tensor] = field(default_factory=dict)  # detached diagnostics, logged every N steps
+    stats: dict[str, torch.Tensor] = field(default_factory=dict)  # detached per-step diagnostics (device tensors)
 
 
 class NegativeSampler(nn.Module):
-    """Base class. Subclasses implement ``log_negative_mass``.
+    """Base class. Subclasses implement ``negative_term``.
 
-    Similarities are computed in fp32 whatever the autocast dtype: logsumexp over thousands of
-    candidates at temperatures of 0.07-0.5 loses most of its mantissa in bf16, and the percentiles and
-    exp(beta * s) of later samplers are just as sensitive.
+    Similarities are computed in fp32 with autocast off, whatever the training precision: logsumexp
+    over thousands of candidates at temperatures of 0.05-0.5 loses most of its mantissa in bf16, and
+    the percentiles and exp(beta * s / t) of the other samplers are just as sensitive.
+
+    ``epoch`` (a float: 3.5 = half-way through the fourth epoch) is set by the training loop before
+    every step, for samplers with a schedule (ring annealing, MoCHi start epochs).
     """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.epoch = 0.0
 
     def forward(
         self,
-        anchors: torch.Tensor,  # (A, D), L2-normalised
+        anchors: torch.Tensor,
         positives: torch.Tensor,  # (A, D), L2-normalised; row a is anchor a's positive
-        candidates: torch.Tensor,  # (M, D), L2-normalised pool of candidate negatives
-        candidate_mask: torch.Tensor | None,  # (A, M) bool, True where candidate m is a negative for a
+        candidates: torch.Tensor,
+        candidate_mask: torch.Tensor | None,
         temperature: float,
+        anchor_labels: torch.Tensor | None = None,  # (A,) class labels (-1 unknown), diagnostics only
+        candidate_labels: torch.Tensor | None = None,  # (M,)
     ) -> SamplerOutput:
         # Casting alone is not enough: autocast would run the matmul in bf16/fp16 again.
         with torch.autocast(device_type=anchors.device.type, enabled=False):
             anchors, positives, candidates = anchors.float(), positives.float(), candidates.float()
-            pos_sim = (anchors * positives).sum(dim=1)  # (A,)
-            cand_sim = anchors @ candidates.T  # (A, M)
+            pos_sim = (anchors * positives).sum(dim=1)
+            cand_sim = anchors @ candidates.T
             if candidate_mask is None:
                 candidate_mask = torch.ones_like(cand_sim, dtype=torch.bool)
-            log_pos = pos_sim / temperature
-            log_neg = self.log_negative_mass(pos_sim, cand_sim, candidate_mask, temperature)
-            # -log(P / (P + N)) = log(1 + N/P) = softplus(log N - log P): exact also when the loss is tiny.
-            loss = F.softplus(log_neg - log_pos).mean()
-        with torch.no_grad():
-            n_neg = candidate_mask.sum()
-            stats = {
-                "sim/positive_mean": pos_sim.mean(),
-                "sim/negative_mean": (cand_sim * candidate_mask).sum() / n_neg.clamp(min=1),
-            }
+            ctx = Contrast(anchors, candidates, pos_sim, cand_sim, candidate_mask, float(temperature))
+            term = self.negative_term(ctx)
+            loss = F.softplus(term.log_mass - pos_sim / temperature).mean()
+        stats = diagnostics(ctx, term, anchor_labels, candidate_labels)
         return SamplerOutput(loss=loss, stats=stats)
 
-    def log_negative_mass(
-        self, pos_sim: torch.Tensor, cand_sim: torch.Tensor, candidate_mask: torch.Tensor, temperature: float
-    ) -> torch.Tensor:
-        """Return ``log N_a`` for each anchor, shape (A,)."""
+    def negative_term(self, ctx: Contrast) -> NegativeTerm:
         raise NotImplementedError
+
+
+@torch.no_grad()
+def diagnostics(ctx: Contrast, term: NegativeTerm, anchor_labels: torch.Tensor | None,
+                candidate_labels: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    """Per-step diagnostics as device tensors (no host sync): similarity means and histograms, how many
+    negatives the sampler effectively uses, and on labelled data the false-negative rate.
+
+    ``negatives/effective`` is the effective sample size (sum w)^2 / sum w^2 of each anchor's weights,
+    averaged over anchors: the candidate count for InfoNCE, the kept count for the ring, fewer for
+    peaked HCL weights. ``negatives/false_negative_rate`` is the share of that weight on candidates of
+    the anchor's own class (unlabelled anchors and candidates are left out).
+    """
+    mask = ctx.mask.float()
+    weights = mask if term.weights is None else term.weights.detach().float() * mask
+    total = weights.sum(dim=1)
+    ess = total.square() / weights.square().sum(dim=1).clamp(min=1e-30)
+    n_candidates = mask.sum(dim=1)
+    stats = {
+        "sim/positive_mean": ctx.pos_sim.mean(),
+        "sim/negative_mean": (ctx.cand_sim * mask).sum() / mask.sum().clamp(min=1),
+        "negatives/effective": ess.mean(),
+        "negatives/effective_fraction": (ess / n_candidates.clamp(min=1)).mean(),
+        # histc ignores values outside [min, max]: masked entries are moved out of range instead of being
+        # dropped by boolean indexing (a host sync); the clamp keeps 1 + rounding error in range.
+        "hist/positive": torch.histc(ctx.pos_sim.clamp(-1, 1), bins=HISTOGRAM_BINS, min=-1, max=1),
+        "hist/negative": torch.histc(torch.where(ctx.mask, ctx.cand_sim.clamp(-1, 1), 2.0), bins=HISTOGRAM_BINS,
+                                     min=-1, max=1),
+        **{k: v.detach() for k, v in term.extra_stats.items()},
+    }
+    if anchor_labels is not None and candidate_labels is not None:
+        same = (anchor_labels[:, None] == candidate_labels[None, :]) & (anchor_labels[:, None] >= 0)
+        known = (candidate_labels[None, :] >= 0) & (anchor_labels[:, None] >= 0)
+        labelled_weight = (weights * known).sum()
+        stats["negatives/false_negative_rate"] = (weights * same).sum() / labelled_weight.clamp(min=1e-30)
+    return stats

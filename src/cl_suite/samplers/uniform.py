@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from cl_suite.samplers.base import NegativeSampler
+from cl_suite.samplers.base import Contrast, NegativeSampler, NegativeTerm
 
 
 class UniformSampler(NegativeSampler):
@@ -13,6 +13,6 @@ class UniformSampler(NegativeSampler):
     ``-log exp(s_ij/t) / sum_{k != i} exp(s_ik/t)`` (SimCLR eq. 1).
     """
 
-    def log_negative_mass(self, pos_sim, cand_sim, candidate_mask, temperature):
-        logits = (cand_sim / temperature).masked_fill(~candidate_mask, float("-inf"))
-        return torch.logsumexp(logits, dim=1)
+    def negative_term(self, ctx: Contrast) -> NegativeTerm:
+        logits = (ctx.cand_sim / ctx.temperature).masked_fill(~ctx.mask, float("-inf"))
+        return NegativeTerm(log_mass=torch.logsumexp(logits, dim=1))
