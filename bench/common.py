@@ -34,7 +34,6 @@ from cl_suite.engine.validation import validate_train_config
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
 ON_CUDA = torch.cuda.is_available()
-LOAD_AT_START = os.getloadavg()[0]  # 1-minute load average when the benchmark started (contention check)
 
 # Settings every benchmark run starts from: synthetic CIFAR-sized data, nothing logged or evaluated,
 # no checkpoint looked up or written, and a schedule long enough that it never ends while we time it.
@@ -183,13 +182,40 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def _machine_busy_s() -> float:
+    """CPU-seconds all processes on this machine have used since boot (/proc/stat), or NaN."""
+    try:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    except (OSError, ValueError):
+        return float("nan")
+    user, nice, system, idle, iowait, irq, softirq, steal = fields
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def _own_cpu_s() -> float:
+    """CPU-seconds of this process and its finished children (torchrun workers included)."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+_START = (time.perf_counter(), _machine_busy_s(), _own_cpu_s())
+
+
+def contention() -> str:
+    """How much CPU other processes used since this benchmark started: the check that a CPU number was
+    not taken while something else (a test suite) ran on the same cores."""
+    wall = time.perf_counter() - _START[0]
+    others = (_machine_busy_s() - _START[1]) - (_own_cpu_s() - _START[2])
+    return f"other processes used {max(others, 0.0):.1f} CPU-s during the {wall:.0f} s run"
+
+
 def describe_device(device: torch.device) -> str:
     """E.g. 'NVIDIA H100 80GB HBM3 (79 GiB, CUDA 13.0)' or 'CPU: AMD EPYC, 2 cores, 2 torch threads, AVX2'."""
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
         return f"{props.name} ({props.total_memory / 2**30:.0f} GiB, CUDA {torch.version.cuda})"
     return (f"CPU: {cpu_model()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, "
-            f"{torch.backends.cpu.get_cpu_capability()}, load average {LOAD_AT_START:.2f} at start")
+            f"{torch.backends.cpu.get_cpu_capability()}")
 
 
 def header(title: str, device: torch.device, note: str = "") -> str:
@@ -198,6 +224,7 @@ def header(title: str, device: torch.device, note: str = "") -> str:
     lines = [f"### {title}", "", f"{today}, {describe_device(device)}, torch {torch.__version__}."]
     if note:
         lines[-1] += " " + note
+    lines[-1] += f" Contention check: {contention()}."
     return "\n".join(lines) + "\n"
 
 

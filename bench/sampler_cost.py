@@ -1,0 +1,92 @@
+"""Cost of each negative sampler relative to uniform (InfoNCE), measured in one run.
+
+Times the sampler's loss forward + backward (w.r.t. the embeddings) for B anchors of dimension d
+against (a) SimCLR's 2B-2 in-batch candidates and (b) a pool of 16384 candidates (a MoCo queue or a
+memory-bank sample), and prints each sampler's time / uniform's time. The goal is <= 1.3 for every
+sampler but mixing (which adds synthetic negatives by design).
+
+    python bench/sampler_cost.py                 # B=512, d=128 on CUDA; smaller default on a CPU
+    python bench/sampler_cost.py --batch 512 --pool 16384 --iters 20
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import time
+
+import torch
+import torch.nn.functional as F
+
+from cl_suite.samplers import DebiasedSampler, HardSampler, MixingSampler, RingSampler, UniformSampler
+
+SAMPLERS = {
+    "uniform": UniformSampler,
+    "debiased (DCL)": lambda: DebiasedSampler(tau_plus=0.1),
+    "hard (HCL)": lambda: HardSampler(beta=1.0, tau_plus=0.1),
+    "ring": lambda: RingSampler(lower_percentile=90.0, upper_percentile=99.0),
+    "mixing (MoCHi)": lambda: MixingSampler(n_hard=256, s1=128, s2=128),
+}
+
+
+def timed(fn, iters: int, device: torch.device) -> float:
+    """Mean seconds per call after two warm-up calls; CUDA is synchronised around the timed loop."""
+    for _ in range(2):
+        fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(iters):
+        fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return (time.perf_counter() - start) / iters
+
+
+def main() -> None:
+    cuda = torch.cuda.is_available()
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch", type=int, default=512 if cuda else 128, help="images B (anchors: 2B)")
+    parser.add_argument("--dim", type=int, default=128)
+    parser.add_argument("--pool", type=int, default=16384 if cuda else 4096, help="candidates of setting (b)")
+    parser.add_argument("--iters", type=int, default=20 if cuda else 3)
+    args = parser.parse_args()
+    device = torch.device("cuda" if cuda else "cpu")
+    name = torch.cuda.get_device_name() if cuda else f"CPU ({torch.get_num_threads()} threads)"
+    print(f"# sampler cost, {name}, torch {torch.__version__}, {datetime.date.today()}")
+    print(f"B={args.batch} images ({2 * args.batch} anchors), d={args.dim}, temperature 0.2\n")
+
+    torch.manual_seed(0)
+    anchors = F.normalize(torch.randn(2 * args.batch, args.dim, device=device), dim=1).requires_grad_()
+    positives = F.normalize(torch.randn(2 * args.batch, args.dim, device=device), dim=1)
+    settings = {
+        f"batch ({2 * args.batch - 2} cand.)": (anchors, True),  # candidates carry gradient, as in SimCLR
+        f"pool ({args.pool} cand.)": (F.normalize(torch.randn(args.pool, args.dim, device=device), dim=1), False),
+    }
+    rows, baseline = [], {}
+    for sampler_name, make in SAMPLERS.items():
+        sampler = make()
+        row = [sampler_name]
+        for setting, (candidates, in_batch) in settings.items():
+            mask = None
+            if in_batch:  # SimCLR: drop self and the positive (the other view) from the candidates
+                n = candidates.shape[0]
+                mask = ~torch.eye(n, dtype=torch.bool, device=device)
+                mask[torch.arange(n), (torch.arange(n) + n // 2) % n] = False
+
+            def step():
+                anchors.grad = None
+                sampler(anchors, positives, candidates, mask, 0.2).loss.backward()
+
+            seconds = timed(step, args.iters, device)
+            baseline.setdefault(setting, seconds)
+            row += [f"{seconds * 1e3:.2f}", f"{seconds / baseline[setting]:.2f}"]
+        rows.append(row)
+    header = ["sampler"] + [h for s in settings for h in (f"{s} ms", "x uniform")]
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
+
+
+if __name__ == "__main__":
+    main()

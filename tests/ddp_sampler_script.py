@@ -1,0 +1,52 @@
+"""Every sampler's loss and input gradients on 1 process (python) or W processes (torchrun).
+
+Each process computes the loss of its local anchors against the all-gathered candidates; the saved
+numbers are the mean loss over processes and the input gradients divided by W (what DDP's averaging
+gives), which must equal the 1-process run on the whole batch. Writes them to argv[1].
+"""
+import sys
+
+import torch
+
+sys.path.insert(0, __file__.rsplit("/", 1)[0])
+from test_simclr_loss import simclr_on_raw_embeddings  # noqa: E402
+
+from cl_suite.engine.distributed import cleanup_distributed, gather_no_grad, get_rank, get_world_size  # noqa: E402
+from cl_suite.engine.distributed import init_distributed  # noqa: E402
+from cl_suite.samplers import DebiasedSampler, HardSampler, RingSampler, UniformSampler  # noqa: E402
+
+SAMPLERS = {
+    "uniform": UniformSampler,
+    "debiased": lambda: DebiasedSampler(tau_plus=0.1),
+    "hard": lambda: HardSampler(beta=1.0, tau_plus=0.1),
+    "ring": lambda: RingSampler(lower_percentile=30.0, upper_percentile=90.0),
+}
+
+
+def main(out_path: str) -> None:
+    init_distributed("cpu")
+    rank, world = get_rank(), get_world_size()
+    torch.manual_seed(0)
+    global_batch, dim, t = 16, 6, 0.2
+    x1, x2 = torch.randn(global_batch, dim), torch.randn(global_batch, dim)
+    labels = torch.arange(global_batch) % 4
+    local = slice(rank * global_batch // world, (rank + 1) * global_batch // world)
+    results = {}
+    for name, make in SAMPLERS.items():
+        method = simclr_on_raw_embeddings(dim, t)
+        method.sampler = make()
+        a, b = x1[local].clone().requires_grad_(), x2[local].clone().requires_grad_()
+        out = method((a, b), labels=labels[local])
+        out.loss.backward()
+        results[name] = {
+            "loss": gather_no_grad(out.loss.detach().view(1)).mean(),
+            "grad": gather_no_grad(torch.cat([a.grad, b.grad], dim=1)) / world,
+            "false_negative_rate": gather_no_grad(out.stats["negatives/false_negative_rate"].view(1)).mean(),
+        }
+    if rank == 0:
+        torch.save(results, out_path)
+    cleanup_distributed()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
