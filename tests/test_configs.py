@@ -44,8 +44,8 @@ def test_backbone_configs_instantiate_and_give_features(option):
 def test_method_sampler_pairs_instantiate_and_give_a_loss(method, sampler):
     cfg = compose_train([f"method={method}", f"sampler={sampler}", "backbone.widths=[8]"])
     model = build_method(cfg)
-    x = torch.randn(4, 3, 16, 16)
-    out = model((x, x + 0.1 * torch.randn_like(x)), labels=torch.arange(4), indices=torch.arange(4))
+    x = torch.randn(40, 3, 8, 8)  # 78 candidates per anchor: enough for every sampler's defaults
+    out = model((x, x + 0.1 * torch.randn_like(x)), labels=torch.arange(40) % 10, indices=torch.arange(40))
     assert out.loss.ndim == 0 and torch.isfinite(out.loss)
     out.loss.backward()
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from cl_suite.engine.trainer import train
-from helpers import TINY, compose_train, run_cli
+from helpers import TINY, compose_train, group_options, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -108,3 +108,14 @@ def test_compiled_model_trains_and_saves_plain_state_dict_keys(tmp_path):
                         tmp_path))
     state = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=False)
     assert state["step"] == 2 and not any("_orig_mod" in key for key in state["method"])
+
+
+@pytest.mark.parametrize("choice", [f"sampler={s}" for s in group_options("sampler")]
+                         + [f"method={m}" for m in group_options("method")])
+def test_every_sampler_and_preset_trains_on_digits(tmp_path, choice):
+    final = train(compose_train(TINY + [choice, "trainer.max_steps=3", "trainer.eval_at_init=false",
+                                        "evaluation.linear.epochs=1"], tmp_path))
+    record = json.loads((tmp_path / "metrics.json").read_text())["epochs"][-1]
+    assert math.isfinite(record["train/epoch_loss"]) and final["step"] == 3
+    assert 0 <= record["diag/negatives/false_negative_rate"] <= 1
+    assert sum(record["diag/hist/negative"]["counts"]) > 0

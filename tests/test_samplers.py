@@ -1,0 +1,278 @@
+"""Every negative sampler against an independent slow implementation of its paper's equation (Python
+loops, float64), through the real SimCLR path; plus the limits between samplers, the pitfalls named in
+METHODS.md, numerical stability and validation."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from cl_suite.samplers import DebiasedSampler, HardSampler, MixingSampler, RingSampler, UniformSampler
+from test_simclr_loss import simclr_on_raw_embeddings
+
+T = 0.3
+
+
+# ---- slow references: one anchor at a time, candidates = the 2B-2 other views (SimCLR) ----
+
+def anchors_and_candidates(x1, x2):
+    """Yield (s_pos, [s_j for the anchor's negatives]) per anchor, float64, with gradient."""
+    z = torch.cat([x1, x2]).double()
+    z = z / z.norm(dim=1, keepdim=True)
+    n, b = z.shape[0], x1.shape[0]
+    for a in range(n):
+        pos = (a + b) % n
+        yield z[a] @ z[pos], [z[a] @ z[k] for k in range(n) if k not in (a, pos)]
+
+
+def loss_from_negative_mass(x1, x2, negative_mass):
+    total = 0.0
+    items = list(anchors_and_candidates(x1, x2))
+    for s_pos, s_neg in items:
+        p = torch.exp(s_pos / T)
+        total = total - torch.log(p / (p + negative_mass(s_pos, s_neg)))
+    return total / len(items)
+
+
+def dcl_mass(tau_plus, reweight=None):
+    """N_g = max((R - tau+ N P) / (1 - tau+), N e^{-1/t}); R = sum_j n_j, or HCL's reweighted sum."""
+    def mass(s_pos, s_neg):
+        n_neg = len(s_neg)
+        n = [torch.exp(s / T) for s in s_neg]
+        r = sum(n) if reweight is None else reweight(s_neg, n)
+        ng = (r - tau_plus * n_neg * torch.exp(s_pos / T)) / (1 - tau_plus)
+        return torch.clamp(ng, min=n_neg * math.exp(-1 / T))
+    return mass
+
+
+def hcl_reweight(beta):
+    def reweight(s_neg, n):  # w_j = exp(beta s_j / t); R = sum w n / mean w
+        w = [torch.exp(beta * s / T) for s in s_neg]
+        return sum(wj * nj for wj, nj in zip(w, n)) / (sum(w) / len(w))
+    return reweight
+
+
+def ring_mass(lower, upper):
+    def mass(s_pos, s_neg):
+        m = len(s_neg)
+        ordered = sorted(s_neg, key=lambda s: s.item())
+        kept = ordered[math.floor(lower / 100 * m):math.floor(upper / 100 * m)]
+        return sum(torch.exp(s / T) for s in kept)
+    return mass
+
+
+def run(sampler, x1, x2, seed=None):
+    a, b = x1.clone().requires_grad_(), x2.clone().requires_grad_()
+    method = simclr_on_raw_embeddings(x1.shape[1], T)
+    method.sampler = sampler
+    if seed is not None:  # after building the method, whose (discarded) projector init draws numbers too
+        torch.manual_seed(seed)
+    out = method((a, b), labels=torch.zeros(x1.shape[0], dtype=torch.long))
+    ga, gb = torch.autograd.grad(out.loss, (a, b))
+    return out, ga, gb
+
+
+def reference(mass, x1, x2):
+    a, b = x1.double().requires_grad_(), x2.double().requires_grad_()
+    loss = loss_from_negative_mass(a, b, mass)
+    ga, gb = torch.autograd.grad(loss, (a, b))
+    return loss, ga, gb
+
+
+def assert_matches(sampler, mass, x1, x2):
+    out, g1, g2 = run(sampler, x1, x2)
+    ref, h1, h2 = reference(mass, x1, x2)
+    assert math.isclose(out.loss.item(), ref.item(), rel_tol=1e-5, abs_tol=1e-6)
+    torch.testing.assert_close(g1.double(), h1, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(g2.double(), h2, rtol=1e-4, atol=1e-6)
+    return out
+
+
+@pytest.fixture
+def views():
+    torch.manual_seed(0)
+    return torch.randn(6, 5), torch.randn(6, 5)
+
+
+@pytest.mark.parametrize("tau_plus", [0.0, 0.05, 0.2])
+def test_debiased_equals_the_dcl_equation(views, tau_plus):
+    assert_matches(DebiasedSampler(tau_plus=tau_plus), dcl_mass(tau_plus), *views)
+
+
+@pytest.mark.parametrize("beta, tau_plus", [(0.5, 0.1), (1.0, 0.0), (2.0, 0.2)])
+def test_hard_equals_the_hcl_equation(views, beta, tau_plus):
+    out = assert_matches(HardSampler(beta=beta, tau_plus=tau_plus), dcl_mass(tau_plus, hcl_reweight(beta)), *views)
+    # Peaked weights use fewer effective negatives than the 10 candidates.
+    assert out.stats["negatives/effective"] < 10
+
+
+@pytest.mark.parametrize("lower, upper", [(0.0, 100.0), (30.0, 90.0), (50.0, 95.0)])
+def test_ring_equals_the_percentile_window(views, lower, upper):
+    out = assert_matches(RingSampler(lower_percentile=lower, upper_percentile=upper), ring_mass(lower, upper), *views)
+    kept = math.floor(upper / 100 * 10) - math.floor(lower / 100 * 10)
+    assert out.stats["negatives/effective"].item() == pytest.approx(kept)
+
+
+def test_mixing_equals_mochi_with_the_same_draws(views):
+    x1, x2 = views
+    n_hard, s1, s2 = 4, 3, 2
+    out, g1, g2 = run(MixingSampler(n_hard=n_hard, s1=s1, s2=s2), x1, x2, seed=7)
+
+    def mass(s_pos, s_neg, state={"a": 0}):  # noqa: B006 (the anchor counter of this one loss)
+        a = state["a"]
+        state["a"] += 1
+        return sum(torch.exp(s / T) for s in s_neg) + synthetic[a]
+
+    # Replay MoCHi's draws (same order as the sampler: i, j, alpha, then j', beta) in float64.
+    z = torch.cat([x1, x2]).double()
+    z_unit = z / z.norm(dim=1, keepdim=True)
+    a1, a2 = x1.double().requires_grad_(), x2.double().requires_grad_()
+    live = torch.cat([a1, a2])
+    live = live / live.norm(dim=1, keepdim=True)
+    n, b = z.shape[0], x1.shape[0]
+    torch.manual_seed(7)
+    i_idx, j_idx = torch.randint(n_hard, (n, s1)), torch.randint(n_hard, (n, s1))
+    alpha = torch.rand(n, s1, 1).double()
+    k_idx = torch.randint(n_hard, (n, s2))
+    beta = 0.5 * torch.rand(n, s2, 1).double()
+    synthetic = []
+    for a in range(n):
+        negatives = [k for k in range(n) if k not in (a, (a + b) % n)]
+        hardest = sorted(negatives, key=lambda k: -(z_unit[a] @ z_unit[k]).item())[:n_hard]
+        hard = z_unit[hardest].detach()
+        total = 0.0
+        for s in range(s1):
+            h = alpha[a, s] * hard[i_idx[a, s]] + (1 - alpha[a, s]) * hard[j_idx[a, s]]
+            total = total + torch.exp(live[a] @ (h / h.norm()) / T)
+        for s in range(s2):
+            h = beta[a, s] * z_unit[a].detach() + (1 - beta[a, s]) * hard[k_idx[a, s]]
+            total = total + torch.exp(live[a] @ (h / h.norm()) / T)
+        synthetic.append(total)
+    ref = loss_from_negative_mass(a1, a2, mass)
+    h1, h2 = torch.autograd.grad(ref, (a1, a2))
+    assert math.isclose(out.loss.item(), ref.item(), rel_tol=1e-5)
+    torch.testing.assert_close(g1.double(), h1, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(g2.double(), h2, rtol=1e-4, atol=1e-6)
+    assert out.stats["mixing/synthetic"].item() == s1 + s2
+
+
+def test_synthetic_negatives_send_gradient_to_the_anchor_only():
+    from cl_suite.samplers.base import Contrast
+
+    torch.manual_seed(1)
+    anchors = F.normalize(torch.randn(4, 6), dim=1).requires_grad_()
+    candidates = F.normalize(torch.randn(12, 6), dim=1).requires_grad_()
+    sim = anchors @ candidates.T
+    ctx = Contrast(anchors, candidates, torch.ones(4), sim, torch.ones(4, 12, dtype=torch.bool), 1.0)
+    logits = torch.cat(MixingSampler(n_hard=5, s1=3, s2=3)._synthetic_logits(ctx, 3, 3), dim=1)
+    assert logits.shape == (4, 6)
+    to_anchor, to_candidates = torch.autograd.grad(logits.sum(), (anchors, candidates), allow_unused=True)
+    assert to_candidates is None and to_anchor.abs().sum() > 0
+
+
+# ---- limits between samplers ----
+
+@pytest.mark.parametrize("sampler, other", [
+    (DebiasedSampler(tau_plus=0.0), UniformSampler()),
+    (HardSampler(beta=0.0, tau_plus=0.1), DebiasedSampler(tau_plus=0.1)),
+    (HardSampler(beta=0.0, tau_plus=0.0), UniformSampler()),  # fails if HCL's weights were sum-normalised
+    (RingSampler(lower_percentile=0.0, upper_percentile=100.0), UniformSampler()),
+    (MixingSampler(n_hard=4, s1=0, s2=0), UniformSampler()),
+])
+def test_limits_reduce_to_the_simpler_sampler(views, sampler, other):
+    a, ga, gb = run(sampler, *views)
+    b, ha, hb = run(other, *views)
+    assert math.isclose(a.loss.item(), b.loss.item(), rel_tol=1e-6, abs_tol=1e-7)
+    torch.testing.assert_close(ga, ha, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(gb, hb, rtol=1e-5, atol=1e-7)
+
+
+def test_dcl_clamp_binds_when_the_debiased_sum_would_go_below_its_floor():
+    torch.manual_seed(2)
+    x = torch.randn(5, 4)
+    # Identical views: P = e^{1/t} is the largest term, so with tau_plus = 0.9 the debiased sum is negative.
+    out, _, _ = run(DebiasedSampler(tau_plus=0.9), x, x.clone())
+    n_neg = 8
+    expected = math.log(1 + n_neg * math.exp(-1 / T) / math.exp(1 / T))  # -log(P / (P + N e^{-1/t}))
+    assert math.isclose(out.loss.item(), expected, rel_tol=1e-5)
+    assert_matches(DebiasedSampler(tau_plus=0.9), dcl_mass(0.9), x, x.clone())
+
+
+# ---- ring specifics ----
+
+def test_ring_keeps_the_documented_fraction_of_4096_candidates():
+    torch.manual_seed(3)
+    anchors = F.normalize(torch.randn(8, 16), dim=1)
+    queue = F.normalize(torch.randn(4096, 16), dim=1)
+    out = RingSampler(90.0, 99.0)(anchors, anchors, queue, None, 0.1)
+    expected = (math.floor(0.99 * 4096) - math.floor(0.90 * 4096)) / 4096
+    assert out.stats["ring/kept_fraction"].item() == pytest.approx(expected)
+
+
+def test_ring_annealing_moves_the_lower_percentile_with_training_progress():
+    sampler = RingSampler(lower_percentile=80.0, upper_percentile=99.0, anneal_epochs=10.0)
+    anchors = F.normalize(torch.randn(4, 8), dim=1)
+    pool = F.normalize(torch.randn(200, 8), dim=1)
+    fractions = []
+    for epoch, lower in [(0.0, 0.0), (5.0, 40.0), (10.0, 80.0), (20.0, 80.0)]:
+        sampler.epoch = epoch
+        out = sampler(anchors, anchors, pool, None, 0.1)
+        assert out.stats["ring/lower_percentile"].item() == pytest.approx(lower)
+        fractions.append(out.stats["ring/kept_fraction"].item())
+    assert fractions[0] > fractions[1] > fractions[2] == fractions[3]
+
+
+def test_a_ring_that_keeps_nothing_is_a_clear_error():
+    anchors = F.normalize(torch.randn(3, 4), dim=1)
+    with pytest.raises(ValueError, match="keep no negative for an anchor with 20 candidates"):
+        RingSampler(90.0, 94.0)(anchors, anchors, F.normalize(torch.randn(20, 4), dim=1), None, 0.1)
+
+
+# ---- stability and validation ----
+
+@pytest.mark.parametrize("sampler", [UniformSampler(), DebiasedSampler(0.1), HardSampler(1.0, 0.1),
+                                     RingSampler(90.0, 99.0), MixingSampler(256, 64, 64)], ids=lambda s: type(s).__name__)
+def test_low_temperature_many_candidates_bf16_autocast_stays_finite(sampler):
+    torch.manual_seed(4)
+    anchors = F.normalize(torch.randn(16, 64), dim=1).requires_grad_()
+    positives = F.normalize(anchors.detach() + 0.3 * torch.randn(16, 64), dim=1)
+    queue = F.normalize(torch.randn(16384, 64), dim=1)
+    queue[:50] = F.normalize(anchors.detach()[:1] + 0.01 * torch.randn(50, 64), dim=1)  # very hard negatives
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = sampler(anchors.to(torch.bfloat16), positives.to(torch.bfloat16), queue.to(torch.bfloat16), None, 0.05)
+    (grad,) = torch.autograd.grad(out.loss, anchors)
+    assert out.loss.dtype == torch.float32 and torch.isfinite(out.loss) and torch.isfinite(grad).all()
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: DebiasedSampler(tau_plus=1.0), "sampler.tau_plus=1.0"),
+    (lambda: DebiasedSampler(tau_plus=-0.1), "sampler.tau_plus=-0.1"),
+    (lambda: HardSampler(beta=-1.0), "sampler.beta=-1.0"),
+    (lambda: HardSampler(tau_plus=1.5), "sampler.tau_plus=1.5"),
+    (lambda: RingSampler(99.0, 90.0), "sampler.lower_percentile=99.0"),
+    (lambda: RingSampler(50.0, 50.0), "sampler.lower_percentile=50.0"),
+    (lambda: RingSampler(-1.0, 90.0), "sampler.lower_percentile=-1.0"),
+    (lambda: RingSampler(10.0, 101.0), "sampler.upper_percentile=101.0"),
+    (lambda: RingSampler(anneal_epochs=-1.0), "sampler.anneal_epochs=-1.0"),
+    (lambda: MixingSampler(n_hard=0), "sampler.n_hard=0"),
+    (lambda: MixingSampler(s1=-1), "sampler.s1=-1"),
+])
+def test_bad_sampler_settings_name_the_key(make, message):
+    with pytest.raises(ValueError) as err:
+        make()
+    assert message in str(err.value)
+
+
+def test_n_hard_larger_than_the_candidates_is_a_clear_error():
+    anchors = F.normalize(torch.randn(3, 4), dim=1)
+    with pytest.raises(ValueError, match="sampler.n_hard=64 is larger than the 10 candidates"):
+        MixingSampler(n_hard=64)(anchors, anchors, F.normalize(torch.randn(10, 4), dim=1), None, 0.1)
+
+
+def test_false_negative_rate_counts_same_class_weight():
+    anchors = F.normalize(torch.randn(2, 4), dim=1)
+    candidates = F.normalize(torch.randn(6, 4), dim=1)
+    out = UniformSampler()(anchors, anchors, candidates, None, 0.5, anchor_labels=torch.tensor([0, 1]),
+                           candidate_labels=torch.tensor([0, 0, 1, 2, 2, -1]))
+    # anchor 0: 2 of 5 labelled candidates share its class; anchor 1: 1 of 5 -> 3 / 10
+    assert out.stats["negatives/false_negative_rate"].item() == pytest.approx(0.3)
