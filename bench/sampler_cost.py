@@ -24,7 +24,7 @@ SAMPLERS = {
     "debiased (DCL)": lambda: DebiasedSampler(tau_plus=0.1),
     "hard (HCL)": lambda: HardSampler(beta=1.0, tau_plus=0.1),
     "ring": lambda: RingSampler(lower_percentile=90.0, upper_percentile=99.0),
-    "mixing (MoCHi)": lambda: MixingSampler(n_hard=256, s1=128, s2=128),
+    "mixing (MoCHi)": lambda: MixingSampler(n_hard=128, s1=128, s2=128),
 }
 
 
