@@ -15,19 +15,24 @@ def torchrun(args, timeout=240, env=None):
     return subprocess.run(cmd, cwd=ROOT, env=env, timeout=timeout, capture_output=True, text=True)
 
 
-@pytest.mark.slow
-def test_every_sampler_on_two_processes_equals_one_process(tmp_path):
-    """Loss and input gradients of uniform, DCL, HCL and ring with all-gathered candidates: 2 processes x
-    B/2 against 1 x B (the 1-process numbers are checked against the papers' equations elsewhere).
-    MoCHi draws its mixing coefficients per process, so its 2-process run is a different sample."""
-    script = str(ROOT / "tests" / "ddp_sampler_script.py")
+def one_and_two_processes(script_name, tmp_path):
+    """Run a tests/ script as one plain process and as 2 torchrun processes; load what each saved."""
+    script = str(ROOT / "tests" / script_name)
     env = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}:{ROOT / 'tests'}"}
     single = subprocess.run([sys.executable, script, str(tmp_path / "one.pt")], env=env, capture_output=True,
                             text=True, timeout=120)
     assert single.returncode == 0, single.stderr[-3000:]
     proc = torchrun([script, str(tmp_path / "two.pt")])
     assert proc.returncode == 0, proc.stderr[-3000:]
-    one, two = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "two.pt")
+    return torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "two.pt")
+
+
+@pytest.mark.slow
+def test_every_sampler_on_two_processes_equals_one_process(tmp_path):
+    """Loss and input gradients of uniform, DCL, HCL and ring with all-gathered candidates: 2 processes x
+    B/2 against 1 x B (the 1-process numbers are checked against the papers' equations elsewhere).
+    MoCHi draws its mixing coefficients per process, so its 2-process run is a different sample."""
+    one, two = one_and_two_processes("ddp_sampler_script.py", tmp_path)
     assert set(one) == {"uniform", "debiased", "hard", "ring"}
     for name in one:
         for key in ("loss", "grad", "false_negative_rate"):
@@ -37,14 +42,7 @@ def test_every_sampler_on_two_processes_equals_one_process(tmp_path):
 @pytest.mark.slow
 def test_full_training_step_on_two_processes_equals_one_process(tmp_path):
     """Method and online-probe parameters after one step; tolerance 1e-6 (float32 summation order)."""
-    script = str(ROOT / "tests" / "ddp_train_step_script.py")
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-    single = subprocess.run([sys.executable, script, str(tmp_path / "one.pt")], env=env, capture_output=True,
-                            text=True, timeout=120)
-    assert single.returncode == 0, single.stderr[-3000:]
-    proc = torchrun([script, str(tmp_path / "two.pt")])
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    one, two = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "two.pt")
+    one, two = one_and_two_processes("ddp_train_step_script.py", tmp_path)
     for key in one:
         torch.testing.assert_close(two[key], one[key], rtol=1e-6, atol=1e-6, msg=key)
     assert {k.split(".")[0] for k in one} == {"method", "probe"}
