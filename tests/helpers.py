@@ -46,3 +46,12 @@ def group_options(group: str) -> list[str]:
 
 def to_plain(cfg: DictConfig) -> dict:
     return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+
+
+# Sampler options sized for a queue or bank (thousands of candidates), not for a batch's 2B-2.
+QUEUE_SIZED_SAMPLERS = {"mochi"}
+QUEUE_FRAMEWORKS = {"moco", "mochi"}
+
+
+def valid_pair(method: str, sampler: str) -> bool:
+    return sampler not in QUEUE_SIZED_SAMPLERS or method in QUEUE_FRAMEWORKS

@@ -7,7 +7,7 @@ from omegaconf import OmegaConf
 from cl_suite.engine.build import build_augment_config, build_logger, build_method
 from cl_suite.engine.optim import build_optimizer
 from cl_suite.engine.validation import validate_train_config
-from helpers import CONF, compose_train, group_options, to_plain
+from helpers import CONF, compose_train, group_options, to_plain, valid_pair
 
 GROUPS = ["dataset", "backbone", "method", "sampler", "optimizer", "scheduler", "logger", "evaluation"]
 
@@ -39,8 +39,8 @@ def test_backbone_configs_instantiate_and_give_features(option):
     assert out.shape == (2, backbone.num_features)
 
 
-@pytest.mark.parametrize("method", group_options("method"))
-@pytest.mark.parametrize("sampler", group_options("sampler"))
+@pytest.mark.parametrize("method, sampler", [(m, s) for m in group_options("method") for s in group_options("sampler")
+                                             if valid_pair(m, s)])
 def test_method_sampler_pairs_instantiate_and_give_a_loss(method, sampler):
     cfg = compose_train([f"method={method}", f"sampler={sampler}", "backbone.widths=[8]"])
     model = build_method(cfg)
@@ -94,3 +94,10 @@ def test_default_config_is_the_embedded_cpu_run():
     cfg = compose_train([])
     assert OmegaConf.select(cfg, "dataset.name") == "digits"
     assert cfg.method._target_.endswith("SimCLR") and cfg.sampler._target_.endswith("UniformSampler")
+
+
+def test_a_queue_sized_sampler_on_batch_candidates_is_a_clear_error():
+    cfg = compose_train(["method=simclr", "sampler=mochi", "backbone.widths=[8]"])
+    x = torch.randn(40, 3, 8, 8)
+    with pytest.raises(ValueError, match="sampler.n_hard=1024 is larger than the 78 candidates"):
+        build_method(cfg)((x, x), labels=torch.arange(40), indices=torch.arange(40))

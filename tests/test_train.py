@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from cl_suite.engine.trainer import train
-from helpers import TINY, compose_train, group_options, run_cli
+from helpers import TINY, compose_train, group_options, run_cli, valid_pair
 
 
 @pytest.fixture(scope="module")
@@ -51,9 +51,11 @@ def test_evaluate_cli_reproduces_the_final_numbers(cli_run):
     assert "evaluate" not in (run_dir / ".hydra" / "overrides.yaml").read_text()
 
 
-def test_resume_mid_epoch_equals_uninterrupted_run(tmp_path):
-    """Stop after 30 steps (mid-epoch 2), resume from the run dir: bit-identical weights and metrics."""
-    common = TINY + ["trainer.epochs=3", "trainer.eval_at_init=false"]
+@pytest.mark.parametrize("method", ["simclr", "moco"])
+def test_resume_mid_epoch_equals_uninterrupted_run(tmp_path, method):
+    """Stop after 30 steps (mid-epoch 2), resume from the run dir: bit-identical weights (the MoCo queue,
+    its pointer and the key encoder included) and metrics."""
+    common = TINY + ["trainer.epochs=3", "trainer.eval_at_init=false", f"method={method}"]
     full = train(compose_train(common, tmp_path / "full"))
     train(compose_train(common + ["trainer.max_steps=30"], tmp_path / "split"))
     first = torch.load(tmp_path / "split" / "checkpoints" / "last.pt", weights_only=False)
@@ -110,12 +112,15 @@ def test_compiled_model_trains_and_saves_plain_state_dict_keys(tmp_path):
     assert state["step"] == 2 and not any("_orig_mod" in key for key in state["method"])
 
 
-@pytest.mark.parametrize("choice", [f"sampler={s}" for s in group_options("sampler")]
+@pytest.mark.parametrize("choice", [f"sampler={s}" for s in group_options("sampler") if valid_pair("simclr", s)]
+                         + [f"method=moco sampler={s}" for s in group_options("sampler")]
                          + [f"method={m}" for m in group_options("method")])
-def test_every_sampler_and_preset_trains_on_digits(tmp_path, choice):
-    final = train(compose_train(TINY + [choice, "trainer.max_steps=3", "trainer.eval_at_init=false",
-                                        "evaluation.linear.epochs=1"], tmp_path))
+def test_every_sampler_framework_pair_and_preset_trains_on_digits(tmp_path, choice):
+    final = train(compose_train(TINY + choice.split() + ["trainer.max_steps=3", "trainer.eval_at_init=false",
+                                                         "evaluation.linear.epochs=1"], tmp_path))
     record = json.loads((tmp_path / "metrics.json").read_text())["epochs"][-1]
     assert math.isfinite(record["train/epoch_loss"]) and final["step"] == 3
     assert 0 <= record["diag/negatives/false_negative_rate"] <= 1
     assert sum(record["diag/hist/negative"]["counts"]) > 0
+    if choice == "method=moco sampler=ring":  # the ring over a queue of 4096 keys keeps 90..99 of it
+        assert record["diag/negatives/effective"] == math.floor(0.99 * 4096) - math.floor(0.90 * 4096)

@@ -114,3 +114,28 @@ def gather_no_grad(x: torch.Tensor) -> torch.Tensor:
     parts = [torch.empty_like(x) for _ in range(get_world_size())]
     dist.all_gather(parts, x.contiguous())
     return torch.cat(parts)
+
+
+@torch.no_grad()
+def batch_shuffle(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Shuffle a batch across processes (MoCo's shuffle BN): every process gets a random slice of the
+    global batch. Returns the local slice and the permutation for ``batch_unshuffle``. One process: no-op
+    (a permutation inside one BN batch changes nothing)."""
+    if get_world_size() == 1:
+        return x, None
+    gathered = gather_no_grad(x)
+    order = torch.randperm(gathered.shape[0], device=x.device)
+    dist.broadcast(order, src=0)  # the same permutation everywhere
+    n = x.shape[0]
+    return gathered[order[get_rank() * n:(get_rank() + 1) * n]], order
+
+
+@torch.no_grad()
+def batch_unshuffle(y: torch.Tensor, order: torch.Tensor | None) -> torch.Tensor:
+    """Undo ``batch_shuffle`` on the outputs: this process gets back the rows of its own inputs."""
+    if order is None:
+        return y
+    gathered = gather_no_grad(y)
+    restore = torch.argsort(order)
+    n = y.shape[0]
+    return gathered[restore[get_rank() * n:(get_rank() + 1) * n]]

@@ -1,0 +1,129 @@
+"""MoCo v2 (He et al., CVPR 2020; Chen et al., arXiv 2003.04297): momentum key encoder + FIFO queue."""
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cl_suite.engine.distributed import batch_shuffle, batch_unshuffle, gather_no_grad
+from cl_suite.methods.base import ContrastiveMethod, MethodOutput
+from cl_suite.models.heads import mlp
+from cl_suite.samplers.base import NegativeSampler
+
+
+class MoCo(ContrastiveMethod):
+    """Anchors are the query view's embeddings; the positive is the momentum encoder's key of the other
+    view; the candidates are a FIFO queue of past keys (with their labels, for the diagnostics).
+
+    The key encoder (backbone + projector) is an exponential moving average of the query encoder's
+    parameters, ``key = m key + (1 - m) query`` after every optimizer step, with m rising from
+    ``momentum`` to ``momentum_final`` on a cosine schedule (BYOL's schedule; equal values = constant
+    MoCo momentum). Its BatchNorm buffers are its own (updated by its forward passes in train mode), as
+    in MoCo. Under DDP the key batch is shuffled across processes before the key encoder (shuffle BN,
+    MoCo sec. 3.3): otherwise BN statistics leak which key belongs to which query. The queue holds the
+    all-gathered keys of every process, so all processes keep the same queue. Queue, labels and pointer
+    are buffers: a checkpoint restores them. ``symmetric``: also use view 2 as query against view 1's
+    key and average the two losses (MoCo v3 style).
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        sampler: NegativeSampler,
+        temperature: float = 0.2,
+        projector_hidden_dims: list[int] | tuple[int, ...] = (2048,),
+        projector_dim: int = 128,
+        projector_batch_norm: bool = False,
+        queue_size: int = 4096,
+        momentum: float = 0.99,
+        momentum_final: float = 0.99,
+        symmetric: bool = False,
+        shuffle_bn: bool = True,
+    ):
+        super().__init__()
+        if not temperature > 0:
+            raise ValueError(f"method.temperature={temperature} must be > 0")
+        if not (isinstance(queue_size, int) and queue_size >= 1):
+            raise ValueError(f"method.queue_size={queue_size} is not allowed: expected an integer >= 1")
+        for key, value in (("momentum", momentum), ("momentum_final", momentum_final)):
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"method.{key}={value} is not allowed: expected a value in [0, 1]")
+        self.backbone = backbone
+        self.projector = mlp(backbone.num_features, list(projector_hidden_dims), projector_dim,
+                             batch_norm=projector_batch_norm)
+        self.key_backbone = copy.deepcopy(backbone)  # a copy, not shared storage (RINCE pitfall 8)
+        self.key_projector = copy.deepcopy(self.projector)
+        for p in self.key_parameters():
+            p.requires_grad_(False)
+        self.sampler = sampler
+        self.temperature = float(temperature)
+        self.momentum, self.momentum_final = float(momentum), float(momentum_final)
+        self.symmetric, self.shuffle_bn = symmetric, shuffle_bn
+        self.register_buffer("queue", F.normalize(torch.randn(queue_size, projector_dim), dim=1))
+        self.register_buffer("queue_labels", torch.full((queue_size,), -1, dtype=torch.long))
+        self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
+        self._pending: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def key_parameters(self):
+        return [*self.key_backbone.parameters(), *self.key_projector.parameters()]
+
+    def query_parameters(self):
+        return [*self.backbone.parameters(), *self.projector.parameters()]
+
+    @torch.no_grad()
+    def keys(self, x: torch.Tensor) -> torch.Tensor:
+        if self.shuffle_bn:
+            x, order = batch_shuffle(x)
+        k = F.normalize(self.key_projector(self.key_backbone(x)).float(), dim=1)
+        return batch_unshuffle(k, order) if self.shuffle_bn else k
+
+    def forward(self, views: tuple[torch.Tensor, torch.Tensor], labels: torch.Tensor,
+                indices: torch.Tensor | None = None) -> MethodOutput:
+        x1, x2 = views
+        h1 = self.backbone(x1)
+        q1 = F.normalize(self.projector(h1).float(), dim=1)
+        k2 = self.keys(x2)
+        candidates = self.queue.clone().detach()  # the queue as it was before this step's keys
+        out = self.sampler(anchors=q1, positives=k2, candidates=candidates, candidate_mask=None,
+                           temperature=self.temperature, anchor_labels=labels, candidate_labels=self.queue_labels)
+        loss, stats, features, keys = out.loss, out.stats, h1, k2
+        if self.symmetric:
+            h2 = self.backbone(x2)
+            q2 = F.normalize(self.projector(h2).float(), dim=1)
+            k1 = self.keys(x1)
+            out2 = self.sampler(anchors=q2, positives=k1, candidates=candidates, candidate_mask=None,
+                                temperature=self.temperature, anchor_labels=labels,
+                                candidate_labels=self.queue_labels)
+            loss = (loss + out2.loss) / 2
+            features, keys = torch.cat([h1, h2]), torch.cat([k2, k1])
+            labels = labels.repeat(2)
+        if self.training:  # enqueued after the optimizer step, so the loss saw the old queue
+            self._pending = (gather_no_grad(keys), gather_no_grad(labels))
+        return MethodOutput(loss=loss, features=features.detach(), feature_labels=labels, stats=stats)
+
+    def momentum_at(self, step: int, total_steps: int) -> float:
+        progress = min(1.0, step / max(1, total_steps))
+        return self.momentum_final - (self.momentum_final - self.momentum) * (math.cos(math.pi * progress) + 1) / 2
+
+    @torch.no_grad()
+    def on_train_step_end(self, step: int, total_steps: int) -> None:
+        m = self.momentum_at(step, total_steps)
+        keys, query = self.key_parameters(), self.query_parameters()
+        torch._foreach_mul_(keys, m)
+        torch._foreach_add_(keys, query, alpha=1 - m)
+        if self._pending is not None:
+            self.enqueue(*self._pending)
+            self._pending = None
+
+    @torch.no_grad()
+    def enqueue(self, keys: torch.Tensor, labels: torch.Tensor) -> None:
+        """Write the keys at the pointer, wrapping around the end (no K % B == 0 requirement)."""
+        size = self.queue.shape[0]
+        keys, labels = keys[-size:], labels[-size:]  # a batch larger than the queue keeps its newest keys
+        rows = (self.queue_ptr + torch.arange(keys.shape[0], device=keys.device)) % size
+        self.queue[rows] = keys.to(self.queue.dtype)
+        self.queue_labels[rows] = labels
+        self.queue_ptr.copy_((self.queue_ptr + keys.shape[0]) % size)

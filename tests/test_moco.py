@@ -1,0 +1,75 @@
+"""MoCo: the momentum rule, the FIFO queue (wrap, contents), the schedule."""
+import copy
+
+import pytest
+import torch
+
+from cl_suite.methods import MoCo
+from cl_suite.models import SmallConvNet
+from cl_suite.samplers import UniformSampler
+
+
+def make(queue_size=16, momentum=0.9, momentum_final=0.9, **kwargs):
+    torch.manual_seed(0)
+    return MoCo(SmallConvNet(widths=[4, 8]), UniformSampler(), projector_hidden_dims=[16], projector_dim=8,
+                queue_size=queue_size, momentum=momentum, momentum_final=momentum_final, **kwargs)
+
+
+def one_step(method, x1, x2, labels):
+    opt = torch.optim.SGD(method.query_parameters(), lr=0.5)
+    out = method((x1, x2), labels)
+    out.loss.backward()
+    opt.step()
+    method.on_train_step_end(0, 10)
+    return out
+
+
+def test_key_encoder_moves_by_the_momentum_rule_and_gets_no_gradient():
+    method = make()
+    x1, x2 = torch.randn(4, 3, 8, 8), torch.randn(4, 3, 8, 8)
+    key_before = [p.detach().clone() for p in method.key_parameters()]
+    one_step(method, x1, x2, torch.arange(4))
+    for key, before, query in zip(method.key_parameters(), key_before, method.query_parameters()):
+        assert key.grad is None
+        torch.testing.assert_close(key, 0.9 * before + 0.1 * query.detach())
+    assert not torch.equal(key_before[0], method.key_parameters()[0])
+
+
+def test_enqueued_keys_are_this_steps_keys_and_the_loss_saw_the_old_queue():
+    method = make(queue_size=16)
+    x1, x2 = torch.randn(4, 3, 8, 8), torch.randn(4, 3, 8, 8)
+    expected_keys = copy.deepcopy(method).keys(x2)  # the key encoder before the step
+    old_queue = method.queue.clone()
+    one_step(method, x1, x2, torch.tensor([3, 1, 4, 1]))
+    torch.testing.assert_close(method.queue[:4], expected_keys)
+    assert torch.equal(method.queue_labels[:4], torch.tensor([3, 1, 4, 1]))
+    assert torch.equal(method.queue[4:], old_queue[4:]) and int(method.queue_ptr) == 4
+
+
+def test_queue_pointer_wraps_around_a_size_that_is_not_a_multiple_of_the_batch():
+    method = make(queue_size=10)
+    batches = [torch.full((4, 8), float(i)) for i in range(3)]
+    for i, keys in enumerate(batches):
+        method.enqueue(keys, torch.full((4,), i))
+    assert int(method.queue_ptr) == 2  # 12 keys written into 10 rows
+    assert torch.equal(method.queue_labels, torch.tensor([2, 2, 0, 0, 1, 1, 1, 1, 2, 2]))
+    assert torch.equal(method.queue[8:], batches[2][:2]) and torch.equal(method.queue[:2], batches[2][2:])
+
+
+def test_momentum_follows_a_cosine_from_start_to_final():
+    method = make(momentum=0.99, momentum_final=1.0)
+    assert method.momentum_at(0, 100) == pytest.approx(0.99)
+    assert method.momentum_at(50, 100) == pytest.approx(0.995)
+    assert method.momentum_at(100, 100) == pytest.approx(1.0)
+
+
+def test_queue_and_pointer_are_in_the_state_dict():
+    state = make().state_dict()
+    assert {"queue", "queue_labels", "queue_ptr"} <= set(state)
+    assert any(key.startswith("key_backbone.") for key in state)
+
+
+@pytest.mark.parametrize("key, value", [("queue_size", 0), ("momentum", 1.5), ("temperature", 0.0)])
+def test_bad_moco_settings_name_the_key(key, value):
+    with pytest.raises(ValueError, match=f"method.{key}={value}"):
+        make(**{key: value})
