@@ -1,8 +1,10 @@
-"""One full SimCLR + online-probe training step, on 1 process (python) or 2 (torchrun).
+"""One full training step (method + online probe) of SimCLR and of MoCo, on 1 process (python) or 2
+(torchrun).
 
-The model has no BatchNorm (whose statistics are per process by design), so W processes x B/W images
+The models have no BatchNorm (whose statistics are per process by design), so W processes x B/W images
 must give the same updated parameters as 1 process x B: global negatives through the all-gather, DDP
-averaging of the method's and the probe's gradients. Writes the parameters after the step to argv[1].
+averaging of the method's and the probe's gradients, and for MoCo the momentum update and a queue
+that holds every process's keys. Writes each model's state after the step to argv[1].
 """
 import sys
 
@@ -13,7 +15,7 @@ from torch.nn.parallel import DistributedDataParallel
 from cl_suite.engine.distributed import cleanup_distributed, get_rank, get_world_size, init_distributed
 from cl_suite.engine.pretrainer import Pretrainer
 from cl_suite.engine.probe import OnlineProbe
-from cl_suite.methods import SimCLR
+from cl_suite.methods import MoCo, SimCLR
 from cl_suite.samplers import UniformSampler
 
 
@@ -27,6 +29,18 @@ class LinearBackbone(nn.Module):
         return torch.relu(self.linear(x.flatten(1)))
 
 
+def one_step(method, x1, x2, labels, rank, world):
+    model = Pretrainer(method, OnlineProbe(10, 3))
+    train_model = DistributedDataParallel(model) if world > 1 else model
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
+    local = slice(rank * len(x1) // world, (rank + 1) * len(x1) // world)
+    out, probe_loss, _ = train_model((x1[local], x2[local]), labels[local], torch.arange(len(x1))[local])
+    (out.loss + probe_loss).backward()
+    opt.step()
+    method.on_train_step_end(0, 10)
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
 def main(out_path: str) -> None:
     init_distributed("cpu")
     rank, world = get_rank(), get_world_size()
@@ -34,18 +48,16 @@ def main(out_path: str) -> None:
     global_batch = 8
     x1, x2 = torch.randn(global_batch, 3, 2, 2), torch.randn(global_batch, 3, 2, 2)
     labels = torch.arange(global_batch) % 3
-    method = SimCLR(LinearBackbone(), UniformSampler(), temperature=0.3, projector_hidden_dims=[16],
-                    projector_dim=6, projector_batch_norm=False)
-    model = Pretrainer(method, OnlineProbe(10, 3))
-    train_model = DistributedDataParallel(model) if world > 1 else model
-    opt = torch.optim.SGD(model.parameters(), lr=0.5)
-
-    local = slice(rank * global_batch // world, (rank + 1) * global_batch // world)
-    out, probe_loss, _ = train_model((x1[local], x2[local]), labels[local], torch.arange(global_batch)[local])
-    (out.loss + probe_loss).backward()
-    opt.step()
+    head = dict(projector_hidden_dims=[16], projector_dim=6, projector_batch_norm=False)
+    torch.manual_seed(1)
+    simclr = SimCLR(LinearBackbone(), UniformSampler(), temperature=0.3, **head)
+    torch.manual_seed(2)
+    moco = MoCo(LinearBackbone(), UniformSampler(), temperature=0.3, queue_size=12, momentum=0.9,
+                momentum_final=0.9, **head)
+    states = {"simclr": one_step(simclr, x1, x2, labels, rank, world),
+              "moco": one_step(moco, x1, x2, labels, rank, world)}
     if rank == 0:
-        torch.save({k: v.detach().clone() for k, v in model.state_dict().items()}, out_path)
+        torch.save(states, out_path)
     cleanup_distributed()
 
 
