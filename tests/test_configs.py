@@ -43,7 +43,7 @@ def test_backbone_configs_instantiate_and_give_features(option):
                                              if valid_pair(m, s)])
 def test_method_sampler_pairs_instantiate_and_give_a_loss(method, sampler):
     cfg = compose_train([f"method={method}", f"sampler={sampler}", "backbone.widths=[8]"])
-    model = build_method(cfg)
+    model = build_method(cfg, num_samples=40)
     x = torch.randn(40, 3, 8, 8)  # 78 candidates per anchor: enough for every sampler's defaults
     out = model((x, x + 0.1 * torch.randn_like(x)), labels=torch.arange(40) % 10, indices=torch.arange(40))
     assert out.loss.ndim == 0 and torch.isfinite(out.loss)
@@ -100,4 +100,4 @@ def test_a_queue_sized_sampler_on_batch_candidates_is_a_clear_error():
     cfg = compose_train(["method=simclr", "sampler=mochi", "backbone.widths=[8]"])
     x = torch.randn(40, 3, 8, 8)
     with pytest.raises(ValueError, match="sampler.n_hard=1024 is larger than the 78 candidates"):
-        build_method(cfg)((x, x), labels=torch.arange(40), indices=torch.arange(40))
+        build_method(cfg, num_samples=40)((x, x), labels=torch.arange(40), indices=torch.arange(40))

@@ -51,10 +51,10 @@ def test_evaluate_cli_reproduces_the_final_numbers(cli_run):
     assert "evaluate" not in (run_dir / ".hydra" / "overrides.yaml").read_text()
 
 
-@pytest.mark.parametrize("method", ["simclr", "moco"])
+@pytest.mark.parametrize("method", ["simclr", "moco", "ir"])
 def test_resume_mid_epoch_equals_uninterrupted_run(tmp_path, method):
     """Stop after 30 steps (mid-epoch 2), resume from the run dir: bit-identical weights (the MoCo queue,
-    its pointer and the key encoder included) and metrics."""
+    its pointer and the key encoder, the IR memory bank and its random draws included) and metrics."""
     common = TINY + ["trainer.epochs=3", "trainer.eval_at_init=false", f"method={method}"]
     full = train(compose_train(common, tmp_path / "full"))
     train(compose_train(common + ["trainer.max_steps=30"], tmp_path / "split"))
@@ -113,7 +113,7 @@ def test_compiled_model_trains_and_saves_plain_state_dict_keys(tmp_path):
 
 
 @pytest.mark.parametrize("choice", [f"sampler={s}" for s in group_options("sampler") if valid_pair("simclr", s)]
-                         + [f"method=moco sampler={s}" for s in group_options("sampler")]
+                         + [f"method={m} sampler={s}" for m in ("moco", "ir") for s in group_options("sampler")]
                          + [f"method={m}" for m in group_options("method")])
 def test_every_sampler_framework_pair_and_preset_trains_on_digits(tmp_path, choice):
     final = train(compose_train(TINY + choice.split() + ["trainer.max_steps=3", "trainer.eval_at_init=false",
@@ -122,5 +122,5 @@ def test_every_sampler_framework_pair_and_preset_trains_on_digits(tmp_path, choi
     assert math.isfinite(record["train/epoch_loss"]) and final["step"] == 3
     assert 0 <= record["diag/negatives/false_negative_rate"] <= 1
     assert sum(record["diag/hist/negative"]["counts"]) > 0
-    if choice == "method=moco sampler=ring":  # the ring over a queue of 4096 keys keeps 90..99 of it
+    if choice in ("method=moco sampler=ring", "method=moco_ring"):  # the ring over 4096 queued keys: 90..99
         assert record["diag/negatives/effective"] == math.floor(0.99 * 4096) - math.floor(0.90 * 4096)

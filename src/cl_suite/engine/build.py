@@ -1,8 +1,10 @@
 """Config -> objects. Shared by ``train.py`` and ``evaluate.py`` so both build exactly the same thing."""
 from __future__ import annotations
 
+from inspect import signature
+
 from hydra.errors import InstantiationException
-from hydra.utils import get_method, instantiate
+from hydra.utils import get_class, get_method, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from cl_suite.data.augment import AugmentConfig
@@ -47,11 +49,16 @@ def instantiate_unwrapped(cfg: DictConfig, **kwargs):
         raise
 
 
-def build_method(cfg: DictConfig) -> ContrastiveMethod:
-    """Backbone and sampler first, then the method that owns them (a method never builds its sampler)."""
+def build_method(cfg: DictConfig, num_samples: int) -> ContrastiveMethod:
+    """Backbone and sampler first, then the method that owns them (a method never builds its sampler).
+
+    ``num_samples`` (the size of the pre-training split) is passed to methods that keep one entry per
+    image (a memory bank) and ask for it by having a ``num_samples`` argument.
+    """
     backbone = instantiate_unwrapped(cfg.backbone, _convert_="all")
     sampler = instantiate_unwrapped(cfg.sampler, _convert_="all")
-    return instantiate_unwrapped(cfg.method, backbone=backbone, sampler=sampler, _convert_="all")
+    extra = {"num_samples": num_samples} if "num_samples" in signature(get_class(cfg.method._target_)).parameters else {}
+    return instantiate_unwrapped(cfg.method, backbone=backbone, sampler=sampler, _convert_="all", **extra)
 
 
 def build_logger(cfg: DictConfig, run_dir: str, run_config: DictConfig, run_id: str | None = None):

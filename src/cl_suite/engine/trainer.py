@@ -135,7 +135,7 @@ class Trainer:
         self.schedule_steps = t.epochs * self.steps_per_epoch
         self.stop_step = self.schedule_steps if t.max_steps is None else min(self.schedule_steps, t.max_steps)
 
-        self.method = build_method(cfg).to(device)
+        self.method = build_method(cfg, len(self.data.pretrain)).to(device)
         self.probe = OnlineProbe(self.method.num_features, self.data.num_classes).to(device)
         self.channels_last = device.type == "cuda" if t.channels_last == "auto" else bool(t.channels_last)
         model = Pretrainer(self.method, self.probe)

@@ -44,7 +44,7 @@ def evaluate_run(cfg: DictConfig) -> dict[str, Any]:
     state = ckpt.load_checkpoint(path, map_location=device)
 
     data = build_dataset(train_cfg.dataset)
-    method = build_method(train_cfg).to(device)
+    method = build_method(train_cfg, len(data.pretrain)).to(device)
     method.load_state_dict(state["method"])
     probe = OnlineProbe(method.num_features, data.num_classes).to(device)
     probe.load_state_dict(state["probe"])
