@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cl_suite.samplers import DebiasedSampler, HardSampler, MixingSampler, RingSampler, UniformSampler
+from cl_suite.samplers import Contrast, DebiasedSampler, HardSampler, MixingSampler, RingSampler, UniformSampler
 from test_simclr_loss import simclr_on_raw_embeddings
 
 T = 0.3
@@ -156,18 +156,145 @@ def test_mixing_equals_mochi_with_the_same_draws(views):
     assert out.stats["mixing/synthetic"].item() == s1 + s2
 
 
-def test_synthetic_negatives_send_gradient_to_the_anchor_only():
-    from cl_suite.samplers.base import Contrast
-
+def test_synthetics_are_unit_norm_detached_and_send_no_gradient_to_the_candidates():
+    # A queue-like pool (a leaf of its own, unlike SimCLR's candidates = anchors) with a ragged mask.
     torch.manual_seed(1)
+    t, s1, s2 = 0.5, 3, 4
     anchors = F.normalize(torch.randn(4, 6), dim=1).requires_grad_()
+    positives = F.normalize(torch.randn(4, 6), dim=1)
     candidates = F.normalize(torch.randn(12, 6), dim=1).requires_grad_()
+    mask = torch.ones(4, 12, dtype=torch.bool)
+    mask[0, :3] = False
+    mask[2, 5:7] = False
+    sampler = MixingSampler(n_hard=5, s1=s1, s2=s2)
+    torch.manual_seed(9)
+    out = sampler(anchors, positives, candidates, mask, t)
+    g_anchors, g_candidates = torch.autograd.grad(out.loss, (anchors, candidates))
+
+    # The same draws again, then a loss in which only the real terms can reach the candidates.
+    torch.manual_seed(9)
+    ctx = Contrast(anchors.detach(), candidates.detach(), (anchors * positives).sum(1).detach(),
+                   (anchors @ candidates.T).detach(), mask, t)
+    synthetics = sampler.synthetic_negatives(ctx, s1, s2)
+    assert [h.shape for h in synthetics] == [(4, s1, 6), (4, s2, 6)]
+    for h in synthetics:
+        assert not h.requires_grad
+        torch.testing.assert_close(h.norm(dim=-1), torch.ones(h.shape[:2]))
+    h = torch.cat(synthetics, dim=1)
+    real = (anchors @ candidates.T / t).masked_fill(~mask, float("-inf"))
+    fake = torch.einsum("ad,asd->as", anchors, h) / t
+    ref = F.softplus(torch.logsumexp(torch.cat([real, fake], 1), 1) - (anchors * positives).sum(1) / t).mean()
+    r_anchors, r_candidates = torch.autograd.grad(ref, (anchors, candidates))
+    assert math.isclose(out.loss.item(), ref.item(), rel_tol=1e-6)
+    torch.testing.assert_close(g_candidates, r_candidates, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(g_anchors, r_anchors, rtol=1e-5, atol=1e-7)
+
+
+def test_the_hard_set_skips_masked_candidates():
+    # n_hard = 1: every type-1 synthetic is the hardest *unmasked* candidate (alpha c + (1 - alpha) c = c).
+    torch.manual_seed(2)
+    anchors = F.normalize(torch.randn(3, 5), dim=1)
+    candidates = F.normalize(torch.randn(8, 5), dim=1)
     sim = anchors @ candidates.T
-    ctx = Contrast(anchors, candidates, torch.ones(4), sim, torch.ones(4, 12, dtype=torch.bool), 1.0)
-    logits = torch.cat(MixingSampler(n_hard=5, s1=3, s2=3)._synthetic_logits(ctx, 3, 3), dim=1)
-    assert logits.shape == (4, 6)
-    to_anchor, to_candidates = torch.autograd.grad(logits.sum(), (anchors, candidates), allow_unused=True)
-    assert to_candidates is None and to_anchor.abs().sum() > 0
+    mask = torch.ones(3, 8, dtype=torch.bool)
+    mask[torch.arange(3), sim.argmax(1)] = False  # hide each anchor's most similar candidate
+    expected = candidates[sim.masked_fill(~mask, float("-inf")).argmax(1)]
+    ctx = Contrast(anchors, candidates, torch.ones(3), sim, mask, 0.1)
+    (type1,) = MixingSampler(n_hard=1, s1=4, s2=0).synthetic_negatives(ctx, 4, 0)
+    torch.testing.assert_close(type1, expected[:, None, :].expand(-1, 4, -1))
+
+
+def test_mixing_types_start_at_their_epochs():
+    torch.manual_seed(3)
+    anchors = F.normalize(torch.randn(4, 6), dim=1)
+    positives = F.normalize(torch.randn(4, 6), dim=1)
+    pool = F.normalize(torch.randn(16, 6), dim=1)
+    sampler = MixingSampler(n_hard=4, s1=3, s2=2, start_epoch1=1.0, start_epoch2=2.0)
+    uniform = UniformSampler()(anchors, positives, pool, None, 0.2).loss
+    for epoch, synthetic in [(0.0, 0), (0.99, 0), (1.0, 3), (1.5, 3), (2.0, 5), (7.0, 5)]:
+        sampler.epoch = epoch
+        out = sampler(anchors, positives, pool, None, 0.2)
+        assert out.stats["mixing/synthetic"].item() == synthetic
+        if synthetic == 0:
+            assert out.loss.item() == pytest.approx(uniform.item(), rel=1e-6)
+        else:  # more negatives, larger loss
+            assert out.loss.item() > uniform.item()
+
+
+# ---- ragged masks (a queue with same-image entries masked): N is counted per anchor ----
+
+def direct_reference(mass, anchors, positives, candidates, mask):
+    """The slow per-anchor loop on already-normalised inputs, float64; N_a = that anchor's unmasked count."""
+    a, p, c = (x.detach().double().requires_grad_() for x in (anchors, positives, candidates))
+    total = 0.0
+    for i in range(a.shape[0]):
+        s_pos = a[i] @ p[i]
+        s_neg = [a[i] @ c[j] for j in range(c.shape[0]) if mask[i, j]]
+        pos = torch.exp(s_pos / T)
+        total = total - torch.log(pos / (pos + mass(s_pos, s_neg)))
+    loss = total / a.shape[0]
+    return (loss, *torch.autograd.grad(loss, (a, p, c)))
+
+
+def ragged_batch(seed, n_anchors=5, n_candidates=40, dim=6):
+    torch.manual_seed(seed)
+    anchors = F.normalize(torch.randn(n_anchors, dim), dim=1)
+    positives = F.normalize(anchors + 0.5 * torch.randn(n_anchors, dim), dim=1)
+    candidates = F.normalize(torch.randn(n_candidates, dim), dim=1)
+    mask = torch.ones(n_anchors, n_candidates, dtype=torch.bool)
+    for i in range(n_anchors):  # row i loses 3 i candidates at random places
+        mask[i, torch.randperm(n_candidates)[:3 * i]] = False
+    return anchors, positives, candidates, mask
+
+
+@pytest.mark.parametrize("sampler, mass", [
+    (DebiasedSampler(tau_plus=0.2), dcl_mass(0.2)),
+    (HardSampler(beta=1.5, tau_plus=0.1), dcl_mass(0.1, hcl_reweight(1.5))),
+    (RingSampler(lower_percentile=30.0, upper_percentile=90.0), ring_mass(30.0, 90.0)),
+    (RingSampler(lower_percentile=90.0, upper_percentile=99.0), ring_mass(90.0, 99.0)),
+], ids=["dcl", "hcl", "ring30-90", "ring90-99"])
+def test_ragged_masks_match_the_equation_per_anchor(sampler, mass):
+    anchors, positives, candidates, mask = ragged_batch(5)
+    leaves = [x.clone().requires_grad_() for x in (anchors, positives, candidates)]
+    out = sampler(*leaves, mask, T)
+    grads = torch.autograd.grad(out.loss, leaves)
+    ref, *ref_grads = direct_reference(mass, anchors, positives, candidates, mask)
+    assert math.isclose(out.loss.item(), ref.item(), rel_tol=1e-5, abs_tol=1e-6)
+    for g, h in zip(grads, ref_grads):
+        torch.testing.assert_close(g.double(), h, rtol=1e-4, atol=1e-6)
+
+
+def test_dcl_clamp_binds_for_some_anchors_and_not_others():
+    anchors, _, candidates, mask = ragged_batch(6)
+    positives = anchors.clone()
+    positives[3:] = F.normalize(torch.randn(2, 6), dim=1)  # anchors 0-2: P = e^{1/t} (clamped); 3-4: not
+    tau_plus = 0.5
+    term = DebiasedSampler(tau_plus).negative_term(
+        Contrast(anchors, candidates, (anchors * positives).sum(1), anchors @ candidates.T, mask, T))
+    n = mask.sum(1).double()
+    floor = torch.log(n) - 1 / T
+    assert torch.allclose(term.log_mass[:3].double(), floor[:3], rtol=0, atol=1e-5)
+    assert (term.log_mass[3:].double() > floor[3:] + 0.1).all()
+    leaves = [x.clone().requires_grad_() for x in (anchors, positives, candidates)]
+    out = DebiasedSampler(tau_plus)(*leaves, mask, T)
+    ref, *ref_grads = direct_reference(dcl_mass(tau_plus), anchors, positives, candidates, mask)
+    assert math.isclose(out.loss.item(), ref.item(), rel_tol=1e-5)
+    for g, h in zip(torch.autograd.grad(out.loss, leaves), ref_grads):
+        torch.testing.assert_close(g.double(), h, rtol=1e-4, atol=1e-6)
+
+
+def test_hcl_weights_are_normalised_by_their_mean_not_their_sum():
+    # All candidates equally similar: w is constant, so R = sum w n / mean w = N e^{s/t} for any beta
+    # (a sum-normalised R would be e^{s/t}, N times too small, and the loss a lot smaller).
+    anchors = F.normalize(torch.randn(3, 4), dim=1)
+    candidate = F.normalize(torch.randn(1, 4), dim=1)
+    candidates = candidate.expand(50, -1).contiguous()
+    out = HardSampler(beta=3.0, tau_plus=0.0)(anchors, anchors, candidates, None, 0.2)
+    s = (anchors @ candidate.T).squeeze(1)
+    expected = F.softplus(math.log(50) + s / 0.2 - 1 / 0.2).mean()
+    assert math.isclose(out.loss.item(), expected.item(), rel_tol=1e-5)
+    # ... and the diagnostic weights are normalised per row: uniform here, 50 effective negatives.
+    assert out.stats["negatives/effective"].item() == pytest.approx(50.0, rel=1e-5)
 
 
 # ---- limits between samplers ----

@@ -113,7 +113,7 @@ def test_compiled_model_trains_and_saves_plain_state_dict_keys(tmp_path):
 
 
 @pytest.mark.parametrize("choice", [f"sampler={s}" for s in group_options("sampler") if valid_pair("simclr", s)]
-                         + [f"method={m} sampler={s}" for m in ("moco", "ir") for s in group_options("sampler")]
+                         + [f"method={m} sampler={s}" for m in ("moco", "ir", "cmc") for s in group_options("sampler")]
                          + [f"method={m}" for m in group_options("method")])
 def test_every_sampler_framework_pair_and_preset_trains_on_digits(tmp_path, choice):
     final = train(compose_train(TINY + choice.split() + ["trainer.max_steps=3", "trainer.eval_at_init=false",

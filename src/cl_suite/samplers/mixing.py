@@ -16,8 +16,13 @@ class MixingSampler(NegativeSampler):
     The negative term is the InfoNCE sum over the real candidates plus exp(a.h/t) over the synthetics.
     Synthetics are detached (gradient reaches the encoder only through the anchor in a.h) and are
     never stored in a queue. Type k is active once the training progress reaches ``start_epoch<k>``
-    (0 = from the start). Random draws come from torch's global generator, which the trainer seeds and
-    checkpoints. With s1 = s2 = 0 this is InfoNCE.
+    (``self.epoch >= start_epoch<k>``, so 0 = from the start; the davidsvy code uses a strict ``step >
+    start`` and treats start = 0 as "off", METHODS.md 3.2, which we do not copy). Random draws come
+    from torch's global generator, which the trainer seeds and checkpoints. With s1 = s2 = 0 this is
+    InfoNCE. The paper's eq. for the loss with mixed negatives is written out in METHODS.md 3.1.
+
+    ``n_hard`` larger than an anchor's candidate count is checked once, on the first batch that mixes
+    (one host sync); topk would otherwise pick masked candidates silently.
     """
 
     def __init__(self, n_hard: int = 64, s1: int = 32, s2: int = 32, start_epoch1: float = 0.0,
@@ -47,29 +52,35 @@ class MixingSampler(NegativeSampler):
                     raise ValueError(f"sampler.n_hard={self.n_hard} is larger than the {fewest} candidates an "
                                      "anchor has: lower it or use more candidates")
                 self._checked_counts = True
-            parts += self._synthetic_logits(ctx, s1, s2)
+            # Gradient only through the anchor: the synthetics come back detached.
+            parts += [torch.einsum("ad,asd->as", ctx.anchors, h) / ctx.temperature
+                      for h in self.synthetic_negatives(ctx, s1, s2)]
         return NegativeTerm(log_mass=torch.logsumexp(torch.cat(parts, dim=1), dim=1),
                             extra_stats={"mixing/synthetic": torch.tensor(float(s1 + s2), device=real.device)})
 
-    def _synthetic_logits(self, ctx: Contrast, s1: int, s2: int) -> list[torch.Tensor]:
-        anchors = ctx.anchors
+    def synthetic_negatives(self, ctx: Contrast, s1: int, s2: int) -> list[torch.Tensor]:
+        """The anchors' synthetic negatives, detached and L2-normalised: [type 1 (A, s1, D), type 2 (A, s2, D)]
+        (a type with no synthetics is left out). The draws use torch's global generator on the anchors'
+        device in a fixed order: type-1 indices i, j, then alpha; type-2 indices, then beta."""
+        anchors = ctx.anchors.detach()
         n_anchors, dev = anchors.shape[0], anchors.device
+        # Per-anchor hardest set on detached similarities; masked candidates (the anchor itself, its positive,
+        # same-image queue entries) sit at -inf so they are never mixed (METHODS.md 3.6.6).
         hardest = ctx.cand_sim.detach().masked_fill(~ctx.mask, float("-inf")).topk(self.n_hard, dim=1).indices
         hard = ctx.candidates.detach()[hardest]  # (A, n_hard, D)
 
-        def pick(count: int) -> torch.Tensor:  # (A, count, D): hard candidates drawn with replacement
+        def pick(count: int) -> torch.Tensor:  # (A, count, D): hard candidates drawn uniformly with replacement
             idx = torch.randint(self.n_hard, (n_anchors, count), device=dev)
             return hard.gather(1, idx[..., None].expand(-1, -1, hard.shape[-1]))
 
-        logits = []
-        if s1:
-            first, second = pick(s1), pick(s1)
-            alpha = torch.rand(n_anchors, s1, 1, device=dev)
-            mixed = F.normalize(alpha * first + (1 - alpha) * second, dim=-1)
-            logits.append(torch.einsum("ad,asd->as", anchors, mixed.detach()) / ctx.temperature)
-        if s2:
-            other = pick(s2)
-            beta = 0.5 * torch.rand(n_anchors, s2, 1, device=dev)
-            mixed = F.normalize(beta * anchors.detach()[:, None, :] + (1 - beta) * other, dim=-1)
-            logits.append(torch.einsum("ad,asd->as", anchors, mixed.detach()) / ctx.temperature)
-        return logits
+        synthetics = []
+        with torch.no_grad():
+            if s1:  # h = normalize(alpha c_i + (1 - alpha) c_j), alpha ~ U[0, 1)
+                first, second = pick(s1), pick(s1)
+                alpha = torch.rand(n_anchors, s1, 1, device=dev)
+                synthetics.append(F.normalize(alpha * first + (1 - alpha) * second, dim=-1))
+            if s2:  # h' = normalize(beta sg(a) + (1 - beta) c_j), beta ~ U[0, 0.5): the anchor weighs < 1/2
+                other = pick(s2)
+                beta = 0.5 * torch.rand(n_anchors, s2, 1, device=dev)
+                synthetics.append(F.normalize(beta * anchors[:, None, :] + (1 - beta) * other, dim=-1))
+        return synthetics

@@ -1,0 +1,50 @@
+"""CMC: the Lab conversion against reference colours, the cross-view banks, the concatenated features."""
+import pytest
+import torch
+
+from cl_suite.methods import CMC
+from cl_suite.methods.cmc import rgb_to_lab
+from cl_suite.models import SmallConvNet
+from test_instance_recognition import RecordingSampler
+
+
+@pytest.mark.parametrize("rgb, lab", [
+    ((1.0, 1.0, 1.0), (100.0, 0.0, 0.0)), ((0.0, 0.0, 0.0), (0.0, 0.0, 0.0)),
+    ((1.0, 0.0, 0.0), (53.24, 80.09, 67.20)), ((0.0, 1.0, 0.0), (87.73, -86.18, 83.18)),
+    ((0.0, 0.0, 1.0), (32.30, 79.19, -107.86)), ((0.5, 0.5, 0.5), (53.39, 0.0, 0.0)),
+])
+def test_rgb_to_lab_matches_reference_colours(rgb, lab):
+    got = rgb_to_lab(torch.tensor(rgb).view(1, 3, 1, 1)).flatten()
+    torch.testing.assert_close(got, torch.tensor(lab), atol=0.02, rtol=0)
+
+
+def make(num_samples=8, **kwargs):
+    torch.manual_seed(0)
+    return CMC(SmallConvNet(widths=[4]), RecordingSampler(), num_samples=num_samples, mean=[0.5] * 3,
+               std=[0.25] * 3, projector_dim=6, **kwargs)
+
+
+def test_cross_view_loss_uses_the_other_views_bank_and_masks_the_own_rows():
+    method = make(num_samples=8, num_negatives=100)
+    indices = torch.tensor([0, 3, 5])
+    x = torch.randn(3, 3, 8, 8)
+    out = method((x, x), torch.tensor([1, 2, 3]), indices)
+    seen = method.sampler.seen  # the last call: ab anchors against the L bank
+    assert torch.equal(seen["positives"], method.bank_l[indices])
+    own = (seen["candidates"][None] == method.bank_l[indices][:, None]).all(dim=-1)
+    assert own.any(dim=1).all() and not (own & seen["mask"]).any()
+    assert out.features.shape == (3, method.num_features) == (3, 8)
+    assert method.encode(x).shape == (3, 8)
+
+
+def test_both_banks_move_after_the_step():
+    method = make(num_samples=6, bank_momentum=0.0)
+    indices = torch.tensor([1, 2])
+    x = torch.randn(2, 3, 8, 8)
+    before_l, before_ab = method.bank_l.clone(), method.bank_ab.clone()
+    method((x, x), torch.tensor([4, 5]), indices)
+    method.on_train_step_end(0, 1)
+    assert not torch.equal(method.bank_l[indices], before_l[indices])
+    assert not torch.equal(method.bank_ab[indices], before_ab[indices])
+    assert torch.equal(method.bank_l[[0, 3, 4, 5]], before_l[[0, 3, 4, 5]])
+    assert method.bank_labels[indices].tolist() == [4, 5]
