@@ -30,8 +30,9 @@ def test_cross_view_loss_uses_the_other_views_bank_and_masks_the_own_rows():
     x = torch.randn(3, 3, 8, 8)
     out = method((x, x), torch.tensor([1, 2, 3]), indices)
     seen = method.sampler.seen  # the last call: ab anchors against the L bank
-    assert torch.equal(seen["positives"], method.bank_l[indices])
-    own = (seen["candidates"][None] == method.bank_l[indices][:, None]).all(dim=-1)
+    rows = method.bank_l.embeddings
+    assert torch.equal(seen["positives"], rows[indices])
+    own = (seen["candidates"][None] == rows[indices][:, None]).all(dim=-1)
     assert own.any(dim=1).all() and not (own & seen["mask"]).any()
     assert out.features.shape == (3, method.num_features) == (3, 8)
     assert method.encode(x).shape == (3, 8)
@@ -41,10 +42,10 @@ def test_both_banks_move_after_the_step():
     method = make(num_samples=6, bank_momentum=0.0)
     indices = torch.tensor([1, 2])
     x = torch.randn(2, 3, 8, 8)
-    before_l, before_ab = method.bank_l.clone(), method.bank_ab.clone()
+    before_l, before_ab = method.bank_l.embeddings.clone(), method.bank_ab.embeddings.clone()
     method((x, x), torch.tensor([4, 5]), indices)
     method.on_train_step_end(0, 1)
-    assert not torch.equal(method.bank_l[indices], before_l[indices])
-    assert not torch.equal(method.bank_ab[indices], before_ab[indices])
-    assert torch.equal(method.bank_l[[0, 3, 4, 5]], before_l[[0, 3, 4, 5]])
-    assert method.bank_labels[indices].tolist() == [4, 5]
+    assert not torch.equal(method.bank_l.embeddings[indices], before_l[indices])
+    assert not torch.equal(method.bank_ab.embeddings[indices], before_ab[indices])
+    assert torch.equal(method.bank_l.embeddings[[0, 3, 4, 5]], before_l[[0, 3, 4, 5]])
+    assert method.bank_l.labels[indices].tolist() == [4, 5] == method.bank_ab.labels[indices].tolist()

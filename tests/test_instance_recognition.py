@@ -27,8 +27,9 @@ def test_own_bank_row_is_the_positive_and_never_a_negative():
     indices = torch.tensor([5, 2, 7])
     method((torch.randn(3, 3, 8, 8), torch.randn(3, 3, 8, 8)), torch.tensor([0, 1, 2]), indices)
     seen = method.sampler.seen
-    assert torch.equal(seen["positives"], method.bank[indices])
-    own = (seen["candidates"][None, :, :] == method.bank[indices][:, None, :]).all(dim=-1)  # (3, 200)
+    rows = method.bank.embeddings
+    assert torch.equal(seen["positives"], rows[indices])
+    own = (seen["candidates"][None, :, :] == rows[indices][:, None, :]).all(dim=-1)  # (3, 200)
     assert own.any(dim=1).all() and not (own & seen["mask"]).any()
     assert seen["mask"].sum(dim=1).tolist() == (200 - own.sum(dim=1)).tolist()
 
@@ -37,22 +38,22 @@ def test_bank_rows_of_the_batch_move_by_the_momentum_rule():
     method = make(num_samples=10, bank_momentum=0.5)
     indices = torch.tensor([1, 4, 6])
     x = torch.randn(3, 3, 8, 8)
-    before = method.bank.clone()
+    before = method.bank.embeddings.clone()
     method((x, x), torch.tensor([3, 3, 9]), indices)
     embedding = F.normalize(method.projector(method.backbone(x)), dim=1).detach()
     method.on_train_step_end(0, 1)
     expected = F.normalize(0.5 * before[indices] + 0.5 * embedding, dim=1)
-    torch.testing.assert_close(method.bank[indices], expected)
+    torch.testing.assert_close(method.bank.embeddings[indices], expected)
     untouched = torch.ones(10, dtype=torch.bool)
     untouched[indices] = False
-    assert torch.equal(method.bank[untouched], before[untouched])
-    assert method.bank_labels[indices].tolist() == [3, 3, 9] and (method.bank_labels[untouched] == -1).all()
+    assert torch.equal(method.bank.embeddings[untouched], before[untouched])
+    assert method.bank.labels[indices].tolist() == [3, 3, 9] and (method.bank.labels[untouched] == -1).all()
 
 
 def test_bank_starts_normalised_and_is_checkpoint_state():
     method = make(num_samples=12)
-    torch.testing.assert_close(method.bank.norm(dim=1), torch.ones(12))
-    assert {"bank", "bank_labels"} <= set(method.state_dict())
+    torch.testing.assert_close(method.bank.embeddings.norm(dim=1), torch.ones(12))
+    assert {"bank.embeddings", "bank.labels"} <= set(method.state_dict())
 
 
 @pytest.mark.parametrize("key, value", [("num_negatives", 0), ("bank_momentum", 1.0), ("temperature", -1.0)])

@@ -9,6 +9,7 @@ from torch import nn
 
 from cl_suite.engine.distributed import gather_no_grad
 from cl_suite.methods.base import ContrastiveMethod, MethodOutput
+from cl_suite.methods.memory_bank import MemoryBank
 from cl_suite.models.heads import mlp
 from cl_suite.samplers.base import NegativeSampler
 
@@ -52,8 +53,6 @@ class CMC(ContrastiveMethod):
             raise ValueError(f"method.temperature={temperature} must be > 0")
         if not (isinstance(num_negatives, int) and num_negatives >= 1):
             raise ValueError(f"method.num_negatives={num_negatives} is not allowed: expected an integer >= 1")
-        if not 0.0 <= bank_momentum < 1.0:
-            raise ValueError(f"method.bank_momentum={bank_momentum} is not allowed: expected a value in [0, 1)")
         if len(mean) != 3 or len(std) != 3:
             raise ValueError(f"method.mean/std={mean}/{std}: CMC's Lab views need 3-channel RGB statistics")
         self.backbone = backbone  # the L encoder
@@ -63,13 +62,11 @@ class CMC(ContrastiveMethod):
                     batch_norm=False)
         self.l_projector, self.ab_projector = mlp(**head), mlp(**head)
         self.sampler = sampler
-        self.temperature, self.num_negatives, self.bank_momentum = float(temperature), num_negatives, float(bank_momentum)
+        self.temperature, self.num_negatives = float(temperature), num_negatives
         self.register_buffer("rgb_mean", torch.tensor(mean).view(1, 3, 1, 1))
         self.register_buffer("rgb_std", torch.tensor(std).view(1, 3, 1, 1))
-        bound = 1.0 / (projector_dim / 3) ** 0.5
-        for name in ("bank_l", "bank_ab"):
-            self.register_buffer(name, F.normalize(torch.empty(num_samples, projector_dim).uniform_(-bound, bound), dim=1))
-        self.register_buffer("bank_labels", torch.full((num_samples,), -1, dtype=torch.long))
+        self.bank_l = MemoryBank(num_samples, projector_dim, bank_momentum)
+        self.bank_ab = MemoryBank(num_samples, projector_dim, bank_momentum)
         self._pending = None
 
     @property
@@ -89,14 +86,15 @@ class CMC(ContrastiveMethod):
         h_l, h_ab = self._lab_features(views[0])
         z_l = F.normalize(self.l_projector(h_l).float(), dim=1)
         z_ab = F.normalize(self.ab_projector(h_ab).float(), dim=1)
-        drawn = torch.randint(self.bank_l.shape[0], (self.num_negatives,), device=z_l.device)
+        drawn = self.bank_l.draw(self.num_negatives, z_l.device)  # the same rows of both banks
         mask = drawn[None, :] != indices[:, None]  # the image's own rows are never negatives
         common = dict(candidate_mask=mask, temperature=self.temperature, anchor_labels=labels,
-                      candidate_labels=self.bank_labels[drawn])
-        l_vs_ab = self.sampler(anchors=z_l, positives=self.bank_ab[indices].clone(),
-                               candidates=self.bank_ab[drawn].clone(), **common)
-        ab_vs_l = self.sampler(anchors=z_ab, positives=self.bank_l[indices].clone(),
-                               candidates=self.bank_l[drawn].clone(), **common)
+                      candidate_labels=self.bank_l.labels[drawn])
+        ab_rows, l_rows = self.bank_ab.embeddings, self.bank_l.embeddings
+        l_vs_ab = self.sampler(anchors=z_l, positives=ab_rows[indices].clone(), candidates=ab_rows[drawn].clone(),
+                               **common)
+        ab_vs_l = self.sampler(anchors=z_ab, positives=l_rows[indices].clone(), candidates=l_rows[drawn].clone(),
+                               **common)
         if self.training:  # the banks move after the optimizer step
             self._pending = tuple(gather_no_grad(t) for t in (indices, z_l.detach(), z_ab.detach(), labels))
         return MethodOutput(loss=l_vs_ab.loss + ab_vs_l.loss, features=torch.cat([h_l, h_ab], dim=1).detach(),
@@ -108,7 +106,5 @@ class CMC(ContrastiveMethod):
             return
         indices, z_l, z_ab, labels = self._pending
         self._pending = None
-        m = self.bank_momentum
-        self.bank_l[indices] = F.normalize(m * self.bank_l[indices] + (1 - m) * z_l, dim=1)
-        self.bank_ab[indices] = F.normalize(m * self.bank_ab[indices] + (1 - m) * z_ab, dim=1)
-        self.bank_labels[indices] = labels
+        self.bank_l.update(indices, z_l, labels)
+        self.bank_ab.update(indices, z_ab, labels)

@@ -7,6 +7,7 @@ from torch import nn
 
 from cl_suite.engine.distributed import gather_no_grad
 from cl_suite.methods.base import ContrastiveMethod, MethodOutput
+from cl_suite.methods.memory_bank import MemoryBank
 from cl_suite.models.heads import mlp
 from cl_suite.samplers.base import NegativeSampler
 
@@ -16,8 +17,8 @@ class InstanceRecognition(ContrastiveMethod):
     an anchor's positive is its own (stale) bank row, its candidates are ``num_negatives`` bank rows
     drawn uniformly with replacement for the whole batch, the anchor's own row masked out, and the
     loss is the softmax over them (the non-parametric softmax the Ring code uses, not the binary NCE
-    approximation of Wu et al. sec. 3.2). After each optimizer step the batch's rows move to
-    ``normalize(m * row + (1 - m) * embedding)`` (m = 0: overwrite, as the Ring configs do).
+    approximation of Wu et al. sec. 3.2). After each optimizer step the batch's rows move by the bank's
+    momentum rule (``MemoryBank``).
 
     Uses the first view only (one view per image, as IR). The bank (with the images' labels, for the
     diagnostics) is a buffer: checkpoints restore it. Under DDP every process updates its bank with
@@ -42,41 +43,31 @@ class InstanceRecognition(ContrastiveMethod):
             raise ValueError(f"method.temperature={temperature} must be > 0")
         if not (isinstance(num_negatives, int) and num_negatives >= 1):
             raise ValueError(f"method.num_negatives={num_negatives} is not allowed: expected an integer >= 1")
-        if not 0.0 <= bank_momentum < 1.0:
-            raise ValueError(f"method.bank_momentum={bank_momentum} is not allowed: expected a value in [0, 1)")
         self.backbone = backbone
         self.projector = mlp(backbone.num_features, list(projector_hidden_dims), projector_dim,
                              batch_norm=projector_batch_norm)
         self.sampler = sampler
         self.temperature = float(temperature)
         self.num_negatives = num_negatives
-        self.bank_momentum = float(bank_momentum)
-        # Wu et al.'s initialisation: uniform in [-1/sqrt(d/3), 1/sqrt(d/3)], then L2-normalised.
-        bound = 1.0 / (projector_dim / 3) ** 0.5
-        bank = torch.empty(num_samples, projector_dim).uniform_(-bound, bound)
-        self.register_buffer("bank", F.normalize(bank, dim=1))
-        self.register_buffer("bank_labels", torch.full((num_samples,), -1, dtype=torch.long))
+        self.bank = MemoryBank(num_samples, projector_dim, bank_momentum)
         self._pending: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
     def forward(self, views: tuple[torch.Tensor, torch.Tensor], labels: torch.Tensor,
                 indices: torch.Tensor) -> MethodOutput:
         h = self.backbone(views[0])
         q = F.normalize(self.projector(h).float(), dim=1)
-        drawn = torch.randint(self.bank.shape[0], (self.num_negatives,), device=q.device)
+        drawn = self.bank.draw(self.num_negatives, q.device)
         mask = drawn[None, :] != indices[:, None]  # the anchor's own row is never a negative
-        out = self.sampler(anchors=q, positives=self.bank[indices].clone(), candidates=self.bank[drawn].clone(),
+        rows = self.bank.embeddings
+        out = self.sampler(anchors=q, positives=rows[indices].clone(), candidates=rows[drawn].clone(),
                            candidate_mask=mask, temperature=self.temperature, anchor_labels=labels,
-                           candidate_labels=self.bank_labels[drawn])
+                           candidate_labels=self.bank.labels[drawn])
         if self.training:  # the bank moves after the optimizer step
             self._pending = (gather_no_grad(indices), gather_no_grad(q.detach()), gather_no_grad(labels))
         return MethodOutput(loss=out.loss, features=h.detach(), feature_labels=labels, stats=out.stats)
 
     @torch.no_grad()
     def on_train_step_end(self, step: int, total_steps: int) -> None:
-        if self._pending is None:
-            return
-        indices, embeddings, labels = self._pending
-        self._pending = None
-        m = self.bank_momentum
-        self.bank[indices] = F.normalize(m * self.bank[indices] + (1 - m) * embeddings.to(self.bank.dtype), dim=1)
-        self.bank_labels[indices] = labels
+        if self._pending is not None:
+            self.bank.update(*self._pending)
+            self._pending = None
