@@ -53,5 +53,16 @@ QUEUE_SIZED_SAMPLERS = {"mochi"}
 QUEUE_FRAMEWORKS = {"moco", "mochi", "moco_ring", "ir", "ir_ring", "cmc", "cmc_ring"}
 
 
+# Methods whose loss has several positives per anchor: the sampler group does not apply (uniform only).
+SAMPLERLESS_METHODS = {"supcon", "rince", "supervised"}
+
+
 def valid_pair(method: str, sampler: str) -> bool:
+    if method in SAMPLERLESS_METHODS:
+        return sampler == "uniform"
     return sampler not in QUEUE_SIZED_SAMPLERS or method in QUEUE_FRAMEWORKS
+
+
+def tiny_overrides(method: str) -> list[str]:
+    """TINY for ``method``: the supervised baseline has no projector to shrink."""
+    return [o for o in TINY if not (method == "supervised" and o.startswith("method.projector"))]

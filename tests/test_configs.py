@@ -4,11 +4,13 @@ import torch
 from hydra.utils import get_method, instantiate
 from omegaconf import OmegaConf
 
-from cl_suite.engine.build import build_augment_config, build_logger, build_method
+from cl_suite.engine.build import DatasetFacts, build_augment_config, build_logger, build_method
 from cl_suite.engine.optim import build_optimizer
 from cl_suite.engine.validation import validate_train_config
 from helpers import CONF, compose_train, group_options, to_plain, valid_pair
 
+# 40 images of 10 classes in 5 superclasses (RINCE's second rank)
+FACTS = DatasetFacts(num_samples=40, num_classes=10, steps_per_epoch=1, coarse_of_class=torch.arange(10) // 2)
 GROUPS = ["dataset", "backbone", "method", "sampler", "optimizer", "scheduler", "logger", "evaluation"]
 
 
@@ -43,9 +45,11 @@ def test_backbone_configs_instantiate_and_give_features(option):
                                              if valid_pair(m, s)])
 def test_method_sampler_pairs_instantiate_and_give_a_loss(method, sampler):
     cfg = compose_train([f"method={method}", f"sampler={sampler}", "backbone.widths=[8]"])
-    model = build_method(cfg, num_samples=40)
-    x = torch.randn(40, 3, 8, 8)  # 78 candidates per anchor: enough for every sampler's defaults
-    out = model((x, x + 0.1 * torch.randn_like(x)), labels=torch.arange(40) % 10, indices=torch.arange(40))
+    model = build_method(cfg, FACTS)
+    # Enough candidates per anchor for every sampler's defaults: SimCLR has 2n-2, NNCLR/KMCLR n-1.
+    n = 80 if method in ("nnclr", "kmclr") else 40
+    x = torch.randn(n, 3, 8, 8)
+    out = model((x, x + 0.1 * torch.randn_like(x)), labels=torch.arange(n) % 10, indices=torch.arange(n) % 40)
     assert out.loss.ndim == 0 and torch.isfinite(out.loss)
     out.loss.backward()
 
@@ -100,4 +104,4 @@ def test_a_queue_sized_sampler_on_batch_candidates_is_a_clear_error():
     cfg = compose_train(["method=simclr", "sampler=mochi", "backbone.widths=[8]"])
     x = torch.randn(40, 3, 8, 8)
     with pytest.raises(ValueError, match="sampler.n_hard=1024 is larger than the 78 candidates"):
-        build_method(cfg, num_samples=40)((x, x), labels=torch.arange(40), indices=torch.arange(40))
+        build_method(cfg, FACTS)((x, x), labels=torch.arange(40), indices=torch.arange(40))

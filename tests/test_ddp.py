@@ -48,8 +48,8 @@ def test_full_training_step_on_two_processes_equals_one_process(tmp_path):
         for key in one[name]:
             torch.testing.assert_close(two[name][key], one[name][key], rtol=1e-6, atol=1e-6, msg=f"{name} {key}")
         assert {k.split(".")[0] for k in one[name]} == {"method", "probe"}
-    assert int(one["moco"]["method.queue_ptr"]) == 8
-    assert torch.equal(one["moco"]["method.queue_labels"][:8], torch.arange(8) % 3)
+    assert int(one["moco"]["method.queue.ptr"]) == 8
+    assert torch.equal(one["moco"]["method.queue.labels"][:8], torch.arange(8) % 3)
 
 
 @pytest.mark.slow

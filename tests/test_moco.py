@@ -39,21 +39,21 @@ def test_enqueued_keys_are_this_steps_keys_and_the_loss_saw_the_old_queue():
     method = make(queue_size=16)
     x1, x2 = torch.randn(4, 3, 8, 8), torch.randn(4, 3, 8, 8)
     expected_keys = copy.deepcopy(method).keys(x2)  # the key encoder before the step
-    old_queue = method.queue.clone()
+    old_queue = method.queue.embeddings.clone()
     one_step(method, x1, x2, torch.tensor([3, 1, 4, 1]))
-    torch.testing.assert_close(method.queue[:4], expected_keys)
-    assert torch.equal(method.queue_labels[:4], torch.tensor([3, 1, 4, 1]))
-    assert torch.equal(method.queue[4:], old_queue[4:]) and int(method.queue_ptr) == 4
+    torch.testing.assert_close(method.queue.embeddings[:4], expected_keys)
+    assert torch.equal(method.queue.labels[:4], torch.tensor([3, 1, 4, 1]))
+    assert torch.equal(method.queue.embeddings[4:], old_queue[4:]) and int(method.queue.ptr) == 4
 
 
 def test_queue_pointer_wraps_around_a_size_that_is_not_a_multiple_of_the_batch():
     method = make(queue_size=10)
     batches = [torch.full((4, 8), float(i)) for i in range(3)]
     for i, keys in enumerate(batches):
-        method.enqueue(keys, torch.full((4,), i))
-    assert int(method.queue_ptr) == 2  # 12 keys written into 10 rows
-    assert torch.equal(method.queue_labels, torch.tensor([2, 2, 0, 0, 1, 1, 1, 1, 2, 2]))
-    assert torch.equal(method.queue[8:], batches[2][:2]) and torch.equal(method.queue[:2], batches[2][2:])
+        method.queue.push(keys, torch.full((4,), i))
+    assert int(method.queue.ptr) == 2  # 12 keys written into 10 rows
+    assert torch.equal(method.queue.labels, torch.tensor([2, 2, 0, 0, 1, 1, 1, 1, 2, 2]))
+    assert torch.equal(method.queue.embeddings[8:], batches[2][:2]) and torch.equal(method.queue.embeddings[:2], batches[2][2:])
 
 
 def test_momentum_follows_a_cosine_from_start_to_final():
@@ -65,7 +65,7 @@ def test_momentum_follows_a_cosine_from_start_to_final():
 
 def test_queue_and_pointer_are_in_the_state_dict():
     state = make().state_dict()
-    assert {"queue", "queue_labels", "queue_ptr"} <= set(state)
+    assert {"queue.embeddings", "queue.labels", "queue.ptr", "queue.filled"} <= set(state)
     assert any(key.startswith("key_backbone.") for key in state)
 
 

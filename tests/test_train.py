@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from cl_suite.engine.trainer import train
-from helpers import TINY, compose_train, group_options, run_cli, valid_pair
+from helpers import SAMPLERLESS_METHODS, TINY, compose_train, group_options, run_cli, valid_pair
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +114,9 @@ def test_compiled_model_trains_and_saves_plain_state_dict_keys(tmp_path):
 
 @pytest.mark.parametrize("choice", [f"sampler={s}" for s in group_options("sampler") if valid_pair("simclr", s)]
                          + [f"method={m} sampler={s}" for m in ("moco", "ir", "cmc") for s in group_options("sampler")]
-                         + [f"method={m}" for m in group_options("method")])
+                         + [f"method=nnclr method.support_set_size=256 sampler={s}" + (" sampler.n_hard=32" * (s == "mixing"))
+                            for s in group_options("sampler") if valid_pair("nnclr", s)]  # B-1 = 63 candidates
+                         + [f"method={m}" for m in group_options("method") if m not in SAMPLERLESS_METHODS])
 def test_every_sampler_framework_pair_and_preset_trains_on_digits(tmp_path, choice):
     final = train(compose_train(TINY + choice.split() + ["trainer.max_steps=3", "trainer.eval_at_init=false",
                                                          "evaluation.linear.epochs=1"], tmp_path))

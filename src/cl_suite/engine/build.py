@@ -1,7 +1,10 @@
 """Config -> objects. Shared by ``train.py`` and ``evaluate.py`` so both build exactly the same thing."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from inspect import signature
+
+import torch
 
 from hydra.errors import InstantiationException
 from hydra.utils import get_class, get_method, instantiate
@@ -9,10 +12,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from cl_suite.data.augment import AugmentConfig
 from cl_suite.data.types import ImageDataset
+from cl_suite.engine.validation import ConfigError
 from cl_suite.methods.base import ContrastiveMethod
 
 # Keys of a dataset config that describe augmentation/normalisation, not arguments of its reader.
 DATASET_SUITE_KEYS = ("name", "augment", "mean", "std")
+UNIFORM_SAMPLER = "cl_suite.samplers.UniformSampler"
 
 
 def build_dataset(cfg: DictConfig) -> ImageDataset:
@@ -49,16 +54,59 @@ def instantiate_unwrapped(cfg: DictConfig, **kwargs):
         raise
 
 
-def build_method(cfg: DictConfig, num_samples: int) -> ContrastiveMethod:
+@dataclass(frozen=True)
+class DatasetFacts:
+    """What a method may need to know about the data it is built for, asked for by argument name."""
+
+    num_samples: int  # size of the pre-training split (a memory bank keeps one row per image)
+    num_classes: int
+    steps_per_epoch: int = 1  # to turn epoch-valued method settings (KMCLR's reset interval) into steps
+    coarse_of_class: torch.Tensor | None = None  # (num_classes,) superclass of each class (CIFAR-100), or None
+    unlabelled: int = 0  # pre-training images without a label (-1)
+
+    @classmethod
+    def of(cls, data: ImageDataset, batch_size: int) -> "DatasetFacts":
+        labels = data.pretrain.labels
+        return cls(num_samples=len(data.pretrain), num_classes=data.num_classes,
+                   steps_per_epoch=max(1, len(data.pretrain) // batch_size), coarse_of_class=coarse_table(data),
+                   unlabelled=int((labels < 0).sum()))
+
+
+def coarse_table(data: ImageDataset) -> torch.Tensor | None:
+    """The superclass of each fine class, read off the training split's two label columns."""
+    split = data.train
+    if split.coarse_labels is None:
+        return None
+    table = torch.full((data.num_classes,), -1, dtype=torch.long)
+    table[split.labels] = split.coarse_labels
+    return table
+
+
+def build_method(cfg: DictConfig, facts: DatasetFacts) -> ContrastiveMethod:
     """Backbone and sampler first, then the method that owns them (a method never builds its sampler).
 
-    ``num_samples`` (the size of the pre-training split) is passed to methods that keep one entry per
-    image (a memory bank) and ask for it by having a ``num_samples`` argument.
+    A method gets the ``DatasetFacts`` fields its constructor has an argument for (``num_samples``,
+    ``num_classes``, ...). Methods without a ``sampler`` argument compute their own multi-positive loss
+    (SupCon, RINCE, supervised): for them only the default ``sampler=uniform`` is accepted, so a sweep
+    over samplers cannot silently train the same thing under different names.
     """
+    method_cls = get_class(cfg.method._target_)
+    params = signature(method_cls).parameters
+    name = method_cls.__name__
+    if method_cls.needs_labels and facts.unlabelled:
+        raise ConfigError(f"method={name} needs a label for every pre-training image, but {facts.unlabelled} of "
+                          f"{facts.num_samples} have none (e.g. STL-10's unlabeled split): choose a labelled data set "
+                          "or split")
+    extra = {key: getattr(facts, key) for key in ("num_samples", "num_classes", "steps_per_epoch", "coarse_of_class")
+             if key in params}
+    if "sampler" in params:
+        extra["sampler"] = instantiate_unwrapped(cfg.sampler, _convert_="all")
+    elif cfg.sampler._target_ != UNIFORM_SAMPLER:
+        raise ConfigError(f"sampler._target_={cfg.sampler._target_} cannot be used with method={name}: its "
+                          "loss has several positives per anchor, not one positive against candidate negatives; "
+                          "allowed: sampler=uniform")
     backbone = instantiate_unwrapped(cfg.backbone, _convert_="all")
-    sampler = instantiate_unwrapped(cfg.sampler, _convert_="all")
-    extra = {"num_samples": num_samples} if "num_samples" in signature(get_class(cfg.method._target_)).parameters else {}
-    return instantiate_unwrapped(cfg.method, backbone=backbone, sampler=sampler, _convert_="all", **extra)
+    return instantiate_unwrapped(cfg.method, backbone=backbone, _convert_="all", **extra)
 
 
 def build_logger(cfg: DictConfig, run_dir: str, run_config: DictConfig, run_id: str | None = None):

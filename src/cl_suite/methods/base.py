@@ -25,6 +25,7 @@ class ContrastiveMethod(nn.Module):
     """
 
     backbone: nn.Module
+    needs_labels = False  # True: every pre-training image needs a class label (SupCon, RINCE, supervised)
 
     @property
     def num_features(self) -> int:
@@ -43,3 +44,7 @@ class ContrastiveMethod(nn.Module):
 
     def on_train_step_end(self, step: int, total_steps: int) -> None:
         """Called after each optimizer step: momentum updates and enqueueing go here, not in forward."""
+
+    def epoch_diagnostics(self) -> dict[str, float]:
+        """Method-specific numbers for the epoch record (e.g. k-means cluster usage), read once per epoch."""
+        return {}

@@ -10,6 +10,7 @@ from torch import nn
 
 from cl_suite.engine.distributed import batch_shuffle, batch_unshuffle, gather_no_grad
 from cl_suite.methods.base import ContrastiveMethod, MethodOutput
+from cl_suite.methods.queue import FeatureQueue
 from cl_suite.models.heads import mlp
 from cl_suite.samplers.base import NegativeSampler
 
@@ -46,8 +47,6 @@ class MoCo(ContrastiveMethod):
         super().__init__()
         if not temperature > 0:
             raise ValueError(f"method.temperature={temperature} must be > 0")
-        if not (isinstance(queue_size, int) and queue_size >= 1):
-            raise ValueError(f"method.queue_size={queue_size} is not allowed: expected an integer >= 1")
         for key, value in (("momentum", momentum), ("momentum_final", momentum_final)):
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"method.{key}={value} is not allowed: expected a value in [0, 1]")
@@ -62,9 +61,7 @@ class MoCo(ContrastiveMethod):
         self.temperature = float(temperature)
         self.momentum, self.momentum_final = float(momentum), float(momentum_final)
         self.symmetric, self.shuffle_bn = symmetric, shuffle_bn
-        self.register_buffer("queue", F.normalize(torch.randn(queue_size, projector_dim), dim=1))
-        self.register_buffer("queue_labels", torch.full((queue_size,), -1, dtype=torch.long))
-        self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
+        self.queue = FeatureQueue(queue_size, projector_dim)
         self._pending: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def key_parameters(self):
@@ -86,9 +83,10 @@ class MoCo(ContrastiveMethod):
         h1 = self.backbone(x1)
         q1 = F.normalize(self.projector(h1).float(), dim=1)
         k2 = self.keys(x2)
-        candidates = self.queue.clone().detach()  # the queue as it was before this step's keys
+        candidates = self.queue.embeddings.clone()  # the queue as it was before this step's keys
+        candidate_labels = self.queue.labels.clone()
         out = self.sampler(anchors=q1, positives=k2, candidates=candidates, candidate_mask=None,
-                           temperature=self.temperature, anchor_labels=labels, candidate_labels=self.queue_labels)
+                           temperature=self.temperature, anchor_labels=labels, candidate_labels=candidate_labels)
         loss, stats, features, keys = out.loss, out.stats, h1, k2
         if self.symmetric:
             h2 = self.backbone(x2)
@@ -96,7 +94,7 @@ class MoCo(ContrastiveMethod):
             k1 = self.keys(x1)
             out2 = self.sampler(anchors=q2, positives=k1, candidates=candidates, candidate_mask=None,
                                 temperature=self.temperature, anchor_labels=labels,
-                                candidate_labels=self.queue_labels)
+                                candidate_labels=candidate_labels)
             loss = (loss + out2.loss) / 2
             features, keys = torch.cat([h1, h2]), torch.cat([k2, k1])
             labels = labels.repeat(2)
@@ -115,15 +113,5 @@ class MoCo(ContrastiveMethod):
         torch._foreach_mul_(keys, m)
         torch._foreach_add_(keys, query, alpha=1 - m)
         if self._pending is not None:
-            self.enqueue(*self._pending)
+            self.queue.push(*self._pending)
             self._pending = None
-
-    @torch.no_grad()
-    def enqueue(self, keys: torch.Tensor, labels: torch.Tensor) -> None:
-        """Write the keys at the pointer, wrapping around the end (no K % B == 0 requirement)."""
-        size = self.queue.shape[0]
-        keys, labels = keys[-size:], labels[-size:]  # a batch larger than the queue keeps its newest keys
-        rows = (self.queue_ptr + torch.arange(keys.shape[0], device=keys.device)) % size
-        self.queue[rows] = keys.to(self.queue.dtype)
-        self.queue_labels[rows] = labels
-        self.queue_ptr.copy_((self.queue_ptr + keys.shape[0]) % size)

@@ -45,13 +45,8 @@ class SimCLR(ContrastiveMethod):
 
     def forward(self, views: tuple[torch.Tensor, torch.Tensor], labels: torch.Tensor,
                 indices: torch.Tensor | None = None) -> MethodOutput:
-        x1, x2 = views
-        b = x1.shape[0]
-        if self.concat_views:
-            h = self.backbone(torch.cat([x1, x2]))
-        else:
-            h = torch.cat([self.backbone(x1), self.backbone(x2)])
-        z = F.normalize(self.projector(h).float(), dim=1)  # (2b, d): view-1 rows then view-2 rows
+        b = views[0].shape[0]
+        h, z = embed_two_views(self.backbone, self.projector, views, self.concat_views)
 
         local = torch.arange(2 * b, device=z.device)
         partner = (local + b) % (2 * b)  # row of the other view of the same image
@@ -65,3 +60,12 @@ class SimCLR(ContrastiveMethod):
                            temperature=self.temperature, anchor_labels=view_labels,
                            candidate_labels=gather_no_grad(view_labels))
         return MethodOutput(loss=out.loss, features=h.detach(), feature_labels=view_labels, stats=out.stats)
+
+
+def embed_two_views(backbone: nn.Module, projector: nn.Module, views: tuple[torch.Tensor, torch.Tensor],
+                    concat_views: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Backbone features ``h`` and unit-norm fp32 projections ``z`` of both views, (2b, .) each, view-1
+    rows first. ``concat_views``: one backbone call on both views (BN statistics over 2b images)."""
+    x1, x2 = views
+    h = backbone(torch.cat([x1, x2])) if concat_views else torch.cat([backbone(x1), backbone(x2)])
+    return h, F.normalize(projector(h).float(), dim=1)

@@ -1,0 +1,124 @@
+"""NNCLR (Dwibedi et al., ICCV 2021, "With a Little Help from My Friends") and the base it shares with
+KMCLR: the positive of a view is looked up in a memory (a support set, or k-means prototypes)."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cl_suite.engine.distributed import gather_no_grad, gather_with_grad, get_rank
+from cl_suite.methods.base import ContrastiveMethod, MethodOutput
+from cl_suite.methods.queue import FeatureQueue
+from cl_suite.models.heads import mlp
+from cl_suite.samplers.base import NegativeSampler
+
+
+class LookedUpPositiveCLR(ContrastiveMethod):
+    """Two views, projections ``z`` and predictions ``p = h(z)``; ``lookup(z)`` gives a constant positive.
+
+    The loss is METHODS.md 4.1 (NNCLR eq. 1 with the prediction head):
+
+        L = 1/2 l(NN(z2), p1) + 1/2 l(NN(z1), p2),
+        l(nn, p) = -1/B sum_i log exp(nn_i . p_i / t) / sum_k exp(nn_i . p_k / t)   (unit vectors)
+
+    Row i of ``l`` is a looked-up neighbour; the softmax runs over the predictions of the other view.
+    In the sampler interface: anchor = neighbour, positive = p_i, candidates = every other p_k of the
+    global batch (all-gathered with gradients under DDP), so DCL/HCL/ring weighting applies here too.
+    No gradient reaches the memory (the lookup is a constant); it flows through the predictions only.
+    The backbone runs once per view (BN statistics over B images, as in the reference).
+    """
+
+    def __init__(self, backbone: nn.Module, sampler: NegativeSampler, temperature: float,
+                 projector_hidden_dims: list[int] | tuple[int, ...], projector_dim: int,
+                 predictor_hidden_dims: list[int] | tuple[int, ...]):
+        super().__init__()
+        if not temperature > 0:
+            raise ValueError(f"method.temperature={temperature} must be > 0")
+        self.backbone = backbone
+        self.sampler = sampler
+        self.temperature = float(temperature)
+        self.projector = mlp(backbone.num_features, list(projector_hidden_dims), projector_dim, last_batch_norm=True)
+        self.predictor = mlp(projector_dim, list(predictor_hidden_dims), projector_dim)
+        self._pending: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def lookup(self, z: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """(n, d) unit-norm positives for the raw projections ``z`` (no grad), and detached stats."""
+        raise NotImplementedError
+
+    def update_memory(self, z1: torch.Tensor, labels: torch.Tensor, step: int) -> None:
+        """Write the (all-gathered, detached) view-1 projections of a training step into the memory."""
+        raise NotImplementedError
+
+    def forward(self, views: tuple[torch.Tensor, torch.Tensor], labels: torch.Tensor,
+                indices: torch.Tensor | None = None) -> MethodOutput:
+        x1, x2 = views
+        h1, h2 = self.backbone(x1), self.backbone(x2)
+        z1, z2 = self.projector(h1).float(), self.projector(h2).float()
+        p1, p2 = self.predictor(z1), self.predictor(z2)
+        with torch.no_grad():  # before this step's memory update: a batch is never its own neighbour
+            nn1, stats1 = self.lookup(z1.detach(), labels)
+            nn2, stats2 = self.lookup(z2.detach(), labels)
+        out1 = self._contrast(nn2, p1, labels)
+        out2 = self._contrast(nn1, p2, labels)
+        stats = {k: (out1.stats[k] + out2.stats[k]) / 2 for k in out1.stats}
+        stats.update({k: (stats1[k] + stats2[k]) / 2 for k in stats1})
+        if self.training:  # the memory is written after the optimizer step, from view 1 (as the reference)
+            self._pending = (gather_no_grad(z1.detach()), gather_no_grad(labels))
+        return MethodOutput(loss=(out1.loss + out2.loss) / 2, features=torch.cat([h1, h2]).detach(),
+                            feature_labels=labels.repeat(2), stats=stats)
+
+    def _contrast(self, neighbours: torch.Tensor, predictions: torch.Tensor, labels: torch.Tensor):
+        p = F.normalize(predictions.float(), dim=1)
+        candidates = gather_with_grad(p)
+        b = p.shape[0]
+        local = torch.arange(b, device=p.device)
+        mask = torch.ones(b, candidates.shape[0], dtype=torch.bool, device=p.device)
+        mask[local, get_rank() * b + local] = False  # p_i is the positive, not a negative
+        return self.sampler(anchors=neighbours, positives=p, candidates=candidates, candidate_mask=mask,
+                            temperature=self.temperature, anchor_labels=labels,
+                            candidate_labels=gather_no_grad(labels))
+
+    @torch.no_grad()
+    def on_train_step_end(self, step: int, total_steps: int) -> None:
+        if self._pending is not None:
+            self.update_memory(*self._pending, step=step)
+            self._pending = None
+
+
+class NNCLR(LookedUpPositiveCLR):
+    """The positive is the nearest neighbour (cosine) of the projection in a support set: a FIFO queue of
+    raw view-1 projections of past batches (METHODS.md 4.1; the queue is a buffer, so it is in the
+    checkpoint). The returned neighbour is the normalised queue row.
+
+    ``neighbours=k > 1``: a neighbour drawn uniformly among the top k (NNCLR sec. 4.5, "sampling from
+    the top-k"). Deviation from the reference, which starts from ``randn`` rows (pitfall 4): rows
+    never written are never neighbours, and before the first write the positive is the view's own
+    projection (so the first step is SimCLR with a predictor, not a random target).
+    The stat ``nnclr/neighbour_same_class`` is how often the neighbour has the anchor's label.
+    """
+
+    def __init__(self, backbone: nn.Module, sampler: NegativeSampler, temperature: float = 0.1,
+                 projector_hidden_dims: list[int] | tuple[int, ...] = (2048, 2048), projector_dim: int = 256,
+                 predictor_hidden_dims: list[int] | tuple[int, ...] = (4096,), support_set_size: int = 98304,
+                 neighbours: int = 1):
+        super().__init__(backbone, sampler, temperature, projector_hidden_dims, projector_dim, predictor_hidden_dims)
+        if isinstance(neighbours, bool) or not isinstance(neighbours, int) or not 1 <= neighbours:
+            raise ValueError(f"method.neighbours={neighbours!r} is not allowed: expected an integer >= 1")
+        self.support_set = FeatureQueue(support_set_size, projector_dim, key="method.support_set_size")
+        self.neighbours = neighbours
+
+    def lookup(self, z: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        z = F.normalize(z, dim=1)
+        support = F.normalize(self.support_set.embeddings.float(), dim=1)
+        sim = (z @ support.T).masked_fill(~self.support_set.valid_rows(), float("-inf"))
+        k = min(self.neighbours, len(self.support_set))
+        top = sim.topk(k, dim=1).indices  # (n, k)
+        pick = torch.randint(k, (z.shape[0], 1), device=z.device) if k > 1 else torch.zeros_like(top[:, :1])
+        index = top.gather(1, pick).squeeze(1)
+        empty = self.support_set.filled == 0
+        positives = torch.where(empty, z, support[index])
+        same = (self.support_set.labels[index] == labels) & (labels >= 0)
+        return positives, {"nnclr/neighbour_same_class": torch.where(empty, 0.0, same.float().mean())}
+
+    def update_memory(self, z1: torch.Tensor, labels: torch.Tensor, step: int) -> None:
+        self.support_set.push(z1, labels)

@@ -1,0 +1,88 @@
+"""SupCon: supervised contrastive learning (Khosla et al., NeurIPS 2020)."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from cl_suite.engine.distributed import gather_no_grad, gather_with_grad, get_rank
+from cl_suite.methods.base import ContrastiveMethod, MethodOutput
+from cl_suite.methods.queue import FeatureQueue
+from cl_suite.methods.simclr import embed_two_views
+from cl_suite.models.heads import mlp
+
+
+def supervised_contrastive_loss(anchors: torch.Tensor, candidates: torch.Tensor, anchor_labels: torch.Tensor,
+                                candidate_labels: torch.Tensor, contrast_mask: torch.Tensor,
+                                temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """SupCon's L_out (Khosla et al. eq. 2), in fp32 log-space:
+
+        L = mean_i  -1/|P(i)| sum_{p in P(i)} log( exp(z_i.z_p/t) / sum_{a in A(i)} exp(z_i.z_a/t) )
+
+    ``contrast_mask`` (n, M) is A(i): the candidates anchor i is contrasted with (not itself, not an
+    empty bank row); P(i) are those of them with the anchor's label. Anchors without any positive are
+    left out of the mean. Returns the loss and the mean |P(i)| (a diagnostic).
+    """
+    with torch.autocast(device_type=anchors.device.type, enabled=False):
+        logits = (anchors.float() @ candidates.float().T) / temperature
+        logits = logits.masked_fill(~contrast_mask, float("-inf"))
+        log_prob = logits - torch.logsumexp(logits, dim=1, keepdim=True)
+        positive = contrast_mask & (candidate_labels[None, :] == anchor_labels[:, None])
+        count = positive.sum(dim=1)
+        per_anchor = -torch.where(positive, log_prob, 0.0).sum(dim=1) / count.clamp(min=1)
+        has_positive = count > 0
+        loss = (per_anchor * has_positive).sum() / has_positive.sum().clamp(min=1)
+    return loss, count.float().mean()
+
+
+class SupCon(ContrastiveMethod):
+    """Two views of every image as in SimCLR; every other view with the anchor's label is a positive:
+    in the global batch (all-gathered with gradients under DDP) and, with ``bank_size > 0``, in a FIFO
+    memory bank of detached projections of past batches with their labels (more positives per anchor
+    at small batch sizes; 0 = the paper's batch-only loss). With all labels distinct it is SimCLR's
+    NT-Xent. Khosla's code also scales the loss by t / base_t (0.07 / 0.07 = 1 in the paper); here the
+    loss is the equation as written. Needs a label for every pre-training image.
+    """
+
+    needs_labels = True
+
+    def __init__(self, backbone: nn.Module, temperature: float = 0.1,
+                 projector_hidden_dims: list[int] | tuple[int, ...] = (2048,), projector_dim: int = 128,
+                 projector_batch_norm: bool = True, concat_views: bool = False, bank_size: int = 0):
+        super().__init__()
+        if not temperature > 0:
+            raise ValueError(f"method.temperature={temperature} must be > 0")
+        if isinstance(bank_size, bool) or not isinstance(bank_size, int) or bank_size < 0:
+            raise ValueError(f"method.bank_size={bank_size!r} is not allowed: expected an integer >= 0 (0 = no bank)")
+        self.backbone = backbone
+        self.temperature = float(temperature)
+        self.concat_views = concat_views
+        self.projector = mlp(backbone.num_features, list(projector_hidden_dims), projector_dim,
+                             batch_norm=projector_batch_norm)
+        self.bank = FeatureQueue(bank_size, projector_dim, key="method.bank_size") if bank_size else None
+        self._pending: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def forward(self, views: tuple[torch.Tensor, torch.Tensor], labels: torch.Tensor,
+                indices: torch.Tensor | None = None) -> MethodOutput:
+        b = views[0].shape[0]
+        h, z = embed_two_views(self.backbone, self.projector, views, self.concat_views)
+        view_labels = labels.repeat(2)
+        candidates, candidate_labels = gather_with_grad(z), gather_no_grad(view_labels)
+        local = torch.arange(2 * b, device=z.device)
+        mask = torch.ones(2 * b, candidates.shape[0], dtype=torch.bool, device=z.device)
+        mask[local, get_rank() * 2 * b + local] = False  # the anchor itself
+        if self.bank is not None:
+            candidates = torch.cat([candidates, self.bank.embeddings.clone()])
+            candidate_labels = torch.cat([candidate_labels, self.bank.labels.clone()])
+            mask = torch.cat([mask, self.bank.valid_rows().expand(2 * b, -1)], dim=1)
+        loss, positives = supervised_contrastive_loss(z, candidates, view_labels, candidate_labels, mask,
+                                                      self.temperature)
+        if self.training and self.bank is not None:
+            self._pending = (gather_no_grad(z[:b].detach()), gather_no_grad(labels))
+        return MethodOutput(loss=loss, features=h.detach(), feature_labels=view_labels,
+                            stats={"supcon/positives_per_anchor": positives.detach()})
+
+    @torch.no_grad()
+    def on_train_step_end(self, step: int, total_steps: int) -> None:
+        if self._pending is not None:
+            self.bank.push(*self._pending)
+            self._pending = None

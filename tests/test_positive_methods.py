@@ -1,0 +1,384 @@
+"""Positive-side methods: NNCLR, KMCLR, SupCon, RINCE, the supervised baseline.
+
+Each loss is checked against an independent float64 loop written from the paper's equation.
+"""
+import json
+import math
+import pickle
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from sklearn.cluster import MiniBatchKMeans
+
+from cl_suite.engine.build import DatasetFacts, build_method
+from cl_suite.engine.trainer import train
+from cl_suite.engine.validation import ConfigError
+from cl_suite.methods import KMCLR, NNCLR, RINCE, MoCo, SimCLR, SupCon
+from cl_suite.methods.kmclr import OnlineKMeans
+from cl_suite.methods.rince import ranked_infonce_loss
+from cl_suite.methods.supcon import supervised_contrastive_loss
+from cl_suite.models import SmallConvNet
+from cl_suite.samplers import UniformSampler
+from helpers import compose_train, tiny_overrides
+
+T = 0.2
+
+
+def images(n, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 3, 8, 8, generator=g), torch.randn(n, 3, 8, 8, generator=g)
+
+
+def small(cls, **kwargs):
+    torch.manual_seed(0)
+    return cls(SmallConvNet(widths=[4, 8]), **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------- NNCLR
+def make_nnclr(**kwargs):
+    return small(NNCLR, sampler=UniformSampler(), temperature=T, projector_hidden_dims=[16], projector_dim=8,
+                 predictor_hidden_dims=[16], **kwargs)
+
+
+def test_nnclr_neighbour_is_the_brute_force_nearest_support_row():
+    method = make_nnclr(support_set_size=32)
+    method.support_set.push(torch.randn(20, 8) * 3, torch.arange(20))  # unnormalised, as the reference stores
+    z = torch.randn(6, 8)
+    positives, stats = method.lookup(z, torch.arange(6))
+    for i in range(6):  # the row of largest cosine among the 20 written rows (never an unwritten one)
+        cos = [float(F.cosine_similarity(z[i], method.support_set.embeddings[j], dim=0)) for j in range(20)]
+        best = int(np.argmax(cos))
+        torch.testing.assert_close(positives[i], F.normalize(method.support_set.embeddings[best], dim=0))
+    assert 0 <= float(stats["nnclr/neighbour_same_class"]) <= 1
+
+
+def test_nnclr_top_k_draws_among_the_k_nearest():
+    method = make_nnclr(support_set_size=16, neighbours=3)
+    method.support_set.push(F.normalize(torch.randn(16, 8), dim=1), torch.arange(16))
+    z = torch.randn(1, 8).expand(200, 8)
+    support = method.support_set.embeddings
+    top3 = (F.normalize(z[:1], dim=1) @ support.T).topk(3).indices[0]
+    picked = set((method.lookup(z, torch.zeros(200).long())[0] @ support.T).argmax(dim=1).tolist())
+    assert picked == set(top3.tolist())
+
+
+def test_nnclr_sends_no_gradient_into_the_support_set_and_enqueues_view_one():
+    method = make_nnclr(support_set_size=16)
+    x1, x2 = images(4)
+    method.support_set.push(torch.randn(8, 8), torch.arange(8))
+    out = method((x1, x2), torch.arange(4))
+    out.loss.backward()
+    assert not method.support_set.embeddings.requires_grad and method.support_set.embeddings.grad is None
+    assert method.predictor[0].weight.grad is not None
+    assert all(p.grad is not None for p in method.backbone.parameters())
+    with torch.no_grad():
+        z1 = method.projector(method.backbone(x1))
+    method.on_train_step_end(0, 10)
+    torch.testing.assert_close(method.support_set.embeddings[8:12], z1)
+    assert int(method.support_set.filled) == 12
+
+
+def test_nnclr_loss_equals_the_equation():
+    """L = 1/2 l(NN(z2), p1) + 1/2 l(NN(z1), p2), softmax over the other view's predictions."""
+    method = make_nnclr(support_set_size=16).eval()
+    method.support_set.push(torch.randn(16, 8), torch.arange(16))
+    x1, x2 = images(5)
+    out = method((x1, x2), torch.arange(5))
+    with torch.no_grad():
+        z1, z2 = (method.projector(method.backbone(x)) for x in (x1, x2))
+        p1, p2 = method.predictor(z1).double(), method.predictor(z2).double()
+        support = method.support_set.embeddings.double()
+
+        def nn(z):
+            sims = F.normalize(z.double(), dim=1) @ F.normalize(support, dim=1).T
+            return F.normalize(support[sims.argmax(dim=1)], dim=1)
+
+        def l(n, p):
+            p = F.normalize(p, dim=1)
+            return sum(-math.log(math.exp(n[i] @ p[i] / T) / sum(math.exp(n[i] @ p[k] / T) for k in range(5)))
+                       for i in range(5)) / 5
+
+        expected = 0.5 * l(nn(z2), p1) + 0.5 * l(nn(z1), p2)
+    assert out.loss.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_nnclr_before_any_write_uses_the_view_itself():
+    method = make_nnclr(support_set_size=16)
+    z = torch.randn(3, 8)
+    torch.testing.assert_close(method.lookup(z, torch.arange(3))[0], F.normalize(z, dim=1))
+
+
+# ---------------------------------------------------------------------------------------------- KMCLR
+def test_online_kmeans_equals_sklearn_partial_fit():
+    """Same start (centres = the initial points), no reassignment: sklearn's count-based updates."""
+    torch.manual_seed(0)
+    km = OnlineKMeans(num_prototypes=5, dim=3, reset_interval=None, reassignment_ratio=0.0)
+    ref = MiniBatchKMeans(n_clusters=5, init=km.centres.double().numpy(), n_init=1, reassignment_ratio=0.0,
+                          batch_size=8)
+    ref.partial_fit(km.recent.double().numpy())  # the reference fits its initial points first
+    for step in range(6):
+        x = torch.randn(8, 3) + step * 0.1
+        km.step(x, step)
+        ref.partial_fit(x.double().numpy())
+        np.testing.assert_allclose(km.centres.numpy(), ref.cluster_centers_, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(km.counts.numpy(), ref._counts)
+
+
+def test_kmeans_prototypes_move_toward_their_points_and_dead_ones_are_reassigned():
+    torch.manual_seed(0)
+    km = OnlineKMeans(num_prototypes=4, dim=2, reset_interval=None, reassignment_ratio=0.5)
+    km.centres.copy_(torch.tensor([[0.0, 0.0], [10.0, 10.0], [20.0, 20.0], [30.0, 30.0]]))
+    x = torch.tensor([[1.0, 1.0]] * 40)  # 40 points = 10 K: a reassignment is due
+    before = km.centres.clone()
+    km.step(x, 0)
+    assert (km.centres[0] - x[0]).norm() < (before[0] - x[0]).norm()  # moved toward its points
+    # the 3 unused centres had count 1 < 0.5 * 41: they jump onto batch points
+    assert all(torch.equal(km.centres[j], x[0]) for j in (1, 2, 3))
+    assert float(km.counts[1]) == float(km.counts[0])  # the smallest count of the kept ones
+
+
+def test_kmeans_reset_restarts_from_the_latest_points():
+    km = OnlineKMeans(num_prototypes=4, dim=2, reset_interval=2, reassignment_ratio=0.0)
+    for step in range(2):
+        km.step(torch.randn(2, 2), step)
+    x = torch.randn(2, 2)
+    km.step(x, 2)  # reset (centres = the FIFO incl. x), then one update on x
+    assert torch.equal(km.recent[2:], x)
+    assert float(km.counts.sum()) == 4 + 2
+
+
+def test_kmclr_positive_is_the_nearest_prototype_and_usage_is_logged():
+    method = small(KMCLR, sampler=UniformSampler(), steps_per_epoch=5, temperature=T, projector_hidden_dims=[16],
+                   projector_dim=8, predictor_hidden_dims=[16], num_prototypes=6)
+    z = torch.randn(10, 8)
+    positives, _ = method.lookup(z, torch.arange(10))
+    nearest = torch.stack([min(method.kmeans.centres, key=lambda c: float((c - zi).norm())) for zi in z])
+    torch.testing.assert_close(positives, F.normalize(nearest, dim=1))
+    x1, x2 = images(10)
+    method((x1, x2), torch.arange(10))
+    method.on_train_step_end(0, 10)
+    usage = method.epoch_diagnostics()
+    assert 1 <= usage["kmeans/prototypes_used"] <= 6 and 0 <= usage["kmeans/usage_entropy"] <= math.log(6) + 1e-6
+    assert method.epoch_diagnostics() == {}  # the tally resets
+    assert method.kmeans.reset_interval == 15  # 3 epochs x 5 steps
+    assert {"kmeans.centres", "kmeans.counts", "kmeans.recent"} <= set(method.state_dict())
+
+
+# --------------------------------------------------------------------------------------------- SupCon
+def slow_supcon(z, labels, t):
+    """Khosla et al. eq. 2, loops in float64."""
+    z = z.double()
+    n, total, anchors = len(z), 0.0, 0
+    for i in range(n):
+        positives = [p for p in range(n) if p != i and labels[p] == labels[i]]
+        if not positives:
+            continue
+        denominator = sum(torch.exp(z[i] @ z[a] / t) for a in range(n) if a != i)
+        total = total - sum(torch.log(torch.exp(z[i] @ z[p] / t) / denominator) for p in positives) / len(positives)
+        anchors += 1
+    return total / anchors
+
+
+def test_supcon_loss_and_gradient_equal_the_slow_equation():
+    torch.manual_seed(0)
+    z = F.normalize(torch.randn(10, 6), dim=1).requires_grad_()
+    labels = torch.tensor([0, 1, 0, 2, 1, 0, 3, 2, 1, 4])  # class 4 and 3 have one member: no positive
+    mask = ~torch.eye(10, dtype=torch.bool)
+    loss, _ = supervised_contrastive_loss(z, z, labels, labels, mask, T)
+    z64 = z.detach().double().requires_grad_()
+    ref = slow_supcon(z64, labels, T)
+    assert loss.item() == pytest.approx(ref.item(), rel=1e-6)
+    torch.testing.assert_close(torch.autograd.grad(loss, z)[0].double(), torch.autograd.grad(ref, z64)[0],
+                               rtol=1e-4, atol=1e-7)
+
+
+def test_supcon_with_all_labels_distinct_is_simclr():
+    kwargs = dict(temperature=T, projector_hidden_dims=[16], projector_dim=8)
+    supcon, simclr = small(SupCon, **kwargs), small(SimCLR, sampler=UniformSampler(), **kwargs)
+    simclr.load_state_dict(supcon.state_dict())
+    x1, x2 = images(6)
+    a = supcon((x1, x2), torch.arange(6)).loss
+    b = simclr((x1, x2), torch.zeros(6, dtype=torch.long)).loss
+    assert a.item() == pytest.approx(b.item(), rel=1e-6)
+
+
+def test_supcon_bank_adds_labelled_positives_after_the_step():
+    method = small(SupCon, temperature=T, projector_hidden_dims=[16], projector_dim=8, bank_size=8)
+    x1, x2 = images(4)
+    out = method((x1, x2), torch.tensor([0, 1, 0, 1]))
+    assert float(out.stats["supcon/positives_per_anchor"]) == 3  # other view + the same-class pair's 2 views
+    method.on_train_step_end(0, 1)
+    out = method((x1, x2), torch.tensor([0, 1, 0, 1]))
+    assert float(out.stats["supcon/positives_per_anchor"]) == 5  # + 2 bank rows of the class
+
+
+# ---------------------------------------------------------------------------------------------- RINCE
+def slow_rince(own, bank, ranks, temps, forms):
+    """METHODS.md 5.2 in float64 loops: ranks = per anchor, a list of sets of bank indices per rank."""
+    terms = []
+    for r, (t, form) in enumerate(zip(temps, forms)):
+        values = []
+        for i in range(len(own)):
+            members = set().union(*ranks[i][: r + 1])
+            pos = [math.exp(bank[i, j] / t) for j in sorted(ranks[i][r])] + ([math.exp(own[i] / t)] if r == 0 else [])
+            neg = sum(math.exp(bank[i, j] / t) for j in range(bank.shape[1]) if j not in members)
+            if form == "in":
+                ratio = sum(pos) / (sum(pos) + neg) if pos else 0.0
+                if ratio > 1e-7:
+                    values.append(-math.log(ratio))
+            else:
+                values += [-math.log(p / (p + neg)) for p in pos if p / (p + neg) > 1e-7]
+        terms.append(sum(values) / len(values) if values else 0.0)
+    return sum(terms) / len(terms)
+
+
+@pytest.mark.parametrize("forms", [["in", "in"], ["out", "out"], ["out", "in"]])
+def test_ranked_infonce_equals_the_slow_equation_with_gradients(forms):
+    torch.manual_seed(0)
+    n, k = 5, 12
+    own = torch.rand(n, dtype=torch.float64) * 2 - 1
+    bank = torch.rand(n, k, dtype=torch.float64) * 2 - 1
+    bank_labels = torch.randint(0, 4, (k,))
+    labels = torch.tensor([0, 1, 2, 3, 0])
+    group = torch.tensor([0, 0, 1, 1])  # superclasses {0, 1} and {2, 3}
+    same = bank_labels[None] == labels[:, None]
+    same_group = group[bank_labels][None] == group[labels][:, None]
+    ranks = [[set(same[i].nonzero().flatten().tolist()), set(same_group[i].nonzero().flatten().tolist())]
+             for i in range(n)]
+    temps = [0.1, 0.225]
+    own_t, bank_t = own.float().requires_grad_(), bank.float().requires_grad_()
+    loss = ranked_infonce_loss(own_t, bank_t, [same, same_group], temps, forms)
+    assert loss.item() == pytest.approx(slow_rince(own, bank, ranks, temps, forms), rel=1e-5)
+    # gradient w.r.t. the bank similarities against central differences of the slow loops
+    g = torch.autograd.grad(loss, (own_t, bank_t))
+    eps, numeric = 1e-6, torch.zeros_like(bank)
+    for i in range(n):
+        for j in range(k):
+            plus, minus = bank.clone(), bank.clone()
+            plus[i, j] += eps
+            minus[i, j] -= eps
+            numeric[i, j] = (slow_rince(own, plus, ranks, temps, forms) - slow_rince(own, minus, ranks, temps, forms)) / (2 * eps)
+    torch.testing.assert_close(g[1].double(), numeric, rtol=1e-3, atol=1e-5)
+
+
+def make_rince(**kwargs):
+    return small(RINCE, **{"projector_hidden_dims": [16], "projector_dim": 8, "bank_size": 16, **kwargs})
+
+
+def test_rince_with_one_rank_and_no_shared_label_is_mocos_infonce():
+    rince = make_rince(rank_similarities=[1.0], temperature_min=T, temperature_max=T)
+    moco = small(MoCo, sampler=UniformSampler(), temperature=T, projector_hidden_dims=[16], projector_dim=8,
+                 queue_size=16, shuffle_bn=False)
+    moco.load_state_dict(rince.state_dict())
+    x1, x2 = images(4)
+    a = rince((x1, x2), torch.arange(4)).loss  # the bank's labels are all -1: only the own key is positive
+    b = moco((x1, x2), torch.arange(4)).loss
+    assert a.item() == pytest.approx(b.item(), rel=1e-6)
+
+
+def test_rince_with_one_rank_is_supcon_in_with_a_bank():
+    """SCL-in: P = own key + same-class bank entries, N = the rest of the bank, one temperature."""
+    torch.manual_seed(0)
+    own, bank = torch.rand(4) * 2 - 1, torch.rand(4, 10) * 2 - 1
+    labels, bank_labels = torch.tensor([0, 1, 2, 0]), torch.tensor([0, 0, 1, 2, 3, 3, 1, 0, 2, 3])
+    same = bank_labels[None] == labels[:, None]
+    loss = ranked_infonce_loss(own, bank, [same], [T], ["in"])
+    expected = 0.0
+    for i in range(4):
+        pos = math.exp(own[i] / T) + sum(math.exp(bank[i, j] / T) for j in range(10) if same[i, j])
+        neg = sum(math.exp(bank[i, j] / T) for j in range(10) if not same[i, j])
+        expected += -math.log(pos / (pos + neg)) / 4
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_rince_rank_order_matters():
+    torch.manual_seed(0)
+    own, bank = torch.rand(6) * 2 - 1, torch.rand(6, 20) * 2 - 1
+    fine = torch.rand(6, 20) < 0.2
+    coarse = fine | (torch.rand(6, 20) < 0.3)
+    ranked = ranked_infonce_loss(own, bank, [fine, coarse], [0.1, 0.225], ["in", "in"])
+    swapped = ranked_infonce_loss(own, bank, [coarse, fine], [0.1, 0.225], ["in", "in"])
+    assert not math.isclose(ranked.item(), swapped.item(), rel_tol=1e-3)
+
+
+def test_rince_rank_masks_from_superclasses():
+    rince = make_rince(class_groups=[[0, 2], [1, 3]])
+    labels, bank_labels = torch.tensor([0, 1]), torch.tensor([0, 2, 1, 3, -1])
+    same, group = rince.rank_masks(labels, bank_labels)
+    assert same.tolist() == [[True, False, False, False, False], [False, False, True, False, False]]
+    assert group.tolist() == [[True, True, False, False, False], [False, False, True, True, False]]
+    siblings = make_rince(class_groups=[[0, 2], [1, 3]], cumulative_ranks=False).rank_masks(labels, bank_labels)[1]
+    assert siblings.tolist() == [[False, True, False, False, False], [False, False, False, True, False]]
+    assert rince.temperatures == pytest.approx([0.1, 0.225])
+
+
+@pytest.mark.parametrize("kwargs, key", [
+    (dict(variant="sideways"), "method.variant"),
+    (dict(rank_similarities=[0.5, 0.75]), "method.rank_similarities"),
+    (dict(temperature_min=0.5, temperature_max=0.1), "method.temperature_min"),
+    (dict(class_groups=[[0, 1], [1, 2]]), "method.class_groups"),
+    (dict(), "method.class_groups"),  # two ranks, no coarse labels, no groups
+    (dict(bank_size=0), "method.bank_size"),
+])
+def test_rince_bad_settings_name_the_key(kwargs, key):
+    with pytest.raises(ValueError, match=key):
+        make_rince(**kwargs)
+
+
+# -------------------------------------------------------------------------------------- from config
+@pytest.mark.parametrize("choice", ["method=nnclr method.support_set_size=256", "method=kmclr method.num_prototypes=20",
+                                    "method=supcon", "method=supcon method.bank_size=128",
+                                    "method=rince method.class_groups=[[0,6,8,9],[1,4,7],[2,3,5]]",
+                                    "method=rince method.rank_similarities=[1.0] method.variant=out",
+                                    "method=supervised", "method=nnclr sampler=hard"])
+def test_positive_side_methods_train_on_digits(tmp_path, choice):
+    method = choice.split()[0].split("=")[1]
+    final = train(compose_train(tiny_overrides(method) + choice.split() + [
+        "trainer.max_steps=4", "trainer.eval_at_init=false", "evaluation.linear.epochs=1"], tmp_path))
+    record = json.loads((tmp_path / "metrics.json").read_text())["epochs"][-1]
+    assert math.isfinite(record["train/epoch_loss"]) and final["step"] == 4
+    assert "online_probe/train_top5" in record and "online_probe/test_top5" in final
+    if method == "kmclr":
+        assert 1 <= record["diag/kmeans/prototypes_used"] <= 20
+
+
+def write_cifar100_sample(root, per_class=2):
+    """A CIFAR-100 folder in the official pickle format, with the real fine -> coarse structure
+    (5 fine classes per superclass)."""
+    folder = root / "cifar-100-python"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name in ("train", "test"):
+        fine = np.repeat(np.arange(100), per_class)
+        pixels = rng.integers(0, 256, size=(len(fine), 3 * 32 * 32), dtype=np.uint8)
+        with open(folder / name, "wb") as f:
+            pickle.dump({"data": pixels, "fine_labels": fine.tolist(), "coarse_labels": (fine // 5).tolist()}, f)
+    with open(folder / "meta", "wb") as f:
+        pickle.dump({"fine_label_names": [f"f{i}" for i in range(100)],
+                     "coarse_label_names": [f"c{i}" for i in range(20)]}, f)
+
+
+def test_rince_runs_on_a_cifar100_format_file_with_its_superclasses(tmp_path):
+    write_cifar100_sample(tmp_path / "data")
+    cfg = compose_train(tiny_overrides("rince") + [
+        "method=rince", "dataset=cifar100", f"dataset.root={tmp_path / 'data'}", "method.bank_size=256",
+        "trainer.max_steps=3", "trainer.eval_at_init=false", "evaluation.linear.epochs=1"], tmp_path / "run")
+    final = train(cfg)
+    record = json.loads((tmp_path / "run" / "metrics.json").read_text())["epochs"][-1]
+    assert final["step"] == 3 and math.isfinite(record["train/epoch_loss"])
+    assert record["diag/rince/rank2_bank_positives"] >= record["diag/rince/rank1_bank_positives"] > 0
+
+
+def test_label_needing_methods_refuse_unlabelled_pretraining_data():
+    cfg = compose_train(["method=supcon"])
+    with pytest.raises(ConfigError, match="needs a label for every pre-training image.*5 of 100"):
+        build_method(cfg, DatasetFacts(num_samples=100, num_classes=10, unlabelled=5))
+
+
+@pytest.mark.parametrize("method", ["supcon", "rince", "supervised"])
+def test_a_sampler_on_a_multi_positive_method_is_a_clear_error(method):
+    cfg = compose_train([f"method={method}", "sampler=ring"])
+    with pytest.raises(ConfigError, match="sampler._target_=cl_suite.samplers.RingSampler cannot be used with method="):
+        build_method(cfg, DatasetFacts(num_samples=100, num_classes=10, coarse_of_class=torch.arange(10) // 2))
