@@ -13,7 +13,7 @@ from test_simclr_loss import simclr_on_raw_embeddings  # noqa: E402
 
 from cl_suite.engine.distributed import cleanup_distributed, gather_no_grad, get_rank, get_world_size  # noqa: E402
 from cl_suite.engine.distributed import init_distributed  # noqa: E402
-from cl_suite.samplers import DebiasedSampler, HardSampler, RingSampler, UniformSampler  # noqa: E402
+from cl_suite.samplers import DebiasedSampler, HardSampler, MixingSampler, RingSampler, UniformSampler  # noqa: E402
 
 SAMPLERS = {
     "uniform": UniformSampler,
@@ -43,6 +43,19 @@ def main(out_path: str) -> None:
             "grad": gather_no_grad(torch.cat([a.grad, b.grad], dim=1)) / world,
             "false_negative_rate": gather_no_grad(out.stats["negatives/false_negative_rate"].view(1)).mean(),
         }
+    # MoCHi over a queue-like pool shared by all processes, anchors rank-major as in MoCo: the random
+    # mixing draws too must be those of the 1-process run.
+    pool = torch.nn.functional.normalize(torch.randn(40, dim), dim=1)
+    a, b = x1[local].clone().requires_grad_(), x2[local].clone().requires_grad_()
+    torch.manual_seed(1)  # the same global generator state on every process, as the trainer's seeding gives
+    sampler = MixingSampler(n_hard=8, s1=5, s2=3)
+    unit = torch.nn.functional.normalize
+    out = sampler(unit(a, dim=1), unit(b, dim=1), pool, None, t, labels[local], torch.arange(40) % 4)
+    out.loss.backward()
+    results["mixing_queue"] = {"loss": gather_no_grad(out.loss.detach().view(1)).mean(),
+                               "grad": gather_no_grad(torch.cat([a.grad, b.grad], dim=1)) / world,
+                               "false_negative_rate": gather_no_grad(
+                                   out.stats["negatives/false_negative_rate"].view(1)).mean()}
     if rank == 0:
         torch.save(results, out_path)
     cleanup_distributed()

@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from cl_suite.engine.distributed import get_rank, get_world_size
 from cl_suite.samplers.base import Contrast, NegativeSampler, NegativeTerm
 
 
@@ -69,18 +70,27 @@ class MixingSampler(NegativeSampler):
         hardest = ctx.cand_sim.detach().masked_fill(~ctx.mask, float("-inf")).topk(self.n_hard, dim=1).indices
         hard = ctx.candidates.detach()[hardest]  # (A, n_hard, D)
 
+        # Draws for the anchors of every process, this process keeping its block: all processes consume
+        # the (identically seeded) global generator alike, and W processes x A anchors get the numbers of
+        # one process x WA anchors when anchors are laid out rank-major (MoCo, IR, CMC; SimCLR's
+        # [view 1, view 2] blocks get a permutation of them: same distribution, not the same numbers).
+        world, local = get_world_size(), slice(get_rank() * n_anchors, (get_rank() + 1) * n_anchors)
+
+        def uniform(count: int, high: float) -> torch.Tensor:  # (A, count, 1) ~ U[0, high)
+            return high * torch.rand(world * n_anchors, count, 1, device=dev)[local]
+
         def pick(count: int) -> torch.Tensor:  # (A, count, D): hard candidates drawn uniformly with replacement
-            idx = torch.randint(self.n_hard, (n_anchors, count), device=dev)
+            idx = torch.randint(self.n_hard, (world * n_anchors, count), device=dev)[local]
             return hard.gather(1, idx[..., None].expand(-1, -1, hard.shape[-1]))
 
         synthetics = []
         with torch.no_grad():
             if s1:  # h = normalize(alpha c_i + (1 - alpha) c_j), alpha ~ U[0, 1)
                 first, second = pick(s1), pick(s1)
-                alpha = torch.rand(n_anchors, s1, 1, device=dev)
+                alpha = uniform(s1, 1.0)
                 synthetics.append(F.normalize(alpha * first + (1 - alpha) * second, dim=-1))
             if s2:  # h' = normalize(beta sg(a) + (1 - beta) c_j), beta ~ U[0, 0.5): the anchor weighs < 1/2
                 other = pick(s2)
-                beta = 0.5 * torch.rand(n_anchors, s2, 1, device=dev)
+                beta = uniform(s2, 0.5)
                 synthetics.append(F.normalize(beta * anchors[:, None, :] + (1 - beta) * other, dim=-1))
         return synthetics
