@@ -1,10 +1,10 @@
-"""One full training step (method + online probe) of SimCLR and of MoCo, on 1 process (python) or 2
-(torchrun).
+"""One full training step (method + online probe) of SimCLR, MoCo, IR, CMC, SupCon (with a bank) and
+RINCE, on 1 process (python) or 2 (torchrun).
 
 The models have no BatchNorm (whose statistics are per process by design), so W processes x B/W images
 must give the same updated parameters as 1 process x B: global negatives through the all-gather, DDP
-averaging of the method's and the probe's gradients, and for MoCo the momentum update and a queue
-that holds every process's keys. Writes each model's state after the step to argv[1].
+averaging of the method's and the probe's gradients, the momentum updates, and queues and banks that
+hold every process's embeddings (IR/CMC draw their bank rows from the identically seeded generator). Writes each model's state after the step to argv[1].
 """
 import sys
 
@@ -15,7 +15,7 @@ from torch.nn.parallel import DistributedDataParallel
 from cl_suite.engine.distributed import cleanup_distributed, get_rank, get_world_size, init_distributed
 from cl_suite.engine.pretrainer import Pretrainer
 from cl_suite.engine.probe import OnlineProbe
-from cl_suite.methods import MoCo, SimCLR
+from cl_suite.methods import CMC, RINCE, InstanceRecognition, MoCo, SimCLR, SupCon
 from cl_suite.samplers import UniformSampler
 
 
@@ -30,7 +30,7 @@ class LinearBackbone(nn.Module):
 
 
 def one_step(method, x1, x2, labels, rank, world):
-    model = Pretrainer(method, OnlineProbe(10, 3))
+    model = Pretrainer(method, OnlineProbe(method.num_features, 3))
     train_model = DistributedDataParallel(model) if world > 1 else model
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
     local = slice(rank * len(x1) // world, (rank + 1) * len(x1) // world)
@@ -54,8 +54,21 @@ def main(out_path: str) -> None:
     torch.manual_seed(2)
     moco = MoCo(LinearBackbone(), UniformSampler(), temperature=0.3, queue_size=12, momentum=0.9,
                 momentum_final=0.9, **head)
-    states = {"simclr": one_step(simclr, x1, x2, labels, rank, world),
-              "moco": one_step(moco, x1, x2, labels, rank, world)}
+    torch.manual_seed(3)
+    ir = InstanceRecognition(LinearBackbone(), UniformSampler(), num_samples=global_batch, temperature=0.3,
+                             projector_dim=6, num_negatives=5)
+    torch.manual_seed(4)
+    cmc = CMC(LinearBackbone(), UniformSampler(), num_samples=global_batch, mean=[0.5] * 3, std=[0.25] * 3,
+              temperature=0.3, projector_dim=6, num_negatives=5)
+    torch.manual_seed(5)
+    supcon = SupCon(LinearBackbone(), temperature=0.3, bank_size=12, **head)
+    torch.manual_seed(6)
+    rince = RINCE(LinearBackbone(), class_groups=[[0, 1], [2]], bank_size=12, **head)
+    states = {}
+    for name, method in [("simclr", simclr), ("moco", moco), ("ir", ir), ("cmc", cmc), ("supcon", supcon),
+                         ("rince", rince)]:
+        torch.manual_seed(7)  # the same generator state on every process, as the trainer's seeding gives
+        states[name] = one_step(method, x1, x2, labels, rank, world)
     if rank == 0:
         torch.save(states, out_path)
     cleanup_distributed()

@@ -41,10 +41,12 @@ def test_every_sampler_on_two_processes_equals_one_process(tmp_path):
 
 @pytest.mark.slow
 def test_full_training_step_on_two_processes_equals_one_process(tmp_path):
-    """Method and online-probe parameters after one step, and MoCo's key encoder and queue (the keys of
-    both processes, in global batch order); tolerance 1e-6 (float32 summation order)."""
+    """Method and online-probe parameters after one step, MoCo's and RINCE's key encoders and queues (the
+    keys of both processes, in global batch order), IR's and CMC's banks, SupCon's bank; tolerance 1e-6
+    (float32 summation order)."""
     one, two = one_and_two_processes("ddp_train_step_script.py", tmp_path)
-    for name in ("simclr", "moco"):
+    assert set(one) == {"simclr", "moco", "ir", "cmc", "supcon", "rince"}
+    for name in one:
         for key in one[name]:
             torch.testing.assert_close(two[name][key], one[name][key], rtol=1e-6, atol=1e-6, msg=f"{name} {key}")
         assert {k.split(".")[0] for k in one[name]} == {"method", "probe"}
