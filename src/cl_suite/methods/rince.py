@@ -56,7 +56,8 @@ class RINCE(MoCo):
     """Anchors are the query encoder's view-1 embeddings; the bank holds past keys of the momentum
     encoder with their fine labels (MoCo's queue, ``bank_size`` rows, random with label -1 at start).
 
-    Ranks (METHODS.md 5.1-5.3), with per-rank temperatures t_r = t_min + (1 - s_r)(t_max - t_min):
+    Ranks (METHODS.md 5.1-5.3), with per-rank temperatures t_r = t_min + (1 - s_r)(t_max - t_min)
+    (``dynamic_temperature=false``: t_min for every rank; the reference always uses the dynamic one):
       rank 1 (similarity ``rank_similarities[0]``): the own key and bank entries of the same class;
       rank 2 (``rank_similarities[1]``, optional): bank entries of the same superclass (the data set's
       coarse labels, e.g. CIFAR-100's 20 superclasses, or ``class_groups``: lists of class ids).
@@ -75,7 +76,8 @@ class RINCE(MoCo):
     def __init__(self, backbone: nn.Module, num_classes: int | None = None, coarse_of_class: torch.Tensor | None = None,
                  temperature_min: float = 0.1, temperature_max: float = 0.6,
                  rank_similarities: list[float] | tuple[float, ...] = (1.0, 0.75), variant: str = "in",
-                 cumulative_ranks: bool = True, class_groups: list[list[int]] | None = None, bank_size: int = 4096,
+                 cumulative_ranks: bool = True, class_groups: list[list[int]] | None = None, bank_size: int = 8192,
+                 dynamic_temperature: bool = True,
                  momentum: float = 0.99, projector_hidden_dims: list[int] | tuple[int, ...] = (2048,),
                  projector_dim: int = 128, projector_batch_norm: bool = False, shuffle_bn: bool = False):
         if not 0 < temperature_min <= temperature_max:
@@ -93,7 +95,8 @@ class RINCE(MoCo):
                          projector_hidden_dims=projector_hidden_dims, projector_dim=projector_dim,
                          projector_batch_norm=projector_batch_norm, queue_size=bank_size, momentum=momentum,
                          momentum_final=momentum, symmetric=False, shuffle_bn=shuffle_bn)
-        self.temperatures = [temperature_min + (1 - s) * (temperature_max - temperature_min) for s in sims]
+        spread = temperature_max - temperature_min if dynamic_temperature else 0.0
+        self.temperatures = [temperature_min + (1 - s) * spread for s in sims]
         self.forms = ["out" if variant == "out" or (variant == "out_in" and r == 0) else "in" for r in range(len(sims))]
         self.cumulative_ranks = cumulative_ranks
         groups = self._group_table(len(sims), class_groups, coarse_of_class)
