@@ -1,7 +1,7 @@
-"""Re-evaluate a run's checkpoint: `python evaluate.py run=outputs/<date>/<time> [checkpoint=final]`.
+"""Re-evaluate a run's checkpoint: `python evaluate.py run=outputs/<date>/<time> [protocol=[linear,knn]]`.
 
-Frozen features are extracted once; kNN and the linear classifier run on the cached features.
-Results go to <run>/eval.json and to the run's wandb summary.
+Frozen features are extracted once and every protocol (linear, knn, retrieval, ood, transfer) reads
+them. Results go to <run>/eval.json (keyed by protocol) and to the run's wandb summary.
 """
 import hydra
 from omegaconf import DictConfig
@@ -13,8 +13,10 @@ from cl_suite.eval.run_evaluation import evaluate_run
 def main(cfg: DictConfig) -> None:
     result = evaluate_run(cfg)
     print(f"{result['checkpoint']} (epoch {result['epoch']}, step {result['step']})")
-    for key, value in result["metrics"].items():
-        print(f"  {key:<28}{value:8.2f}")
+    for protocol, metrics in result["protocols"].items():
+        print(protocol)
+        for key, value in metrics.items():
+            print(f"  {key:<36}{value:8.2f}")
 
 
 if __name__ == "__main__":

@@ -52,3 +52,133 @@ def test_cli_reports_a_missing_data_set_readably(tmp_path):
                                 f"hydra.run.dir={tmp_path / 'run'}"])
     assert proc.returncode != 0
     assert "cifar-100-python" in proc.stderr and str(tmp_path) in proc.stderr
+
+
+# One row per bad input, across every config group: (overrides, text the error must contain). The text
+# is the offending key (with its value where the message quotes it): the user reads which knob to turn.
+BAD_OVERRIDES = [
+    # dataset
+    ("dataset.image_size=0", "dataset.image_size=0"),
+    ("dataset.test_fraction=abc", "dataset.test_fraction='abc'"),
+    ("+dataset.colour=true", "dataset.colour"),
+    ("dataset.std=[0.3,0,0.3]", "dataset.std"),
+    ("dataset.mean=[0.1,0.2]", "dataset.mean"),
+    ("dataset.augment.crop_size=0", "dataset.augment.crop_size"),
+    ("dataset.augment.jitter.hue=0.7", "dataset.augment.jitter.hue"),
+    ("dataset.augment.flip_p=1.5", "dataset.augment.flip_p"),
+    # backbone (and its fit with the image size)
+    ("backbone.widths=[]", "backbone.widths"),
+    ("backbone.widths=[8,abc]", "backbone.widths"),
+    ("backbone.widths=[4,4,4,4,4,4]", "backbone.widths"),  # 5 halvings of a 16 px crop
+    ("backbone=resnet18 backbone.depth=34", "backbone.depth=34"),
+    ("+backbone.dropout=0.1", "backbone.dropout"),
+    # method
+    ("method.temperature=abc", "method.temperature='abc'"),
+    ("method.projector_dim=0", "method.projector_dim=0"),
+    ("method.projector_hidden_dims=[0]", "method.projector_hidden_dims"),
+    ("method.concat_views=maybe", "method.concat_views='maybe'"),
+    ("+method.tau=0.1", "method.tau"),
+    ("method.tempreature=0.1", "method.tempreature"),
+    ("method=moco method.queue_size=0", "method.queue_size=0"),
+    ("method=moco method.momentum=1.5", "method.momentum=1.5"),
+    ("method=ir method.num_negatives=0", "method.num_negatives=0"),
+    ("method=ir method.bank_momentum=1", "method.bank_momentum=1"),
+    # sampler (and its fit with the framework's candidates)
+    ("sampler=debiased sampler.tau_plus=1.0", "sampler.tau_plus=1.0"),
+    ("sampler=hard sampler.beta=-1", "sampler.beta=-1"),
+    ("sampler=ring sampler.lower_percentile=99 sampler.upper_percentile=90", "sampler.lower_percentile=99"),
+    ("sampler=ring trainer.batch_size=4", "sampler.lower_percentile=90"),  # 6 candidates: an empty ring
+    ("sampler=mixing sampler.s1=-1", "sampler.s1=-1"),
+    ("method=moco sampler=mochi method.queue_size=512", "sampler.n_hard=1024"),
+    # optimizer
+    ("optimizer.momentum=1.0", "optimizer.momentum=1.0"),
+    ("optimizer.weight_decay=-1", "optimizer.weight_decay=-1"),
+    ("optimizer.batch_size_reference=0", "optimizer.batch_size_reference=0"),
+    ("optimizer=adamw optimizer.betas=[0.9]", "optimizer.betas"),
+    ("optimizer=lars optimizer.eta=0", "optimizer.eta=0"),
+    ("+optimizer.foo=1", "optimizer.foo"),
+    # scheduler
+    ("scheduler.warmup_epochs=-1", "scheduler.warmup_epochs=-1"),
+    ("scheduler.warmup_epochs=5", "scheduler.warmup_epochs=5"),  # longer than trainer.epochs=2
+    ("scheduler.min_lr_ratio=2", "scheduler.min_lr_ratio=2"),
+    # logger
+    ("logger=wandb logger.mode=sometimes", "logger.mode='sometimes'"),
+    ("logger=wandb logger.tags=5", "logger.tags=5"),
+    # evaluation
+    ("evaluation.knn.temperature=0", "evaluation.knn.temperature=0"),
+    ("evaluation.knn.k=5000", "evaluation.knn.k=5000"),  # more neighbours than labelled images
+    ("evaluation.linear.momentum=1", "evaluation.linear.momentum=1"),
+    ("evaluation.linear.epochs=0", "evaluation.linear.epochs=0"),
+    # trainer and top level
+    ("trainer.epochs=ten", "trainer.epochs='ten'"),
+    ("trainer.keep_last_checkpoints=0", "trainer.keep_last_checkpoints=0"),
+    ("trainer.nonfinite=ignore", "trainer.nonfinite='ignore'"),
+    ("trainer.best_mode=up", "trainer.best_mode='up'"),
+    ("trainer.log_every_steps=0", "trainer.log_every_steps=0"),
+    ("trainer.grad_clip=0", "trainer.grad_clip=0"),
+    ("trainer.compile_mode=fast", "trainer.compile_mode='fast'"),
+    ("trainer.channels_last=maybe", "trainer.channels_last='maybe'"),
+    ("probe.lr=0", "probe.lr=0"),
+]
+
+
+def _overrides(bad: str) -> list[str]:
+    """TINY plus the bad overrides; a row that swaps the backbone drops TINY's small-convnet widths."""
+    base = [o for o in TINY if not (o.startswith("backbone.") and "backbone=" in bad)]
+    return base + bad.split()
+
+
+@pytest.mark.parametrize("bad, named", BAD_OVERRIDES, ids=[row[0] for row in BAD_OVERRIDES])
+def test_every_group_rejects_a_bad_value_naming_the_key(tmp_path, bad, named):
+    """The real path (compose, then ``train``) stops before training with an error that names the key,
+    not Hydra's escaped one-line wrapper of it, and leaves no checkpoint behind."""
+    with pytest.raises(Exception) as err:
+        train(compose_train(_overrides(bad), tmp_path))
+    message = str(err.value)
+    assert named in message, f"{type(err.value).__name__}: {message}"
+    assert "Error in call to target" not in message
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_the_table_covers_every_config_group():
+    groups = {row[0].split("=")[0].lstrip("+").split(".")[0] for row in BAD_OVERRIDES}
+    assert {"dataset", "backbone", "method", "sampler", "optimizer", "scheduler", "logger", "evaluation",
+            "trainer", "probe"} <= groups
+    assert len(BAD_OVERRIDES) >= 30
+
+
+def _image_folder(root, bad_file: str, content: bytes):
+    """A two-class image folder (train and test) with one unreadable file in train."""
+    from PIL import Image
+
+    for split in ("train", "test"):
+        for label in ("a", "b"):
+            folder = root / split / label
+            folder.mkdir(parents=True)
+            for i in range(3):
+                Image.new("RGB", (8, 8), (40 * i, 80, 120)).save(folder / f"{i}.png")
+    (root / "train" / "a" / bad_file).write_bytes(content)
+    return root / "train" / "a" / bad_file
+
+
+@pytest.mark.parametrize("bad_file, content", [("empty.jpg", b""), ("page.jpg", b"<html>404</html>"),
+                                               ("cut.png", None)])
+def test_unreadable_image_names_the_file_and_writes_no_cache(tmp_path, bad_file, content):
+    import io
+
+    from PIL import Image
+
+    from cl_suite.data.imagefolder import CACHE_DIR_NAME, UnreadableImageError
+
+    if content is None:  # a real PNG cut short, as an interrupted copy leaves it
+        buffer = io.BytesIO()
+        Image.new("RGB", (64, 64), (1, 2, 3)).save(buffer, format="PNG")
+        content = buffer.getvalue()[:60]
+    path = _image_folder(tmp_path / "data", bad_file, content)
+    cfg = compose_train(TINY + ["dataset=imagefolder", f"dataset.root={tmp_path / 'data'}", "dataset.image_size=16",
+                                "dataset.augment.crop_size=16", "trainer.batch_size=2"], tmp_path / "run")
+    with pytest.raises(UnreadableImageError) as err:
+        train(cfg)
+    assert str(path) in str(err.value) and "Remove or replace" in str(err.value)
+    assert not (tmp_path / "data" / CACHE_DIR_NAME).exists()
+    assert not (tmp_path / "run" / "checkpoints").exists()

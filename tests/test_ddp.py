@@ -64,7 +64,9 @@ def test_torchrun_training_writes_one_run_dir_one_checkpoint_one_wandb_run(tmp_p
     run = outputs / "run"
     assert [p.name for p in outputs.iterdir()] == ["run"]
     assert sorted(p.name for p in run.iterdir() if p.is_file()) == ["metrics.json", "train.log"]
-    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["last.pt"]
+    files = sorted((run / "checkpoints").iterdir())
+    assert [p.name for p in files] == ["best.pt", "last.pt", "step_000000004.pt"]
+    assert len({p.stat().st_ino for p in files}) == 1  # one checkpoint: last and best are links to it
     state = torch.load(run / "checkpoints" / "last.pt", weights_only=False)
     assert state["step"] == 4
     (wandb_run,) = (run / "wandb").glob("offline-run-*")  # rank 0 only

@@ -1,4 +1,5 @@
-"""kNN, top-k accuracy and the cached-feature linear probe against independent computations."""
+"""Evaluation protocols against independent (slow, brute-force or sklearn) computations: kNN, top-k
+accuracy, the cached-feature linear probe, retrieval (mAP, P@k, R@k) and OOD detection (AUROC, FPR@95)."""
 import math
 
 import torch
@@ -73,3 +74,222 @@ def test_running_probe_accuracy_matches_torchmetrics_and_skips_unlabelled():
     running.reset()
     running.update(torch.randn(4, 7), torch.full((4,), -1))
     assert running.compute() == {}
+
+
+# ---- retrieval, OOD and the protocol runner (issue 7) ----
+
+def retrieval_slow(queries, query_labels, database, database_labels, ks):
+    """Brute force over Python lists: rank the database per query, then AP, P@k and RINCE's R@k."""
+    q = torch.nn.functional.normalize(queries.double(), dim=1)
+    d = torch.nn.functional.normalize(database.double(), dim=1)
+    ap_sum, p_sum, r_sum = 0.0, {k: 0.0 for k in ks}, {k: 0.0 for k in ks}
+    for i in range(len(q)):
+        ranked = sorted(range(len(d)), key=lambda j: -float(q[i] @ d[j]))
+        hits = [int(database_labels[j]) == int(query_labels[i]) for j in ranked]
+        found, precisions = 0, []
+        for rank, hit in enumerate(hits, start=1):
+            if hit:
+                found += 1
+                precisions.append(found / rank)
+        ap_sum += sum(precisions) / max(sum(hits), 1)
+        for k in ks:
+            p_sum[k] += sum(hits[:k]) / k
+            r_sum[k] += float(any(hits[:k]))
+    n = len(q)
+    return {"mAP": 100 * ap_sum / n, **{f"P@{k}": 100 * p_sum[k] / n for k in ks},
+            **{f"R@{k}": 100 * r_sum[k] / n for k in ks}}
+
+
+def test_retrieval_matches_brute_force_on_random_features():
+    from cl_suite.eval.retrieval import retrieval_metrics
+
+    torch.manual_seed(0)
+    database, db_labels = torch.randn(50, 5), torch.randint(0, 4, (50,))
+    db_labels[::9] = -1  # unlabelled database items are not part of the ranking
+    queries, q_labels = torch.randn(13, 5), torch.randint(0, 4, (13,))
+    fast = retrieval_metrics(queries, q_labels, database, db_labels, ks=(1, 3, 10), chunk_size=4)
+    keep = db_labels >= 0
+    slow = retrieval_slow(queries, q_labels, database[keep], db_labels[keep], (1, 3, 10))
+    assert fast.keys() == slow.keys()
+    for key in slow:
+        assert math.isclose(fast[key], slow[key], abs_tol=1e-4), (key, fast[key], slow[key])
+
+
+def test_retrieval_of_perfectly_clustered_features_is_perfect():
+    from cl_suite.eval.retrieval import retrieval_metrics
+
+    centres = torch.eye(3) * 10
+    labels = torch.arange(3).repeat_interleave(6)
+    features = centres[labels] + 0.01 * torch.randn(18, 3)
+    out = retrieval_metrics(features, labels, features, labels, ks=(1, 5))
+    assert out == {"mAP": 100.0, "P@1": 100.0, "P@5": 100.0, "R@1": 100.0, "R@5": 100.0}
+
+
+def test_ood_auroc_and_fpr95_match_sklearn_and_separable_scores_give_100():
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    from cl_suite.eval.ood import ood_detection_metrics
+
+    torch.manual_seed(0)
+    inliers, outliers = torch.randn(300) + 1.0, torch.randn(200) * 3e3  # large scores: no sigmoid saturation
+    out = ood_detection_metrics(inliers, outliers)
+    y = [1] * 300 + [0] * 200
+    s = torch.cat([inliers, outliers]).numpy()
+    fpr, tpr, _ = roc_curve(y, s)
+    assert math.isclose(out["auroc"], 100 * roc_auc_score(y, s), abs_tol=1e-4)  # torchmetrics sums in float32
+    assert math.isclose(out["fpr95"], 100 * fpr[tpr >= 0.95].min(), abs_tol=1e-4)
+    assert ood_detection_metrics(torch.tensor([5.0, 6.0]), torch.tensor([1.0, 2.0, 3.0])) == {"auroc": 100.0,
+                                                                                                 "fpr95": 0.0}
+
+
+def test_knn_ood_score_is_the_kth_neighbour_cosine():
+    from cl_suite.eval.ood import knn_ood_score
+
+    torch.manual_seed(0)
+    train, x = torch.randn(30, 4), torch.randn(7, 4)
+    cos = torch.nn.functional.normalize(x, dim=1) @ torch.nn.functional.normalize(train, dim=1).T
+    expected = torch.tensor([sorted(row.tolist(), reverse=True)[4] for row in cos])
+    torch.testing.assert_close(knn_ood_score(train, x, k=5, chunk_size=3), expected)
+
+
+def test_class_gaussian_score_matches_sklearn_gaussian_mixture_per_class():
+    """RINCE's score: sklearn GaussianMixture(n_components=1, means_init=class mean) per class, max log-lik."""
+    import numpy as np
+    from sklearn.mixture import GaussianMixture
+
+    from cl_suite.eval.ood import class_gaussian_ood_score
+
+    torch.manual_seed(0)
+    train, labels, x = torch.randn(60, 3), torch.randint(0, 3, (60,)), torch.randn(9, 3)
+    labels[0] = -1
+    ours = class_gaussian_ood_score(train, labels, x, reg_covar=1e-3)
+    train_n = torch.nn.functional.normalize(train.double(), dim=1).numpy()
+    x_n = torch.nn.functional.normalize(x.double(), dim=1).numpy()
+    per_class = []
+    for c in range(3):
+        members = train_n[(labels == c).numpy()]
+        gmm = GaussianMixture(1, reg_covar=1e-3, means_init=members.mean(0, keepdims=True), random_state=0)
+        per_class.append(gmm.fit(members).score_samples(x_n))
+    torch.testing.assert_close(ours, torch.from_numpy(np.stack(per_class)).max(dim=0).values, rtol=1e-6, atol=1e-6)
+
+
+def test_protocol_list_and_datasets_are_checked_with_the_key_and_allowed_values():
+    import pytest
+
+    from cl_suite.eval.other_datasets import dataset_names
+    from cl_suite.eval.protocols import check_protocols
+
+    with pytest.raises(ValueError, match=r"protocol=\['knn', 'lineer'\].*linear, knn|choose one or more"):
+        check_protocols(["knn", "lineer"], [], [])
+    with pytest.raises(ValueError, match="protocol=ood needs ood_dataset"):
+        check_protocols(["ood"], [], [])
+    with pytest.raises(ValueError, match="transfer_dataset='cifar11'.*cifar10"):
+        dataset_names("cifar11", "transfer_dataset")
+    assert check_protocols("knn", [], []) == ["knn"]
+    assert dataset_names(["cifar10", "digits"], "ood_dataset") == ["cifar10", "digits"]
+
+
+def test_cached_linear_probe_matches_reencoding_every_epoch_and_is_faster(tmp_path):
+    """The cached-feature probe against the textbook protocol that re-encodes every batch of every epoch
+    with the frozen encoder (same seed, order and initialisation): within 0.5 points, much faster."""
+    import time
+
+    from omegaconf import OmegaConf
+
+    from cl_suite.data.augment import eval_transform
+    from cl_suite.engine.build import build_augment_config, build_dataset, build_method
+    from cl_suite.eval.protocols import encode_splits, linear_metrics
+    from helpers import TINY, compose_train
+
+    cfg = compose_train(TINY + ["backbone.widths=[16,32]"], tmp_path)
+    data, aug = build_dataset(cfg.dataset), build_augment_config(cfg.dataset)
+    torch.manual_seed(0)
+    method = build_method(cfg, len(data.pretrain)).eval()
+    lin = OmegaConf.create({"epochs": 30, "batch_size": 128, "lr": 0.1, "momentum": 0.9, "weight_decay": 0.0,
+                            "standardize": True, "flip_augment": False})
+    device = torch.device("cpu")
+
+    start = time.perf_counter()
+    feats = encode_splits(method.encode, data, aug, device, batch_size=512)
+    cached = linear_metrics(feats, data.num_classes, lin, seed=3)["linear/top1"]
+    cached_s = time.perf_counter() - start
+
+    start = time.perf_counter()
+    images, labels = data.train.images, data.train.labels
+    with torch.no_grad():  # the standardisation statistics: one pass over the train split
+        first_pass = torch.cat([method.encode(eval_transform(images[s:s + 512], aug)) for s in range(0, len(images), 512)])
+    mean, std = first_pass.mean(0), first_pass.std(0).clamp(min=1e-6)
+    gen = torch.Generator().manual_seed(3)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(3)
+        classifier = torch.nn.Linear(method.num_features, data.num_classes)
+    opt = torch.optim.SGD(classifier.parameters(), lr=lin.lr, momentum=lin.momentum)
+    steps = math.ceil(len(labels) / lin.batch_size)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=lin.epochs * steps)
+    for _ in range(lin.epochs):
+        order = torch.randperm(len(labels), generator=gen)
+        torch.randint(1, (len(labels),), generator=gen)  # the cached probe's (single-)variant draw
+        for s in range(0, len(labels), lin.batch_size):
+            idx = order[s:s + lin.batch_size]
+            with torch.no_grad():
+                x = (method.encode(eval_transform(images[idx], aug)) - mean) / std
+            loss = torch.nn.functional.cross_entropy(classifier(x), labels[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+    with torch.no_grad():
+        test_x = (method.encode(eval_transform(data.test.images, aug)) - mean) / std
+        reencoded = 100.0 * (classifier(test_x).argmax(1) == data.test.labels).float().mean().item()
+    reencode_s = time.perf_counter() - start
+
+    print(f"\nlinear probe top-1: cached {cached:.2f} in {cached_s:.2f}s, re-encoding {reencoded:.2f} in "
+          f"{reencode_s:.2f}s: {reencode_s / cached_s:.1f}x faster cached")
+    assert abs(cached - reencoded) <= 0.5
+    assert cached > 50  # a random small convnet's features are linearly informative on digits
+
+
+def test_evaluate_run_runs_every_protocol_into_eval_json_and_the_report_reads_it(tmp_path):
+    """A real tiny run, then evaluate.py's entry (in process): linear+knn+retrieval first, then OOD and
+    transfer against the synthetic data set, which adds to eval.json instead of replacing it."""
+    import json
+
+    from hydra import compose, initialize_config_dir
+
+    from cl_suite.engine.trainer import train
+    from cl_suite.eval.run_evaluation import evaluate_run
+    from cl_suite.report.jobs import read_job
+    from helpers import CONF, TINY, compose_train
+
+    from omegaconf import OmegaConf
+
+    run = tmp_path / "run"
+    train_cfg = compose_train(TINY + ["trainer.max_steps=4", "trainer.eval_at_init=false"], run)
+    final = train(train_cfg)
+    (run / ".hydra").mkdir()
+    OmegaConf.save(train_cfg, run / ".hydra" / "config.yaml")  # what train.py's Hydra writes
+
+    def evaluate(*overrides):
+        with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
+            cfg = compose(config_name="evaluate", overrides=[f"run={run}", "evaluation.linear.epochs=5", *overrides])
+        return evaluate_run(cfg)
+
+    first = evaluate()
+    assert list(first["protocols"]) == ["linear", "knn", "retrieval"]
+    assert math.isclose(first["metrics"]["linear/top1"], final["linear/top1"], abs_tol=1e-6)
+    assert math.isclose(first["metrics"]["knn/top1"], final["knn/top1"], abs_tol=1e-6)
+    retrieval = first["protocols"]["retrieval"]
+    assert set(retrieval) == {"retrieval/mAP", *(f"retrieval/{m}@{k}" for m in "PR" for k in (1, 5, 10, 20))}
+    assert math.isclose(retrieval["retrieval/R@1"], retrieval["retrieval/P@1"], abs_tol=1e-4)  # 1 item: hit = precision
+
+    second = evaluate("protocol=[ood,transfer]", "ood_dataset=synthetic", "transfer_dataset=synthetic",
+                      "evaluation.ood.score=gmm", "evaluation.ood.reg_covar=1e-3")
+    assert list(second["protocols"]) == ["linear", "knn", "retrieval", "ood", "transfer"]
+    ood = second["protocols"]["ood"]
+    assert set(ood) == {"ood/synthetic/auroc", "ood/synthetic/fpr95"} and 0 <= ood["ood/synthetic/auroc"] <= 100
+    assert set(second["protocols"]["transfer"]) == {f"transfer/synthetic/{p}_top{k}" for p in ("linear", "knn")
+                                                    for k in (1, 5)}
+    on_disk = json.loads((run / "eval.json").read_text())
+    assert on_disk["protocols"] == second["protocols"] and on_disk["datasets"]["ood"] == ["synthetic"]
+    job = read_job(run, tmp_path)
+    assert job.ok and job.metrics["eval/ood/synthetic/auroc"] == ood["ood/synthetic/auroc"]

@@ -1,18 +1,24 @@
 """A real SIGTERM to a real training process: it saves, exits as terminated, and a re-run continues exactly."""
+import json
 import os
 import signal
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
 from helpers import ROOT, TINY
 
+EPOCHS, BATCH = 3, 32
+STEPS_PER_EPOCH = 1437 // BATCH  # digits: 1437 training images
 
-def start(run_dir, extra=()):
-    args = [o for o in TINY if not o.startswith("trainer.epochs")] + [
-        "trainer.epochs=8", "trainer.eval_at_init=false", f"hydra.run.dir={run_dir}", *extra]
+
+def start(run_dir, method, extra=()):
+    args = [o for o in TINY if not o.startswith(("trainer.epochs", "trainer.batch_size"))] + [
+        f"trainer.epochs={EPOCHS}", f"trainer.batch_size={BATCH}", "trainer.eval_at_init=false",
+        f"method={method}", f"hydra.run.dir={run_dir}", *extra]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT / "src")}
     return subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -23,31 +29,64 @@ def finish(proc, timeout=240):
     return proc.returncode, out
 
 
+def load(run_dir):
+    return torch.load(run_dir / "checkpoints" / "last.pt", weights_only=False)
+
+
+def assert_same_tensors(a, b, where=""):
+    """Bit-for-bit equality of two (nested) state dicts."""
+    if isinstance(a, torch.Tensor):
+        assert torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for key in a:
+            assert_same_tensors(a[key], b[key], f"{where}.{key}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same_tensors(x, y, f"{where}[{i}]")
+    elif isinstance(a, np.ndarray):  # numpy's generator state
+        assert np.array_equal(a, b), where
+    else:
+        assert a == b, where
+
+
 @pytest.mark.slow
-def test_sigterm_saves_a_checkpoint_and_the_rerun_continues_exactly(tmp_path):
-    code, out = finish(start(tmp_path / "full"))
+@pytest.mark.parametrize("method", ["simclr", "moco"])  # moco: the queue, its pointer, the key encoder
+def test_sigterm_mid_epoch_then_rerun_equals_the_uninterrupted_run(tmp_path, method):
+    code, out = finish(start(tmp_path / "full", method))
     assert code == 0, out[-2000:]
 
-    proc = start(tmp_path / "killed")
+    proc = start(tmp_path / "killed", method)
     for line in proc.stdout:  # wait until the first epoch is done, then pre-empt the second
-        if line.startswith("epoch 1/8:"):
+        if line.startswith(f"epoch 1/{EPOCHS}:"):
             proc.send_signal(signal.SIGTERM)
             break
     code, out = finish(proc)
     assert code == 128 + signal.SIGTERM, out[-2000:]
     assert "Run the same command again to continue" in out
-    state = torch.load(tmp_path / "killed" / "checkpoints" / "last.pt", weights_only=False)
-    steps_per_epoch = 1437 // 64
-    assert steps_per_epoch <= state["step"] < 8 * steps_per_epoch
+    state = load(tmp_path / "killed")
+    assert STEPS_PER_EPOCH < state["step"] < 2 * STEPS_PER_EPOCH, "the signal should land inside epoch 2"
     assert state["history"]["epochs"][-1]["stopped_by_signal"]
 
-    code, out = finish(start(tmp_path / "killed"))  # the same command: resume=auto picks the checkpoint up
+    code, out = finish(start(tmp_path / "killed", method))  # the same command: resume=auto picks it up
     assert code == 0, out[-2000:]
     assert f"resumed from {tmp_path / 'killed' / 'checkpoints' / 'last.pt'} at step {state['step']}" in out
-    a = torch.load(tmp_path / "full" / "checkpoints" / "last.pt", weights_only=False)
-    b = torch.load(tmp_path / "killed" / "checkpoints" / "last.pt", weights_only=False)
-    assert a["step"] == b["step"] == 8 * steps_per_epoch
-    for part in ("method", "probe"):
-        for key in a[part]:
-            assert torch.equal(a[part][key], b[part][key]), f"{part}.{key}"
+    assert "warning: settings changed" not in out
+    a, b = load(tmp_path / "full"), load(tmp_path / "killed")
+    assert a["step"] == b["step"] == EPOCHS * STEPS_PER_EPOCH
+    for part in ("method", "probe", "optimizer", "probe_optimizer", "scheduler", "rng"):
+        assert_same_tensors(a[part], b[part], part)
     assert a["history"]["final"] == b["history"]["final"]
+    metrics = [json.loads((tmp_path / run / "metrics.json").read_text())["final"] for run in ("full", "killed")]
+    assert metrics[0] == metrics[1]
+
+
+def test_sigusr1_is_a_stop_signal_and_the_previous_handler_comes_back():
+    from cl_suite.engine.preemption import PreemptionGuard
+
+    before = signal.getsignal(signal.SIGUSR1)
+    with PreemptionGuard() as guard:
+        os.kill(os.getpid(), signal.SIGUSR1)  # delivered to the main thread before the next bytecode
+        assert guard.received == signal.SIGUSR1
+    assert signal.getsignal(signal.SIGUSR1) is before

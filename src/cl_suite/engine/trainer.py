@@ -7,6 +7,7 @@ periodic kNN monitor, checkpoint -> at the end: kNN and offline linear evaluatio
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import random
 import time
 from pathlib import Path
@@ -21,18 +22,20 @@ from tqdm import tqdm
 from cl_suite.data.augment import TwoViewAugment
 from cl_suite.data.loader import TrainBatches
 from cl_suite.engine import checkpoint as ckpt
-from cl_suite.engine.build import (build_augment_config, build_dataset, build_logger, build_method,
+from cl_suite.engine.build import (DatasetFacts, build_augment_config, build_dataset, build_logger, build_method,
                                    instantiate_unwrapped)
 from cl_suite.engine.diagnostics import EpochDiagnostics, is_histogram
 from cl_suite.engine.distributed import (cleanup_distributed, get_rank, get_world_size, init_distributed,
                                          is_main_process)
+from cl_suite.engine.embedding_snapshot import log_embedding_snapshot
 from cl_suite.engine.evaluation import evaluate_encoder
 from cl_suite.engine.logger import NullLogger
+from cl_suite.engine.numerics import NonFiniteGuard
 from cl_suite.engine.optim import build_optimizer
 from cl_suite.engine.preemption import PreemptionGuard
 from cl_suite.engine.pretrainer import Pretrainer
 from cl_suite.engine.probe import OnlineProbe, RunningTopkAccuracy
-from cl_suite.engine.validation import validate_train_config
+from cl_suite.engine.validation import validate_against_data, validate_train_config
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -127,6 +130,7 @@ class Trainer:
         seed_everything(cfg.seed)
 
         self.data = build_dataset(cfg.dataset)
+        validate_against_data(cfg, self.data)
         self.aug_cfg = build_augment_config(cfg.dataset)
         self.augment = TwoViewAugment(self.aug_cfg)
         self.batches = TrainBatches(self.data.pretrain, t.batch_size, device, cfg.seed, self.rank, self.world,
@@ -135,7 +139,7 @@ class Trainer:
         self.schedule_steps = t.epochs * self.steps_per_epoch
         self.stop_step = self.schedule_steps if t.max_steps is None else min(self.schedule_steps, t.max_steps)
 
-        self.method = build_method(cfg, len(self.data.pretrain)).to(device)
+        self.method = build_method(cfg, DatasetFacts.of(self.data, t.batch_size)).to(device)
         self.probe = OnlineProbe(self.method.num_features, self.data.num_classes).to(device)
         self.channels_last = device.type == "cuda" if t.channels_last == "auto" else bool(t.channels_last)
         model = Pretrainer(self.method, self.probe)
@@ -156,6 +160,10 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and t.precision == "fp16")
         self.probe_accuracy = RunningTopkAccuracy((1, 5), self.data.num_classes, device)
         self.diagnostics = EpochDiagnostics()
+        self.nonfinite = NonFiniteGuard(t.nonfinite, device, self.world)
+        self.best: dict[str, Any] = {"metric": t.best_metric, "value": None, "step": None}
+        self.last_checkpoint: Path | None = None  # the newest good checkpoint, named in the NaN message
+        self._last_saved_step: int | None = None
 
         self.step = 0
         self.history: dict[str, Any] = {"init": {}, "epochs": [], "final": {}}
@@ -183,20 +191,25 @@ class Trainer:
                 return None
             finished_epoch = self.step % self.steps_per_epoch == 0
             last = self.step >= self.stop_step
+            improved = False
             if finished_epoch and not last and t.eval_every_epochs and (epoch + 1) % t.eval_every_epochs == 0:
                 record.update(self.evaluate(with_linear=False))
+                improved = self._improves_best(record)
             self.history["epochs"].append(record)
             self.logger.log(record, step=self.step)
             self._print(f"epoch {epoch + 1}/{t.epochs}: " + _fmt(record))
-            if not last and t.checkpoint_every_epochs and (epoch + 1) % t.checkpoint_every_epochs == 0:
-                self.save()
+            checkpoint_epoch = t.checkpoint_every_epochs and (epoch + 1) % t.checkpoint_every_epochs == 0
+            if not last and (checkpoint_epoch or improved):  # a new best is saved even between checkpoint epochs
+                self.save(best=improved)
 
         self.history["final"] = {**self.evaluate(with_linear=True), "step": self.step,
                                  "epoch": self.step / self.steps_per_epoch}
-        self.save()
+        self.save(best=self._improves_best(self.history["final"]))
         final = {f"final/{k}": v for k, v in self.history["final"].items()}
         self.logger.log(final, step=self.step)
         self.logger.log_summary(final)
+        log_embedding_snapshot(self.logger, self.method, self.data.test, self.aug_cfg, self.device,
+                               self.cfg.evaluation.get("embedding_snapshot", 0), self.data.classes, self.channels_last)
         return self.history["final"]
 
     def train_epoch(self, epoch: int) -> dict[str, Any]:
@@ -224,6 +237,8 @@ class Trainer:
             self.probe_accuracy.update(probe_logits, out.feature_labels)
             self.diagnostics.update(out.stats)
             bar.update(1)
+            if self.step % t.log_every_steps == 0:
+                self._check_finite()  # before the log line, so a NaN run stops instead of logging NaN
             if self.step % t.log_every_steps == 0 and self.main:  # the only host syncs inside an epoch
                 elapsed = time.perf_counter() - window_start
                 metrics = {"train/loss": (window_loss / window_steps).item(),
@@ -242,8 +257,11 @@ class Trainer:
                   "lr": self.optimizer.param_groups[0]["lr"], "epoch_time_s": seconds,
                   "images_per_s": steps * t.batch_size / seconds}
         record.update({f"online_probe/train_{k}": v for k, v in self.probe_accuracy.compute().items()})
+        if self.nonfinite.mode == "skip":
+            record["train/skipped_steps"], self.nonfinite.skipped = self.nonfinite.skipped, 0
         if steps:
             record.update(self.diagnostics.compute())
+            record.update({f"diag/{k}": v for k, v in self.method.epoch_diagnostics().items()})
         return record
 
     def train_step(self, batch, generator: torch.Generator):
@@ -253,9 +271,13 @@ class Trainer:
             views = tuple(v.contiguous(memory_format=torch.channels_last) for v in views)
         with autocast(t.precision, self.device):
             out, probe_loss, probe_logits = self.model(views, batch.labels, batch.indices)
+        total = out.loss + probe_loss
+        if self.nonfinite.mode == "skip" and self.nonfinite.should_skip(total):
+            return self._skip_step(out), probe_logits
+        self.nonfinite.record(total, self.step)
         self.optimizer.zero_grad(set_to_none=True)
         self.probe_optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(out.loss + probe_loss).backward()
+        self.scaler.scale(total).backward()
         if t.grad_clip is not None:
             self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.method.parameters(), t.grad_clip)
@@ -266,6 +288,33 @@ class Trainer:
         self.method.on_train_step_end(self.step, self.schedule_steps)
         self.step += 1
         return out, probe_logits
+
+    def _skip_step(self, out):
+        """``trainer.nonfinite=skip``: no update of weights, optimizer or method state. The position (step,
+        schedule, data order) still advances past the batch. The step's loss counts as 0 in the epoch
+        loss and its samples not in the probe accuracy."""
+        self._print(f"step {self.step}: non-finite loss, update skipped (trainer.nonfinite=skip)")
+        self.scheduler.step()
+        self.step += 1
+        return dataclasses.replace(out, loss=torch.zeros_like(out.loss.detach()), stats={},
+                                   feature_labels=torch.full_like(out.feature_labels, -1))
+
+    def _check_finite(self) -> None:
+        """Stop mode: raise if a loss since the start was not finite (a host sync; see engine.numerics)."""
+        last = f"{self.last_checkpoint}, step {self._last_saved_step}" if self.last_checkpoint else "none was saved"
+        self.nonfinite.check(self.step, self.cfg, last)
+
+    def _improves_best(self, metrics: dict[str, Any]) -> bool:
+        """Whether ``metrics`` hold a better value of ``trainer.best_metric`` than any save so far."""
+        t = self.cfg.trainer
+        value = metrics.get(t.best_metric) if t.best_metric else None
+        if value is None:
+            return False
+        best = self.best["value"]
+        if best is not None and (value <= best if t.best_mode == "max" else value >= best):
+            return False
+        self.best = {"metric": t.best_metric, "value": value, "step": self.step}
+        return True
 
     def _stop_requested(self) -> bool:
         """Whether a stop signal arrived, agreed by all processes.
@@ -283,13 +332,16 @@ class Trainer:
         return bool(flag.item())
 
     def evaluate(self, with_linear: bool, with_probe: bool = True) -> dict[str, float]:
+        self._check_finite()
         return evaluate_encoder(self.method, self.probe if with_probe else None, self.data, self.aug_cfg, self.device,
                                 self.cfg.evaluation, with_linear=with_linear,
                                 channels_last=self.channels_last, seed=self.cfg.seed)
 
     # ---- checkpoints ----
-    def save(self) -> None:
-        """Write ``checkpoints/last.pt`` and ``metrics.json`` (rank 0 only, atomically)."""
+    def save(self, best: bool = False) -> None:
+        """Write ``checkpoints/step_<step>.pt`` (then ``last.pt``, and ``best.pt`` if ``best``, point at it)
+        and ``metrics.json``, on rank 0, atomically. Never after a non-finite loss (stop mode raises)."""
+        self._check_finite()  # on every process: the check all-reduces under DDP
         if not self.main:
             return
         state = {
@@ -298,9 +350,11 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(), "step": self.step,
             "epoch": self.step // self.steps_per_epoch, "rng": rng_states(),
             "config": OmegaConf.to_container(self.cfg, resolve=True), "wandb_run_id": self.logger.run_id,
-            "history": self.history,
+            "history": self.history, "best": self.best,
         }
-        ckpt.save_checkpoint(self.run_dir / ckpt.CHECKPOINT_DIR / ckpt.LAST, state)
+        self.last_checkpoint = ckpt.save_run_checkpoint(self.run_dir / ckpt.CHECKPOINT_DIR, state, self.step,
+                                                        self.cfg.trainer.keep_last_checkpoints, best=best)
+        self._last_saved_step = self.step
         ckpt.write_json(self.run_dir / "metrics.json", self.history)
 
     def _checkpoint_to_resume(self, resume: str | None) -> Path | None:
@@ -309,20 +363,31 @@ class Trainer:
         if resume is None:
             return None
         if resume == "auto":
-            last = self.run_dir / ckpt.CHECKPOINT_DIR / ckpt.LAST
-            return last if last.is_file() else None
+            folder = self.run_dir / ckpt.CHECKPOINT_DIR
+            if (folder / ckpt.LAST).is_file():
+                return folder / ckpt.LAST
+            steps = ckpt.step_checkpoints(folder)  # last.pt deleted by hand: the newest step file
+            return steps[-1] if steps else None
         return ckpt.resolve_checkpoint(resume)
 
     def _restore(self, path: Path) -> str | None:
         state = ckpt.load_checkpoint(path, map_location=self.device)
-        self.method.load_state_dict(state["method"])
-        self.probe.load_state_dict(state["probe"])
+        saved, current = state.get("config") or {}, OmegaConf.to_container(self.cfg, resolve=True)
+        ckpt.check_same_model(path, saved, current)
+        ckpt.load_state_or_explain(self.method, state["method"], path, "method", saved, current)
+        ckpt.load_state_or_explain(self.probe, state["probe"], path, "online probe", saved, current)
         self.optimizer.load_state_dict(state["optimizer"])
         self.probe_optimizer.load_state_dict(state["probe_optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         self.step, self.history = state["step"], state["history"]
         set_rng_states(state["rng"])
+        self.best = state.get("best", self.best)
+        self.last_checkpoint, self._last_saved_step = path, self.step
+        changed = ckpt.continuation_differences(saved, current)
+        if changed:
+            self._print("warning: settings changed since the checkpoint; the continuation will differ from an "
+                        "uninterrupted run:\n  " + "\n  ".join(changed))
         self._print(f"resumed from {path} at step {self.step} (epoch {self.step / self.steps_per_epoch:.2f})")
         return state.get("wandb_run_id")
 

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# One study: `bash multirun/study.sh <study> <train.py overrides, sweeps included>`. The recipes call it.
+# Runs the sweep into multirun/<study>/<date>_<time>/<job>/ (every job in wandb group <study>), then
+# writes the sweep report (report.md, report.csv, report_*.png) into that folder, also when jobs failed.
+# Environment: PYTHON (default python), SWEEP_DIR (default multirun/<study>/<date>_<time>).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+study=$1
+shift
+python=${PYTHON:-python}
+dir=${SWEEP_DIR:-multirun/$study/$(date +%Y-%m-%d_%H-%M-%S)}
+"$python" train.py -m logger.group="$study" "hydra.sweep.dir=$dir" "$@"
+status=$?
+if ! "$python" -m cl_suite.report "$dir" && [ "$status" -eq 0 ]; then
+    status=1
+fi
+exit "$status"

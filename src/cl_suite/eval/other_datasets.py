@@ -1,0 +1,53 @@
+"""Data sets other than the pre-training one (OOD and transfer), named by their ``conf/dataset`` option.
+
+``ood_dataset=cifar10`` reads ``conf/dataset/cifar10.yaml`` and resolves it inside the run's own
+training config, so ``${paths.data_dir}`` means what it meant for the run (``CL_SUITE_DATA`` or ``data``).
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from cl_suite.data.augment import AugmentConfig
+from cl_suite.data.types import ImageDataset
+from cl_suite.engine.build import build_augment_config, build_dataset
+
+# The config tree next to train.py / evaluate.py (the package is used from its checkout: src layout).
+CONF_DIR = Path(__file__).resolve().parents[3] / "conf"
+
+
+def dataset_names(value, key: str) -> list[str]:
+    """``null`` -> [], ``cifar10`` -> [cifar10], ``[cifar10,stl10]`` -> both; names are checked."""
+    if value is None:
+        return []
+    names = [value] if isinstance(value, str) else list(value) if isinstance(value, (list, ListConfig)) else None
+    available = sorted(p.stem for p in (CONF_DIR / "dataset").glob("*.yaml"))
+    if names is None or any(not isinstance(n, str) or n not in available for n in names):
+        raise ValueError(f"{key}={value!r} is not allowed: expected a conf/dataset option (or a list of them), "
+                         f"one of {available}")
+    return names
+
+
+def dataset_config(name: str, run_cfg: DictConfig) -> DictConfig:
+    """The ``dataset`` node of option ``name``, resolved against the run's config (paths, env)."""
+    cfg = OmegaConf.create(OmegaConf.to_container(run_cfg, resolve=False))
+    cfg.dataset = OmegaConf.load(CONF_DIR / "dataset" / f"{name}.yaml")
+    return cfg.dataset
+
+
+def load_other_dataset(name: str, run_cfg: DictConfig, input_size: int) -> tuple[ImageDataset, AugmentConfig]:
+    """The data set and its evaluation transform, presented at the encoder's input size ``input_size``.
+
+    Its own mean/std normalise its pixels (transfer learning's usual choice); OOD detection replaces
+    them with the pre-training statistics (``ood_augment_config``).
+    """
+    cfg = dataset_config(name, run_cfg)
+    return build_dataset(cfg), dataclasses.replace(build_augment_config(cfg), crop_size=input_size)
+
+
+def ood_augment_config(in_distribution: AugmentConfig, ood: AugmentConfig) -> AugmentConfig:
+    """OOD images go through exactly the in-distribution pipeline (RINCE normalises CIFAR-10 outliers
+    with CIFAR-100 statistics): a different normalisation would itself be a hint to the detector."""
+    return dataclasses.replace(in_distribution, eval_crop_fraction=ood.eval_crop_fraction)

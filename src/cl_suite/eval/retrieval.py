@@ -1,0 +1,63 @@
+"""Label-based image retrieval on frozen features, as RINCE evaluates it (Hoffmann et al., AAAI 2022).
+
+Queries are the test split, the database is the labelled train split, similarity is the cosine of the
+L2-normalised features, and a database item is relevant when it has the query's label (fine or coarse).
+
+* ``mAP``: mean over queries of the average precision of the full ranking (torchmetrics ``RetrievalMAP``).
+* ``P@k``: mean fraction of relevant items among the top k (torchmetrics ``RetrievalPrecision``).
+* ``R@k``: RINCE's recall@K, the fraction of queries with at least one relevant item among the top K
+  (``retrieval.py`` of the RINCE code; torchmetrics calls this hit rate). torchmetrics' ``RetrievalRecall``
+  divides by all relevant items of the database instead, a different number, so it is not used here.
+
+torchmetrics treats a non-positive score as "not retrieved" (its target is zeroed), which would silently
+drop relevant items with a negative cosine; the scores are shifted to be positive first.
+
+All numbers are percentages, like the accuracies of the other protocols.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torchmetrics.retrieval import RetrievalMAP, RetrievalPrecision
+
+
+@torch.no_grad()
+def retrieval_metrics(query_features: torch.Tensor, query_labels: torch.Tensor, database_features: torch.Tensor,
+                      database_labels: torch.Tensor, ks: tuple[int, ...] = (1, 5, 10, 20),
+                      chunk_size: int = 256) -> dict[str, float]:
+    """Return ``{"mAP", "P@k", "R@k" for k in ks}`` in percent. Database items labelled -1 are dropped.
+
+    Queries are processed in chunks: the (queries x database) score matrix of a CIFAR test set against
+    its train set would not fit in memory at once. Each chunk feeds torchmetrics with its own query ids
+    and the chunk means are combined weighted by chunk size, which equals the global mean over queries.
+    """
+    if not ks or min(ks) < 1:
+        raise ValueError(f"evaluation.retrieval.ks must be a non-empty list of integers >= 1, got {list(ks)}")
+    keep = database_labels >= 0
+    database = F.normalize(database_features[keep].float(), dim=1)
+    database_labels = database_labels[keep]
+    if len(database) == 0 or len(query_features) == 0:
+        raise ValueError("retrieval needs a non-empty labelled database (train split) and query set (test split)")
+    max_k = min(max(ks), len(database))
+    sums = {"mAP": 0.0, **{f"P@{k}": 0.0 for k in ks}, **{f"R@{k}": 0.0 for k in ks}}
+    queries = F.normalize(query_features.float(), dim=1)
+    for start in range(0, len(queries), chunk_size):
+        q, q_labels = queries[start:start + chunk_size], query_labels[start:start + chunk_size]
+        n = len(q)
+        # torchmetrics (1.9) counts an item with a score <= 0 as not relevant, whatever its label;
+        # cosines can be negative, so shift them into [1, 3] (same ranking, every item counted).
+        scores = q @ database.T + 2.0  # (n, N_db)
+        relevant = q_labels[:, None] == database_labels[None, :]
+        query_ids = torch.arange(n, device=q.device)[:, None].expand_as(scores)
+        ap = RetrievalMAP(empty_target_action="neg", sync_on_compute=False)
+        sums["mAP"] += n * ap(scores.flatten(), relevant.flatten(), indexes=query_ids.flatten()).item()
+        # Precision@k only needs each query's top max_k items (it survives truncation; recall would not).
+        top_scores, top_idx = scores.topk(max_k, dim=1)
+        top_relevant = relevant.gather(1, top_idx)
+        top_ids = query_ids[:, :max_k]
+        for k in ks:
+            precision = RetrievalPrecision(top_k=k, empty_target_action="neg", sync_on_compute=False)
+            sums[f"P@{k}"] += n * precision(top_scores.flatten(), top_relevant.flatten(),
+                                            indexes=top_ids.flatten()).item()
+            sums[f"R@{k}"] += top_relevant[:, :k].any(dim=1).sum().item()
+    return {key: 100.0 * value / len(queries) for key, value in sums.items()}

@@ -1,0 +1,38 @@
+"""``python -m cl_suite.report <sweep dir> [--metric linear/top1 ...] [--seed-key seed]``."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from cl_suite.report.jobs import collect_jobs
+from cl_suite.report.plots import plot_all
+from cl_suite.report.table import default_metrics, markdown_table, summarize, write_tables
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m cl_suite.report", description=__doc__)
+    parser.add_argument("sweep_dir", type=Path, help="a Hydra multirun dir (or a folder of them)")
+    parser.add_argument("--metric", action="append", dest="metrics",
+                        help="a metric key of metrics.json's final record (linear/top1) or eval/<key> of "
+                             "eval.json; repeat for several (default: linear/top1, knn/top1, every eval/*)")
+    parser.add_argument("--seed-key", default="seed", help="the override that only repeats a configuration")
+    args = parser.parse_args(argv)
+
+    jobs = collect_jobs(args.sweep_dir)
+    if not jobs:
+        parser.error(f"no job dirs (with .hydra/config.yaml) under {args.sweep_dir}")
+    metrics = args.metrics or default_metrics(jobs)
+    params, rows = summarize(jobs, metrics, args.seed_key)
+    plots = plot_all(args.sweep_dir, params, rows, metrics)
+    paths = write_tables(args.sweep_dir, jobs, params, rows, metrics, plots, args.seed_key)
+    print(markdown_table(params, rows, metrics))
+    failed = [job for job in jobs if not job.ok]
+    for job in failed:
+        print(f"{job.status}: {job.name}  {job.reason}")
+    print("wrote " + ", ".join(str(p) for p in [*paths.values(), *plots]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

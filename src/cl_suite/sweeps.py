@@ -1,0 +1,63 @@
+"""What a Hydra sweep varied: parsed with Hydra's own override grammar, shared by wandb and the report."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+
+def parse_overrides(overrides: list[str]) -> list:
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    return OverridesParser.create().parse_overrides(list(overrides))
+
+
+def override_key(override) -> str:
+    """``sampler.tau_plus``, ``method`` (a group), ``+extra.key``'s ``extra.key``; ``group@pkg`` as written."""
+    return override.key_or_group + (f"@{override.package}" if override.package else "")
+
+
+def override_values(overrides: list[str]) -> dict[str, Any]:
+    """``{key: typed value}`` of one job's overrides (``["seed=1", "method=dcl"]`` -> ``{"seed": 1, ...}``).
+
+    Hydra-internal keys (``hydra.*``) and deletions (``~key``) are left out.
+    """
+    out = {}
+    for override in parse_overrides(overrides):
+        key = override_key(override)
+        if key.startswith("hydra.") or override.is_delete():
+            continue
+        value = override.value()
+        out[key] = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
+    return out
+
+
+def swept_keys(sweep_dir: Path) -> list[str]:
+    """The keys a Hydra multirun swept, from its ``multirun.yaml``: command-line sweeps (``a=1,2``,
+    ``range(...)``, ``glob(...)``) and ``hydra.sweeper.params`` (sweeps kept in a config, Optuna).
+    """
+    path = Path(sweep_dir) / "multirun.yaml"
+    if not path.is_file():
+        return []
+    cfg = OmegaConf.load(path)
+    keys = [override_key(o) for o in parse_overrides(list(OmegaConf.select(cfg, "hydra.overrides.task") or []))
+            if o.is_sweep_override()]
+    params = OmegaConf.select(cfg, "hydra.sweeper.params") or {}
+    keys += [str(k) for k in params]
+    return list(dict.fromkeys(k for k in keys if not k.startswith("hydra.")))
+
+
+def current_sweep_job() -> tuple[str, dict[str, Any]] | None:
+    """``(sweep dir, {swept key: this job's value})`` when called inside a job of a Hydra multirun."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized():
+        return None
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode != RunMode.MULTIRUN:
+        return None
+    values = override_values(list(hydra_cfg.overrides.task))
+    keys = swept_keys(Path(hydra_cfg.sweep.dir)) or list(values)
+    return str(hydra_cfg.sweep.dir), {k: values[k] for k in keys if k in values}

@@ -1,0 +1,119 @@
+"""Checkpoint files: the last K and the best are kept, a damaged or foreign checkpoint is refused with a
+clear message, and nothing on disk is overwritten by the refusal."""
+import json
+import os
+import shutil
+
+import pytest
+import torch
+
+from cl_suite.engine import checkpoint as ckpt
+from cl_suite.engine.trainer import train
+from cl_suite.eval.run_evaluation import find_checkpoint
+from helpers import TINY, compose_train
+
+EPOCHS = 4
+KEEP = 2
+RUN = TINY + ["dataset=synthetic", "trainer.batch_size=32", f"trainer.epochs={EPOCHS}", "trainer.eval_at_init=false",
+              "trainer.eval_every_epochs=1", "trainer.checkpoint_every_epochs=1", f"trainer.keep_last_checkpoints={KEEP}"]
+STEPS_PER_EPOCH = 128 // 32  # synthetic: 4 classes x 32 training images
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """One 4-epoch run that evaluates and saves after every epoch, keeping the last 2 step files."""
+    run_dir = tmp_path_factory.mktemp("run")
+    train(compose_train(RUN, run_dir))
+    return run_dir
+
+
+def test_keeps_the_last_k_step_checkpoints_and_last_points_at_the_newest(finished_run):
+    folder = finished_run / "checkpoints"
+    steps = [torch.load(p, weights_only=False)["step"] for p in ckpt.step_checkpoints(folder)]
+    assert steps == [(EPOCHS - 1) * STEPS_PER_EPOCH, EPOCHS * STEPS_PER_EPOCH]
+    newest = ckpt.step_checkpoints(folder)[-1]
+    assert (folder / "last.pt").samefile(newest)  # a hard link: no second copy on disk
+    assert not list(folder.glob(".*"))  # no temporary files left behind
+
+
+def test_best_checkpoint_holds_the_best_monitored_metric(finished_run):
+    metrics = json.loads((finished_run / "metrics.json").read_text())
+    seen = [(e["step"], e["knn/top1"]) for e in metrics["epochs"] if "knn/top1" in e]
+    seen.append((metrics["final"]["step"], metrics["final"]["knn/top1"]))
+    best_value = max(value for _, value in seen)
+    best_step = next(step for step, value in seen if value == best_value)  # a tie does not replace the best
+    best = torch.load(finished_run / "checkpoints" / "best.pt", weights_only=False)
+    assert best["step"] == best_step
+    assert best["best"] == {"metric": "knn/top1", "value": best_value, "step": best_step}
+    assert find_checkpoint(finished_run, "best").samefile(finished_run / "checkpoints" / "best.pt")  # evaluate.py
+    assert len(seen) == EPOCHS
+
+
+def test_truncated_last_checkpoint_is_refused_and_the_previous_one_resumes(finished_run, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished_run, run_dir)
+    folder = run_dir / "checkpoints"
+    last = folder / "last.pt"
+    last.unlink()  # copytree copied the hard link as a file: link it again, as in the run dir
+    os.link(ckpt.step_checkpoints(folder)[-1], last)
+    last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])  # a copy interrupted half-way
+    metrics_before = (run_dir / "metrics.json").read_bytes()
+    previous = ckpt.step_checkpoints(folder)[0]
+
+    with pytest.raises(ckpt.CheckpointError) as err:
+        train(compose_train(RUN, run_dir))  # resume=auto reads the damaged last.pt
+    message = str(err.value)
+    assert str(last) in message and "cannot be read" in message
+    assert f"resume={previous}" in message  # and says which intact checkpoint to continue from
+    assert last.stat().st_size < previous.stat().st_size  # nothing overwritten
+    assert (run_dir / "metrics.json").read_bytes() == metrics_before
+
+    state = ckpt.load_checkpoint(previous)
+    assert state["step"] == (EPOCHS - 1) * STEPS_PER_EPOCH
+    final = train(compose_train(RUN + [f"resume={previous}"], run_dir))  # the last epoch again, from there
+    original = json.loads(metrics_before)["final"]
+    assert final == original  # the same epoch replayed from the intact checkpoint: the same numbers
+
+
+@pytest.mark.parametrize("override, named", [
+    ("method=moco", "method._target_: checkpoint 'cl_suite.methods.SimCLR', this run 'cl_suite.methods.MoCo'"),
+    ("backbone.widths=[8,32]", "backbone.widths: checkpoint [8, 16], this run [8, 32]"),
+    ("dataset=digits", "dataset.name: checkpoint 'synthetic', this run 'digits'"),
+    ("optimizer=adamw", "optimizer._target_: checkpoint 'torch.optim.SGD', this run 'torch.optim.AdamW'"),
+])
+def test_checkpoint_of_another_model_is_refused_by_name(finished_run, tmp_path, override, named):
+    before = (finished_run / "checkpoints" / "last.pt").stat().st_mtime_ns
+    with pytest.raises(ckpt.CheckpointError) as err:
+        train(compose_train(RUN + [override, f"resume={finished_run}"], tmp_path))
+    message = str(err.value)
+    assert named in message and "different model, data set or optimizer" in message
+    assert "Missing key" not in message and "Unexpected key" not in message
+    assert (finished_run / "checkpoints" / "last.pt").stat().st_mtime_ns == before
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_head_of_another_size_names_the_setting_not_a_wall_of_keys(finished_run, tmp_path):
+    with pytest.raises(ckpt.CheckpointError) as err:
+        train(compose_train(RUN + ["method.projector_dim=8", f"resume={finished_run}"], tmp_path))
+    message = str(err.value)
+    assert "method.projector_dim: checkpoint 16, this run 8" in message
+    assert len(message.splitlines()) < 12
+
+
+def test_a_file_that_is_not_a_checkpoint_is_refused(tmp_path):
+    path = tmp_path / "weights.pt"
+    torch.save({"state_dict": {}}, path)
+    with pytest.raises(ckpt.CheckpointError, match="not a cl_suite training checkpoint"):
+        train(compose_train(TINY + [f"resume={path}"], tmp_path / "run"))
+
+
+def test_resumed_run_continues_the_same_wandb_run(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    overrides = [o for o in RUN if not o.startswith("logger")] + ["logger=wandb", "trainer.eval_every_epochs=0"]
+    train(compose_train(overrides + ["trainer.max_steps=2"], tmp_path))
+    first = ckpt.load_checkpoint(tmp_path / "checkpoints" / "last.pt")
+    train(compose_train(overrides + ["trainer.max_steps=5"], tmp_path))  # resume=auto
+    second = ckpt.load_checkpoint(tmp_path / "checkpoints" / "last.pt")
+    assert second["step"] == 5 and first["wandb_run_id"] == second["wandb_run_id"]
+    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert runs and all(run.name.endswith(f"-{first['wandb_run_id']}") for run in runs)
