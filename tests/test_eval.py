@@ -197,14 +197,14 @@ def test_cached_linear_probe_matches_reencoding_every_epoch_and_is_faster(tmp_pa
     from omegaconf import OmegaConf
 
     from cl_suite.data.augment import eval_transform
-    from cl_suite.engine.build import build_augment_config, build_dataset, build_method
+    from cl_suite.engine.build import DatasetFacts, build_augment_config, build_dataset, build_method
     from cl_suite.eval.protocols import encode_splits, linear_metrics
     from helpers import TINY, compose_train
 
     cfg = compose_train(TINY + ["backbone.widths=[16,32]"], tmp_path)
     data, aug = build_dataset(cfg.dataset), build_augment_config(cfg.dataset)
     torch.manual_seed(0)
-    method = build_method(cfg, len(data.pretrain)).eval()
+    method = build_method(cfg, DatasetFacts.of(data, cfg.trainer.batch_size)).eval()
     lin = OmegaConf.create({"epochs": 30, "batch_size": 128, "lr": 0.1, "momentum": 0.9, "weight_decay": 0.0,
                             "standardize": True, "flip_augment": False})
     device = torch.device("cpu")

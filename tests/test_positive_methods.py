@@ -382,3 +382,25 @@ def test_a_sampler_on_a_multi_positive_method_is_a_clear_error(method):
     cfg = compose_train([f"method={method}", "sampler=ring"])
     with pytest.raises(ConfigError, match="sampler._target_=cl_suite.samplers.RingSampler cannot be used with method="):
         build_method(cfg, DatasetFacts(num_samples=100, num_classes=10, coarse_of_class=torch.arange(10) // 2))
+
+
+@pytest.mark.parametrize("choice", ["method=kmclr method.num_prototypes=20",
+                                    "method=rince method.class_groups=[[0,6,8,9],[1,4,7],[2,3,5]]"])
+def test_evaluate_rebuilds_methods_that_need_dataset_facts(tmp_path, choice):
+    """evaluate.py rebuilds the method with the data set's facts (steps per epoch, classes, superclasses)
+    and reproduces the run's final kNN number from its checkpoint."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from cl_suite.eval.run_evaluation import evaluate_run
+    from helpers import CONF
+
+    run = tmp_path / "run"
+    cfg = compose_train(tiny_overrides(choice.split()[0].split("=")[1]) + choice.split() + [
+        "trainer.max_steps=3", "trainer.eval_at_init=false", "evaluation.linear.epochs=1"], run)
+    final = train(cfg)
+    (run / ".hydra").mkdir()
+    OmegaConf.save(cfg, run / ".hydra" / "config.yaml")  # what train.py's Hydra writes
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
+        eval_cfg = compose(config_name="evaluate", overrides=[f"run={run}", "protocol=[knn]", "wandb=false"])
+    assert evaluate_run(eval_cfg)["metrics"]["knn/top1"] == pytest.approx(final["knn/top1"], abs=1e-6)

@@ -9,7 +9,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from cl_suite.engine import checkpoint as ckpt
-from cl_suite.engine.build import build_augment_config, build_dataset, build_logger, build_method
+from cl_suite.engine.build import DatasetFacts, build_augment_config, build_dataset, build_logger, build_method
 from cl_suite.engine.probe import OnlineProbe
 from cl_suite.engine.trainer import resolve_device
 from cl_suite.eval.other_datasets import dataset_names, load_other_dataset, ood_augment_config
@@ -58,7 +58,7 @@ def evaluate_run(cfg: DictConfig) -> dict[str, Any]:
 
     data = build_dataset(train_cfg.dataset)
     aug_cfg = build_augment_config(train_cfg.dataset)
-    method = build_method(train_cfg, len(data.pretrain)).to(device)
+    method = build_method(train_cfg, DatasetFacts.of(data, train_cfg.trainer.batch_size)).to(device)
     method.load_state_dict(state["method"])
     method.eval()
     probe = OnlineProbe(method.num_features, data.num_classes).to(device)
