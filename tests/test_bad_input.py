@@ -90,6 +90,9 @@ BAD_OVERRIDES = [
     ("sampler=ring trainer.batch_size=4", "sampler.lower_percentile=90"),  # 6 candidates: an empty ring
     ("sampler=mixing sampler.s1=-1", "sampler.s1=-1"),
     ("method=moco sampler=mochi method.queue_size=512", "sampler.n_hard=1024"),
+    ("method=nnclr sampler=mixing trainer.batch_size=32", "sampler.n_hard=64"),  # 31 candidates
+    ("method=rince method.variant=sideways", "method.variant"),
+    ("method=kmclr method.num_prototypes=1", "method.num_prototypes"),
     # optimizer
     ("optimizer.momentum=1.0", "optimizer.momentum=1.0"),
     ("optimizer.weight_decay=-1", "optimizer.weight_decay=-1"),

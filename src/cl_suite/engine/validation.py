@@ -258,6 +258,8 @@ def _candidates_per_anchor(cfg: DictConfig) -> tuple[int, str] | None:
     kind = _target_class(m)
     if kind == "SimCLR":
         return 2 * batch - 2, f"method=SimCLR with trainer.batch_size={batch} (2B-2 in-batch views)"
+    if kind in ("NNCLR", "KMCLR"):
+        return batch - 1, f"method={kind} with trainer.batch_size={batch} (the other view's B-1 predictions)"
     if kind == "MoCo":
         return m.queue_size, f"method.queue_size={m.queue_size}"
     if kind in ("InstanceRecognition", "CMC"):
