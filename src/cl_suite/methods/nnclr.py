@@ -56,12 +56,13 @@ class LookedUpPositiveCLR(ContrastiveMethod):
         z1, z2 = self.projector(h1).float(), self.projector(h2).float()
         p1, p2 = self.predictor(z1), self.predictor(z2)
         with torch.no_grad():  # before this step's memory update: a batch is never its own neighbour
-            nn1, stats1 = self.lookup(z1.detach(), labels)
-            nn2, stats2 = self.lookup(z2.detach(), labels)
+            # One lookup for both views: the memory is read (and normalised) once per step.
+            neighbours, lookup_stats = self.lookup(torch.cat([z1, z2]).detach(), labels.repeat(2))
+            nn1, nn2 = neighbours.chunk(2)
         out1 = self._contrast(nn2, p1, labels)
         out2 = self._contrast(nn1, p2, labels)
         stats = {k: (out1.stats[k] + out2.stats[k]) / 2 for k in out1.stats}
-        stats.update({k: (stats1[k] + stats2[k]) / 2 for k in stats1})
+        stats.update(lookup_stats)
         if self.training:  # the memory is written after the optimizer step, from view 1 (as the reference)
             self._pending = (gather_no_grad(z1.detach()), gather_no_grad(labels))
         return MethodOutput(loss=(out1.loss + out2.loss) / 2, features=torch.cat([h1, h2]).detach(),
