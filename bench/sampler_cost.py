@@ -23,7 +23,7 @@ SAMPLERS = {
     "uniform": UniformSampler,
     "debiased (DCL)": lambda: DebiasedSampler(tau_plus=0.1),
     "hard (HCL)": lambda: HardSampler(beta=1.0, tau_plus=0.1),
-    "ring": lambda: RingSampler(lower_percentile=90.0, upper_percentile=99.0),
+    "ring": lambda: RingSampler(outer_fraction=0.1, inner_fraction=0.1),
     "mixing (MoCHi)": lambda: MixingSampler(n_hard=128, s1=128, s2=128),
 }
 

@@ -19,7 +19,7 @@ SAMPLERS = {
     "uniform": UniformSampler,
     "debiased": lambda: DebiasedSampler(tau_plus=0.1),
     "hard": lambda: HardSampler(beta=1.0, tau_plus=0.1),
-    "ring": lambda: RingSampler(lower_percentile=30.0, upper_percentile=90.0),
+    "ring": lambda: RingSampler(outer_fraction=0.7, inner_fraction=0.3),
 }
 
 

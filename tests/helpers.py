@@ -50,7 +50,7 @@ def to_plain(cfg: DictConfig) -> dict:
 
 # Sampler options sized for a queue or bank (thousands of candidates), not for a batch's 2B-2.
 QUEUE_SIZED_SAMPLERS = {"mochi"}
-QUEUE_FRAMEWORKS = {"moco", "mochi", "moco_ring", "ir", "ir_ring", "cmc", "cmc_ring"}
+QUEUE_FRAMEWORKS = {"moco", "mochi", "moco_ring", "ir", "ir_ring", "ir_ball", "cmc", "cmc_ring"}
 
 
 # Methods whose loss has several positives per anchor: the sampler group does not apply (uniform only).

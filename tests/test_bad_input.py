@@ -86,8 +86,12 @@ BAD_OVERRIDES = [
     # sampler (and its fit with the framework's candidates)
     ("sampler=debiased sampler.tau_plus=1.0", "sampler.tau_plus=1.0"),
     ("sampler=hard sampler.beta=-1", "sampler.beta=-1"),
-    ("sampler=ring sampler.lower_percentile=99 sampler.upper_percentile=90", "sampler.lower_percentile=99"),
-    ("sampler=ring trainer.batch_size=4", "sampler.lower_percentile=90"),  # 6 candidates: an empty ring
+    ("sampler=ring sampler.outer_fraction=0", "sampler.outer_fraction=0"),
+    ("sampler=ring sampler.inner_fraction=1.0", "sampler.inner_fraction=1.0"),
+    ("sampler=ring sampler.anneal=cosine", "sampler.anneal='cosine'"),
+    ("sampler=ring trainer.batch_size=4", "sampler.outer_fraction=0.1"),  # 6 candidates: int(0.6) = 0, an empty ring
+    ("method=ir_ring sampler.outer_fraction=0.0005", "sampler.outer_fraction=0.0005"),  # the whole digits bank is too small
+    ("sampler.lower_percentile=90", "sampler.lower_percentile"),  # the old key is refused, not ignored
     ("sampler=mixing sampler.s1=-1", "sampler.s1=-1"),
     ("method=moco sampler=mochi method.queue_size=512", "sampler.n_hard=1024"),
     ("method=nnclr sampler=mixing trainer.batch_size=32", "sampler.n_hard=64"),  # 31 candidates

@@ -1,4 +1,6 @@
 """Every option of every config group composes with the defaults and instantiates (Hydra compose API)."""
+import dataclasses
+
 import pytest
 import torch
 from hydra.utils import get_method, instantiate
@@ -45,7 +47,8 @@ def test_backbone_configs_instantiate_and_give_features(option):
                                              if valid_pair(m, s)])
 def test_method_sampler_pairs_instantiate_and_give_a_loss(method, sampler):
     cfg = compose_train([f"method={method}", f"sampler={sampler}", "backbone.widths=[8]"])
-    model = build_method(cfg, FACTS)
+    # A bank of 2000 rows: enough candidates for every sampler where the whole bank is ranked (ir_ring).
+    model = build_method(cfg, dataclasses.replace(FACTS, num_samples=2000))
     # Enough candidates per anchor for every sampler's defaults: SimCLR has 2n-2, NNCLR/KMCLR n-1.
     n = 80 if method in ("nnclr", "kmclr") else 40
     x = torch.randn(n, 3, 8, 8)

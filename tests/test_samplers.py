@@ -52,12 +52,12 @@ def hcl_reweight(beta):
     return reweight
 
 
-def ring_mass(lower, upper):
+def ring_mass(u, l):
+    """The Ring code's rule: rank by descending similarity, O = int(u m), I = int(l O), keep ranks I..O-1."""
     def mass(s_pos, s_neg):
-        m = len(s_neg)
-        ordered = sorted(s_neg, key=lambda s: s.item())
-        kept = ordered[math.floor(lower / 100 * m):math.floor(upper / 100 * m)]
-        return sum(torch.exp(s / T) for s in kept)
+        ordered = sorted(s_neg, key=lambda s: s.item(), reverse=True)
+        outer = ordered[:int(u * len(ordered))]
+        return sum(torch.exp(s / T) for s in outer[int(l * len(outer)):])
     return mass
 
 
@@ -106,10 +106,10 @@ def test_hard_equals_the_hcl_equation(views, beta, tau_plus):
     assert out.stats["negatives/effective"] < 10
 
 
-@pytest.mark.parametrize("lower, upper", [(0.0, 100.0), (30.0, 90.0), (50.0, 95.0)])
-def test_ring_equals_the_percentile_window(views, lower, upper):
-    out = assert_matches(RingSampler(lower_percentile=lower, upper_percentile=upper), ring_mass(lower, upper), *views)
-    kept = math.floor(upper / 100 * 10) - math.floor(lower / 100 * 10)
+@pytest.mark.parametrize("u, l", [(1.0, 0.0), (0.7, 0.3), (0.5, 0.1), (0.35, 0.5)])
+def test_ring_equals_the_descending_rank_window(views, u, l):
+    out = assert_matches(RingSampler(outer_fraction=u, inner_fraction=l), ring_mass(u, l), *views)
+    kept = int(u * 10) - int(l * int(u * 10))
     assert out.stats["negatives/effective"].item() == pytest.approx(kept)
 
 
@@ -250,9 +250,10 @@ def ragged_batch(seed, n_anchors=5, n_candidates=40, dim=6):
 @pytest.mark.parametrize("sampler, mass", [
     (DebiasedSampler(tau_plus=0.2), dcl_mass(0.2)),
     (HardSampler(beta=1.5, tau_plus=0.1), dcl_mass(0.1, hcl_reweight(1.5))),
-    (RingSampler(lower_percentile=30.0, upper_percentile=90.0), ring_mass(30.0, 90.0)),
-    (RingSampler(lower_percentile=90.0, upper_percentile=99.0), ring_mass(90.0, 99.0)),
-], ids=["dcl", "hcl", "ring30-90", "ring90-99"])
+    (RingSampler(outer_fraction=0.7, inner_fraction=0.3), ring_mass(0.7, 0.3)),
+    (RingSampler(outer_fraction=0.1, inner_fraction=0.1), ring_mass(0.1, 0.1)),
+    (RingSampler(outer_fraction=0.3, inner_fraction=0.15, num_samples=None), ring_mass(0.3, 0.15)),
+], ids=["dcl", "hcl", "ring0.7-0.3", "ring0.1-0.1", "ring0.3-0.15"])
 def test_ragged_masks_match_the_equation_per_anchor(sampler, mass):
     anchors, positives, candidates, mask = ragged_batch(5)
     leaves = [x.clone().requires_grad_() for x in (anchors, positives, candidates)]
@@ -303,7 +304,7 @@ def test_hcl_weights_are_normalised_by_their_mean_not_their_sum():
     (DebiasedSampler(tau_plus=0.0), UniformSampler()),
     (HardSampler(beta=0.0, tau_plus=0.1), DebiasedSampler(tau_plus=0.1)),
     (HardSampler(beta=0.0, tau_plus=0.0), UniformSampler()),  # fails if HCL's weights were sum-normalised
-    (RingSampler(lower_percentile=0.0, upper_percentile=100.0), UniformSampler()),
+    (RingSampler(outer_fraction=1.0, inner_fraction=0.0), UniformSampler()),
     (MixingSampler(n_hard=4, s1=0, s2=0), UniformSampler()),
 ])
 def test_limits_reduce_to_the_simpler_sampler(views, sampler, other):
@@ -331,34 +332,15 @@ def test_ring_keeps_the_documented_fraction_of_4096_candidates():
     torch.manual_seed(3)
     anchors = F.normalize(torch.randn(8, 16), dim=1)
     queue = F.normalize(torch.randn(4096, 16), dim=1)
-    out = RingSampler(90.0, 99.0)(anchors, anchors, queue, None, 0.1)
-    expected = (math.floor(0.99 * 4096) - math.floor(0.90 * 4096)) / 4096
-    assert out.stats["ring/kept_fraction"].item() == pytest.approx(expected)
-
-
-def test_ring_annealing_moves_the_lower_percentile_with_training_progress():
-    sampler = RingSampler(lower_percentile=80.0, upper_percentile=99.0, anneal_epochs=10.0)
-    anchors = F.normalize(torch.randn(4, 8), dim=1)
-    pool = F.normalize(torch.randn(200, 8), dim=1)
-    fractions = []
-    for epoch, lower in [(0.0, 0.0), (5.0, 40.0), (10.0, 80.0), (20.0, 80.0)]:
-        sampler.epoch = epoch
-        out = sampler(anchors, anchors, pool, None, 0.1)
-        assert out.stats["ring/lower_percentile"].item() == pytest.approx(lower)
-        fractions.append(out.stats["ring/kept_fraction"].item())
-    assert fractions[0] > fractions[1] > fractions[2] == fractions[3]
-
-
-def test_a_ring_that_keeps_nothing_is_a_clear_error():
-    anchors = F.normalize(torch.randn(3, 4), dim=1)
-    with pytest.raises(ValueError, match="keep no negative for an anchor with 20 candidates"):
-        RingSampler(90.0, 94.0)(anchors, anchors, F.normalize(torch.randn(20, 4), dim=1), None, 0.1)
+    out = RingSampler(0.1, 0.1)(anchors, anchors, queue, None, 0.1)
+    assert out.stats["ring/kept_fraction"].item() == pytest.approx((409 - 40) / 4096)  # ranks 40..408
 
 
 # ---- stability and validation ----
 
 @pytest.mark.parametrize("sampler", [UniformSampler(), DebiasedSampler(0.1), HardSampler(1.0, 0.1),
-                                     RingSampler(90.0, 99.0), MixingSampler(256, 64, 64)], ids=lambda s: type(s).__name__)
+                                     RingSampler(0.1, 0.1), RingSampler(0.1, 0.1, num_samples=4095),
+                                     MixingSampler(256, 64, 64)], ids=lambda s: type(s).__name__)
 def test_low_temperature_many_candidates_bf16_autocast_stays_finite(sampler):
     torch.manual_seed(4)
     anchors = F.normalize(torch.randn(16, 64), dim=1).requires_grad_()
@@ -376,10 +358,8 @@ def test_low_temperature_many_candidates_bf16_autocast_stays_finite(sampler):
     (lambda: DebiasedSampler(tau_plus=-0.1), "sampler.tau_plus=-0.1"),
     (lambda: HardSampler(beta=-1.0), "sampler.beta=-1.0"),
     (lambda: HardSampler(tau_plus=1.5), "sampler.tau_plus=1.5"),
-    (lambda: RingSampler(99.0, 90.0), "sampler.lower_percentile=99.0"),
-    (lambda: RingSampler(50.0, 50.0), "sampler.lower_percentile=50.0"),
-    (lambda: RingSampler(-1.0, 90.0), "sampler.lower_percentile=-1.0"),
-    (lambda: RingSampler(10.0, 101.0), "sampler.upper_percentile=101.0"),
+    (lambda: RingSampler(outer_fraction=1.01), "sampler.outer_fraction=1.01"),
+    (lambda: RingSampler(inner_fraction=1.0), "sampler.inner_fraction=1.0"),
     (lambda: RingSampler(anneal_epochs=-1.0), "sampler.anneal_epochs=-1.0"),
     (lambda: MixingSampler(n_hard=0), "sampler.n_hard=0"),
     (lambda: MixingSampler(s1=-1), "sampler.s1=-1"),

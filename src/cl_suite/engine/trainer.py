@@ -228,7 +228,7 @@ class Trainer:
         generator = torch.Generator(device=device)
         for batch in self.batches.epoch(epoch, start_step=first):
             generator.manual_seed(step_seed(self.cfg.seed, self.step, self.rank))
-            self.method.set_epoch(self.step / self.steps_per_epoch)
+            self.method.set_progress(self.step, self.steps_per_epoch)
             out, probe_logits = self.train_step(batch, generator)
             steps += 1
             window_steps += 1

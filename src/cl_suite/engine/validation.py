@@ -17,6 +17,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from cl_suite.engine.config_arguments import ArgumentError, check_group_arguments
+from cl_suite.samplers.ring import ring_width
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -176,9 +177,11 @@ def _check_dataset(d: DictConfig) -> None:
 def _check_method_sizes(m: DictConfig) -> None:
     """Sizes shared by several frameworks (a zero-width head or an empty queue would build and then fail
     or silently learn nothing); each framework checks its own other settings when it is built."""
-    for key in ("projector_dim", "queue_size", "num_negatives"):
+    for key in ("projector_dim", "queue_size"):
         if key in m:
             _int(m, f"method.{key}", 1)
+    if "num_negatives" in m:  # null: every bank row (instance recognition)
+        _int(m, "method.num_negatives", 1, allow_none=_target_class(m) == "InstanceRecognition")
     hidden = m.get("projector_hidden_dims")
     if hidden is not None and not (OmegaConf.is_list(hidden) and all(
             isinstance(h, int) and not isinstance(h, bool) and h >= 1 for h in hidden)):
@@ -251,33 +254,32 @@ def _check_backbone_input_size(cfg: DictConfig) -> None:
                 f"embedding) or dataset.augment.crop_size={size[-1]}")
 
 
-def _candidates_per_anchor(cfg: DictConfig) -> tuple[int, str] | None:
+def _candidates_per_anchor(cfg: DictConfig, bank_size: int | None = None) -> tuple[int, str] | None:
     """The number of candidate negatives each anchor of this framework has, and where they come from
-    (None for frameworks whose count is not fixed by the config)."""
+    (None for frameworks whose count is not fixed by the config, or by ``bank_size`` once it is known)."""
     m, batch = cfg.method, cfg.trainer.batch_size
     kind = _target_class(m)
+    if kind == "SimCLR" and m.get("form") == "ring_code":
+        return 2 * batch, f"method=SimCLR (form=ring_code) with trainer.batch_size={batch} (all 2B views)"
     if kind == "SimCLR":
         return 2 * batch - 2, f"method=SimCLR with trainer.batch_size={batch} (2B-2 in-batch views)"
     if kind in ("NNCLR", "KMCLR"):
         return batch - 1, f"method={kind} with trainer.batch_size={batch} (the other view's B-1 predictions)"
     if kind == "MoCo":
         return m.queue_size, f"method.queue_size={m.queue_size}"
+    if kind == "InstanceRecognition" and m.num_negatives is None:
+        if bank_size is None:
+            return None
+        return bank_size, f"method.num_negatives=null (every row of the {bank_size}-image memory bank)"
     if kind in ("InstanceRecognition", "CMC"):
         # Rows drawn with replacement: the anchor's own row may be drawn and masked, so at most this many.
         return m.num_negatives, f"method.num_negatives={m.num_negatives}"
     return None
 
 
-def _ring_width(lower: float, upper: float, count: int) -> int:
-    """Kept candidates of the ring window, in the sampler's own integer arithmetic (samplers.ring)."""
-    def border(p: float) -> int:
-        return round(p * 1_000_000) * count // 100_000_000
-    return border(upper) - border(lower)
-
-
-def _check_candidate_count(cfg: DictConfig) -> None:
+def _check_candidate_count(cfg: DictConfig, bank_size: int | None = None) -> None:
     """A sampler that needs more candidates than the framework gives would fail at the first step."""
-    found = _candidates_per_anchor(cfg)
+    found = _candidates_per_anchor(cfg, bank_size)
     if found is None:
         return
     count, source = found
@@ -285,10 +287,11 @@ def _check_candidate_count(cfg: DictConfig) -> None:
     if kind == "MixingSampler" and (s.s1 or s.s2) and s.n_hard > count:
         raise ConfigError(f"sampler.n_hard={s.n_hard} is larger than the {count} candidate negatives per anchor of "
                           f"{source}: lower sampler.n_hard or use more candidates")
-    if kind == "RingSampler" and _ring_width(s.lower_percentile, s.upper_percentile, count) < 1:
-        raise ConfigError(f"sampler.lower_percentile={s.lower_percentile} and sampler.upper_percentile="
-                          f"{s.upper_percentile} keep no negative out of the {count} candidates of {source}: "
-                          "widen the window or use more candidates")
+    if kind == "RingSampler" and ring_width(s.outer_fraction, s.inner_fraction, count) < 1:
+        raise ConfigError(f"sampler.outer_fraction={s.outer_fraction} and sampler.inner_fraction={s.inner_fraction} "
+                          f"keep no negative out of the {count} candidates of {source} (the ring keeps ranks "
+                          "floor(l floor(u m)) .. floor(u m) - 1): raise the outer fraction, lower the inner one "
+                          "or use more candidates")
 
 
 def validate_against_data(cfg: DictConfig, data) -> None:
@@ -301,3 +304,4 @@ def validate_against_data(cfg: DictConfig, data) -> None:
     if cfg.trainer.batch_size > pretrain:
         raise ConfigError(f"trainer.batch_size={cfg.trainer.batch_size} is larger than the {pretrain} training images "
                           f"of dataset={data.name}")
+    _check_candidate_count(cfg, bank_size=pretrain)  # a whole-bank framework's count is the data set size

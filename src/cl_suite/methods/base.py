@@ -35,12 +35,12 @@ class ContrastiveMethod(nn.Module):
         """The representation that is evaluated (kNN, linear probe): the backbone's pooled features."""
         return self.backbone(images)
 
-    def set_epoch(self, epoch: float) -> None:
-        """Training progress in epochs (3.5 = half-way through the fourth), set before every step, for
-        schedules inside the method's sampler (ring annealing, MoCHi start epochs)."""
+    def set_progress(self, step: int, steps_per_epoch: int) -> None:
+        """Training progress (optimizer steps taken, steps per epoch), set before every step, for
+        schedules inside the method's sampler (ring and HCL annealing, MoCHi start epochs)."""
         for module in self.modules():
             if isinstance(module, NegativeSampler):
-                module.epoch = epoch
+                module.set_progress(step, steps_per_epoch)
 
     def on_train_step_end(self, step: int, total_steps: int) -> None:
         """Called after each optimizer step: momentum updates and enqueueing go here, not in forward."""

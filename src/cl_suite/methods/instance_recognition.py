@@ -14,11 +14,19 @@ from cl_suite.samplers.base import NegativeSampler
 
 class InstanceRecognition(ContrastiveMethod):
     """Every training image is its own class. A memory bank keeps one normalised embedding per image;
-    an anchor's positive is its own (stale) bank row, its candidates are ``num_negatives`` bank rows
-    drawn uniformly with replacement for the whole batch, the anchor's own row masked out, and the
-    loss is the softmax over them (the non-parametric softmax the Ring code uses, not the binary NCE
-    approximation of Wu et al. sec. 3.2). After each optimizer step the batch's rows move by the bank's
-    momentum rule (``MemoryBank``).
+    an anchor's positive is its own (stale) bank row and the loss is the softmax over the positive and
+    the candidates (the non-parametric softmax the Ring code uses, not the binary NCE approximation of
+    Wu et al. sec. 3.2). The candidates are either
+
+    * ``num_negatives = n``: n bank rows drawn uniformly with replacement for the whole batch, the
+      anchor's own row masked out; or
+    * ``num_negatives = null``: every bank row, the anchor's own included, as the Ring code's IR-Ring and
+      IR-Ball rank the whole bank (the own row is the closest and falls in the ring's hole). With
+      ``sampler=ring sampler.num_samples=4095`` this is the authors' estimator: the ring over the whole
+      bank, 4,095 negatives resampled from it with replacement. It costs a B x N similarity matrix and
+      a top-k per step.
+
+    After each optimizer step the batch's rows move by the bank's momentum rule (``MemoryBank``).
 
     Uses the first view only (one view per image, as IR). The bank (with the images' labels, for the
     diagnostics) is a buffer: checkpoints restore it. Under DDP every process updates its bank with
@@ -35,14 +43,15 @@ class InstanceRecognition(ContrastiveMethod):
         projector_hidden_dims: list[int] | tuple[int, ...] = (),
         projector_dim: int = 128,
         projector_batch_norm: bool = False,
-        num_negatives: int = 4096,
+        num_negatives: int | None = 4096,
         bank_momentum: float = 0.5,
     ):
         super().__init__()
         if not temperature > 0:
             raise ValueError(f"method.temperature={temperature} must be > 0")
-        if not (isinstance(num_negatives, int) and num_negatives >= 1):
-            raise ValueError(f"method.num_negatives={num_negatives} is not allowed: expected an integer >= 1")
+        if num_negatives is not None and not (isinstance(num_negatives, int) and num_negatives >= 1):
+            raise ValueError(f"method.num_negatives={num_negatives} is not allowed: expected an integer >= 1 "
+                             "(rows drawn per step) or null (every bank row)")
         self.backbone = backbone
         self.projector = mlp(backbone.num_features, list(projector_hidden_dims), projector_dim,
                              batch_norm=projector_batch_norm)
@@ -56,12 +65,17 @@ class InstanceRecognition(ContrastiveMethod):
                 indices: torch.Tensor) -> MethodOutput:
         h = self.backbone(views[0])
         q = F.normalize(self.projector(h).float(), dim=1)
-        drawn = self.bank.draw(self.num_negatives, q.device)
-        mask = drawn[None, :] != indices[:, None]  # the anchor's own row is never a negative
         rows = self.bank.embeddings
-        out = self.sampler(anchors=q, positives=rows[indices].clone(), candidates=rows[drawn].clone(),
+        if self.num_negatives is None:
+            candidates, mask, candidate_labels = rows.clone(), None, self.bank.labels.clone()
+        else:
+            drawn = self.bank.draw(self.num_negatives, q.device)
+            mask = drawn[None, :] != indices[:, None]  # the anchor's own row is never a negative
+            candidates, candidate_labels = rows[drawn], self.bank.labels[drawn]
+        # Clones: the bank is written in place after the optimizer step, and autograd keeps these.
+        out = self.sampler(anchors=q, positives=rows[indices].clone(), candidates=candidates,
                            candidate_mask=mask, temperature=self.temperature, anchor_labels=labels,
-                           candidate_labels=self.bank.labels[drawn])
+                           candidate_labels=candidate_labels)
         if self.training:  # the bank moves after the optimizer step
             self._pending = (gather_no_grad(indices), gather_no_grad(q.detach()), gather_no_grad(labels))
         return MethodOutput(loss=out.loss, features=h.detach(), feature_labels=labels, stats=out.stats)

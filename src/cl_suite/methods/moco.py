@@ -17,7 +17,8 @@ from cl_suite.samplers.base import NegativeSampler
 
 class MoCo(ContrastiveMethod):
     """Anchors are the query view's embeddings; the positive is the momentum encoder's key of the other
-    view; the candidates are a FIFO queue of past keys (with their labels, for the diagnostics).
+    view; the candidates are a FIFO queue of past keys (with their labels, for the diagnostics, and the
+    data set indices of their images).
 
     The key encoder (backbone + projector) is an exponential moving average of the query encoder's
     parameters, ``key = m key + (1 - m) query`` after every optimizer step, with m rising from
@@ -25,9 +26,20 @@ class MoCo(ContrastiveMethod):
     MoCo momentum). Its BatchNorm buffers are its own (updated by its forward passes in train mode), as
     in MoCo. Under DDP the key batch is shuffled across processes before the key encoder (shuffle BN,
     MoCo sec. 3.3): otherwise BN statistics leak which key belongs to which query. The queue holds the
-    all-gathered keys of every process, so all processes keep the same queue. Queue, labels and pointer
-    are buffers: a checkpoint restores them. ``symmetric``: also use view 2 as query against view 1's
-    key and average the two losses (MoCo v3 style).
+    all-gathered keys of every process (with their labels and indices), so all processes keep the same
+    queue. Queue, labels, indices and pointer are buffers: a checkpoint restores them. ``symmetric``:
+    also use view 2 as query against view 1's key and average the two losses (MoCo v3 style).
+
+    ``mask_same_image``: drop the queue entries computed from the anchor's own image (same data set
+    index) from that anchor's candidates. A key of an image stays in the queue for ``queue_size /
+    batch_size`` steps, so with a queue near the data set size, or across epochs, an anchor can meet an
+    older key of itself: a positive counted as a negative, and for MoCHi hard negative mixing
+    (Kalantidis et al., NeurIPS 2020) almost surely among its hardest negatives, i.e. mixed into its
+    synthetic negatives. The mask removes these entries from the negative sum of the loss and from the
+    hardest set alike, as the davidsvy/hard-negative-mixing implementation of MoCHi does (it sets their
+    logits to -inf before choosing the hardest negatives). Off by default: plain MoCo (He et al.) keeps
+    every queue entry as a negative. This step's own keys are the positives and are not yet in the
+    queue, so only older keys are affected; rows never written (index -1) are never masked.
     """
 
     def __init__(
@@ -43,6 +55,7 @@ class MoCo(ContrastiveMethod):
         momentum_final: float = 0.99,
         symmetric: bool = False,
         shuffle_bn: bool = True,
+        mask_same_image: bool = False,
     ):
         super().__init__()
         if not temperature > 0:
@@ -61,8 +74,11 @@ class MoCo(ContrastiveMethod):
         self.temperature = float(temperature)
         self.momentum, self.momentum_final = float(momentum), float(momentum_final)
         self.symmetric, self.shuffle_bn = symmetric, shuffle_bn
+        if not isinstance(mask_same_image, bool):
+            raise ValueError(f"method.mask_same_image={mask_same_image!r} is not allowed: expected true or false")
+        self.mask_same_image = mask_same_image
         self.queue = FeatureQueue(queue_size, projector_dim)
-        self._pending: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._pending: tuple[torch.Tensor, ...] | None = None  # keys, labels[, indices]: pushed after the step
 
     def key_parameters(self):
         return [*self.key_backbone.parameters(), *self.key_projector.parameters()]
@@ -77,6 +93,16 @@ class MoCo(ContrastiveMethod):
         k = F.normalize(self.key_projector(self.key_backbone(x)).float(), dim=1)
         return batch_unshuffle(k, order) if self.shuffle_bn else k
 
+    def candidate_mask(self, indices: torch.Tensor | None) -> torch.Tensor | None:
+        """(A, K) bool, False on the queue rows of each anchor's own image (``mask_same_image``); None
+        (every row a candidate) when masking is off."""
+        if not self.mask_same_image:
+            return None
+        if indices is None:
+            raise ValueError("method.mask_same_image=true needs the data set index of every image in the batch "
+                             "(forward(views, labels, indices)); none was given")
+        return self.queue.indices[None, :] != indices.to(self.queue.indices.device)[:, None]
+
     def forward(self, views: tuple[torch.Tensor, torch.Tensor], labels: torch.Tensor,
                 indices: torch.Tensor | None = None) -> MethodOutput:
         x1, x2 = views
@@ -85,21 +111,28 @@ class MoCo(ContrastiveMethod):
         k2 = self.keys(x2)
         candidates = self.queue.embeddings.clone()  # the queue as it was before this step's keys
         candidate_labels = self.queue.labels.clone()
-        out = self.sampler(anchors=q1, positives=k2, candidates=candidates, candidate_mask=None,
+        mask = self.candidate_mask(indices)  # both views of an image share its index: one mask serves both
+        out = self.sampler(anchors=q1, positives=k2, candidates=candidates, candidate_mask=mask,
                            temperature=self.temperature, anchor_labels=labels, candidate_labels=candidate_labels)
         loss, stats, features, keys = out.loss, out.stats, h1, k2
+        key_indices = indices
         if self.symmetric:
             h2 = self.backbone(x2)
             q2 = F.normalize(self.projector(h2).float(), dim=1)
             k1 = self.keys(x1)
-            out2 = self.sampler(anchors=q2, positives=k1, candidates=candidates, candidate_mask=None,
+            out2 = self.sampler(anchors=q2, positives=k1, candidates=candidates, candidate_mask=mask,
                                 temperature=self.temperature, anchor_labels=labels,
                                 candidate_labels=candidate_labels)
             loss = (loss + out2.loss) / 2
             features, keys = torch.cat([h1, h2]), torch.cat([k2, k1])
             labels = labels.repeat(2)
+            key_indices = None if indices is None else indices.repeat(2)
         if self.training:  # enqueued after the optimizer step, so the loss saw the old queue
-            self._pending = (gather_no_grad(keys), gather_no_grad(labels))
+            if key_indices is None:
+                key_indices = torch.full_like(labels, -1)
+            # Labels and indices travel in one all-gather: (n, 2) rows, rank-major like the keys.
+            tags = gather_no_grad(torch.stack([labels, key_indices.to(labels)], dim=1))
+            self._pending = (gather_no_grad(keys), tags[:, 0], tags[:, 1])
         return MethodOutput(loss=loss, features=features.detach(), feature_labels=labels, stats=stats)
 
     def momentum_at(self, step: int, total_steps: int) -> float:

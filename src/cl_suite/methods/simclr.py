@@ -11,13 +11,23 @@ from cl_suite.models.heads import mlp
 from cl_suite.samplers.base import NegativeSampler
 
 
-class SimCLR(ContrastiveMethod):
-    """Anchors are both views of every local image; candidates are all 2B views of the global batch.
+SIMCLR_FORMS = ("nt_xent", "ring_code")
 
-    For anchor ``a`` the positive is the other view of the same image; the candidate mask removes the
-    anchor itself and its positive, leaving the 2B-2 negatives of NT-Xent. Under DDP the candidates
-    are all-gathered with gradients, so W processes x B/W images give the loss and gradients of one
-    process x B images.
+
+class SimCLR(ContrastiveMethod):
+    """Candidates are all 2B views of the global batch; the positive of a view is the other view of its
+    image. ``form`` picks the anchors and which candidates are negatives:
+
+    * ``nt_xent`` (SimCLR's NT-Xent): both views are anchors; the mask removes the anchor itself and its
+      positive, leaving the 2B-2 negatives.
+    * ``ring_code`` (the SimCLR and SimCLR-Ring losses of the Ring code, Wu et al. ICLR 2021): only view-1
+      embeddings are anchors, and every one of the 2B similarities is a candidate, the anchor's
+      self-similarity (1/t, the largest) and its positive included; with the ring sampler they are ranked
+      with the rest and normally fall in the hole. The loss is LSE(s+/t, kept candidates) - s+/t with the
+      positive prepended, as the code's ``self_negative``.
+
+    Under DDP the candidates are all-gathered with gradients, so W processes x B/W images give the loss
+    and gradients of one process x B images.
 
     ``concat_views``: one backbone call on both views (BN statistics over 2B images, as in the SimCLR
     TF code) or one call per view (over B images, as DCL/HCL/NNCLR do). The choice changes results.
@@ -32,10 +42,14 @@ class SimCLR(ContrastiveMethod):
         projector_dim: int = 128,
         projector_batch_norm: bool = True,
         concat_views: bool = False,
+        form: str = "nt_xent",
     ):
         super().__init__()
         if not temperature > 0:
             raise ValueError(f"method.temperature={temperature} must be > 0")
+        if form not in SIMCLR_FORMS:
+            raise ValueError(f"method.form={form!r} is not allowed: expected one of {', '.join(SIMCLR_FORMS)}")
+        self.form = form
         self.backbone = backbone
         self.sampler = sampler
         self.temperature = float(temperature)
@@ -48,14 +62,19 @@ class SimCLR(ContrastiveMethod):
         b = views[0].shape[0]
         h, z = embed_two_views(self.backbone, self.projector, views, self.concat_views)
 
+        candidates = gather_with_grad(z)  # (2B, d), rank-major, each rank's block laid out like z
+        view_labels = labels.repeat(2)
+        if self.form == "ring_code":
+            out = self.sampler(anchors=z[:b], positives=z[b:], candidates=candidates, candidate_mask=None,
+                               temperature=self.temperature, anchor_labels=labels,
+                               candidate_labels=gather_no_grad(view_labels))
+            return MethodOutput(loss=out.loss, features=h.detach(), feature_labels=view_labels, stats=out.stats)
         local = torch.arange(2 * b, device=z.device)
         partner = (local + b) % (2 * b)  # row of the other view of the same image
-        candidates = gather_with_grad(z)  # (2B, d), rank-major, each rank's block laid out like z
         offset = get_rank() * 2 * b
         mask = torch.ones(2 * b, candidates.shape[0], dtype=torch.bool, device=z.device)
         mask[local, offset + local] = False  # the anchor itself
         mask[local, offset + partner] = False  # its positive
-        view_labels = labels.repeat(2)
         out = self.sampler(anchors=z, positives=z[partner], candidates=candidates, candidate_mask=mask,
                            temperature=self.temperature, anchor_labels=view_labels,
                            candidate_labels=gather_no_grad(view_labels))

@@ -56,13 +56,21 @@ class NegativeSampler(nn.Module):
     over thousands of candidates at temperatures of 0.05-0.5 loses most of its mantissa in bf16, and
     the percentiles and exp(beta * s / t) of the other samplers are just as sensitive.
 
-    ``epoch`` (a float: 3.5 = half-way through the fourth epoch) is set by the training loop before
-    every step, for samplers with a schedule (ring annealing, MoCHi start epochs).
+    Training progress is set by the training loop before every step (``set_progress``), for samplers
+    with a schedule (ring annealing, HCL's beta annealing, MoCHi start epochs): ``step`` (optimizer
+    steps taken), ``steps_per_epoch`` and ``epoch`` (a float: 3.5 = half-way through the fourth epoch).
     """
 
     def __init__(self) -> None:
         super().__init__()
+        self.step = 0
+        self.steps_per_epoch = 1
         self.epoch = 0.0
+
+    def set_progress(self, step: int, steps_per_epoch: int) -> None:
+        self.step = int(step)
+        self.steps_per_epoch = int(steps_per_epoch)
+        self.epoch = self.step / self.steps_per_epoch
 
     def forward(
         self,

@@ -9,7 +9,8 @@ from cl_suite.samplers.base import Contrast, NegativeSampler, NegativeTerm
 
 
 class MixingSampler(NegativeSampler):
-    """Add synthetic negatives mixed from each anchor's ``n_hard`` most similar candidates.
+    """Add synthetic negatives mixed from each anchor's ``n_hard`` most similar candidates (MoCHi,
+    Kalantidis et al., NeurIPS 2020).
 
     Type 1 (``s1`` per anchor): h = normalize(alpha c_i + (1 - alpha) c_j), i, j uniform with
     replacement from the hard set, alpha ~ U[0, 1). Type 2 (``s2`` per anchor): h' = normalize(beta a +
@@ -17,13 +18,19 @@ class MixingSampler(NegativeSampler):
     The negative term is the InfoNCE sum over the real candidates plus exp(a.h/t) over the synthetics.
     Synthetics are detached (gradient reaches the encoder only through the anchor in a.h) and are
     never stored in a queue. Type k is active once the training progress reaches ``start_epoch<k>``
-    (``self.epoch >= start_epoch<k>``, so 0 = from the start; the davidsvy code uses a strict ``step >
-    start`` and treats start = 0 as "off", METHODS.md 3.2, which we do not copy). Random draws come
-    from torch's global generator, which the trainer seeds and checkpoints. With s1 = s2 = 0 this is
-    InfoNCE. The paper's eq. for the loss with mixed negatives is written out in METHODS.md 3.1.
+    (``self.epoch >= start_epoch<k>``, so 0 = from the start; the davidsvy implementation uses a strict
+    ``step > start`` and treats start = 0 as "off", which we do not copy). Random draws come from torch's
+    global generator, which the trainer seeds and checkpoints. With s1 = s2 = 0 this is InfoNCE.
+
+    Masked candidates (``candidate_mask`` False: the anchor itself and its positive in a batch, queue
+    entries of the anchor's own image under ``method.mask_same_image``) are left out of both the real
+    sum and the hard set, so they are never mixed: an older key of the anchor's own image would
+    otherwise be its hardest "negative" and end up in most of its synthetics.
 
     ``n_hard`` larger than an anchor's candidate count is checked once, on the first batch that mixes
-    (one host sync); topk would otherwise pick masked candidates silently.
+    (one host sync). Should a later batch leave an anchor fewer than ``n_hard`` unmasked candidates
+    (a queue holding several keys of its image), the hard-set slots that would fall on masked
+    candidates take its hardest unmasked candidate instead, so a masked candidate is never mixed.
     """
 
     def __init__(self, n_hard: int = 64, s1: int = 32, s2: int = 32, start_epoch1: float = 0.0,
@@ -66,8 +73,11 @@ class MixingSampler(NegativeSampler):
         anchors = ctx.anchors.detach()
         n_anchors, dev = anchors.shape[0], anchors.device
         # Per-anchor hardest set on detached similarities; masked candidates (the anchor itself, its positive,
-        # same-image queue entries) sit at -inf so they are never mixed (METHODS.md 3.6.6).
-        hardest = ctx.cand_sim.detach().masked_fill(~ctx.mask, float("-inf")).topk(self.n_hard, dim=1).indices
+        # same-image queue entries) sit at -inf so they are never mixed. topk returns -inf entries only when
+        # an anchor has fewer than n_hard unmasked candidates: those slots repeat its hardest one (column 0,
+        # as topk sorts), without a host sync.
+        top = ctx.cand_sim.detach().masked_fill(~ctx.mask, float("-inf")).topk(self.n_hard, dim=1)
+        hardest = torch.where(torch.isfinite(top.values), top.indices, top.indices[:, :1])
         hard = ctx.candidates.detach()[hardest]  # (A, n_hard, D)
 
         # Draws for the anchors of every process, this process keeping its block: all processes consume

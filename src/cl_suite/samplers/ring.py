@@ -1,79 +1,201 @@
-"""Conditional negatives in a ring: Ring (Wu, Mosse, Zhuang, Yamins, Goodman, ICLR 2021)."""
+"""Conditional negatives in a ring: Ring (Wu, Mosse, Zhuang, Yamins, Goodman, "Conditional Negative
+Sampling for Contrastive Learning of Visual Representations", ICLR 2021).
+
+The ring of an anchor is defined on its m candidates ranked by descending similarity (rank 0 = the
+most similar) by two fractions, the paper's outer fraction u and inner fraction l:
+
+    O = floor(u * m)        the "outer ball": the O closest candidates
+    I = floor(l * O)        the hole: the I closest of those
+    ring = ranks I .. O-1   (O - I candidates)
+
+Both products are taken in IEEE double precision and truncated, exactly as the Ring code does
+(``int(thres_outer * k)``, ``int(thres_inner * outer_size)``): so u = 0.1 over 65,536 queue keys keeps
+ranks 655 .. 6552 (5,898 keys), over a 50,000-image bank ranks 500 .. 4999. ``inner_fraction = 0`` is the
+code's "ball" variant (the O closest, no hole). Selection is by rank: exactly O - I candidates are kept
+even when similarities tie. No gradient flows through the selection; the kept logits carry it.
+
+Two estimators of the negative mass (the loss is -log P / (P + N) with the positive P = exp(s+/t)):
+
+* every ring element once (MoCo-Ring, eq. for the conditional NCE with the ring as the support):
+  N = sum over the ring of exp(s/t);
+* ``num_samples = k``: k ring elements drawn uniformly with replacement per anchor (IR-Ring, whose code
+  draws k - 1 = 4,095 of them): N = sum over the draws of exp(s/t).
+
+The outer fraction can be annealed from 1 (every candidate) down to u, as the code's threshold policies
+do, indexed by the optimizer step s with A = int(anneal_epochs * steps_per_epoch) annealing steps
+(``anneal_outer_fraction``); the inner fraction stays constant, as in the code.
+"""
 from __future__ import annotations
+
+import math
 
 import torch
 
 from cl_suite.samplers.base import Contrast, NegativeSampler, NegativeTerm
 
+ANNEAL_SCHEDULES = ("none", "linear", "step", "exponential")
+ANNEAL_START = 1.0  # the code's init_thres: annealing starts from the whole candidate pool
 
-def percentile_count(percentile: float, counts: torch.Tensor) -> torch.Tensor:
-    """floor(percentile / 100 * count) in integer arithmetic (float rounding would move ring borders)."""
-    scaled = round(percentile * 1_000_000)  # the percentile in millionths: exact for any value a config holds
-    return torch.div(scaled * counts, 100_000_000, rounding_mode="floor")
+
+def ring_borders(outer_fraction: float, inner_fraction: float, count: int) -> tuple[int, int]:
+    """(I, O) for one candidate count: the ring keeps descending ranks I .. O-1. The outer ball is clipped
+    to the pool (a step schedule can ask for u slightly above 1, which the code's slicing clips)."""
+    outer = min(int(outer_fraction * count), count)
+    return int(inner_fraction * outer), outer
+
+
+def ring_width(outer_fraction: float, inner_fraction: float, count: int) -> int:
+    """How many candidates the ring keeps out of ``count``."""
+    inner, outer = ring_borders(outer_fraction, inner_fraction, count)
+    return outer - inner
+
+
+def ring_borders_per_anchor(outer_fraction: float, inner_fraction: float,
+                            counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``ring_borders`` for a (A,) tensor of candidate counts, on device. float64 products truncated
+    toward zero are bit-identical to Python's ``int(u * m)``."""
+    m = counts.double()
+    outer = torch.minimum(torch.floor(outer_fraction * m), m)
+    inner = torch.floor(inner_fraction * outer)
+    return inner.long(), outer.long()
+
+
+def anneal_outer_fraction(schedule: str, final: float, step: int, anneal_steps: int,
+                          step_size: float = 0.1, decay: float = 0.1) -> float:
+    """The outer fraction at optimizer step ``step`` (0-based), moving from 1.0 to ``final`` over the first
+    ``anneal_steps`` steps and staying at ``final`` afterwards. The values are the Ring code's threshold
+    policies, computed with the same floating-point operations (they decide integer borders):
+
+    * ``linear``: the ``anneal_steps`` points of linspace(final, 1, anneal_steps) in reverse order, i.e.
+      (anneal_steps - 1 - s) * ((1 - final) / (anneal_steps - 1)) + final, and 1.0 exactly at s = 0;
+    * ``step``: the values of arange(final, 1 + step_size, step_size) (numpy's arange: final + i * d with
+      d = (final + step_size) - final and ceil((1 + step_size - final) / step_size) values), largest first,
+      each held for int(anneal_steps / number of values) steps; with 0.1 steps from 0.1 that is 1.0, 0.9,
+      ..., 0.1 (floating-point values such as 0.30000000000000004 included);
+    * ``exponential``: (1 - final) exp(-decay s) + final, a decay per step (it is within 1% of ``final``
+      after about 50 steps with the default decay 0.1, whatever ``anneal_steps`` is);
+    * ``none``: ``final`` throughout.
+    """
+    if schedule == "none" or step >= anneal_steps:
+        return final
+    if schedule == "linear":
+        if anneal_steps == 1:
+            return final
+        index = anneal_steps - 1 - step  # position in the increasing linspace
+        return ANNEAL_START if index == anneal_steps - 1 else index * ((ANNEAL_START - final) / (anneal_steps - 1)) + final
+    if schedule == "step":
+        n_values = math.ceil((ANNEAL_START + step_size - final) / step_size)
+        hold = int(anneal_steps / n_values)
+        if hold == 0 or step >= n_values * hold:
+            return final
+        delta = (final + step_size) - final
+        return final + (n_values - 1 - step // hold) * delta
+    if schedule == "exponential":
+        return (ANNEAL_START - final) * math.exp(-decay * step) + final
+    raise ValueError(f"sampler.anneal={schedule!r} is not allowed: expected one of {', '.join(ANNEAL_SCHEDULES)}")
+
+
+def ring_positions(inner: torch.Tensor, outer: torch.Tensor, max_outer: int) -> torch.Tensor:
+    """(A, max_outer) bool: which of the ``max_outer`` best ranks of each anchor lie in its ring."""
+    ranks = torch.arange(max_outer, device=inner.device)
+    return (ranks[None, :] >= inner[:, None]) & (ranks[None, :] < outer[:, None])
+
+
+def resampled_ranks(inner: torch.Tensor, outer: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+    """Ranks drawn uniformly with replacement from each anchor's ring: I + floor(U (O - I)) for the given
+    (A, k) uniforms in [0, 1) (the caller draws them, so a test can replay the draws)."""
+    width = (outer - inner).to(uniforms.dtype)
+    offsets = torch.floor(uniforms * width[:, None]).long()
+    # U < 1, but U * width can round up to width: stay inside the ring.
+    return inner[:, None] + torch.minimum(offsets, (outer - inner - 1).clamp(min=0)[:, None])
 
 
 class RingSampler(NegativeSampler):
-    """Keep, per anchor, only the candidates whose similarity lies between two percentiles of that
-    anchor's candidate similarities; the negative term sums exp(s/t) over the kept ring (the MoCo-Ring
-    form: every ring element is used, none resampled).
+    """Keep, per anchor, the candidates in its similarity ring (module docstring: the rank arithmetic, the
+    two estimators, the annealing). The paper's defaults u = l = 0.1 (over a queue or bank);
+    its SimCLR-Ring uses u = 0.5, l = 0.1. u = 1, l = 0 keeps every candidate (InfoNCE).
 
-    With m candidates sorted by ascending similarity, the kept positions are
-    floor(lower/100 m) .. floor(upper/100 m) - 1. The paper's outer fraction u (the closest u of the
-    pool) and inner fraction l (the hole, l of those) are lower = 100 (1 - u), upper = 100 (1 - l u):
-    its defaults u = l = 0.1 give 90..99, its SimCLR-Ring u = 0.5, l = 0.1 gives 50..95. 0..100 keeps
-    every candidate (InfoNCE). No gradient flows through the selection. Ties at a border (equal
-    similarities) are all kept; with continuous similarities they do not occur.
-
-    ``anneal_epochs > 0``: the lower percentile rises linearly from 0 to ``lower_percentile`` over the
-    first ``anneal_epochs`` epochs, so the ring starts as the whole pool and tightens toward hard
-    negatives, the easy-to-hard direction of the paper's annealing (sec. 1.2 of METHODS.md).
+    ``num_samples``: None = use every ring element once (MoCo-Ring); k = draw k ring elements uniformly
+    with replacement per anchor (IR-Ring: 4,095), from torch's global generator (seeded and checkpointed).
+    ``anneal``: ``none`` | ``linear`` | ``step`` | ``exponential`` over ``anneal_epochs`` epochs
+    (``anneal_step_size`` for ``step``, ``anneal_decay`` per step for ``exponential``).
     """
 
-    def __init__(self, lower_percentile: float = 90.0, upper_percentile: float = 99.0, anneal_epochs: float = 0.0):
+    def __init__(self, outer_fraction: float = 0.1, inner_fraction: float = 0.1, num_samples: int | None = None,
+                 anneal: str = "none", anneal_epochs: float = 100.0, anneal_step_size: float = 0.1,
+                 anneal_decay: float = 0.1):
         super().__init__()
-        for key, value in (("lower_percentile", lower_percentile), ("upper_percentile", upper_percentile)):
-            if not 0.0 <= value <= 100.0:
-                raise ValueError(f"sampler.{key}={value} is not allowed: percentiles lie in [0, 100]")
-        if not lower_percentile < upper_percentile:
-            raise ValueError(f"sampler.lower_percentile={lower_percentile} must be below "
-                             f"sampler.upper_percentile={upper_percentile}: the ring would be empty")
-        if not anneal_epochs >= 0:
-            raise ValueError(f"sampler.anneal_epochs={anneal_epochs} is not allowed: expected >= 0")
-        self.lower_percentile = float(lower_percentile)
-        self.upper_percentile = float(upper_percentile)
+        if not 0.0 < outer_fraction <= 1.0:
+            raise ValueError(f"sampler.outer_fraction={outer_fraction} is not allowed: expected a fraction in (0, 1] "
+                             "(the share of each anchor's closest candidates inside the ring's outer border)")
+        if not 0.0 <= inner_fraction < 1.0:
+            raise ValueError(f"sampler.inner_fraction={inner_fraction} is not allowed: expected a fraction in [0, 1) "
+                             "(the share of the outer ball left out as the hole; 0 = the ball variant)")
+        if num_samples is not None and not (isinstance(num_samples, int) and not isinstance(num_samples, bool)
+                                            and num_samples >= 1):
+            raise ValueError(f"sampler.num_samples={num_samples} is not allowed: expected null (every ring element "
+                             "once) or an integer >= 1 (draws with replacement per anchor)")
+        if anneal not in ANNEAL_SCHEDULES:
+            raise ValueError(f"sampler.anneal={anneal!r} is not allowed: expected one of {', '.join(ANNEAL_SCHEDULES)}")
+        if not (math.isfinite(anneal_epochs) and anneal_epochs >= 0):
+            raise ValueError(f"sampler.anneal_epochs={anneal_epochs} is not allowed: expected a finite number >= 0")
+        if not (math.isfinite(anneal_step_size) and anneal_step_size > 0):
+            raise ValueError(f"sampler.anneal_step_size={anneal_step_size} is not allowed: expected a finite number > 0")
+        if not (math.isfinite(anneal_decay) and anneal_decay > 0):
+            raise ValueError(f"sampler.anneal_decay={anneal_decay} is not allowed: expected a finite number > 0")
+        self.outer_fraction = float(outer_fraction)
+        self.inner_fraction = float(inner_fraction)
+        self.num_samples = num_samples
+        self.anneal = anneal
         self.anneal_epochs = float(anneal_epochs)
+        self.anneal_step_size = float(anneal_step_size)
+        self.anneal_decay = float(anneal_decay)
         self._checked_counts = False
 
-    def current_lower_percentile(self) -> float:
-        if self.anneal_epochs == 0:
-            return self.lower_percentile
-        return self.lower_percentile * min(1.0, self.epoch / self.anneal_epochs)
+    def current_outer_fraction(self) -> float:
+        anneal_steps = int(self.anneal_epochs * self.steps_per_epoch)
+        return anneal_outer_fraction(self.anneal, self.outer_fraction, self.step, anneal_steps,
+                                     self.anneal_step_size, self.anneal_decay)
+
+    def _check_counts(self, counts: torch.Tensor) -> None:
+        """One host sync, on the first batch, with the final (narrowest) ring: annealing only widens it."""
+        smallest = int(counts.min())
+        if ring_width(self.outer_fraction, self.inner_fraction, smallest) < 1:
+            raise ValueError(
+                f"sampler.outer_fraction={self.outer_fraction} and sampler.inner_fraction={self.inner_fraction} "
+                f"keep no negative for an anchor with {smallest} candidates (ranks floor(l floor(u m)) .. "
+                f"floor(u m) - 1): raise the outer fraction, lower the inner one or use more candidates "
+                "(a larger batch, queue or bank)")
+        self._checked_counts = True
 
     def negative_term(self, ctx: Contrast) -> NegativeTerm:
-        sim = ctx.cand_sim.detach().masked_fill(~ctx.mask, float("-inf"))
-        n_cand = sim.shape[1]
+        n_anchors, n_cand = ctx.cand_sim.shape
         counts = ctx.mask.sum(dim=1)  # (A,) candidates of each anchor
-        if not self._checked_counts:  # one host sync, on the first batch, with the final (tightest) window
-            widths = percentile_count(self.upper_percentile, counts) - percentile_count(self.lower_percentile, counts)
-            if bool((widths < 1).any()):
-                raise ValueError(
-                    f"sampler.lower_percentile={self.lower_percentile} and sampler.upper_percentile="
-                    f"{self.upper_percentile} keep no negative for an anchor with {int(counts.min())} candidates: "
-                    "widen the window or use more candidates (a larger batch, queue or bank)")
-            self._checked_counts = True
-        lower = self.current_lower_percentile()
-        start = percentile_count(lower, counts)
-        stop = percentile_count(self.upper_percentile, counts)
-        ascending = sim.sort(dim=1).values  # masked (-inf) entries come first: offset by their number
-        offset = n_cand - counts
-        low = ascending.gather(1, (offset + start).clamp(max=n_cand - 1)[:, None])
-        high = ascending.gather(1, (offset + stop - 1).clamp(min=0, max=n_cand - 1)[:, None])
-        keep = ctx.mask & (sim >= low) & (sim <= high) & (stop > start)[:, None]
-        logits = (ctx.cand_sim / ctx.temperature).masked_fill(~keep, float("-inf"))
-        kept = keep.sum(dim=1)
+        if not self._checked_counts:
+            self._check_counts(counts)
+        outer_fraction = self.current_outer_fraction()
+        inner, outer = ring_borders_per_anchor(outer_fraction, self.inner_fraction, counts)
+        # The ball of the largest count holds every anchor's ball; masked (-inf) candidates rank last.
+        max_outer = min(int(outer_fraction * n_cand), n_cand)
+        sim = ctx.cand_sim.detach().masked_fill(~ctx.mask, float("-inf"))
+        best = sim.topk(max_outer, dim=1, sorted=True).indices  # (A, max_outer) candidate index by rank
+        logits = ctx.cand_sim / ctx.temperature
+        if self.num_samples is None:
+            in_ring = ring_positions(inner, outer, max_outer)
+            ranked_logits = logits.gather(1, best).masked_fill(~in_ring, float("-inf"))
+            log_mass = torch.logsumexp(ranked_logits, dim=1)
+            weights = torch.zeros_like(ctx.mask).scatter_(1, best, in_ring).float()
+        else:
+            uniforms = torch.rand(n_anchors, self.num_samples, device=logits.device, dtype=torch.float64)
+            drawn = best.gather(1, resampled_ranks(inner, outer, uniforms))  # (A, k) candidate indices
+            log_mass = torch.logsumexp(logits.gather(1, drawn), dim=1)
+            weights = torch.zeros_like(logits, dtype=torch.float32).scatter_add_(
+                1, drawn, torch.ones_like(drawn, dtype=torch.float32))
+        width = (outer - inner).float()
         return NegativeTerm(
-            log_mass=torch.logsumexp(logits, dim=1),
-            weights=keep.float(),
-            extra_stats={"ring/kept_fraction": (kept / counts.clamp(min=1)).float().mean(),
-                         "ring/lower_percentile": torch.tensor(lower, device=sim.device)},
+            log_mass=log_mass,
+            weights=weights,
+            extra_stats={"ring/kept_fraction": (width / counts.clamp(min=1)).mean(),
+                         "ring/width": width.mean(),
+                         "ring/outer_fraction": torch.tensor(outer_fraction, device=logits.device)},
         )

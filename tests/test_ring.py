@@ -1,0 +1,306 @@
+"""The Ring family (Wu et al., ICLR 2021) against transcriptions of the authors' computations, on identical
+inputs, in float64, gradients included, on sizes where u m and l floor(u m) are not integers.
+
+The transcriptions below restate, step by step, what the Ring code does (MoCoRing / MoCoBall,
+NCERing / NCEBall, SimCLRRing and its threshold policies): sort each row of similarities/t in
+descending order, ``O = int(u * size)``, ``I = int(l * O)``, keep ``sorted[:, I:O]``, prepend the positive
+logit, ``loss = -mean(pos - logsumexp(...))``. They never call the suite's ring arithmetic.
+"""
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cl_suite.methods import InstanceRecognition
+from cl_suite.samplers import Contrast, RingSampler, UniformSampler
+from cl_suite.samplers.ring import anneal_outer_fraction, ring_borders
+from helpers import compose_train
+from test_simclr_loss import _Features, simclr_on_raw_embeddings
+
+T = 0.07
+
+
+def unit(x):
+    return x / x.norm(dim=1, keepdim=True)
+
+
+# ---- transcriptions of the authors' losses (float64) ----
+
+def authors_moco_ring(q, k, queue, t, u, l):
+    """MoCoRing (MoCoBall when l = 0: the same ranks 0..O-1): the whole queue ranked per query."""
+    pos = (q * k).sum(dim=1) / t
+    ranked, _ = torch.sort(q @ queue.T / t, dim=1, descending=True)
+    outer = ranked[:, :int(u * queue.shape[0])]
+    ring = outer[:, int(l * outer.shape[1]):]
+    return -(pos - torch.logsumexp(torch.cat([pos[:, None], ring], dim=1), dim=1)).mean()
+
+
+def authors_simclr_ring(out1, out2, t, u, l):
+    """SimCLRRing (initial commit): view-1 anchors against all 2B outputs, self and positive included."""
+    z1, z2 = unit(out1), unit(out2)
+    pos = (z1 * z2).sum(dim=1) / t
+    ranked, _ = torch.sort(z1 @ torch.cat([z1, z2]).T / t, dim=1, descending=True)
+    outer = ranked[:, :int(u * ranked.shape[1])]
+    ring = outer[:, int(l * outer.shape[1]):]
+    return -(pos - torch.logsumexp(torch.cat([pos[:, None], ring], dim=1), dim=1)).mean()
+
+
+def authors_ir_ring(q, indices, bank, t, u, l, draws):
+    """NCERing (NCEBall when l = 0): top int(u N) of the whole bank, the hole cut off, then the given
+    (B, k-1) positions drawn with replacement in the ring picked, the positive prepended."""
+    pos = (q * bank[indices]).sum(dim=1) / t
+    top, _ = torch.topk(q @ bank.T / t, int(u * bank.shape[0]), dim=1)  # sorted, descending
+    ring = top[:, int(l * top.shape[1]):]
+    picked = ring.gather(1, draws)
+    return -(pos - torch.logsumexp(torch.cat([pos[:, None], picked], dim=1), dim=1)).mean()
+
+
+# ---- MoCo-Ring / MoCo-Ball: the sampler on the queue, as MoCo calls it (no mask) ----
+
+MOCO_SIZES = [(5, 15, 0.1, 0.1), (4, 123, 0.1, 0.1), (3, 1000, 0.37, 0.23), (2, 4096, 0.1, 0.1),
+              (3, 257, 0.29, 0.0)]
+
+
+@pytest.mark.parametrize("anchors, size, u, l", MOCO_SIZES)
+def test_moco_ring_equals_the_authors_loss(anchors, size, u, l):
+    torch.manual_seed(size)
+    q, k, queue = unit(torch.randn(anchors, 16)), unit(torch.randn(anchors, 16)), unit(torch.randn(size, 16))
+    leaves = [x.clone().float().requires_grad_() for x in (q, k, queue)]
+    out = RingSampler(outer_fraction=u, inner_fraction=l)(*leaves, None, T)
+    grads = torch.autograd.grad(out.loss, leaves)
+    ref_leaves = [x.double().requires_grad_() for x in (q, k, queue)]
+    ref = authors_moco_ring(*ref_leaves, T, u, l)
+    ref_grads = torch.autograd.grad(ref, ref_leaves)
+    assert math.isclose(out.loss.item(), ref.item(), rel_tol=1e-5)
+    for g, h in zip(grads, ref_grads):
+        torch.testing.assert_close(g.double(), h, rtol=1e-4, atol=1e-6)
+    outer = int(u * size)
+    assert out.stats["ring/width"].item() == outer - int(l * outer)
+
+
+def test_fifteen_keys_at_u_l_point_one_keep_the_closest_key():
+    """1 anchor, 15 keys, u = l = 0.1: O = int(1.5) = 1, I = int(0.1) = 0, so the ring is the closest key."""
+    torch.manual_seed(0)
+    q, queue = unit(torch.randn(1, 8)), unit(torch.randn(15, 8))
+    out = RingSampler(0.1, 0.1)(q, q, queue, None, T)
+    closest = (q @ queue.T).max()
+    expected = F.softplus(closest / T - (q * q).sum() / T)  # -log P / (P + N): N = the closest key alone
+    assert math.isclose(out.loss.item(), expected.item(), rel_tol=1e-5)
+    assert out.stats["negatives/effective"].item() == 1
+
+
+# ---- SimCLR-Ring: the real SimCLR method in the authors' form ----
+
+SIMCLR_SIZES = [(5, 0.5, 0.1), (13, 0.5, 0.1), (7, 0.3, 0.2), (20, 0.37, 0.23)]
+
+
+@pytest.mark.parametrize("batch, u, l", SIMCLR_SIZES)
+def test_simclr_ring_equals_the_authors_loss(batch, u, l):
+    torch.manual_seed(batch)
+    x1, x2 = torch.randn(batch, 12), torch.randn(batch, 12)
+    method = simclr_on_raw_embeddings(12, T)
+    method.form, method.sampler = "ring_code", RingSampler(outer_fraction=u, inner_fraction=l)
+    a, b = x1.clone().requires_grad_(), x2.clone().requires_grad_()
+    out = method((a, b), labels=torch.zeros(batch, dtype=torch.long))
+    ga, gb = torch.autograd.grad(out.loss, (a, b))
+    c, d = x1.double().requires_grad_(), x2.double().requires_grad_()
+    ref = authors_simclr_ring(c, d, T, u, l)
+    ha, hb = torch.autograd.grad(ref, (c, d))
+    assert math.isclose(out.loss.item(), ref.item(), rel_tol=1e-5)
+    torch.testing.assert_close(ga.double(), ha, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(gb.double(), hb, rtol=1e-4, atol=1e-6)
+
+
+def test_simclr_ring_code_form_with_every_candidate_keeps_self_and_positive_in_the_partition():
+    """u = 1, l = 0: LSE(pos, all 2B similarities of view 1) - pos, the self-similarity 1/t included."""
+    torch.manual_seed(1)
+    x1, x2 = torch.randn(4, 6), torch.randn(4, 6)
+    method = simclr_on_raw_embeddings(6, 0.5)
+    method.form, method.sampler = "ring_code", RingSampler(outer_fraction=1.0, inner_fraction=0.0)
+    z1, z2 = unit(x1.double()), unit(x2.double())
+    pos = (z1 * z2).sum(1) / 0.5
+    partition = torch.cat([pos[:, None], z1 @ torch.cat([z1, z2]).T / 0.5], dim=1)
+    expected = (torch.logsumexp(partition, dim=1) - pos).mean()
+    assert math.isclose(method((x1, x2), labels=torch.zeros(4, dtype=torch.long)).loss.item(), expected.item(),
+                        rel_tol=1e-6)
+
+
+def test_symmetric_form_ranks_only_the_negatives_of_both_views():
+    """The suite's symmetric variant (nt_xent form): 2B anchors, each ranking its 2B-2 negatives."""
+    torch.manual_seed(2)
+    x1, x2 = torch.randn(6, 5), torch.randn(6, 5)
+    method = simclr_on_raw_embeddings(5, T)
+    method.sampler = RingSampler(outer_fraction=0.5, inner_fraction=0.1)
+    z = unit(torch.cat([x1, x2]).double())
+    total = 0.0
+    for a in range(12):
+        p = (a + 6) % 12
+        negs = sorted((z[a] @ z[j] / T for j in range(12) if j not in (a, p)), reverse=True)
+        outer = negs[:int(0.5 * 10)]
+        kept = outer[int(0.1 * len(outer)):]
+        pos = z[a] @ z[p] / T
+        total += torch.logsumexp(torch.stack([pos, *kept]), 0) - pos
+    assert math.isclose(method((x1, x2), labels=torch.zeros(6, dtype=torch.long)).loss.item(), total.item() / 12,
+                        rel_tol=1e-5)
+
+
+# ---- IR-Ring / IR-Ball: the real InstanceRecognition over the whole bank, 4,095-style resampling ----
+
+IR_SIZES = [(4, 50, 0.3, 0.1, 31), (3, 200, 0.1, 0.1, 63), (5, 333, 0.25, 0.15, 40), (3, 333, 0.25, 0.0, 40)]
+
+
+@pytest.mark.parametrize("batch, bank_size, u, l, samples", IR_SIZES)
+def test_ir_ring_over_the_whole_bank_equals_the_authors_estimator(batch, bank_size, u, l, samples):
+    torch.manual_seed(bank_size)
+    method = InstanceRecognition(_Features(10), RingSampler(u, l, num_samples=samples), num_samples=bank_size,
+                                 temperature=T, num_negatives=None, projector_dim=10)
+    method.projector = nn.Identity()
+    bank = method.bank.embeddings.clone()
+    x = torch.randn(batch, 10)
+    indices = torch.randperm(bank_size)[:batch]
+    a = x.clone().requires_grad_()
+    torch.manual_seed(99)
+    out = method((a, a), torch.zeros(batch, dtype=torch.long), indices)
+    (g,) = torch.autograd.grad(out.loss, a)
+    # Replay the draws: the sampler's only random numbers are (B, k) uniforms, mapped to ring offsets.
+    torch.manual_seed(99)
+    uniforms = torch.rand(batch, samples, dtype=torch.float64)
+    outer = int(u * bank_size)
+    width = outer - int(l * outer)
+    draws = torch.floor(uniforms * width).long()
+    c = x.double().requires_grad_()
+    ref = authors_ir_ring(unit(c), indices, bank.double(), T, u, l, draws)
+    (h,) = torch.autograd.grad(ref, c)
+    assert math.isclose(out.loss.item(), ref.item(), rel_tol=1e-5)
+    torch.testing.assert_close(g.double(), h, rtol=1e-4, atol=1e-6)
+
+
+def test_resampled_ring_draws_cover_the_ring_uniformly_and_nothing_else():
+    torch.manual_seed(5)
+    anchors, pool = unit(torch.randn(2, 8)), unit(torch.randn(300, 8))
+    out_ring = RingSampler(0.2, 0.25, num_samples=None)(anchors, anchors, pool, None, T)
+    torch.manual_seed(6)
+    sampler = RingSampler(0.2, 0.25, num_samples=60_000)
+    term = sampler.negative_term(_contrast(anchors, pool))
+    counts = term.weights  # (A, M) draws per candidate
+    ring = _ring_members(anchors, pool, 0.2, 0.25)
+    assert torch.equal(counts > 0, ring) and counts.sum(1).tolist() == [60_000, 60_000]
+    expected = 60_000 / ring.sum(1, keepdim=True)  # 45 ring members: ~1333 draws each
+    assert ((counts[ring].view(2, -1) - expected).abs() < 5 * expected.sqrt()).all()
+    assert out_ring.stats["ring/width"].item() == 45
+
+
+def _contrast(anchors, pool):
+    sim = anchors @ pool.T
+    return Contrast(anchors, pool, torch.ones(anchors.shape[0]), sim, torch.ones_like(sim, dtype=torch.bool), T)
+
+
+def _ring_members(anchors, pool, u, l):
+    order = (anchors @ pool.T).argsort(dim=1, descending=True)
+    outer = int(u * pool.shape[0])
+    members = torch.zeros(anchors.shape[0], pool.shape[0], dtype=torch.bool)
+    members.scatter_(1, order[:, int(l * outer):outer], True)
+    return members
+
+
+def test_ir_ring_preset_composes_the_authors_estimator():
+    cfg = compose_train(["method=ir_ring"])
+    assert cfg.method.num_negatives is None and cfg.sampler.num_samples == 4095
+    assert (cfg.sampler.outer_fraction, cfg.sampler.inner_fraction) == (0.1, 0.1)
+    ball = compose_train(["method=ir_ball"])
+    assert ball.sampler.inner_fraction == 0.0 and ball.sampler.num_samples == 4095
+    ring = compose_train(["method=ring"])
+    assert ring.method.form == "ring_code" and ring.sampler.outer_fraction == 0.5 and ring.method.temperature == 0.07
+    assert compose_train(["method=ring_symmetric"]).method.form == "nt_xent"
+
+
+# ---- annealing: the authors' threshold policies ----
+
+def authors_schedule(policy, final, anneal_steps, total_steps, step_size=0.1, decay=0.1):
+    """The policies' arrays (init 1.0), built as the Ring code builds them with numpy, indexed by step."""
+    tail = np.ones(total_steps - anneal_steps + 1) * final
+    if policy == "linear":
+        head = np.linspace(final, 1.0, anneal_steps)[::-1]
+    elif policy == "step":
+        values = np.arange(final, 1.0 + step_size, step_size)[::-1]
+        head = np.repeat(values, int(anneal_steps / len(values)))
+    else:
+        head = (1.0 - final) * np.exp(-decay * np.arange(anneal_steps)) + final
+    return np.concatenate([head, tail])
+
+
+@pytest.mark.parametrize("policy", ["linear", "step", "exponential"])
+@pytest.mark.parametrize("final, anneal_steps, step_size", [(0.1, 390, 0.1), (0.1, 1000, 0.1), (0.25, 77, 0.05),
+                                                            (0.1, 7, 0.1), (0.3, 1, 0.2)])
+def test_anneal_schedules_equal_the_authors_policies(policy, final, anneal_steps, step_size):
+    # The code's step schedule is shorter than the run when the values do not divide the annealing steps
+    # (it would index past its end in the last steps); compare where it is defined.
+    expected = authors_schedule(policy, final, anneal_steps, anneal_steps + 20, step_size)
+    total = len(expected)
+    ours = [anneal_outer_fraction(policy, final, s, anneal_steps, step_size, 0.1) for s in range(total)]
+    if policy == "exponential":  # numpy's vectorised exp and math.exp may differ in the last bit
+        np.testing.assert_allclose(ours, expected[:total], rtol=1e-15, atol=0)
+    else:
+        assert ours == expected[:total].tolist()  # exact: the values decide integer borders
+    for size in (4096, 50_000, 65_536):  # the borders the schedule produces are the authors' borders
+        assert [int(v * size) for v in ours] == [int(v * size) for v in expected[:total]]
+
+
+def test_linear_annealing_starts_from_every_candidate_and_ends_at_the_ring():
+    sampler = RingSampler(0.1, 0.1, anneal="linear", anneal_epochs=2.0)
+    anchors, pool = unit(torch.randn(3, 8)), unit(torch.randn(200, 8))
+    widths = []
+    for step in (0, 5, 10, 19, 20, 50):
+        sampler.set_progress(step, steps_per_epoch=10)
+        out = sampler(anchors, anchors, pool, None, 0.1)
+        widths.append(out.stats["ring/width"].item())
+        expected_u = 1.0 if step == 0 else (0.1 if step >= 19 else (19 - step) * (0.9 / 19) + 0.1)
+        assert out.stats["ring/outer_fraction"].item() == pytest.approx(expected_u)
+    assert widths[0] == 200 - 20 and widths[-1] == widths[-2] == 20 - 2
+    assert widths == sorted(widths, reverse=True)
+
+
+# ---- errors ----
+
+def test_a_ring_that_keeps_nothing_is_a_clear_error():
+    anchors = unit(torch.randn(3, 4))
+    with pytest.raises(ValueError, match="keep no negative for an anchor with 9 candidates"):
+        RingSampler(0.1, 0.1)(anchors, anchors, unit(torch.randn(9, 4)), None, 0.1)  # O = int(0.9) = 0
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(outer_fraction=0.0), "sampler.outer_fraction=0.0"),
+    (dict(outer_fraction=1.5), "sampler.outer_fraction=1.5"),
+    (dict(outer_fraction=float("nan")), "sampler.outer_fraction=nan"),
+    (dict(inner_fraction=1.0), "sampler.inner_fraction=1.0"),
+    (dict(inner_fraction=-0.1), "sampler.inner_fraction=-0.1"),
+    (dict(num_samples=0), "sampler.num_samples=0"),
+    (dict(num_samples=2.5), "sampler.num_samples=2.5"),
+    (dict(anneal="cosine"), "sampler.anneal='cosine'"),
+    (dict(anneal_epochs=float("inf")), "sampler.anneal_epochs=inf"),
+    (dict(anneal_step_size=0.0), "sampler.anneal_step_size=0.0"),
+    (dict(anneal_decay=-1.0), "sampler.anneal_decay=-1.0"),
+])
+def test_bad_ring_settings_name_the_key(kwargs, message):
+    with pytest.raises(ValueError) as err:
+        RingSampler(**kwargs)
+    assert message in str(err.value)
+
+
+def test_borders_are_the_authors_truncated_products():
+    assert ring_borders(0.1, 0.1, 65_536) == (655, 6553)
+    assert ring_borders(0.1, 0.1, 50_000) == (500, 5000)
+    assert ring_borders(0.5, 0.1, 512) == (25, 256)
+    assert ring_borders(0.29, 0.1, 100) == (2, 28)  # 0.29 * 100 = 28.999999999999996 in double, as in their code
+    assert ring_borders(1.0, 0.0, 7) == (0, 7)
+
+
+def test_full_ring_equals_uniform_infonce():
+    torch.manual_seed(4)
+    anchors, positives, pool = unit(torch.randn(4, 6)), unit(torch.randn(4, 6)), unit(torch.randn(30, 6))
+    ring = RingSampler(1.0, 0.0)(anchors, positives, pool, None, 0.2).loss
+    uniform = UniformSampler()(anchors, positives, pool, None, 0.2).loss
+    assert math.isclose(ring.item(), uniform.item(), rel_tol=1e-6)
