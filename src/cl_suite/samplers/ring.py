@@ -33,7 +33,7 @@ import torch
 
 from cl_suite.samplers.base import Contrast, NegativeSampler, NegativeTerm
 
-ANNEAL_SCHEDULES = ("none", "linear", "step", "exponential")
+ANNEAL_SCHEDULES = ("linear", "step", "exponential")
 ANNEAL_START = 1.0  # the code's init_thres: annealing starts from the whole candidate pool
 
 
@@ -60,7 +60,7 @@ def ring_borders_per_anchor(outer_fraction: float, inner_fraction: float,
     return inner.long(), outer.long()
 
 
-def anneal_outer_fraction(schedule: str, final: float, step: int, anneal_steps: int,
+def anneal_outer_fraction(schedule: str | None, final: float, step: int, anneal_steps: int,
                           step_size: float = 0.1, decay: float = 0.1) -> float:
     """The outer fraction at optimizer step ``step`` (0-based), moving from 1.0 to ``final`` over the first
     ``anneal_steps`` steps and staying at ``final`` afterwards. The values are the Ring code's threshold
@@ -74,9 +74,9 @@ def anneal_outer_fraction(schedule: str, final: float, step: int, anneal_steps: 
       ..., 0.1 (floating-point values such as 0.30000000000000004 included);
     * ``exponential``: (1 - final) exp(-decay s) + final, a decay per step (it is within 1% of ``final``
       after about 50 steps with the default decay 0.1, whatever ``anneal_steps`` is);
-    * ``none``: ``final`` throughout.
+    * None: ``final`` throughout.
     """
-    if schedule == "none" or step >= anneal_steps:
+    if schedule is None or step >= anneal_steps:
         return final
     if schedule == "linear":
         if anneal_steps == 1:
@@ -92,7 +92,7 @@ def anneal_outer_fraction(schedule: str, final: float, step: int, anneal_steps: 
         return final + (n_values - 1 - step // hold) * delta
     if schedule == "exponential":
         return (ANNEAL_START - final) * math.exp(-decay * step) + final
-    raise ValueError(f"sampler.anneal={schedule!r} is not allowed: expected one of {', '.join(ANNEAL_SCHEDULES)}")
+    raise ValueError(f"sampler.anneal={schedule!r} is not allowed: expected null or one of {', '.join(ANNEAL_SCHEDULES)}")
 
 
 def ring_positions(inner: torch.Tensor, outer: torch.Tensor, max_outer: int) -> torch.Tensor:
@@ -117,12 +117,12 @@ class RingSampler(NegativeSampler):
 
     ``num_samples``: None = use every ring element once (MoCo-Ring); k = draw k ring elements uniformly
     with replacement per anchor (IR-Ring: 4,095), from torch's global generator (seeded and checkpointed).
-    ``anneal``: ``none`` | ``linear`` | ``step`` | ``exponential`` over ``anneal_epochs`` epochs
+    ``anneal``: None (constant) | ``linear`` | ``step`` | ``exponential`` over ``anneal_epochs`` epochs
     (``anneal_step_size`` for ``step``, ``anneal_decay`` per step for ``exponential``).
     """
 
     def __init__(self, outer_fraction: float = 0.1, inner_fraction: float = 0.1, num_samples: int | None = None,
-                 anneal: str = "none", anneal_epochs: float = 100.0, anneal_step_size: float = 0.1,
+                 anneal: str | None = None, anneal_epochs: float = 100.0, anneal_step_size: float = 0.1,
                  anneal_decay: float = 0.1):
         super().__init__()
         if not 0.0 < outer_fraction <= 1.0:
@@ -135,8 +135,9 @@ class RingSampler(NegativeSampler):
                                             and num_samples >= 1):
             raise ValueError(f"sampler.num_samples={num_samples} is not allowed: expected null (every ring element "
                              "once) or an integer >= 1 (draws with replacement per anchor)")
-        if anneal not in ANNEAL_SCHEDULES:
-            raise ValueError(f"sampler.anneal={anneal!r} is not allowed: expected one of {', '.join(ANNEAL_SCHEDULES)}")
+        if anneal is not None and anneal not in ANNEAL_SCHEDULES:
+            raise ValueError(f"sampler.anneal={anneal!r} is not allowed: expected null (constant) or one of "
+                             f"{', '.join(ANNEAL_SCHEDULES)} (the Ring code's threshold policies)")
         if not (math.isfinite(anneal_epochs) and anneal_epochs >= 0):
             raise ValueError(f"sampler.anneal_epochs={anneal_epochs} is not allowed: expected a finite number >= 0")
         if not (math.isfinite(anneal_step_size) and anneal_step_size > 0):
@@ -197,5 +198,6 @@ class RingSampler(NegativeSampler):
             weights=weights,
             extra_stats={"ring/kept_fraction": (width / counts.clamp(min=1)).mean(),
                          "ring/width": width.mean(),
-                         "ring/outer_fraction": torch.tensor(outer_fraction, device=logits.device)},
+                         # torch.full is a device fill; torch.tensor(x, device=cuda) would copy from the host
+                         "ring/outer_fraction": torch.full((), outer_fraction, device=logits.device)},
         )
