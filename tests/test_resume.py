@@ -2,6 +2,7 @@
 clear message, and nothing on disk is overwritten by the refusal."""
 import json
 import os
+import re
 import shutil
 
 import pytest
@@ -116,4 +117,6 @@ def test_resumed_run_continues_the_same_wandb_run(tmp_path, monkeypatch):
     second = ckpt.load_checkpoint(tmp_path / "checkpoints" / "last.pt")
     assert second["step"] == 5 and first["wandb_run_id"] == second["wandb_run_id"]
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
-    assert runs and all(run.name.endswith(f"-{first['wandb_run_id']}") for run in runs)
+    # wandb appends "-1" to the folder of a run resumed within the same second as its start.
+    pattern = rf"offline-run-\d{{8}}_\d{{6}}-{first['wandb_run_id']}(-\d+)?"
+    assert runs and all(re.fullmatch(pattern, run.name) for run in runs)
