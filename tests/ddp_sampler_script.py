@@ -21,6 +21,10 @@ SAMPLERS = {
     "hard": lambda: HardSampler(beta=1.0, tau_plus=0.1),
     "ring": lambda: RingSampler(outer_fraction=0.7, inner_fraction=0.3),
 }
+# (sampler, SimCLR form): every sampler on NT-Xent's candidates, plus the Ring code's SimCLR-Ring form
+# (view-1 anchors ranking all 2B gathered views).
+CASES = {name: (make, "nt_xent") for name, make in SAMPLERS.items()}
+CASES["ring_code"] = (lambda: RingSampler(outer_fraction=0.5, inner_fraction=0.1), "ring_code")
 
 
 def main(out_path: str) -> None:
@@ -32,9 +36,9 @@ def main(out_path: str) -> None:
     labels = torch.arange(global_batch) % 4
     local = slice(rank * global_batch // world, (rank + 1) * global_batch // world)
     results = {}
-    for name, make in SAMPLERS.items():
+    for name, (make, form) in CASES.items():
         method = simclr_on_raw_embeddings(dim, t)
-        method.sampler = make()
+        method.sampler, method.form = make(), form
         a, b = x1[local].clone().requires_grad_(), x2[local].clone().requires_grad_()
         out = method((a, b), labels=labels[local])
         out.loss.backward()
