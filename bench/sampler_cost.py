@@ -23,7 +23,8 @@ SAMPLERS = {
     "uniform": UniformSampler,
     "debiased (DCL)": lambda: DebiasedSampler(tau_plus=0.1),
     "hard (HCL)": lambda: HardSampler(beta=1.0, tau_plus=0.1),
-    "ring": lambda: RingSampler(outer_fraction=0.1, inner_fraction=0.1),
+    "ring (u = l = 0.1)": lambda: RingSampler(outer_fraction=0.1, inner_fraction=0.1),
+    "ring, 4095 draws (IR-Ring)": lambda: RingSampler(outer_fraction=0.1, inner_fraction=0.1, num_samples=4095),
     "mixing (MoCHi)": lambda: MixingSampler(n_hard=128, s1=128, s2=128),
 }
 

@@ -293,3 +293,27 @@ def test_evaluate_run_runs_every_protocol_into_eval_json_and_the_report_reads_it
     assert on_disk["protocols"] == second["protocols"] and on_disk["datasets"]["ood"] == ["synthetic"]
     job = read_job(run, tmp_path)
     assert job.ok and job.metrics["eval/ood/synthetic/auroc"] == ood["ood/synthetic/auroc"]
+
+
+def test_evaluate_ignores_the_trained_sampler_so_renamed_sampler_settings_still_evaluate(tmp_path):
+    """Evaluation only encodes and samplers hold no state: a run folder whose sampler config uses keys
+    the sampler no longer takes (the ring's old percentile window) evaluates to the run's own numbers."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from cl_suite.engine.trainer import train
+    from cl_suite.eval.run_evaluation import evaluate_run
+    from helpers import CONF, TINY, compose_train
+
+    run = tmp_path / "run"
+    train_cfg = compose_train(TINY + ["method=ring", "trainer.max_steps=2", "trainer.eval_at_init=false"], run)
+    final = train(train_cfg)
+    saved = OmegaConf.to_container(train_cfg)
+    saved["sampler"] = {"_target_": "cl_suite.samplers.RingSampler", "lower_percentile": 50.0,
+                        "upper_percentile": 95.0, "anneal_epochs": 0.0}
+    (run / ".hydra").mkdir()
+    OmegaConf.save(OmegaConf.create(saved), run / ".hydra" / "config.yaml")
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
+        cfg = compose(config_name="evaluate", overrides=[f"run={run}", "protocol=knn"])
+    result = evaluate_run(cfg)
+    assert math.isclose(result["metrics"]["knn/top1"], final["knn/top1"], abs_tol=1e-6)

@@ -9,7 +9,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from cl_suite.engine import checkpoint as ckpt
-from cl_suite.engine.build import DatasetFacts, build_augment_config, build_dataset, build_logger, build_method
+from cl_suite.engine.build import (UNIFORM_SAMPLER, DatasetFacts, build_augment_config, build_dataset, build_logger,
+                                   build_method)
 from cl_suite.engine.probe import OnlineProbe
 from cl_suite.engine.trainer import resolve_device
 from cl_suite.eval.other_datasets import dataset_names, load_other_dataset, ood_augment_config
@@ -24,6 +25,15 @@ def load_run_config(run_dir: Path) -> DictConfig:
         raise FileNotFoundError(f"run={str(run_dir)!r} has no .hydra/config.yaml: pass the directory train.py wrote")
     cfg = OmegaConf.load(path)
     cfg.paths.output_dir = str(run_dir)  # was ${hydra:runtime.output_dir} of the training job
+    return cfg
+
+
+def encoder_only(train_cfg: DictConfig) -> DictConfig:
+    """The run's config with the uniform sampler in place of the trained one: evaluation only encodes,
+    samplers hold no state (nothing of theirs is in a checkpoint), and so a run folder stays readable
+    when a sampler's settings are renamed (the ring's percentiles became fractions)."""
+    cfg = train_cfg.copy()
+    cfg.sampler = OmegaConf.create({"_target_": UNIFORM_SAMPLER})
     return cfg
 
 
@@ -58,7 +68,7 @@ def evaluate_run(cfg: DictConfig) -> dict[str, Any]:
 
     data = build_dataset(train_cfg.dataset)
     aug_cfg = build_augment_config(train_cfg.dataset)
-    method = build_method(train_cfg, DatasetFacts.of(data, train_cfg.trainer.batch_size)).to(device)
+    method = build_method(encoder_only(train_cfg), DatasetFacts.of(data, train_cfg.trainer.batch_size)).to(device)
     method.load_state_dict(state["method"])
     method.eval()
     probe = OnlineProbe(method.num_features, data.num_classes).to(device)
