@@ -54,7 +54,7 @@ class NegativeSampler(nn.Module):
 
     Similarities are computed in fp32 with autocast off, whatever the training precision: logsumexp
     over thousands of candidates at temperatures of 0.05-0.5 loses most of its mantissa in bf16, and
-    the percentiles and exp(beta * s / t) of the other samplers are just as sensitive.
+    the ring's ranks and exp(beta * s / t) of the other samplers are just as sensitive.
 
     Training progress is set by the training loop before every step (``set_progress``), for samplers
     with a schedule (ring annealing, HCL's beta annealing, MoCHi start epochs): ``step`` (optimizer
