@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from sklearn.datasets import load_digits as _sklearn_load_digits
-from sklearn.model_selection import train_test_split
 
 from cl_suite.data.types import ImageDataset, ImageSplit
 
@@ -27,6 +25,11 @@ def load_digits(image_size: int = 32, test_fraction: float = 0.2, split_seed: in
         raise ValueError(f"digits: image_size must be a positive integer, got {image_size!r}")
     if not 0.0 < test_fraction < 1.0:
         raise ValueError(f"digits: test_fraction must be strictly between 0 and 1, got {test_fraction!r}")
+
+    # Imported here, not at module level: scikit-learn takes a good share of the suite's start-up, and
+    # only this data set needs it.
+    from sklearn.datasets import load_digits as _sklearn_load_digits
+    from sklearn.model_selection import train_test_split
 
     bunch = _sklearn_load_digits()
     pixels = torch.from_numpy(bunch.images).float().unsqueeze(1)  # (N, 1, 8, 8), values 0..16
