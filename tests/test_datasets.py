@@ -1,6 +1,7 @@
 """Data set readers, on files in the real on-disk formats that these tests write themselves."""
 from __future__ import annotations
 
+import os
 import pickle
 import tarfile
 from pathlib import Path
@@ -267,9 +268,12 @@ def test_imagefolder_cache_is_written_and_reused(tmp_path):
     cache_file = tmp_path / ".cl_suite_cache" / "train_24.pt"
     assert cache_file.is_file() and (tmp_path / ".cl_suite_cache" / "test_24.pt").is_file()
     assert not list((tmp_path / ".cl_suite_cache").glob("*.tmp"))
-    # Replace every image file with garbage: a second call that decoded anything would fail.
+    # Replace every image file with garbage of the same size and mtime (the cache key): a second call
+    # that decoded anything would fail.
     for path in (tmp_path / "train").rglob("*.jpg"):
-        path.write_bytes(b"not an image")
+        info = path.stat()
+        path.write_bytes(b"x" * info.st_size)
+        os.utime(path, ns=(info.st_atime_ns, info.st_mtime_ns))
     second = load_imagefolder(tmp_path, image_size=24)
     assert torch.equal(first.train.images, second.train.images) and torch.equal(first.train.labels, second.train.labels)
     # A changed file list invalidates the cache: the garbage is now decoded, and reported by name.

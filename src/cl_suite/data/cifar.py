@@ -4,9 +4,24 @@ torchvision's ``CIFAR10``/``CIFAR100`` classes md5-hash ~170 MB on every constru
 PIL image per ``__getitem__``; here each split is read once into a single uint8 ``(N, 3, 32, 32)``
 tensor with a numpy reshape (the pickles store each image as 3072 bytes: the red plane, then green,
 then blue, each row-major 32x32). torchvision is used only to download, and for the optional md5 check.
+
+The files are untrusted input (``dataset.root`` may point anywhere), so:
+
+- they are unpickled by :class:`RestrictedUnpickler`, which only builds plain containers, numbers,
+  strings and numpy arrays/scalars/dtypes; a pickle that names any other global (``os.system``,
+  ``builtins.exec`` ...) is refused before anything in it runs (plain ``pickle.load``, as torchvision
+  uses, would run it);
+- every batch is checked before use: ``data`` must be a 2-D ``(N, 3072)`` array of uint8, or of
+  another integer type with every value in 0..255 (floats are refused, not cast); each label field a
+  list or 1-D array of N integers in 0..C-1, C = 10 (CIFAR-10 ``labels``), 100 (``fine_labels``) or
+  20 (``coarse_labels``); the meta file must name exactly C classes.
+
+Anything else raises :class:`CorruptDataError` naming the file, the field and the offending value.
 """
 from __future__ import annotations
 
+import codecs
+import io
 import os
 import pickle
 from pathlib import Path
@@ -16,9 +31,11 @@ import torch
 import torchvision
 from torchvision.datasets.utils import check_integrity
 
-from cl_suite.data.types import DatasetNotFoundError, ImageDataset, ImageSplit
+from cl_suite.data.types import CorruptDataError, DatasetNotFoundError, ImageDataset, ImageSplit
 
 _IMAGE_SIZE = 32
+# Classes per label field, fixed by the data sets themselves.
+_NUM_CLASSES = {"labels": 10, "fine_labels": 100, "coarse_labels": 20}
 
 
 def missing_files_error(
@@ -40,27 +57,135 @@ def missing_files_error(
     )
 
 
+def _numpy_globals() -> dict[tuple[str, str], object]:
+    """The numpy callables a pickled array, scalar or dtype refers to, under numpy 1.x and 2.x module names."""
+    try:
+        from numpy._core import multiarray, numeric
+    except ImportError:  # numpy < 2
+        from numpy.core import multiarray, numeric
+    allowed: dict[tuple[str, str], object] = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype}
+    for package in ("numpy.core", "numpy._core"):
+        allowed[(f"{package}.multiarray", "_reconstruct")] = multiarray._reconstruct
+        allowed[(f"{package}.multiarray", "scalar")] = multiarray.scalar
+        allowed[(f"{package}.numeric", "_frombuffer")] = numeric._frombuffer  # pickle protocol 5
+    return allowed
+
+
+class RestrictedUnpickler(pickle.Unpickler):
+    """Unpickles only what a CIFAR batch holds: dicts, lists, str/bytes, numbers and numpy arrays/scalars.
+
+    Any other global (a function or class the pickle asks to call) raises :class:`CorruptDataError`
+    before it is imported. ``_codecs.encode`` is what protocol <= 2 pickles use to store bytes.
+    """
+
+    _ALLOWED = {("_codecs", "encode"): codecs.encode, **_numpy_globals()}
+
+    def __init__(self, file: io.BufferedReader, path: Path) -> None:
+        # The files were pickled by Python 2: latin1 turns its byte strings into str keys (as torchvision does).
+        super().__init__(file, encoding="latin1")
+        self.path = path
+
+    def find_class(self, module: str, name: str) -> object:
+        try:
+            return self._ALLOWED[(module, name)]
+        except KeyError:
+            raise CorruptDataError(
+                f"{self.path}: refused to unpickle: it asks for {module}.{name}, which is not a CIFAR data type "
+                "(only lists, dicts, strings, numbers and numpy arrays are allowed; unpickling it could run "
+                "code). Replace the file with the official one (dataset.download=true)"
+            ) from None
+
+    def persistent_load(self, pid: object) -> object:
+        raise CorruptDataError(f"{self.path}: refused to unpickle: persistent id {pid!r} is not part of a CIFAR file")
+
+
 def _unpickle(path: Path) -> dict:
-    # The files were pickled by Python 2: latin1 turns its byte strings into str keys (as torchvision does).
-    with open(path, "rb") as f:
-        return pickle.load(f, encoding="latin1")
+    try:
+        with open(path, "rb") as f:
+            content = RestrictedUnpickler(f, path).load()
+    except CorruptDataError:
+        raise
+    except Exception as err:  # noqa: BLE001 - a damaged pickle raises many kinds of errors
+        raise CorruptDataError(f"{path}: not a readable CIFAR pickle ({type(err).__name__}: {err}); the file is "
+                               "damaged or not a CIFAR batch. Replace it (dataset.download=true)") from err
+    if not isinstance(content, dict):
+        raise CorruptDataError(f"{path}: a CIFAR pickle holds a dict, this one holds a {type(content).__name__}")
+    return content
+
+
+def _field(path: Path, content: dict, key: str) -> object:
+    if key not in content:
+        raise CorruptDataError(f"{path}: no '{key}' entry (keys: {sorted(map(str, content))})")
+    return content[key]
+
+
+def _check_pixels(path: Path, value: object) -> np.ndarray:
+    """``value`` as uint8 ``(N, 3072)``, or CorruptDataError: floats are refused, other integers must be 0..255."""
+    if not isinstance(value, np.ndarray):
+        raise CorruptDataError(f"{path}: 'data' should be a numpy array, got {type(value).__name__}")
+    if value.ndim != 2 or value.shape[1] != 3 * _IMAGE_SIZE * _IMAGE_SIZE:
+        raise CorruptDataError(f"{path}: 'data' should be uint8 (N, 3072), got shape {value.shape}")
+    if value.dtype == np.uint8:
+        return value
+    if value.dtype.kind not in "iu":
+        flat = value.reshape(-1)
+        example = flat[0].item() if flat.size else None
+        raise CorruptDataError(f"{path}: 'data' should hold uint8 pixels, got dtype {value.dtype} (e.g. value "
+                               f"{example!r}); refusing to cast it")
+    if value.size:
+        low, high = value.min(), value.max()
+        if low < 0 or high > 255:
+            bad = int(low) if low < 0 else int(high)
+            index = np.unravel_index(np.argmax(value == bad), value.shape)
+            raise CorruptDataError(f"{path}: 'data' value {bad} at [{index[0]}, {index[1]}] is outside 0..255 "
+                                   f"(dtype {value.dtype})")
+    return value.astype(np.uint8)
+
+
+def _check_labels(path: Path, key: str, value: object, count: int) -> np.ndarray:
+    """``value`` as int64 ``(count,)`` with every label in 0..C-1, or CorruptDataError."""
+    num_classes = _NUM_CLASSES[key]
+    try:
+        labels = np.asarray(value)
+    except Exception as err:  # noqa: BLE001 - ragged lists and the like
+        raise CorruptDataError(f"{path}: '{key}' is not a list of integers ({err})") from err
+    if labels.ndim != 1:
+        raise CorruptDataError(f"{path}: '{key}' should be a flat list of integers, got shape {labels.shape}")
+    if len(labels) != count:
+        raise CorruptDataError(f"{path}: {count} images but {len(labels)} '{key}'")
+    if count == 0:
+        return np.zeros(0, dtype=np.int64)  # np.asarray([]) is float64
+    if labels.dtype.kind not in "iu":
+        items = list(value) if isinstance(value, (list, tuple)) else labels.tolist()
+        bad = next((v for v in items if not isinstance(v, (int, np.integer)) or isinstance(v, bool)), items[0])
+        raise CorruptDataError(f"{path}: '{key}' should be integers, got {labels.dtype} (e.g. value {bad!r} of type "
+                               f"{type(bad).__name__})")
+    outside = np.flatnonzero((labels < 0) | (labels >= num_classes))
+    if len(outside):
+        index = int(outside[0])
+        raise CorruptDataError(f"{path}: '{key}' value {int(labels[index])} at index {index} is outside 0..{num_classes - 1} "
+                               f"({len(outside)} such labels; this data set has {num_classes} classes)")
+    return labels.astype(np.int64)
+
+
+def _class_names(path: Path, meta: dict, key: str, label_key: str) -> list[str]:
+    names = _field(path, meta, key)
+    if not isinstance(names, (list, tuple)) or len(names) != _NUM_CLASSES[label_key]:
+        shown = len(names) if isinstance(names, (list, tuple)) else type(names).__name__
+        raise CorruptDataError(f"{path}: '{key}' should list {_NUM_CLASSES[label_key]} class names, got {shown}")
+    return list(names)
 
 
 def _read_batches(folder: Path, files: list[str], label_keys: list[str]) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Concatenate pickled batch files into one image tensor and one int64 tensor per label key."""
     images, labels = [], {key: [] for key in label_keys}
     for file in files:
-        batch = _unpickle(folder / file)
-        data = np.asarray(batch["data"], dtype=np.uint8)
-        if data.ndim != 2 or data.shape[1] != 3 * _IMAGE_SIZE * _IMAGE_SIZE:
-            raise ValueError(f"{folder / file}: 'data' should be uint8 (N, 3072), got shape {data.shape}")
+        path = folder / file
+        batch = _unpickle(path)
+        data = _check_pixels(path, _field(path, batch, "data"))
         images.append(data.reshape(-1, 3, _IMAGE_SIZE, _IMAGE_SIZE))
         for key in label_keys:
-            if key not in batch:
-                raise ValueError(f"{folder / file}: no '{key}' entry (keys: {sorted(batch)})")
-            if len(batch[key]) != len(data):
-                raise ValueError(f"{folder / file}: {len(data)} images but {len(batch[key])} '{key}'")
-            labels[key].append(np.asarray(batch[key], dtype=np.int64))
+            labels[key].append(_check_labels(path, key, _field(path, batch, key), len(data)))
     return (
         torch.from_numpy(np.concatenate(images)),
         [torch.from_numpy(np.concatenate(labels[key])) for key in label_keys],
@@ -112,7 +237,8 @@ def load_cifar10(root: str | os.PathLike, download: bool = False, verify_integri
     folder = _prepare("CIFAR-10", tv, root, download, verify_integrity, "the folder cifar-10-python.tar.gz unpacks into")
     train_images, (train_labels,) = _read_batches(folder, [f for f, _ in tv.train_list], ["labels"])
     test_images, (test_labels,) = _read_batches(folder, [f for f, _ in tv.test_list], ["labels"])
-    classes = list(_unpickle(folder / tv.meta["filename"])["label_names"])
+    meta_path = folder / tv.meta["filename"]
+    classes = _class_names(meta_path, _unpickle(meta_path), "label_names", "labels")
     train = ImageSplit(labels=train_labels, images=train_images)
     return ImageDataset(
         name="cifar10",
@@ -135,14 +261,15 @@ def load_cifar100(root: str | os.PathLike, download: bool = False, verify_integr
     keys = ["fine_labels", "coarse_labels"]
     train_images, (train_fine, train_coarse) = _read_batches(folder, [f for f, _ in tv.train_list], keys)
     test_images, (test_fine, test_coarse) = _read_batches(folder, [f for f, _ in tv.test_list], keys)
-    meta = _unpickle(folder / tv.meta["filename"])
+    meta_path = folder / tv.meta["filename"]
+    meta = _unpickle(meta_path)
     train = ImageSplit(labels=train_fine, images=train_images, coarse_labels=train_coarse)
     return ImageDataset(
         name="cifar100",
         pretrain=train,
         train=train,
         test=ImageSplit(labels=test_fine, images=test_images, coarse_labels=test_coarse),
-        classes=list(meta["fine_label_names"]),
+        classes=_class_names(meta_path, meta, "fine_label_names", "fine_labels"),
         image_size=_IMAGE_SIZE,
-        coarse_classes=list(meta["coarse_label_names"]),
+        coarse_classes=_class_names(meta_path, meta, "coarse_label_names", "coarse_labels"),
     )

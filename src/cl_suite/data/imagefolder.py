@@ -9,6 +9,29 @@ With ``in_memory=True`` each split is decoded once (in threads: PIL releases the
 into one uint8 tensor, and with ``cache=True`` that tensor is saved under ``<root>/.cl_suite_cache``
 so the next run loads it in seconds instead of decoding again. With ``in_memory=False`` images are
 decoded on demand, for data that does not fit in memory.
+
+The files are untrusted input; these rules keep a damaged tree from being used half-right:
+
+- Links. Symlinked files and folders are followed, but everything must resolve inside the data root
+  (``dataset.root``, itself resolved first, so a root that is a link is fine). A link that leads
+  outside it, and a folder reached a second time within a split (a symlink loop such as
+  ``train/a/loop -> ..``, or a second link to a class folder, which would repeat images under another
+  label) are refused with an error naming the link and its target: skipping them would silently
+  change the data set. Entries named like images that are not regular files (pipes, devices, broken
+  links) are refused as unreadable instead of being opened.
+- Cache. The cache is keyed on every file's (relative path, size, mtime_ns) and the decoding
+  settings, so a replaced, re-saved or touched image invalidates it (a content hash would cost a full
+  read of every file on every start). It also stores a CRC-32 of its pixels: a cache file that does
+  not load, has the wrong shape or whose pixels fail the check is rebuilt (with a warning), never used.
+- Pixels. Every image becomes 8-bit RGB. 16-bit and 32-bit integer greyscale (PIL modes ``I;16*``,
+  ``I``) keep the high byte of the 16-bit value (``v >> 8``, values clipped to 0..65535 first), as
+  torchvision's ``convert_image_dtype`` does; PIL's own conversion clips at 255 and turns them white.
+  Images with transparency (RGBA, LA, PA, palette or RGB/L with a transparent colour) are composited
+  on black (colour times alpha), so what is hidden under transparent pixels never reaches the model.
+  Greyscale, palette and CMYK images are converted as PIL does (grey repeated in all 3 channels).
+- Names. File names that are not valid UTF-8 are read like any other; messages show their
+  undecodable bytes as ``\\xNN`` escapes. A file PIL cannot open or decode stops the run with an
+  :class:`UnreadableImageError` naming it.
 """
 from __future__ import annotations
 
@@ -17,9 +40,11 @@ import logging
 import os
 import tempfile
 import warnings
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import torch
 import torchvision.transforms.functional as TF
 from PIL import Image
@@ -32,13 +57,41 @@ log = logging.getLogger(__name__)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
 CACHE_DIR_NAME = ".cl_suite_cache"
 # Bump when the decoding changes, so that caches written by older code are rebuilt, not reused.
-_CACHE_FORMAT = 1
+_CACHE_FORMAT = 2
 # Cache folders we already warned about, so that an unwritable root warns once, not once per split.
 _warned_cache_dirs: set[Path] = set()
 
 
 class UnreadableImageError(OSError):
     """An image file that PIL cannot open or decode. The message names the file."""
+
+
+def shown_path(path: str | os.PathLike) -> str:
+    """``path`` as text any terminal or log file can write: a name that is not valid UTF-8 (kept by
+    Python as lone surrogates) shows its raw bytes as ``\\xNN`` escapes instead of failing to encode."""
+    text = os.fsdecode(path)
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return os.fsencode(text).decode("utf-8", "backslashreplace")
+
+
+# 16/32-bit integer greyscale modes; PIL's convert() clips them at 255 instead of scaling.
+_WIDE_GREY_MODES = ("I", "I;16", "I;16L", "I;16B", "I;16N")
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """8-bit RGB by the rules in the module docstring (16-bit -> high byte, alpha -> composited on black)."""
+    if img.mode in _WIDE_GREY_MODES:
+        wide = np.asarray(img).astype(np.int64)
+        img = Image.fromarray((np.clip(wide, 0, 65535) >> 8).astype(np.uint8))
+    if img.has_transparency_data:
+        rgba = np.asarray(img.convert("RGBA"), dtype=np.uint16)
+        # Rounded colour * alpha / 255; integer maths keeps it exact and deterministic.
+        rgb = (rgba[..., :3] * rgba[..., 3:] + 127) // 255
+        return Image.fromarray(rgb.astype(np.uint8))
+    return img.convert("RGB")
 
 
 def decode_image(path: str | os.PathLike, image_size: int) -> torch.Tensor:
@@ -48,13 +101,14 @@ def decode_image(path: str | os.PathLike, image_size: int) -> torch.Tensor:
             # JPEG only (a no-op for other formats): decode at a power-of-two reduced scale that still
             # keeps both sides >= image_size; several times faster for large photos.
             img.draft("RGB", (image_size, image_size))
-            img = img.convert("RGB")  # also forces the (lazy) decode, so errors surface here
-    except (OSError, ValueError, Image.DecompressionBombError) as err:
+            img.load()  # force the (lazy) decode, so errors surface here
+            img = to_rgb(img)
+    except Exception as err:  # noqa: BLE001 - malformed files raise more than OSError (SyntaxError, struct.error ...)
         # Named file, cause and fix in one line: a single bad file in a 1.3M-image tree (a partial copy,
         # an HTML error page saved as .jpg) must not cost a search. The cache is only written after
         # every image decoded, so nothing half-built is left behind.
-        raise UnreadableImageError(f"cannot read image file {path}: {type(err).__name__}: {err}. Remove or replace "
-                                   "this file (a truncated copy or download?) and run again") from err
+        raise UnreadableImageError(f"cannot read image file {shown_path(path)}: {type(err).__name__}: {err}. Remove "
+                                   "or replace this file (a truncated copy or download?) and run again") from err
     img = TF.resize(img, image_size, interpolation=InterpolationMode.BILINEAR, antialias=True)
     img = TF.center_crop(img, [image_size, image_size])
     return TF.pil_to_tensor(img)
@@ -80,13 +134,72 @@ def _class_folders(split_path: Path) -> list[str]:
     return sorted(e.name for e in os.scandir(split_path) if e.is_dir() and not e.name.startswith("."))
 
 
-def _list_class_tree(split_path: Path, classes: list[str]) -> tuple[list[str], list[int]]:
+def _inside(real: str, root: str) -> bool:
+    return real == root or real.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def _the_link(*paths: str) -> str:
+    """The deepest symlink among the first of ``paths`` (and its parents) that has one, as ``link -> target``:
+    what to remove."""
+    for path in paths:
+        current = path
+        while current != os.path.dirname(current):
+            if os.path.islink(current):
+                return f"{shown_path(current)} -> {shown_path(os.readlink(current))}"
+            current = os.path.dirname(current)
+    return shown_path(paths[0])
+
+
+def _outside_error(path: str, real: str, root: str) -> ValueError:
+    return ValueError(
+        f"{shown_path(path)} resolves to {shown_path(real)}, outside the data root {shown_path(root)} (symlink "
+        f"{_the_link(path)}). Links that leave the root are refused (the data set would not be what "
+        "dataset.root holds); copy the data into the root, or point dataset.root at a folder that contains both"
+    )
+
+
+def _walk_images(class_path: Path, root: str, seen: dict[str, str]) -> list[str]:
+    """The image files under ``class_path``, recursively, following symlinks by the rules in the module docstring.
+
+    ``seen`` maps each real folder already walked in this split to the path it was first reached by.
+    """
+    found, stack = [], [os.fspath(class_path)]
+    while stack:
+        folder = stack.pop()
+        real = os.path.realpath(folder)
+        if not _inside(real, root):
+            raise _outside_error(folder, real, root)
+        if real in seen:
+            raise ValueError(
+                f"{shown_path(folder)} leads to the folder {shown_path(real)} a second time (first reached as "
+                f"{shown_path(seen[real])}): a symlink loop, or a second symlink to the same folder, would "
+                f"repeat its images, possibly under another class. Remove the symlink {_the_link(folder, seen[real])}"
+            )
+        seen[real] = folder
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                if entry.is_dir():  # follows symlinks
+                    stack.append(entry.path)
+                elif _is_image(entry.name):
+                    if entry.is_symlink():
+                        target = os.path.realpath(entry.path)
+                        if not _inside(target, root):
+                            raise _outside_error(entry.path, target, root)
+                    if not entry.is_file():
+                        raise UnreadableImageError(
+                            f"cannot read image file {shown_path(entry.path)}: not a regular file (a broken "
+                            "symlink, a pipe or a device). Remove it and run again"
+                        )
+                    found.append(entry.path)
+    return found
+
+
+def _list_class_tree(split_path: Path, classes: list[str], root: Path) -> tuple[list[str], list[int]]:
     """All image files under each class folder (recursively, sorted, as torchvision does) and their labels."""
     paths, labels = [], []
+    seen: dict[str, str] = {}
     for label, name in enumerate(classes):
-        found = []
-        for folder, _, files in os.walk(split_path / name, followlinks=True):
-            found += [os.path.join(folder, f) for f in files if _is_image(f)]
+        found = _walk_images(split_path / name, os.fspath(root), seen)
         if not found:
             raise ValueError(
                 f"class folder {split_path / name} holds no image files (allowed extensions, any case: "
@@ -110,12 +223,20 @@ def _missing_error(path: Path, root: Path, key: str | None = None, value: str | 
     )
 
 
-def _file_list_hash(split_path: Path, paths: list[str]) -> str:
+def _files_key(split_path: Path, paths: list[str]) -> str:
+    """Hash of every file's (relative path, size, mtime_ns): any added, removed, renamed or rewritten file
+    changes it. Paths go in as raw bytes (``os.fsencode``), so names that are not UTF-8 hash too."""
     digest = hashlib.sha256()
+    prefix = len(os.fsencode(split_path)) + 1
     for path in paths:
-        digest.update(Path(path).relative_to(split_path).as_posix().encode())
-        digest.update(b"\n")
+        info = os.stat(path)  # of the target, for a symlink
+        digest.update(os.fsencode(path)[prefix:])
+        digest.update(b"\0%d\0%d\n" % (info.st_size, info.st_mtime_ns))
     return digest.hexdigest()
+
+
+def _pixels_crc(images: torch.Tensor) -> int:
+    return zlib.crc32(memoryview(images.contiguous().numpy()).cast("B"))
 
 
 def _decode_all(paths: list[str], image_size: int, num_workers: int) -> torch.Tensor:
@@ -143,8 +264,8 @@ def _warn_cache_once(cache_dir: Path, reason: str) -> None:
         )
 
 
-def _load_cache(cache_file: Path, image_size: int, count: int, paths_hash: str) -> torch.Tensor | None:
-    """The cached images if the cache file exists and was built from the same file list, else None."""
+def _load_cache(cache_file: Path, image_size: int, count: int, files_key: str) -> torch.Tensor | None:
+    """The cached images if the cache file exists, is intact and was built from the same files, else None."""
     if not cache_file.is_file():
         return None
     try:
@@ -153,19 +274,26 @@ def _load_cache(cache_file: Path, image_size: int, count: int, paths_hash: str) 
     except Exception as err:  # a damaged cache is rebuilt, not fatal
         warnings.warn(f"ignoring unreadable image cache {cache_file} ({err}); decoding again", stacklevel=4)
         return None
-    expected = {"format": _CACHE_FORMAT, "image_size": image_size, "count": count, "paths_hash": paths_hash}
-    if any(cached.get(key) != value for key, value in expected.items()):
-        log.info("image cache %s is stale (file list or settings changed); rebuilding", cache_file)
+    expected = {"format": _CACHE_FORMAT, "image_size": image_size, "count": count, "files_key": files_key}
+    if not isinstance(cached, dict) or any(cached.get(key) != value for key, value in expected.items()):
+        log.info("image cache %s is stale (files or settings changed); rebuilding", cache_file)
         return None
-    return cached["images"]
+    images = cached.get("images")
+    if (not isinstance(images, torch.Tensor) or images.dtype != torch.uint8
+            or tuple(images.shape) != (count, 3, image_size, image_size) or _pixels_crc(images) != cached.get("crc32")):
+        warnings.warn(f"ignoring damaged image cache {cache_file} (its pixels fail their checksum or shape); "
+                      "decoding again", stacklevel=4)
+        return None
+    return images
 
 
-def _save_cache(cache_file: Path, images: torch.Tensor, image_size: int, paths_hash: str) -> None:
+def _save_cache(cache_file: Path, images: torch.Tensor, image_size: int, files_key: str) -> None:
     content = {
         "format": _CACHE_FORMAT,
         "image_size": image_size,
         "count": len(images),
-        "paths_hash": paths_hash,
+        "files_key": files_key,
+        "crc32": _pixels_crc(images),
         "images": images,
     }
     tmp_name = None
@@ -203,22 +331,22 @@ def _read_split(
             f"{split_path} has different classes from the train split: only in train: "
             f"{sorted(set(classes) - set(own_classes))}, only in {split_dir}: {sorted(set(own_classes) - set(classes))}"
         )
-    paths, labels = _list_class_tree(split_path, own_classes)
+    paths, labels = _list_class_tree(split_path, own_classes, root)
     label_tensor = torch.tensor(labels, dtype=torch.int64)
     if not in_memory:
         return ImageSplit(labels=label_tensor, read_image=LazyImageReader(paths, image_size)), own_classes
 
     images = None
     if cache:
-        paths_hash = _file_list_hash(split_path, paths)
+        files_key = _files_key(split_path, paths)
         safe_name = split_dir.replace("/", "_").replace(os.sep, "_")
         cache_file = root / CACHE_DIR_NAME / f"{safe_name}_{image_size}.pt"
-        images = _load_cache(cache_file, image_size, len(paths), paths_hash)
+        images = _load_cache(cache_file, image_size, len(paths), files_key)
     if images is None:
         log.info("decoding %d images from %s at %dx%d", len(paths), split_path, image_size, image_size)
         images = _decode_all(paths, image_size, num_workers)
         if cache:
-            _save_cache(cache_file, images, image_size, paths_hash)
+            _save_cache(cache_file, images, image_size, files_key)
     return ImageSplit(labels=label_tensor, images=images), own_classes
 
 

@@ -66,3 +66,9 @@ class ImageDataset:
 
 class DatasetNotFoundError(FileNotFoundError):
     """A data set is not where the config says. The message names the path looked at and both fixes."""
+
+
+class CorruptDataError(ValueError):
+    """A data file whose content breaks its format's rules (wrong dtype, values out of range, a label
+    outside the classes, a pickle that asks to run code). The message names the file, the field and the
+    offending value; nothing from the file is used."""
