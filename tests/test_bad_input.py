@@ -66,6 +66,12 @@ BAD_OVERRIDES = [
     ("dataset.augment.crop_size=0", "dataset.augment.crop_size"),
     ("dataset.augment.jitter.hue=0.7", "dataset.augment.jitter.hue"),
     ("dataset.augment.flip_p=1.5", "dataset.augment.flip_p"),
+    ("dataset.std=[inf,0.2,0.2]", "dataset.std=[inf, 0.2, 0.2]"),  # nan and inf: never a setting's value
+    ("dataset.augment.jitter.brightness=nan", "dataset.augment.jitter.brightness=nan"),
+    ("dataset.augment.crop_ratio=[0.75,inf]", "dataset.augment.crop_ratio"),
+    ("dataset.split_seed=-1", "dataset.split_seed=-1"),  # scikit-learn's message would not name the key
+    ("dataset.split_seed=4294967296", "dataset.split_seed=4294967296"),
+    ("+dataset.augment.jitter.brightnes=0.4", "dataset.augment.jitter.brightnes"),
     # backbone (and its fit with the image size)
     ("backbone.widths=[]", "backbone.widths"),
     ("backbone.widths=[8,abc]", "backbone.widths"),
@@ -78,6 +84,7 @@ BAD_OVERRIDES = [
     ("method.projector_hidden_dims=[0]", "method.projector_hidden_dims"),
     ("method.concat_views=maybe", "method.concat_views='maybe'"),
     ("+method.tau=0.1", "method.tau"),
+    ("method.temperature=inf", "method.temperature=inf"),
     ("method.tempreature=0.1", "method.tempreature"),
     ("method=moco method.queue_size=0", "method.queue_size=0"),
     ("method=moco method.momentum=1.5", "method.momentum=1.5"),
@@ -93,6 +100,7 @@ BAD_OVERRIDES = [
     ("method=ir_ring sampler.outer_fraction=0.0005", "sampler.outer_fraction=0.0005"),  # the whole digits bank is too small
     ("sampler.lower_percentile=90", "sampler.lower_percentile"),  # the old key is refused, not ignored
     ("sampler=mixing sampler.s1=-1", "sampler.s1=-1"),
+    ("sampler=mixing sampler.s1=-1 trainer.batch_size=16", "sampler.s1=-1"),  # not "n_hard too large"
     ("method=moco sampler=mochi method.queue_size=512", "sampler.n_hard=1024"),
     ("method=nnclr sampler=mixing trainer.batch_size=32", "sampler.n_hard=64"),  # 31 candidates
     ("method=rince method.variant=sideways", "method.variant"),
@@ -104,6 +112,7 @@ BAD_OVERRIDES = [
     ("optimizer=adamw optimizer.betas=[0.9]", "optimizer.betas"),
     ("optimizer=lars optimizer.eta=0", "optimizer.eta=0"),
     ("+optimizer.foo=1", "optimizer.foo"),
+    ("optimizer.weight_decay=inf", "optimizer.weight_decay=inf"),
     # scheduler
     ("scheduler.warmup_epochs=-1", "scheduler.warmup_epochs=-1"),
     ("scheduler.warmup_epochs=5", "scheduler.warmup_epochs=5"),  # longer than trainer.epochs=2
@@ -116,6 +125,9 @@ BAD_OVERRIDES = [
     ("evaluation.knn.k=5000", "evaluation.knn.k=5000"),  # more neighbours than labelled images
     ("evaluation.linear.momentum=1", "evaluation.linear.momentum=1"),
     ("evaluation.linear.epochs=0", "evaluation.linear.epochs=0"),
+    ("evaluation.linear.lr=inf", "evaluation.linear.lr=inf"),
+    ("evaluation.knn.temperature=inf", "evaluation.knn.temperature=inf"),
+    ("+evaluation.knn.kk=5", "evaluation.knn.kk=5"),  # a + key nothing reads is refused, not ignored
     # trainer and top level
     ("trainer.epochs=ten", "trainer.epochs='ten'"),
     ("trainer.keep_last_checkpoints=0", "trainer.keep_last_checkpoints=0"),
@@ -126,6 +138,16 @@ BAD_OVERRIDES = [
     ("trainer.compile_mode=fast", "trainer.compile_mode='fast'"),
     ("trainer.channels_last=maybe", "trainer.channels_last='maybe'"),
     ("probe.lr=0", "probe.lr=0"),
+    ("probe.weight_decay=inf", "probe.weight_decay=inf"),
+    ("+probe.lrr=0.1", "probe.lrr=0.1"),
+    ("trainer.grad_clip=inf", "trainer.grad_clip=inf"),
+    ("+trainer.max_step=2", "trainer.max_step=2"),  # the form Hydra's own error suggests for a typo
+    ("+paths.output=out", "paths.output='out'"),
+    ("+seeds=3", "seeds=3"),
+    ("seed=4294967296", "seed=4294967296"),  # numpy's generators take [0, 2**32 - 1]
+    ("trainer.device=cuda:abc", "trainer.device='cuda:abc'"),
+    ("trainer.best_metric=knn/top3", "trainer.best_metric='knn/top3'"),  # never measured: best.pt never written
+    ("trainer.best_metric=train/loss", "trainer.best_metric='train/loss'"),
 ]
 
 

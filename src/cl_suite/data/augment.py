@@ -78,8 +78,9 @@ def _is_number(v: object) -> bool:
 
 
 def _check_number(name: str, v: object) -> float:
-    if not _is_number(v):
-        raise ValueError(f"augment config: {name} = {v!r} must be a number")
+    # Finite: nan passes every ``x < 0`` range check below, and inf is no strength, scale or probability.
+    if not _is_number(v) or (isinstance(v, float) and not math.isfinite(v)):
+        raise ValueError(f"augment config: {name} = {v!r} must be a finite number")
     return float(v)
 
 

@@ -4,23 +4,47 @@ A run's ``checkpoints/`` folder holds one ``step_<step>.pt`` per save (the newes
 ``trainer.keep_last_checkpoints`` are kept), ``last.pt`` (the newest; what ``resume=auto`` reads) and
 ``best.pt`` (the save with the best monitored metric). ``last.pt`` and ``best.pt`` are hard links to
 step files: no extra copy on disk, and pruning a step file never removes the best one.
+
+Loading a checkpoint never runs code: files are read with ``torch.load(weights_only=True)``, which only
+rebuilds tensors and plain data (dicts, lists, tuples, numbers, strings), so a crafted pickle (a planted
+``last.pt`` that ``resume=auto`` would read, a file passed as ``resume=`` or ``checkpoint=``) is refused
+before any of it runs. Saving converts what that loader cannot rebuild (numpy arrays and scalars,
+OmegaConf nodes) into plain data, and refuses anything else. Each checkpoint carries a sha256 over its
+whole content (tensor bytes included), checked on load: a bit flip on disk is refused like a truncated
+file, naming the intact checkpoints beside it.
 """
 from __future__ import annotations
 
+import collections
+import hashlib
 import json
 import os
+import pickle
 import re
 import shutil
 import tempfile
+import time
+import warnings
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 CHECKPOINT_DIR = "checkpoints"
 LAST = "last.pt"
 BEST = "best.pt"
 _STEP_FILE = re.compile(r"^step_(\d+)\.pt$")
+# The temporary names of _atomic_write (".<name>.<random>.tmp") and _atomic_link (".<name>.<pid>.link").
+_TEMP_FILE = re.compile(r"^\.(step_\d+|last|best)\.pt\..+\.(tmp|link)$")
+CHECKSUM = "checksum"  # the key of the checksum record in a saved state
+_CHECKSUM_SCHEME = "sha256-v1"
+# The numpy uint32 array of the numpy RNG state, as checkpoints saved before the conversion to plain data
+# hold it: array, dtype and uint32 dtype class (numpy 1 names the rebuild function numpy.core...).
+# Allowed only inside load_checkpoint's torch.load, not process-wide; nothing in these runs code.
+_LEGACY_NUMPY_GLOBALS = [np._core.multiarray._reconstruct, (np._core.multiarray._reconstruct,
+                         "numpy.core.multiarray._reconstruct"), np.ndarray, np.dtype, type(np.dtype(np.uint32))]
 
 
 class CheckpointError(RuntimeError):
@@ -67,7 +91,107 @@ def _atomic_link(source: Path, path: Path) -> None:
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
-    _atomic_write(Path(path), lambda f: torch.save(state, f))
+    """Save ``state`` as plain data (see ``plain_state``) with its checksum under ``CHECKSUM``."""
+    plain = plain_state(state)
+    if CHECKSUM in plain:
+        raise ValueError(f"a checkpoint state may not have a {CHECKSUM!r} key: save_checkpoint writes it")
+    plain = {**plain, CHECKSUM: {"scheme": _CHECKSUM_SCHEME, "sha256": state_digest(plain)}}
+    _atomic_write(Path(path), lambda f: torch.save(plain, f))
+
+
+_PLAIN_LEAVES = (torch.Tensor, bool, int, float, str, bytes, type(None), torch.dtype, torch.device)
+
+
+def plain_state(node: Any, where: str = "state") -> Any:
+    """``node`` with what ``torch.load(weights_only=True)`` cannot rebuild converted into plain data:
+    numpy arrays become lists (``np.random.set_state`` takes the key as a list), numpy scalars Python
+    numbers, OmegaConf nodes plain containers. Containers are copied only where something changed, so
+    a ``state_dict``'s ``OrderedDict`` keeps its ``_metadata`` (module versions). Anything else is refused:
+    a checkpoint that could not be loaded back safely is worse than a save that fails now."""
+    if isinstance(node, _PLAIN_LEAVES):
+        return node
+    if isinstance(node, np.ndarray):
+        return node.tolist()
+    if isinstance(node, np.generic):
+        return node.item()
+    if isinstance(node, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(node, resolve=True)
+    if isinstance(node, dict):
+        converted = {key: plain_state(value, f"{where}[{key!r}]") for key, value in node.items()}
+        if all(converted[key] is value for key, value in node.items()):
+            return node
+        out = collections.OrderedDict(converted) if isinstance(node, collections.OrderedDict) else converted
+        if hasattr(node, "_metadata"):
+            out._metadata = node._metadata
+        return out
+    if isinstance(node, (list, tuple)):
+        converted = [plain_state(value, f"{where}[{i}]") for i, value in enumerate(node)]
+        if all(a is b for a, b in zip(converted, node)):
+            return node
+        return converted if isinstance(node, list) else tuple(converted)
+    raise CheckpointError(f"cannot save {where}: a {type(node).__module__}.{type(node).__qualname__} cannot be "
+                          "loaded back without running code (checkpoints are read with weights_only=True); "
+                          "store tensors, numbers, strings, lists and dicts")
+
+
+def state_digest(state: Any) -> str:
+    """sha256 over a canonical serialisation of ``state``: dict keys in sorted order, each value tagged
+    with its type, tensors as dtype, shape and raw bytes (on the CPU). Independent of where the tensors
+    live and of dict insertion order, so the saved and the loaded state hash the same."""
+    digest = hashlib.sha256()
+    _feed(digest, state)
+    return digest.hexdigest()
+
+
+def _feed(digest, node: Any) -> None:
+    if isinstance(node, torch.Tensor):
+        tensor = node.detach()
+        digest.update(f"T{str(tensor.dtype)}{tuple(tensor.shape)};".encode())
+        if tensor.numel():
+            flat = tensor.cpu().contiguous().reshape(-1).view(torch.uint8)
+            digest.update(memoryview(flat.numpy()))
+    elif isinstance(node, dict):
+        digest.update(f"D{len(node)};".encode())
+        for key in sorted(node, key=lambda k: (type(k).__name__, repr(k))):
+            _feed(digest, key)
+            _feed(digest, node[key])
+    elif isinstance(node, (list, tuple)):
+        digest.update(f"{'L' if isinstance(node, list) else 'U'}{len(node)};".encode())
+        for value in node:
+            _feed(digest, value)
+    elif isinstance(node, str):
+        data = node.encode("utf-8", "surrogatepass")
+        digest.update(f"S{len(data)};".encode() + data)
+    elif isinstance(node, bytes):
+        digest.update(f"B{len(node)};".encode() + node)
+    elif isinstance(node, bool) or node is None:
+        digest.update(f"{node!r};".encode())
+    elif isinstance(node, int):
+        digest.update(f"I{node};".encode())
+    elif isinstance(node, float):
+        digest.update(f"F{node.hex()};".encode())
+    else:  # torch.dtype, torch.device: their repr is canonical
+        digest.update(f"O{type(node).__qualname__}:{node!r};".encode())
+
+
+def remove_stale_temp_files(folder: Path, older_than: float) -> list[Path]:
+    """Delete the temporary files of saves that were killed half-way (``.step_<n>.pt.<random>.tmp``,
+    ``.last.pt.<pid>.link``) and last modified before ``older_than`` (a ``time.time()``): a checkpoint
+    folder has one writer, the run's main process, so any such file from before its current save is an
+    orphan; a newer one may be another save's file in progress and is left alone."""
+    removed = []
+    if not folder.is_dir():
+        return removed
+    for path in folder.iterdir():
+        if not _TEMP_FILE.match(path.name):
+            continue
+        try:
+            if path.stat().st_mtime < older_than:
+                path.unlink()
+                removed.append(path)
+        except FileNotFoundError:  # gone meanwhile
+            pass
+    return removed
 
 
 def write_json(path: str | Path, data: Any) -> None:
@@ -85,6 +209,7 @@ def step_checkpoints(folder: Path) -> list[Path]:
 def save_run_checkpoint(folder: Path, state: dict[str, Any], step: int, keep_last: int, best: bool = False) -> Path:
     """Write ``step_<step>.pt``, point ``last.pt`` (and, if ``best``, ``best.pt``) at it, then delete all
     but the ``keep_last`` newest step files. Each file is complete before any name points at it."""
+    remove_stale_temp_files(folder, older_than=time.time())
     path = folder / f"step_{step:09d}.pt"
     save_checkpoint(path, state)
     _atomic_link(path, folder / LAST)
@@ -123,26 +248,95 @@ def resolve_checkpoint(resume: str | Path) -> Path:
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint, turning a truncated or foreign file into an error that names it (and the
-    intact checkpoints beside it, if any)."""
+    """Load a checkpoint without running any code in it, and check its checksum.
+
+    Refused, with an error that names the file (and the intact checkpoints beside it, if any): a file
+    that cannot be read (truncated, not a checkpoint); one whose pickle names anything but tensors and
+    plain data (it would run code when unpickled: never loaded, whatever it holds); one whose content
+    no longer matches its checksum (a bit flip on disk or in a copy). Checkpoints saved before checksums
+    were added load with a warning that they cannot be verified.
+    """
     path = Path(path)
     try:
-        state = torch.load(path, map_location=map_location, weights_only=False)
+        with torch.serialization.safe_globals(_LEGACY_NUMPY_GLOBALS):
+            state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        if "weights only load failed" not in str(err).lower():
+            raise _unreadable(path, err) from err
+        reason = _refusal_reason(err)
+        if not reason.startswith("it names the global"):  # damaged pickle data rather than a foreign object
+            raise _unreadable(path, err, reason) from None
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} refused: its pickle holds more than tensors and plain data "
+            f"({reason}). Unpickling such a file can execute arbitrary code, and a "
+            "cl_suite checkpoint never needs to, so it was not loaded (and never is: checkpoints are read with "
+            f"weights_only=True only). If you did not write this file, delete it.{_fallback_hint(path)}") from None
     except Exception as err:  # torch raises several types for corrupt zip/pickle data
-        raise CheckpointError(f"checkpoint {str(path)!r} cannot be read (truncated or not a cl_suite checkpoint): "
-                              f"{type(err).__name__}: {err}{_fallback_hint(path)}") from err
+        raise _unreadable(path, err) from err
     if not isinstance(state, dict) or "method" not in state:
         raise CheckpointError(f"checkpoint {str(path)!r} is not a cl_suite training checkpoint (no 'method' "
                               f"state){_fallback_hint(path)}")
+    problem = _checksum_problem(state)
+    if problem == "missing":
+        warnings.warn(f"checkpoint {str(path)!r} has no checksum (saved before checksums were added): its "
+                      "content cannot be verified", stacklevel=2)
+    elif problem:
+        raise CheckpointError(f"checkpoint {str(path)!r} is corrupted: {problem}. A bit flip on disk or in a copy; "
+                              f"the file was not used.{_fallback_hint(path)}")
+    state.pop(CHECKSUM, None)
     return state
 
 
+def _unreadable(path: Path, err: Exception, reason: str | None = None) -> CheckpointError:
+    """``reason`` replaces the text of torch's weights-only errors, which advise ``weights_only=False``."""
+    return CheckpointError(f"checkpoint {str(path)!r} cannot be read (truncated or not a cl_suite checkpoint): "
+                           f"{type(err).__name__}: {reason or err}{_fallback_hint(path)}")
+
+
+def _refusal_reason(err: Exception) -> str:
+    """What the file asked for, from torch's weights-only error (the rest of that message suggests
+    ``weights_only=False``, which is exactly what must not be done with such a file)."""
+    text = str(err)
+    found = re.search(r"GLOBAL ([\w.]+)", text)
+    if found:
+        return f"it names the global {found.group(1)}"
+    found = re.search(r"Unsupported operand \d+", text) or re.search(r"WeightsUnpickler error: *(\S[^\n]*)", text)
+    return found.group(0 if found.re.groups == 0 else 1).strip() if found else "a pickle instruction it does not allow"
+
+
+def _checksum_problem(state: dict) -> str | None:
+    """None when ``state`` matches its saved checksum, "missing" when it has none, else what is wrong."""
+    record = state.get(CHECKSUM)
+    if record is None:
+        return "missing"
+    if not isinstance(record, dict) or record.get("scheme") != _CHECKSUM_SCHEME or not isinstance(
+            record.get("sha256"), str):
+        return f"its checksum record is not a {_CHECKSUM_SCHEME} record ({record!r:.80})"
+    actual = state_digest({k: v for k, v in state.items() if k != CHECKSUM})
+    if actual != record["sha256"]:
+        return (f"its content does not match the checksum saved with it (sha256 saved {record['sha256'][:16]}..., "
+                f"content {actual[:16]}...)")
+    return None
+
+
+def _is_intact(path: Path) -> bool:
+    try:
+        with torch.serialization.safe_globals(_LEGACY_NUMPY_GLOBALS), warnings.catch_warnings():
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:
+        return False
+    return isinstance(state, dict) and "method" in state and _checksum_problem(state) in (None, "missing")
+
+
 def _fallback_hint(path: Path) -> str:
-    others = other_checkpoints(path)
+    """Where to go on from: the other step checkpoints of the folder that load and match their checksum
+    (each is read once more here: only on the way to an error)."""
+    others = [p for p in other_checkpoints(path) if _is_intact(p)]
     if not others:
         return ""
-    return (f"\nThe file was left as it is. Earlier checkpoints of this run: {', '.join(p.name for p in others)}; "
-            f"continue from the newest with resume={others[0]}")
+    return (f"\nThe file was left as it is. Intact earlier checkpoints of this run: "
+            f"{', '.join(p.name for p in others)}; continue from the newest with resume={others[0]} "
+            f"(or evaluate it with checkpoint={others[0]})")
 
 
 # Config keys whose values decide the shapes of the saved tensors (or what they mean): a checkpoint

@@ -8,7 +8,9 @@ sampler added later is checked without a line here.
 """
 from __future__ import annotations
 
+import difflib
 import inspect
+import math
 import types
 import typing
 from collections.abc import Sequence
@@ -25,7 +27,8 @@ class ArgumentError(ValueError):
     """A group value that does not fit its constructor. The message names the key."""
 
 
-_NAMES = {bool: ("true/false", "booleans"), int: ("an integer", "integers"), float: ("a number", "numbers"),
+_NAMES = {bool: ("true/false", "booleans"), int: ("an integer", "integers"),
+          float: ("a finite number", "finite numbers"),
           str: ("a string", "strings"), dict: ("a mapping", "mappings"), type(None): ("null", "nulls")}
 
 
@@ -60,8 +63,9 @@ def value_fits(value: Any, hint: Any) -> bool:
         return isinstance(value, bool)
     if hint is int:
         return isinstance(value, int) and not isinstance(value, bool)
-    if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is float:  # nan and inf are no setting's meaning: a nan temperature trains to chance level
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and (
+            isinstance(value, int) or math.isfinite(value))
     if hint is str:
         return isinstance(value, str)
     if origin in (list, tuple, Sequence) or hint in (list, tuple):
@@ -106,7 +110,10 @@ def check_group_arguments(group: str, node: DictConfig, injected: Sequence[str] 
         if key not in params and not takes_any:
             allowed = sorted(k for k, p in params.items() if k not in injected and k != "self"
                              and p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD))
-            raise ArgumentError(f"{group}.{key} is not a setting of {target_name}; allowed: {', '.join(allowed)}")
+            near = difflib.get_close_matches(key, allowed, n=3, cutoff=0.6)
+            hint = f"did you mean {' or '.join(f'{group}.{k}' for k in near)}? " if near else ""
+            raise ArgumentError(f"{group}.{key} is not a setting of {target_name}; {hint}"
+                                f"allowed: {', '.join(allowed) or '(none)'}")
         value = node[key]  # interpolations resolve on access
         if OmegaConf.is_config(value):
             value = OmegaConf.to_container(value, resolve=True)

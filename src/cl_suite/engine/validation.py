@@ -1,16 +1,26 @@
 """Start-up checks of a training config: a wrong value fails in seconds, with the key, the value and
 what is allowed, before any data is read or any model is built.
 
-Four layers, cheapest first: the loop's own settings (trainer, probe, evaluation, seed); every
+Five layers, cheapest first: the whole config at once (no nan or inf anywhere; no key that the
+config files do not define, so ``+trainer.max_step=2`` is refused, not ignored: the known keys of the
+groups without a ``_target_`` are read from conf/train.yaml and the group files it composes, never
+listed here); the loop's own settings (trainer, probe, evaluation, seed, device, best_metric); every
 ``_target_`` group against its constructor's signature (unknown keys, wrong types, unset required
 values: ``config_arguments``); ranges the constructors do not check early or do not name
-(optimizer, scheduler, logger, dataset augmentation); combinations across groups that cannot work
-(a backbone that shrinks the crop to nothing, a sampler asking for more candidates than the framework
-has). ``validate_against_data`` adds the checks that need the data set's size, once it is read.
+(optimizer, scheduler, logger, dataset augmentation, the sampler's own values); combinations across
+groups that cannot work (a backbone that shrinks the crop to nothing, a sampler asking for more
+candidates than the framework has). ``validate_against_data`` adds the checks that need the data set's
+size, once it is read. ``validate_evaluate_config`` and ``validate_evaluation_against_data`` do the
+same for evaluate.py (conf/evaluate.yaml).
 """
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import inspect
+import math
+import re
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -23,6 +33,11 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 NONFINITE_MODES = ("stop", "skip")
 WANDB_MODES = ("auto", "online", "offline", "disabled")
+# The primary config files: the keys they define (composed without user overrides) are the known keys of
+# the groups that have no ``_target_`` (trainer, probe, paths, evaluation, the top level).
+CONF_DIR = Path(__file__).resolve().parents[3] / "conf"
+# numpy's generators (np.random.seed, scikit-learn's random_state) take seeds in [0, 2**32 - 1]; torch's more.
+MAX_SEED = 2**32 - 1
 
 
 class ConfigError(ValueError):
@@ -33,12 +48,14 @@ def _get(cfg: DictConfig, key: str) -> Any:
     return cfg.get(key.split(".")[-1])
 
 
-def _int(cfg: DictConfig, key: str, minimum: int, allow_none: bool = False) -> None:
+def _int(cfg: DictConfig, key: str, minimum: int, allow_none: bool = False, maximum: int | None = None) -> None:
     value = _get(cfg, key)
     if value is None and allow_none:
         return
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        allowed = f"an integer >= {minimum}" + (" or null" if allow_none else "")
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum or (
+            maximum is not None and value > maximum):
+        allowed = (f"an integer >= {minimum}" if maximum is None else f"an integer in [{minimum}, {maximum}]") + (
+            " or null" if allow_none else "")
         raise ConfigError(f"{key}={value!r} is not allowed: expected {allowed}")
 
 
@@ -46,13 +63,14 @@ def _number(cfg: DictConfig, key: str, low: float = 0.0, high: float | None = No
             high_open: bool = False) -> None:
     """A number in the interval from ``low`` to ``high`` (open or closed ends as given)."""
     value = _get(cfg, key)
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (
+        isinstance(value, int) or math.isfinite(value))
     if ok:
         ok = (value > low if low_open else value >= low) and (
             high is None or (value < high if high_open else value <= high))
     if not ok:
         interval = f"{'(' if low_open else '['}{low}, {'inf' if high is None else high}{')' if high_open or high is None else ']'}"
-        raise ConfigError(f"{key}={value!r} is not allowed: expected a number in {interval}")
+        raise ConfigError(f"{key}={value!r} is not allowed: expected a finite number in {interval}")
 
 
 def _positive(cfg: DictConfig, key: str) -> None:
@@ -71,8 +89,103 @@ def _choice(cfg: DictConfig, key: str, allowed: tuple) -> None:
         raise ConfigError(f"{key}={value!r} is not one of {allowed}")
 
 
+def _check_finite_numbers(value: Any, key: str = "") -> None:
+    """No number anywhere in the config may be nan or inf: no setting of this suite means either, and
+    both pass range checks written as ``x < 0`` (nan) or with no upper end (inf), then train to chance."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _check_finite_numbers(v, f"{key}.{k}" if key else str(k))
+    elif isinstance(value, list):
+        for v in value:
+            if isinstance(v, float) and not math.isfinite(v):
+                raise ConfigError(f"{key}={value!r} is not allowed: expected finite numbers (no nan or inf)")
+            _check_finite_numbers(v, key)
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{key}={value!r} is not allowed: expected a finite number (no nan or inf)")
+
+
+def _defaults_groups(primary: DictConfig) -> list[str]:
+    """The config groups a primary config's defaults list composes (``- dataset: digits`` -> dataset)."""
+    groups = []
+    for entry in primary.get("defaults") or []:
+        if OmegaConf.is_dict(entry):  # a string entry is _self_ (or a config merged at the top level)
+            for name in entry:  # "group", "override group", "optional group@package"
+                name = str(name).split()[-1]
+                name = name.split("@", 1)[1] if "@" in name else name.replace("/", ".")
+                if not name.startswith(("hydra", "_")):
+                    groups.append(name.split(".")[0])
+    return groups
+
+
+def _key_tree(node: Any) -> Any:
+    """The keys of a plain config, nested; a value that is not a mapping is a leaf (True)."""
+    if isinstance(node, dict):
+        return {str(k): _key_tree(v) for k, v in node.items() if k != "defaults"}
+    return True
+
+
+def _merge_trees(a: dict, b: dict) -> dict:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _merge_trees(out[k], v) if isinstance(out.get(k), dict) and isinstance(v, dict) else out.get(k, v)
+    return out
+
+
+def primary_key_tree(config_name: str) -> dict:
+    """The known keys of ``conf/<config_name>.yaml`` as composed without user overrides, read from the
+    files each time (a key added to a file is known at once): its own keys, and for each group of its
+    defaults list either the union of its options' keys or, for a ``_target_`` group, None (its
+    constructor's signature decides: ``config_arguments``)."""
+    primary = OmegaConf.load(CONF_DIR / f"{config_name}.yaml")
+    plain = OmegaConf.to_container(primary, resolve=False)
+    tree = {k: v for k, v in _key_tree(plain).items() if k != "hydra"}
+    for group in _defaults_groups(primary):
+        options = [OmegaConf.to_container(OmegaConf.load(f), resolve=False)
+                   for f in sorted((CONF_DIR / group).glob("*.yaml"))]
+        if not options or any("_target_" in o or "defaults" in o for o in options):
+            tree[group] = None
+        else:
+            merged: dict = {}
+            for option in options:
+                merged = _merge_trees(merged, _key_tree(option))
+            tree[group] = merged
+    return tree
+
+
+def _unknown_key_message(keys: list[str], known: list[str]) -> str:
+    """"<key> is not a setting", with the nearest known keys first (a typo's correction), then all of them."""
+    by_leaf = {k.rsplit(".", 1)[-1]: k for k in known}  # compare "max_step" with "max_steps", not whole paths
+    near = difflib.get_close_matches(keys[0].rsplit(".", 1)[-1], list(by_leaf), n=3, cutoff=0.6)
+    hint = f"did you mean {' or '.join(by_leaf[k] for k in near)}? " if near else ""
+    return (f"{', '.join(keys)} {'is not a setting' if len(keys) == 1 else 'are not settings'}, so nothing would "
+            f"read {'it' if len(keys) == 1 else 'them'}; {hint}known keys: {', '.join(known) or '(none)'}")
+
+
+def _check_known_keys(node: dict, tree: dict, source: str, prefix: str = "") -> None:
+    """Every key of the plain config ``node`` must be in ``tree`` (``primary_key_tree``): a key added with
+    ``+`` that nothing reads (``+trainer.max_step=2``, Hydra's own suggestion for a typo) would be ignored."""
+    for key, value in node.items():
+        name = f"{prefix}{key}"
+        if key not in tree:
+            known = [prefix + k for k in sorted(tree)]
+            raise ConfigError(f"{name}={value!r} is not allowed ({source} has no such key): "
+                              + _unknown_key_message([name], known))
+        sub = tree[key]
+        if isinstance(sub, dict) and isinstance(value, dict):
+            _check_known_keys(value, sub, source, f"{name}.")
+
+
+def _check_plain_config(cfg: DictConfig, config_name: str) -> None:
+    """The checks that walk the whole config: finite numbers, and no key the primary config lacks."""
+    plain = OmegaConf.to_container(cfg, resolve=False)  # interpolations stay strings: nothing is resolved
+    plain.pop("hydra", None)  # present only with compose(return_hydra_config=True): Hydra's own settings
+    _check_finite_numbers(plain)
+    _check_known_keys(plain, primary_key_tree(config_name), f"conf/{config_name}.yaml or a group file it composes")
+
+
 def validate_train_config(cfg: DictConfig) -> None:
     """Every check that needs only the config (see the module docstring); raise ``ConfigError``."""
+    _check_plain_config(cfg, "train")
     _check_trainer(cfg)
     _check_evaluation(cfg.evaluation)
     try:
@@ -80,6 +193,7 @@ def validate_train_config(cfg: DictConfig) -> None:
     except ArgumentError as err:
         raise ConfigError(str(err)) from None
     _check_dataset(cfg.dataset)
+    _check_sampler_values(cfg)
     _check_method_sizes(cfg.method)
     _check_optimizer(cfg.optimizer)
     _check_scheduler(cfg)
@@ -98,7 +212,8 @@ def _check_trainer(cfg: DictConfig) -> None:
     _int(t, "trainer.checkpoint_every_epochs", 0)
     _int(t, "trainer.keep_last_checkpoints", 1)
     _int(t, "trainer.num_workers", 0)
-    _int(cfg, "seed", 0)
+    _int(cfg, "seed", 0, maximum=MAX_SEED)
+    _check_device(t, "trainer.device")
     for key in ("eval_at_init", "compile", "sync_batchnorm", "data_on_device", "progress_bar"):
         _bool(t, f"trainer.{key}")
     _choice(t, "trainer.precision", PRECISIONS)
@@ -110,20 +225,63 @@ def _check_trainer(cfg: DictConfig) -> None:
     _choice(t, "trainer.compile_mode", COMPILE_MODES)
     _choice(t, "trainer.nonfinite", NONFINITE_MODES)
     _choice(t, "trainer.best_mode", ("max", "min"))
-    if t.best_metric is not None and (not isinstance(t.best_metric, str) or "/" not in t.best_metric):
-        raise ConfigError(f"trainer.best_metric={t.best_metric!r} is not allowed: expected a metric name such as "
-                          "knn/top1 or linear/top1, or null for no best.pt")
+    _check_best_metric(cfg)
     if t.sync_batchnorm and (str(t.device) == "cpu" or not torch.cuda.is_available()):
         raise ConfigError("trainer.sync_batchnorm=true needs CUDA (torch's SyncBatchNorm has no CPU path)")
     if cfg.resume is not None and not isinstance(cfg.resume, str):
         raise ConfigError(f"resume={cfg.resume!r} is not allowed: expected auto, null, a .pt file or a run dir")
     if t.grad_clip is not None:
         _positive(t, "trainer.grad_clip")
-    device = str(t.device)
-    if not (device in ("auto", "cpu", "cuda") or device.startswith("cuda:")):
-        raise ConfigError(f"trainer.device={device!r} is not allowed: expected auto, cpu, cuda or cuda:N")
     _positive(cfg.probe, "probe.lr")
     _number(cfg.probe, "probe.weight_decay", 0.0, low_open=False)
+
+
+def _check_device(node: DictConfig, key: str) -> None:
+    """auto, cpu, cuda or cuda:N, and a CUDA device only where it exists (torch's own errors for
+    ``cuda:abc`` or a missing GPU do not name the setting, and come after the data is read)."""
+    device = str(_get(node, key))
+    index = re.fullmatch(r"cuda:(\d+)", device)
+    if not (device in ("auto", "cpu", "cuda") or index):
+        raise ConfigError(f"{key}={device!r} is not allowed: expected auto, cpu, cuda or cuda:N (N a GPU index)")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"{key}={device!r} is not allowed: CUDA is not available on this machine; "
+                          f"use {key}=cpu or auto")
+    if index and int(index[1]) >= torch.cuda.device_count():
+        count = torch.cuda.device_count()
+        raise ConfigError(f"{key}={device!r} is not allowed: this machine has {count} GPU(s), "
+                          f"cuda:0 .. cuda:{count - 1}")
+
+
+def best_metric_names(cfg: DictConfig) -> list[str]:
+    """The metrics ``trainer.best_metric`` can pick (``Trainer._improves_best``): the evaluation's numbers
+    (``engine.evaluation``: kNN and online probe at eval epochs and at the end, the linear probe at the
+    end) and, when an eval epoch falls before the last, that epoch's training record."""
+    from cl_suite.eval.knn import topk_accuracy
+
+    accuracies = [f"top{k}" for k in inspect.signature(topk_accuracy).parameters["ks"].default]
+    names = [f"{p}{a}" for p in ("knn/", "linear/", "online_probe/test_") for a in accuracies]
+    t = cfg.trainer
+    if t.eval_every_epochs and t.eval_every_epochs < t.epochs:
+        names += ["train/epoch_loss", *(f"online_probe/train_{a}" for a in accuracies)]
+    return names
+
+
+def _check_best_metric(cfg: DictConfig) -> None:
+    """A name no evaluation produces would leave best.pt unwritten without a word."""
+    metric = cfg.trainer.best_metric
+    if metric is None:
+        return
+    names = best_metric_names(cfg)
+    # diag/<name>: the method's own epoch diagnostics (named by the method at run time), in mid-run records
+    if isinstance(metric, str) and (metric in names or (metric.startswith("diag/") and "train/epoch_loss" in names)):
+        return
+    mid_run = "" if "train/epoch_loss" in names else (
+        " (training numbers such as train/epoch_loss need trainer.eval_every_epochs between 1 and "
+        "trainer.epochs - 1: they are compared at eval epochs only)")
+    raise ConfigError(f"trainer.best_metric={metric!r} is not allowed: this run never measures it, so best.pt "
+                      f"would never be written; expected one of {', '.join(names)}"
+                      f"{', or diag/<name>' if 'train/epoch_loss' in names else ''}, or null for no best.pt"
+                      f"{mid_run}")
 
 
 def _check_evaluation(e: DictConfig) -> None:
@@ -138,6 +296,20 @@ def _check_evaluation(e: DictConfig) -> None:
     _number(lin, "evaluation.linear.weight_decay", 0.0, low_open=False)
     _bool(lin, "evaluation.linear.standardize")
     _bool(lin, "evaluation.linear.flip_augment")
+    if "embedding_snapshot" in e:
+        _int(e, "evaluation.embedding_snapshot", 0)
+    if "retrieval" in e:
+        ks = e.retrieval.ks
+        if not OmegaConf.is_list(ks) or not ks or not all(
+                isinstance(k, int) and not isinstance(k, bool) and k >= 1 for k in ks):
+            raise ConfigError(f"evaluation.retrieval.ks={ks!r} is not allowed: expected a non-empty list of "
+                              "integers >= 1")
+    if "ood" in e:
+        from cl_suite.eval.protocols import OOD_SCORES
+
+        _choice(e.ood, "evaluation.ood.score", tuple(OOD_SCORES))
+        _int(e.ood, "evaluation.ood.k", 1)
+        _positive(e.ood, "evaluation.ood.reg_covar")
 
 
 def _check_group_signatures(cfg: DictConfig) -> None:
@@ -161,17 +333,37 @@ def _check_dataset(d: DictConfig) -> None:
     for key in ("mean", "std"):
         value = d.get(key)
         if not OmegaConf.is_list(value) or len(value) not in (1, 3) or not all(
-                isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
-            raise ConfigError(f"dataset.{key}={value!r} is not allowed: expected a list of 1 or 3 numbers "
+                isinstance(v, int) and not isinstance(v, bool) or isinstance(v, float) and math.isfinite(v) for v in value):
+            raise ConfigError(f"dataset.{key}={value!r} is not allowed: expected a list of 1 or 3 finite numbers "
                               "(one per image channel)")
     if any(v <= 0 for v in d.std):
         raise ConfigError(f"dataset.std={list(d.std)} is not allowed: every channel's std must be > 0")
     if "image_size" in d:
         _int(d, "dataset.image_size", 1)
+    for key in d:  # split_seed, seed: numpy and scikit-learn take [0, 2**32 - 1] and do not name the key
+        if str(key).endswith("seed"):
+            _int(d, f"dataset.{key}", 0, maximum=MAX_SEED)
     try:
         AugmentConfig.from_dict(OmegaConf.to_container(d.augment, resolve=True), mean=list(d.mean), std=list(d.std))
     except ValueError as err:  # its messages say "augment config: <key> ..."; name the full key
+        unknown = re.fullmatch(r"augment config: unknown key\(s\) (.*); allowed: (.*)", str(err))
+        if unknown:
+            keys, allowed = unknown[1].split(", "), unknown[2].split(", ")
+            raise ConfigError(_unknown_key_message([f"dataset.augment.{k}" for k in keys],
+                                                   [f"dataset.augment.{k}" for k in allowed])) from None
         raise ConfigError(str(err).replace("augment config: ", "dataset.augment.", 1)) from None
+
+
+def _check_sampler_values(cfg: DictConfig) -> None:
+    """The sampler's own ranges, before the checks that combine it with other groups: otherwise
+    ``sampler.s1=-1`` is reported as a ``sampler.n_hard`` too large for the candidates. Its constructor
+    checks them; a sampler is small and stateless, so it is built once here and dropped."""
+    from cl_suite.engine.build import instantiate_unwrapped
+
+    try:
+        instantiate_unwrapped(cfg.sampler, _convert_="all")
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
 
 
 def _check_method_sizes(m: DictConfig) -> None:
@@ -296,12 +488,35 @@ def _check_candidate_count(cfg: DictConfig, bank_size: int | None = None) -> Non
 
 def validate_against_data(cfg: DictConfig, data) -> None:
     """Checks that need the data set (its size): run right after it is read, before any model is built."""
-    train = len(data.train)
-    if cfg.evaluation.knn.k > train:
-        raise ConfigError(f"evaluation.knn.k={cfg.evaluation.knn.k} is larger than the {train} labelled training "
-                          f"images of dataset={data.name}: the kNN monitor would fail after training; lower it")
+    _check_neighbour_counts(cfg.evaluation, data, ("knn",))
     pretrain = len(data.pretrain)
     if cfg.trainer.batch_size > pretrain:
         raise ConfigError(f"trainer.batch_size={cfg.trainer.batch_size} is larger than the {pretrain} training images "
                           f"of dataset={data.name}")
     _check_candidate_count(cfg, bank_size=pretrain)  # a whole-bank framework's count is the data set size
+
+
+def _check_neighbour_counts(e: DictConfig, data, protocols) -> None:
+    """A k larger than the training split it searches cannot be honoured (kNN votes come from labelled
+    images only); refused here rather than clamped, so the recorded k is the k used."""
+    labelled = int((data.train.labels >= 0).sum())
+    if "knn" in protocols and e.knn.k > labelled:
+        raise ConfigError(f"evaluation.knn.k={e.knn.k} is larger than the {labelled} labelled training images of "
+                          f"dataset={data.name}: expected an integer in [1, {labelled}]; lower it")
+    if "ood" in protocols and e.ood.score == "knn" and e.ood.k > len(data.train):
+        raise ConfigError(f"evaluation.ood.k={e.ood.k} is larger than the {len(data.train)} training images of "
+                          f"dataset={data.name}: expected an integer in [1, {len(data.train)}]; lower it")
+
+
+def validate_evaluate_config(cfg: DictConfig) -> None:
+    """evaluate.py's own settings (conf/evaluate.yaml), before the run's checkpoint or data are read."""
+    _check_plain_config(cfg, "evaluate")
+    _check_evaluation(cfg.evaluation)
+    _int(cfg, "seed", 0, maximum=MAX_SEED)
+    _check_device(cfg, "device")
+    _bool(cfg, "wandb")
+
+
+def validate_evaluation_against_data(cfg: DictConfig, data, protocols) -> None:
+    """evaluate.py's checks that need the run's data set, right after it is read."""
+    _check_neighbour_counts(cfg.evaluation, data, protocols)

@@ -18,7 +18,8 @@ def knn_class_scores(train_features: torch.Tensor, train_labels: torch.Tensor, t
     keep = train_labels >= 0
     train = F.normalize(train_features[keep].float(), dim=1)
     labels = train_labels[keep]
-    k = min(k, len(labels))
+    if k > len(labels):  # refused, not clamped: the k recorded with the numbers must be the k used
+        raise ValueError(f"evaluation.knn.k={k} is larger than the {len(labels)} labelled training images; lower it")
     scores = []
     for chunk in F.normalize(test_features.float(), dim=1).split(chunk_size):
         sim, idx = (chunk @ train.T).topk(k, dim=1)

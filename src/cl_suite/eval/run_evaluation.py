@@ -1,31 +1,165 @@
 """Re-evaluate a finished run from its directory: its config, its checkpoint, the chosen protocols."""
 from __future__ import annotations
 
+import inspect
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from hydra._internal.utils import _locate  # what instantiate uses to find a _target_ (get_object also logs)
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from cl_suite.engine import checkpoint as ckpt
 from cl_suite.engine.build import (UNIFORM_SAMPLER, DatasetFacts, build_augment_config, build_dataset, build_logger,
                                    build_method)
 from cl_suite.engine.probe import OnlineProbe
 from cl_suite.engine.trainer import resolve_device
+from cl_suite.engine.validation import ConfigError, validate_evaluate_config, validate_evaluation_against_data
 from cl_suite.eval.other_datasets import dataset_names, load_other_dataset, ood_augment_config
 from cl_suite.eval.protocols import (check_protocols, encode_split, encode_splits, knn_metrics, linear_metrics,
                                      online_probe_metrics, ood_protocol_metrics, retrieval_protocol_metrics,
                                      transfer_protocol_metrics)
 
 
+# Classes outside cl_suite that the suite's own config groups name (conf/optimizer): the only library
+# _target_ a run config may hold. Exact names: a wildcard such as torch.optim.* would also reach
+# torch.optim.sgd.torch.hub.load (Hydra locates a target attribute by attribute).
+LIBRARY_TARGETS = frozenset({"torch.optim.SGD", "torch.optim.AdamW"})
+# The suite's own targets: classes and functions defined in the packages its config groups draw from.
+SUITE_TARGET_MODULES = ("cl_suite.data", "cl_suite.methods", "cl_suite.models", "cl_suite.samplers",
+                        "cl_suite.engine.logger", "cl_suite.engine.optim", "cl_suite.engine.schedule")
+# Resolvers an interpolation in a run config may call: they only read (the environment, other keys,
+# Hydra's own settings, the clock). oc.decode and oc.create are not among them: they build new config
+# nodes from a string when resolved, which could carry a _target_ that the check below never saw.
+SAFE_RESOLVERS = frozenset({"oc.env", "oc.select", "oc.deprecated", "oc.dict.keys", "oc.dict.values", "hydra",
+                            "now"})
+
+
 def load_run_config(run_dir: Path) -> DictConfig:
+    """``<run>/.hydra/config.yaml``, after ``check_run_config``: a run folder can come from anyone (a
+    shared outputs folder), and its config is instantiated."""
     path = run_dir / ".hydra" / "config.yaml"
     if not path.is_file():
         raise FileNotFoundError(f"run={str(run_dir)!r} has no .hydra/config.yaml: pass the directory train.py wrote")
-    cfg = OmegaConf.load(path)
+    cfg = OmegaConf.load(path)  # YAML safe loading: tags cannot build Python objects
+    check_run_config(cfg, path)
     cfg.paths.output_dir = str(run_dir)  # was ${hydra:runtime.output_dir} of the training job
     return cfg
+
+
+def check_run_config(cfg: DictConfig, path: Path) -> None:
+    """Refuse a run config that would make ``instantiate`` call anything but the suite's own classes.
+
+    Checked before anything is instantiated, at every depth (inside lists and ``_args_`` too), twice:
+    as written, then with its interpolations resolved (a resolver can build a node, e.g. from the default
+    of ``oc.select``, and a resolver's name can itself be computed). Refused, naming each key path:
+
+    - a ``_target_`` that is not a class or function defined in the suite's config packages
+      (``SUITE_TARGET_MODULES``; located by importing only cl_suite modules, so a path through a module's
+      imports such as ``cl_suite.engine.trainer.subprocess.getoutput`` is refused too) nor one of
+      ``LIBRARY_TARGETS``; a ``_target_`` that is not a plain string, or is an interpolation;
+    - an interpolation calling a resolver outside ``SAFE_RESOLVERS`` and the suite's own ``cl_suite.*``
+      ones, or one whose resolver or key name is itself computed (``${${x}:...}``): the written check
+      runs before resolution, so resolution only ever calls resolvers that read values.
+
+    ``_partial_``, ``_args_`` and ``_recursive_`` then only ever reach allowed targets.
+    """
+    problems: dict[str, str] = {}  # one line per key path, in the order found
+    _check_written(OmegaConf.to_container(cfg, resolve=False), "", problems)
+    if not problems:  # resolution only calls the resolvers allowed above: it reads, it never runs code
+        _check_resolved(cfg, problems)
+    if problems:
+        raise ConfigError(
+            f"{path}: refused, this run config names code that evaluate.py does not run:\n  "
+            + "\n  ".join(problems.values())
+            + f"\nAllowed: the suite's own classes ({', '.join(m + '.*' for m in SUITE_TARGET_MODULES)}) and "
+              f"{', '.join(sorted(LIBRARY_TARGETS))}; interpolations through {', '.join(sorted(SAFE_RESOLVERS))} "
+              "or cl_suite.* resolvers. Nothing was instantiated. Did train.py write this folder?")
+
+
+def _check_target(key_path: str, value: Any, problems: dict[str, str]) -> None:
+    problem = _target_problem(value)
+    if problem:
+        problems.setdefault(key_path, f"{key_path}: {value!r} {problem}")
+
+
+def _check_written(node: Any, where: str, problems: dict[str, str]) -> None:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            key_path = f"{where}.{key}" if where else str(key)
+            if key == "_target_":
+                _check_target(key_path, value, problems)
+            _check_written(value, key_path, problems)
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            _check_written(value, f"{where}[{i}]", problems)
+    elif isinstance(node, str):
+        for start in (m.end() for m in re.finditer(r"\$\{", node)):
+            name = _INTERPOLATION_NAME.match(node, start)
+            if name is None:
+                problems.setdefault(where, f"{where}: {node!r} has an interpolation with a computed name, "
+                                           "which is not allowed")
+            elif name.group(2) == ":" and name.group(1) not in SAFE_RESOLVERS and not name.group(1).startswith(
+                    "cl_suite."):
+                problems.setdefault(where, f"{where}: {node!r} calls the resolver {name.group(1)!r}, which is not "
+                                           "allowed")
+
+
+_INTERPOLATION_NAME = re.compile(r"\s*([\w.\-\[\]]+)\s*([:}])")  # a written key path or resolver name
+_MAX_RESOLVED_VALUES = 100_000  # a config whose resolution goes on (a node that contains itself) is refused
+
+
+def _check_resolved(cfg: DictConfig, problems: dict[str, str]) -> None:
+    """The ``_target_`` values of ``cfg`` with its interpolations resolved, including nodes that only exist
+    after resolution. A value that cannot be resolved here (``${hydra:...}`` outside Hydra) is skipped: it
+    cannot be resolved when instantiating either."""
+    stack: list[tuple[Any, str]] = [(cfg, "")]
+    visited = 0
+    while stack:
+        node, where = stack.pop()
+        if isinstance(node, DictConfig | dict):
+            keys = list(node.keys())
+        elif isinstance(node, ListConfig | list | tuple):
+            keys = list(range(len(node)))
+        else:
+            continue
+        for key in keys:
+            visited += 1
+            if visited > _MAX_RESOLVED_VALUES:
+                problems.setdefault("", f"{where}: resolving the config does not end (a node that contains "
+                                        "itself?); refused")
+                return
+            try:
+                value = node[key]
+            except Exception:  # unresolvable now, and when instantiating
+                continue
+            key_path = f"{where}[{key}]" if isinstance(key, int) else (f"{where}.{key}" if where else str(key))
+            if key == "_target_":
+                _check_target(key_path, value, problems)
+            stack.append((value, key_path))
+
+
+def _target_problem(target: Any) -> str | None:
+    """None if ``target`` may be instantiated, else why not."""
+    if not isinstance(target, str):
+        return "is not a dotted name"
+    if "${" in target:
+        return "is an interpolation: a _target_ must be written out"
+    if target in LIBRARY_TARGETS:
+        return None
+    if not target.startswith("cl_suite."):
+        return "is not one of the suite's own targets nor an allowed library class"
+    try:
+        obj = _locate(target)  # imports cl_suite modules only: every candidate module is under cl_suite.
+    except Exception:
+        return "cannot be found in cl_suite"
+    module = getattr(obj, "__module__", None) or ""
+    if not (inspect.isclass(obj) or inspect.isfunction(obj)) or not any(
+            module == allowed or module.startswith(allowed + ".") for allowed in SUITE_TARGET_MODULES):
+        return f"is not a class or function of the suite's config packages (it is {module or type(obj).__name__})"
+    return None
 
 
 def encoder_only(train_cfg: DictConfig) -> DictConfig:
@@ -55,6 +189,7 @@ def evaluate_run(cfg: DictConfig) -> dict[str, Any]:
     Protocols evaluated earlier on the same checkpoint step and not re-run now are kept, so
     ``protocol=ood`` after ``protocol=[linear,knn]`` adds to the file instead of replacing it.
     """
+    validate_evaluate_config(cfg)
     ood_names = dataset_names(cfg.ood_dataset, "ood_dataset")
     transfer_names = dataset_names(cfg.transfer_dataset, "transfer_dataset")
     protocols = check_protocols(cfg.protocol, ood_names, transfer_names)
@@ -67,6 +202,7 @@ def evaluate_run(cfg: DictConfig) -> dict[str, Any]:
     state = ckpt.load_checkpoint(path, map_location=device)
 
     data = build_dataset(train_cfg.dataset)
+    validate_evaluation_against_data(cfg, data, protocols)
     aug_cfg = build_augment_config(train_cfg.dataset)
     method = build_method(encoder_only(train_cfg), DatasetFacts.of(data, train_cfg.trainer.batch_size)).to(device)
     method.load_state_dict(state["method"])
