@@ -11,8 +11,15 @@ step, no method state update). Deciding that before the backward needs the loss 
 mode costs one device-to-host read per step (plus an all-reduce of one number under DDP, so that every
 process skips the same steps). BatchNorm running statistics of the skipped forward pass are already
 updated; when the activations themselves overflow, ``stop`` is the right choice.
+
+Skipping is not a licence to train on nothing: every skipped step is reported (console and log), a run
+stops (``TooManySkippedStepsError``) once more than ``trainer.max_skipped_fraction`` of its planned steps
+were skipped, and no checkpoint is ever written with non-finite weights or buffers (NaN BatchNorm
+statistics from a skipped forward pass): ``NonFiniteStateError``, naming the tensors.
 """
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.distributed as dist
@@ -22,6 +29,39 @@ MODES = ("stop", "skip")
 
 class NonFiniteLossError(FloatingPointError):
     """The training loss became NaN or infinite. The message names the step and what to try."""
+
+
+class TooManySkippedStepsError(FloatingPointError):
+    """``trainer.nonfinite=skip`` skipped more than ``trainer.max_skipped_fraction`` of the run's steps."""
+
+
+class NonFiniteStateError(FloatingPointError):
+    """A checkpoint would hold NaN/inf weights or buffers; it is not written."""
+
+
+def nonfinite_tensors(states: dict[str, dict]) -> list[str]:
+    """``part.key`` of every floating-point tensor in ``states`` ({part: state_dict}) that has a NaN or inf
+    (one host sync for all of them)."""
+    names, flags = [], []
+    for part, state in states.items():
+        for key, value in state.items():
+            if isinstance(value, torch.Tensor) and value.is_floating_point():
+                names.append(f"{part}.{key}")
+                flags.append(torch.isfinite(value).all())
+    if not flags:
+        return []
+    finite = torch.stack([f.to(flags[0].device) for f in flags]).tolist()
+    return [name for name, ok in zip(names, finite) if not ok]
+
+
+def check_fraction(value, key: str = "trainer.max_skipped_fraction") -> None:
+    """``value`` must be a finite number in [0, 1] (``ConfigError`` naming ``key`` otherwise)."""
+    from cl_suite.engine.validation import ConfigError
+
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and 0 <= value <= 1
+    if not ok:
+        raise ConfigError(f"{key}={value!r} is not allowed: expected a number in [0, 1] (the share of a run's steps "
+                          "that trainer.nonfinite=skip may skip before the run stops; 1 = never stop)")
 
 
 def likely_causes(cfg) -> str:
@@ -48,6 +88,7 @@ class NonFiniteGuard:
         self.first_bad_step = torch.full((), -1, dtype=torch.long, device=device)
         self.first_bad_loss = torch.zeros((), device=device)
         self.skipped = 0  # skip mode: steps skipped since the last epoch record
+        self.total_skipped = 0  # skip mode: steps skipped in the whole run (kept in the checkpoint)
 
     def record(self, loss: torch.Tensor, step: int) -> None:
         """Stop mode: note the step on the device if ``loss`` is not finite (no host sync)."""
@@ -64,7 +105,19 @@ class NonFiniteGuard:
             dist.all_reduce(bad, op=dist.ReduceOp.MAX)
         skip = bool(bad.item())
         self.skipped += skip
+        self.total_skipped += skip
         return skip
+
+    def check_skipped_share(self, max_fraction: float, planned_steps: int, step: int, last_checkpoint: str) -> None:
+        """Skip mode: raise once more than ``max_fraction`` of the run's ``planned_steps`` were skipped."""
+        if self.total_skipped <= max_fraction * planned_steps:
+            return
+        raise TooManySkippedStepsError(
+            f"{self.total_skipped} of the run's {planned_steps} steps had a non-finite loss and were skipped "
+            f"(trainer.nonfinite=skip), more than trainer.max_skipped_fraction={max_fraction}; stopped at step {step} "
+            f"without saving. The last checkpoint ({last_checkpoint}) is the last saved state. A run that skips this "
+            "many steps learns little (and its BatchNorm statistics may be NaN): lower the learning rate or check "
+            "the data, or raise trainer.max_skipped_fraction to accept it.")
 
     def check(self, step: int, cfg, last_checkpoint: str) -> None:
         """Stop mode: raise if any step so far had a non-finite loss (a host sync: call it where the loop

@@ -2,14 +2,27 @@
 
 The handler only records the signal; the loop checks it between optimizer steps, saves a checkpoint
 at that step and stops. Saving inside the handler could catch the model half-way through an update.
+
+The final evaluation (a linear probe can take long) changes no state worth saving: inside
+``PreemptionGuard.raising()`` the handler raises ``StopRequested`` instead, so a stop signal ends it at
+once (its checkpoint is written before it starts) rather than after the launcher's grace period.
 """
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
 from types import FrameType
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+
+class StopRequested(Exception):
+    """A stop signal arrived inside ``PreemptionGuard.raising()``; ``signum`` says which."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"stopped by signal {signum}")
+        self.signum = signum
 
 
 class PreemptionGuard:
@@ -24,6 +37,7 @@ class PreemptionGuard:
         self.signals = signals
         self.received: int | None = None
         self._previous: dict[int, object] = {}
+        self._raise = False
 
     def __enter__(self) -> "PreemptionGuard":
         if threading.current_thread() is threading.main_thread():  # handlers can only be set there
@@ -37,6 +51,22 @@ class PreemptionGuard:
 
     def _record(self, signum: int, frame: FrameType | None) -> None:
         self.received = signum
+        if self._raise:
+            self._raise = False  # one exception per block, not one inside the handling of another
+            raise StopRequested(signum)
+
+    @contextlib.contextmanager
+    def raising(self):
+        """Inside the block a stop signal raises ``StopRequested`` (also at entry, for one that arrived
+        before it). Only for work that can be dropped and redone: the exception lands between any two
+        Python bytecodes."""
+        if self.received is not None:
+            raise StopRequested(self.received)
+        self._raise = True
+        try:
+            yield
+        finally:
+            self._raise = False
 
     def hand_over(self) -> bool:
         """Call the previous Python handler of the received signal; return whether there was one."""

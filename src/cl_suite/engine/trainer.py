@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
+import os
 import random
 import time
 from pathlib import Path
@@ -30,14 +32,57 @@ from cl_suite.engine.distributed import (cleanup_distributed, get_rank, get_worl
 from cl_suite.engine.embedding_snapshot import log_embedding_snapshot
 from cl_suite.engine.evaluation import evaluate_encoder
 from cl_suite.engine.logger import NullLogger
-from cl_suite.engine.numerics import NonFiniteGuard
+from cl_suite.engine.numerics import NonFiniteGuard, NonFiniteStateError, check_fraction, nonfinite_tensors
 from cl_suite.engine.optim import build_optimizer
-from cl_suite.engine.preemption import PreemptionGuard
+from cl_suite.engine.preemption import PreemptionGuard, StopRequested
 from cl_suite.engine.pretrainer import Pretrainer
 from cl_suite.engine.probe import OnlineProbe, RunningTopkAccuracy
-from cl_suite.engine.validation import validate_against_data, validate_train_config
+from cl_suite.engine.run_lock import RunFolderError, RunLock, check_room_for_checkpoint
+from cl_suite.engine.validation import ConfigError, validate_against_data, validate_train_config
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+DEFAULT_MAX_SKIPPED_FRACTION = 0.5
+log = logging.getLogger(__name__)
+
+
+def check_loop_settings(cfg: DictConfig) -> None:
+    """Settings this module reads that would otherwise fail only after training (``ConfigError``)."""
+    points = cfg.evaluation.get("embedding_snapshot", 0)
+    if isinstance(points, bool) or not isinstance(points, int) or points < 0:
+        raise ConfigError(f"evaluation.embedding_snapshot={points!r} is not allowed: expected an integer >= 0 (test "
+                          "images whose embeddings go to wandb at the end of the run; 0 = off)")
+    check_fraction(cfg.trainer.get("max_skipped_fraction", DEFAULT_MAX_SKIPPED_FRACTION))
+
+
+def _collective_device() -> torch.device:
+    if torch.distributed.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+@contextlib.contextmanager
+def own_run_folder(run_dir: Path):
+    """Hold ``RunLock(run_dir)`` for the block: rank 0 takes it, every process agrees on the outcome (so
+    under DDP all of them stop, none waits for a collective that never comes)."""
+    lock, error = RunLock(run_dir), None
+    if is_main_process():
+        try:
+            lock.acquire()
+        except RunFolderError as err:
+            error = err
+    try:
+        if get_world_size() > 1:
+            flag = torch.tensor([float(error is not None)], device=_collective_device())
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            if flag.item() and error is None:
+                raise RunFolderError(f"rank 0 could not take the run folder {run_dir} (see its message)")
+        if error is not None:
+            raise error
+        if lock.took_over and is_main_process():
+            print(f"run folder {run_dir}: took over the lock of a job that no longer holds it ({lock.took_over})")
+        yield lock
+    finally:
+        lock.release()
 
 
 def resolve_device(name: str) -> torch.device:
@@ -88,26 +133,75 @@ def set_rng_states(states: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all([s.cpu() for s in states["cuda"]])
 
 
+def save_hydra_record(run_dir: Path, cfg: DictConfig) -> None:
+    """Write ``.hydra/config.yaml``, ``hydra.yaml`` and ``overrides.yaml`` as Hydra itself would, for a job
+    started through Hydra (a config composed in Python has no job record). conf/train.yaml turns Hydra's
+    own writing off (``hydra.output_subdir: null``) because Hydra writes before the job runs: a second job
+    on the same folder, refused by its lock, would already have replaced the owner's record."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return
+    hydra_cfg = HydraConfig.instance().cfg
+    record = run_dir / ".hydra"
+    record.mkdir(parents=True, exist_ok=True)
+    for name, node in (("config.yaml", cfg), ("hydra.yaml", hydra_cfg), ("overrides.yaml", hydra_cfg.hydra.overrides.task)):
+        (record / name).write_text(OmegaConf.to_yaml(node), encoding="utf-8")
+
+
+def _record_refused_job(cfg: DictConfig) -> None:
+    """A job whose config is refused still leaves its record (a sweep report then lists it as failed),
+    unless another job owns the folder."""
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
+    run_dir = Path(cfg.paths.output_dir)
+    lock = RunLock(run_dir)
+    with contextlib.suppress(RunFolderError, OSError):
+        from hydra.core.hydra_config import HydraConfig
+
+        if not HydraConfig.initialized():
+            return
+        lock.acquire()
+        try:
+            save_hydra_record(run_dir, cfg)
+        finally:
+            lock.release()
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Run one pre-training job described by ``cfg``; return the final metrics."""
-    validate_train_config(cfg)
+    try:
+        validate_train_config(cfg)
+        check_loop_settings(cfg)
+    except ConfigError:
+        _record_refused_job(cfg)
+        raise
     device_type = "cuda" if cfg.trainer.device != "cpu" and torch.cuda.is_available() else "cpu"
     with contextlib.ExitStack() as teardown:
         # Callbacks run last-in first-out: wandb finishes before the process group goes away (an
-        # unfinished run hangs at exit, or is silently reused by the next job of a multirun).
+        # unfinished run hangs at exit, or is silently reused by the next job of a multirun), and the
+        # run folder's lock is released after the last file of the run is written.
         init_distributed(device_type)
         teardown.callback(cleanup_distributed)
+        teardown.enter_context(own_run_folder(Path(cfg.paths.output_dir)))  # before the loop writes anything
+        if is_main_process():
+            save_hydra_record(Path(cfg.paths.output_dir), cfg)
         guard = teardown.enter_context(PreemptionGuard())
         trainer = Trainer(cfg, resolve_device(cfg.trainer.device), guard)
         teardown.callback(trainer.logger.finish)
         final = trainer.fit()
     if final is None:  # stopped by a signal after saving its checkpoint
-        trainer._print(f"stopped by signal {guard.received} at step {trainer.step}; checkpoint saved in "
-                       f"{trainer.run_dir}. Run the same command again to continue (resume=auto).")
+        during = " during the final evaluation" if trainer.stopped_in_final_evaluation else ""
+        trainer._print(f"stopped by signal {guard.received}{during} at step {trainer.step}; checkpoint saved in "
+                       f"{trainer.run_dir}. Run the same command again to continue (resume=auto)"
+                       + (": it only runs the final evaluation." if during else "."))
         guard.hand_over()  # e.g. submitit requeues the job here
         raise SystemExit(128 + guard.received)  # the shell's "terminated by signal" status: not finished
     # After wandb has finished (and printed its own run summary): the run ends with the numbers.
     trainer._print(_summary_table(trainer.history))
+    if trainer.nonfinite.total_skipped:
+        trainer._warn(f"warning: {trainer.nonfinite.total_skipped} of this run's {trainer.step} steps had a non-finite "
+                      "loss and were skipped (trainer.nonfinite=skip); see train/skipped_steps in metrics.json")
     trainer._print(f"run folder: {trainer.run_dir}  (re-evaluate: python evaluate.py run={trainer.run_dir})")
     return final
 
@@ -122,6 +216,7 @@ class Trainer:
     """
 
     def __init__(self, cfg: DictConfig, device: torch.device, guard: PreemptionGuard | None = None):
+        check_loop_settings(cfg)
         self.cfg, self.device, t = cfg, device, cfg.trainer
         self.guard = guard or PreemptionGuard()
         self.run_dir = Path(cfg.paths.output_dir)
@@ -161,6 +256,12 @@ class Trainer:
         self.probe_accuracy = RunningTopkAccuracy((1, 5), self.data.num_classes, device)
         self.diagnostics = EpochDiagnostics()
         self.nonfinite = NonFiniteGuard(t.nonfinite, device, self.world)
+        self.max_skipped_fraction = float(t.get("max_skipped_fraction", DEFAULT_MAX_SKIPPED_FRACTION))
+        self.stopped_in_final_evaluation = False
+        # The running sums of the current epoch (loss, probe accuracy, diagnostics, time) at the last
+        # save inside an epoch, so a resumed epoch still gives one record of the whole epoch.
+        self._epoch_progress: dict[str, Any] | None = None
+        self._epoch_carry: dict[str, Any] | None = None
         self.best: dict[str, Any] = {"metric": t.best_metric, "value": None, "step": None}
         self.last_checkpoint: Path | None = None  # the newest good checkpoint, named in the NaN message
         self._last_saved_step: int | None = None
@@ -169,6 +270,11 @@ class Trainer:
         self.history: dict[str, Any] = {"init": {}, "epochs": [], "final": {}}
         checkpoint = self._checkpoint_to_resume(cfg.resume)
         wandb_id = self._restore(checkpoint) if checkpoint else None
+        if self.main:  # a full disk or a read-only folder fails now, not at the first save hours from now
+            folder = self.run_dir / ckpt.CHECKPOINT_DIR
+            state_bytes = sum(v.numel() * v.element_size() for part in (self.method, self.probe)
+                              for v in part.state_dict().values() if isinstance(v, torch.Tensor))
+            check_room_for_checkpoint(folder if folder.is_dir() else self.run_dir, state_bytes)
         self.logger = NullLogger()
         if self.main:
             self.logger = build_logger(cfg.logger, str(self.run_dir), cfg, run_id=wandb_id)
@@ -202,8 +308,20 @@ class Trainer:
             if not last and (checkpoint_epoch or improved):  # a new best is saved even between checkpoint epochs
                 self.save(best=improved)
 
-        self.history["final"] = {**self.evaluate(with_linear=True), "step": self.step,
-                                 "epoch": self.step / self.steps_per_epoch}
+        if self._last_saved_step != self.step:  # the trained weights are on disk before the (long) evaluation
+            self.save()
+        self._print(f"final evaluation at step {self.step}: kNN and the linear probe "
+                    f"(evaluation.linear.epochs={self.cfg.evaluation.linear.epochs})")
+        try:
+            # A stop signal ends the evaluation at once: the checkpoint above holds everything, and the
+            # same command then runs only the evaluation. Under DDP the processes would have to agree
+            # first (a collective inside the evaluation), so there it runs to its end.
+            with self.guard.raising() if self.world == 1 else contextlib.nullcontext():
+                final = self.evaluate(with_linear=True)
+        except StopRequested:
+            self.stopped_in_final_evaluation = True
+            return None
+        self.history["final"] = {**final, "step": self.step, "epoch": self.step / self.steps_per_epoch}
         self.save(best=self._improves_best(self.history["final"]))
         final = {f"final/{k}": v for k, v in self.history["final"].items()}
         self.logger.log(final, step=self.step)
@@ -223,6 +341,16 @@ class Trainer:
         loss_sum, window_loss = torch.zeros((), device=device), torch.zeros((), device=device)
         start = window_start = time.perf_counter()
         steps = window_steps = 0
+        carry, self._epoch_carry = self._epoch_carry, None
+        if carry is not None and carry["epoch"] == epoch and first > 0:  # resumed inside this epoch
+            loss_sum += carry["loss_sum"].to(device)
+            steps = carry["steps"]
+            start -= carry["seconds"]
+            self.probe_accuracy.hits += carry["probe_hits"].to(device)
+            self.probe_accuracy.count += carry["probe_count"].to(device)
+            self.diagnostics.sums = {k: v.to(device) for k, v in carry["diag_sums"].items()}
+            self.diagnostics.steps = carry["diag_steps"]
+            self.nonfinite.skipped = carry["skipped"]
         bar = tqdm(total=planned, desc=f"epoch {epoch + 1}/{t.epochs}", disable=not (self.main and t.progress_bar),
                    leave=False, dynamic_ncols=True)
         generator = torch.Generator(device=device)
@@ -257,8 +385,19 @@ class Trainer:
                   "lr": self.optimizer.param_groups[0]["lr"], "epoch_time_s": seconds,
                   "images_per_s": steps * t.batch_size / seconds}
         record.update({f"online_probe/train_{k}": v for k, v in self.probe_accuracy.compute().items()})
+        self._epoch_progress = {
+            "epoch": epoch, "loss_sum": loss_sum.detach().cpu(), "steps": steps, "seconds": seconds,
+            "probe_hits": self.probe_accuracy.hits.detach().cpu().clone(),
+            "probe_count": self.probe_accuracy.count.detach().cpu().clone(),
+            "diag_sums": {k: v.detach().cpu().clone() for k, v in self.diagnostics.sums.items()},
+            "diag_steps": self.diagnostics.steps, "skipped": self.nonfinite.skipped}
         if self.nonfinite.mode == "skip":
             record["train/skipped_steps"], self.nonfinite.skipped = self.nonfinite.skipped, 0
+            if record["train/skipped_steps"]:
+                self._warn(f"warning: {record['train/skipped_steps']} of the {steps} steps of epoch {epoch + 1} had a "
+                           f"non-finite loss and were skipped ({self.nonfinite.total_skipped} in the run so far; it "
+                           f"stops above trainer.max_skipped_fraction={self.max_skipped_fraction} of its "
+                           f"{self.stop_step} steps)")
         if steps:
             record.update(self.diagnostics.compute())
             record.update({f"diag/{k}": v for k, v in self.method.epoch_diagnostics().items()})
@@ -294,15 +433,36 @@ class Trainer:
         schedule, data order) still advances past the batch. The step's loss counts as 0 in the epoch
         loss and its samples not in the probe accuracy."""
         self._print(f"step {self.step}: non-finite loss, update skipped (trainer.nonfinite=skip)")
+        self.nonfinite.check_skipped_share(self.max_skipped_fraction, self.stop_step, self.step,
+                                           self._last_checkpoint_text())
         self.scheduler.step()
         self.step += 1
         return dataclasses.replace(out, loss=torch.zeros_like(out.loss.detach()), stats={},
                                    feature_labels=torch.full_like(out.feature_labels, -1))
 
+    def _last_checkpoint_text(self) -> str:
+        return f"{self.last_checkpoint}, step {self._last_saved_step}" if self.last_checkpoint else "none was saved"
+
     def _check_finite(self) -> None:
         """Stop mode: raise if a loss since the start was not finite (a host sync; see engine.numerics)."""
-        last = f"{self.last_checkpoint}, step {self._last_saved_step}" if self.last_checkpoint else "none was saved"
-        self.nonfinite.check(self.step, self.cfg, last)
+        self.nonfinite.check(self.step, self.cfg, self._last_checkpoint_text())
+
+    def _check_finite_state(self, states: dict[str, dict]) -> None:
+        """Raise ``NonFiniteStateError`` (on every process) rather than save NaN/inf weights or buffers."""
+        bad = nonfinite_tensors(states)
+        flag = float(bool(bad))
+        if self.world > 1:
+            tensor = torch.tensor([flag], device=_collective_device())
+            torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.MAX)
+            flag = tensor.item()
+        if not flag:
+            return
+        names = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "") if bad else "another process"
+        raise NonFiniteStateError(
+            f"not saving a checkpoint at step {self.step}: non-finite values in {names}. The last checkpoint "
+            f"({self._last_checkpoint_text()}) is the last good state. With trainer.nonfinite=skip a skipped step's "
+            "forward pass still updates BatchNorm statistics, so activations that overflow poison them: use "
+            "trainer.nonfinite=stop, lower the learning rate, and run the same command to continue from there.")
 
     def _improves_best(self, metrics: dict[str, Any]) -> bool:
         """Whether ``metrics`` hold a better value of ``trainer.best_metric`` than any save so far."""
@@ -342,16 +502,21 @@ class Trainer:
         """Write ``checkpoints/step_<step>.pt`` (then ``last.pt``, and ``best.pt`` if ``best``, point at it)
         and ``metrics.json``, on rank 0, atomically. Never after a non-finite loss (stop mode raises)."""
         self._check_finite()  # on every process: the check all-reduces under DDP
+        method_state, probe_state = self.method.state_dict(), self.probe.state_dict()
+        self._check_finite_state({"method": method_state, "probe": probe_state})
         if not self.main:
             return
         state = {
-            "method": self.method.state_dict(), "probe": self.probe.state_dict(),
+            "method": method_state, "probe": probe_state,
             "optimizer": self.optimizer.state_dict(), "probe_optimizer": self.probe_optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(), "step": self.step,
             "epoch": self.step // self.steps_per_epoch, "rng": rng_states(),
             "config": OmegaConf.to_container(self.cfg, resolve=True), "wandb_run_id": self.logger.run_id,
-            "history": self.history, "best": self.best,
+            "history": self.history, "best": self.best, "skipped_steps": self.nonfinite.total_skipped,
         }
+        progress = self._epoch_progress
+        if self.step % self.steps_per_epoch and progress and progress["epoch"] == self.step // self.steps_per_epoch:
+            state["epoch_progress"] = progress  # inside an epoch: its running sums, for one record per epoch
         self.last_checkpoint = ckpt.save_run_checkpoint(self.run_dir / ckpt.CHECKPOINT_DIR, state, self.step,
                                                         self.cfg.trainer.keep_last_checkpoints, best=best)
         self._last_saved_step = self.step
@@ -384,15 +549,79 @@ class Trainer:
         set_rng_states(state["rng"])
         self.best = state.get("best", self.best)
         self.last_checkpoint, self._last_saved_step = path, self.step
-        changed = ckpt.continuation_differences(saved, current)
-        if changed:
-            self._print("warning: settings changed since the checkpoint; the continuation will differ from an "
-                        "uninterrupted run:\n  " + "\n  ".join(changed))
+        self.nonfinite.total_skipped = int(state.get("skipped_steps", 0))
+        epoch, inside = divmod(self.step, self.steps_per_epoch)
+        if inside and self.history["epochs"] and self.history["epochs"][-1].get("epoch") == epoch + 1:
+            # The record of the interrupted epoch (stop signal, max_steps) is replaced by the record of the
+            # whole epoch when it ends: its running sums continue from the checkpoint's.
+            self.history["epochs"].pop()
+            self._epoch_carry = state.get("epoch_progress")
+        applied, applied_keys = self._apply_changed_settings(saved, current)
+        others = [line for line in ckpt.continuation_differences(saved, current)
+                  if line.split(":", 1)[0] not in applied_keys]
+        if applied or others:
+            self._print(f"warning: settings changed since the checkpoint; from step {self.step} this run continues "
+                        "with them, so the continuation will differ from an uninterrupted run:\n  "
+                        + "\n  ".join(applied + others))
         self._print(f"resumed from {path} at step {self.step} (epoch {self.step / self.steps_per_epoch:.2f})")
         return state.get("wandb_run_id")
 
+    def _apply_changed_settings(self, saved: dict, current: dict) -> tuple[list[str], set[str]]:
+        """Make the optimizer and schedule settings of this run's config take effect on the restored state.
+
+        ``load_state_dict`` brings back the checkpoint's hyper-parameters in the param groups and the
+        base learning rates in the scheduler, so without this a changed ``optimizer.lr`` (the fix for a
+        NaN run) would be silently ignored. The values come from an optimizer built from this run's
+        config, so the batch-size scaling and the no-decay group of biases and norms are the same as in
+        a fresh run. Returns the lines to print and the config keys handled.
+        """
+        old_opt, new_opt = saved.get("optimizer") or {}, current.get("optimizer") or {}
+        old_sched, new_sched = saved.get("scheduler") or {}, current.get("scheduler") or {}
+        changed_opt = [k for k in sorted(set(old_opt) | set(new_opt))
+                       if k != "_target_" and old_opt.get(k) != new_opt.get(k)]
+        changed_sched = [k for k in sorted(set(old_sched) | set(new_sched)) if old_sched.get(k) != new_sched.get(k)]
+        if not changed_opt and not changed_sched:
+            return [], set()
+        fresh = build_optimizer(self.cfg.optimizer, self.method, self.cfg.trainer.batch_size)
+        groups, fresh_groups = self.optimizer.param_groups, fresh.param_groups
+        lines, keys, base_lr_changed = [], set(), bool(changed_sched)
+        for key in changed_opt:
+            change = f"optimizer.{key}: {old_opt.get(key)!r} -> {new_opt.get(key)!r}"
+            if key in ("lr", "batch_size_reference"):
+                base_lr_changed = True
+            elif all(key in g for g in fresh_groups) and len(groups) == len(fresh_groups):
+                for group, new in zip(groups, fresh_groups):
+                    group[key] = new[key]
+            else:  # e.g. exclude_bias_and_norm: the group structure itself; left to the warning below
+                continue
+            lines.append(f"{change} applied to the restored optimizer")
+            keys.add(f"optimizer.{key}")
+        for key in changed_sched:
+            lines.append(f"scheduler.{key}: {old_sched.get(key)!r} -> {new_sched.get(key)!r} applied to the restored "
+                         "schedule")
+            keys.add(f"scheduler.{key}")
+        if base_lr_changed and hasattr(self.scheduler, "lr_lambdas"):
+            # The schedule multiplies the base rates it restored; the multiplier functions are this run's.
+            base = [g["lr"] for g in fresh_groups]
+            self.scheduler.base_lrs = base
+            lrs = [b * f(self.scheduler.last_epoch) for b, f in zip(base, self.scheduler.lr_lambdas)]
+            for group, b, lr in zip(groups, base, lrs):
+                group["initial_lr"], group["lr"] = b, lr
+            self.scheduler._last_lr = lrs
+        return lines, keys
+
     def _print(self, text: str) -> None:
         if self.main:
+            print(text)
+
+    def _warn(self, text: str) -> None:
+        """A warning on the console and in the run's log file: through logging where it is set up (Hydra:
+        stdout and train.log), else printed (the Python API without logging), never both on one console."""
+        if not self.main:
+            return
+        if logging.getLogger().hasHandlers():
+            log.warning(text)
+        else:
             print(text)
 
 
