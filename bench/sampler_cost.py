@@ -2,8 +2,10 @@
 
 Times the sampler's loss forward + backward (w.r.t. the embeddings) for B anchors of dimension d
 against (a) SimCLR's 2B-2 in-batch candidates and (b) a pool of 16384 candidates (a MoCo queue or a
-memory-bank sample), and prints each sampler's time / uniform's time. The goal is <= 1.3 for every
-sampler but mixing (which adds synthetic negatives by design).
+memory-bank sample), and prints each sampler's time / uniform's time. Each cell is the median of
+interleaved A/B pairs (uniform and the sampler timed back to back, order alternating), with the lowest
+and highest pair ratio as its spread: on a busy machine both sides of a pair slow down alike. The goal
+is <= 1.3 for every sampler but mixing (which adds synthetic negatives by design).
 
     python bench/sampler_cost.py                 # B=512, d=128 on CUDA; smaller default on a CPU
     python bench/sampler_cost.py --batch 512 --pool 16384 --iters 20
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import statistics
 import time
 
 import torch
@@ -30,9 +33,7 @@ SAMPLERS = {
 
 
 def timed(fn, iters: int, device: torch.device) -> float:
-    """Mean seconds per call after two warm-up calls; CUDA is synchronised around the timed loop."""
-    for _ in range(2):
-        fn()
+    """Mean seconds per call of ``iters`` calls; CUDA is synchronised around the timed loop."""
     if device.type == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
@@ -43,18 +44,37 @@ def timed(fn, iters: int, device: torch.device) -> float:
     return (time.perf_counter() - start) / iters
 
 
+def paired(baseline, other, rounds: int, iters: int, device: torch.device) -> tuple[float, float, float, float]:
+    """Interleaved A/B timing: ``rounds`` back-to-back pairs (the order alternates), so a busy machine slows
+    both sides of a pair alike. Returns the median seconds of ``other``, and the median, lowest and highest
+    of the per-pair ratios other / baseline."""
+    for fn in (baseline, other, baseline, other):  # warm-up
+        fn()
+    ratios, seconds = [], []
+    for r in range(rounds):
+        if r % 2 == 0:
+            a, b = timed(baseline, iters, device), timed(other, iters, device)
+        else:
+            b, a = timed(other, iters, device), timed(baseline, iters, device)
+        ratios.append(b / a)
+        seconds.append(b)
+    return statistics.median(seconds), statistics.median(ratios), min(ratios), max(ratios)
+
+
 def main() -> None:
     cuda = torch.cuda.is_available()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, default=512 if cuda else 128, help="images B (anchors: 2B)")
     parser.add_argument("--dim", type=int, default=128)
     parser.add_argument("--pool", type=int, default=16384 if cuda else 4096, help="candidates of setting (b)")
-    parser.add_argument("--iters", type=int, default=20 if cuda else 3)
+    parser.add_argument("--iters", type=int, default=20 if cuda else 3, help="timed calls per measurement")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved A/B pairs per sampler and setting")
     args = parser.parse_args()
     device = torch.device("cuda" if cuda else "cpu")
     name = torch.cuda.get_device_name() if cuda else f"CPU ({torch.get_num_threads()} threads)"
     print(f"# sampler cost, {name}, torch {torch.__version__}, {datetime.date.today()}")
-    print(f"B={args.batch} images ({2 * args.batch} anchors), d={args.dim}, temperature 0.2\n")
+    print(f"B={args.batch} images ({2 * args.batch} anchors), d={args.dim}, temperature 0.2; {args.rounds} "
+          f"interleaved pairs of {args.iters} calls against uniform per cell: median ratio (lowest-highest)\n")
 
     torch.manual_seed(0)
     anchors = F.normalize(torch.randn(2 * args.batch, args.dim, device=device), dim=1).requires_grad_()
@@ -63,9 +83,16 @@ def main() -> None:
         f"batch ({2 * args.batch - 2} cand.)": (anchors, True),  # candidates carry gradient, as in SimCLR
         f"pool ({args.pool} cand.)": (F.normalize(torch.randn(args.pool, args.dim, device=device), dim=1), False),
     }
-    rows, baseline = [], {}
+
+    def loss_step(sampler, candidates, mask):
+        def step():
+            anchors.grad = None
+            sampler(anchors, positives, candidates, mask, 0.2).loss.backward()
+        return step
+
+    rows = []
     for sampler_name, make in SAMPLERS.items():
-        sampler = make()
+        sampler, uniform = make(), UniformSampler()
         row = [sampler_name]
         for setting, (candidates, in_batch) in settings.items():
             mask = None
@@ -73,16 +100,11 @@ def main() -> None:
                 n = candidates.shape[0]
                 mask = ~torch.eye(n, dtype=torch.bool, device=device)
                 mask[torch.arange(n), (torch.arange(n) + n // 2) % n] = False
-
-            def step():
-                anchors.grad = None
-                sampler(anchors, positives, candidates, mask, 0.2).loss.backward()
-
-            seconds = timed(step, args.iters, device)
-            baseline.setdefault(setting, seconds)
-            row += [f"{seconds * 1e3:.2f}", f"{seconds / baseline[setting]:.2f}"]
+            seconds, ratio, low, high = paired(loss_step(uniform, candidates, mask), loss_step(sampler, candidates, mask),
+                                               args.rounds, args.iters, device)
+            row += [f"{seconds * 1e3:.2f}", f"{ratio:.2f}", f"{low:.2f}-{high:.2f}"]
         rows.append(row)
-    header = ["sampler"] + [h for s in settings for h in (f"{s} ms", "x uniform")]
+    header = ["sampler"] + [h for s in settings for h in (f"{s} ms", "x uniform", "spread")]
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for row in rows:

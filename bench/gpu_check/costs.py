@@ -12,7 +12,7 @@ import sys
 import _shared
 
 SCRIPTS = {
-    "bench/sampler_cost.py": (["--batch", "72", "--pool", "512", "--iters", "1"], 0.3),
+    "bench/sampler_cost.py": (["--batch", "72", "--pool", "512", "--iters", "1", "--rounds", "2"], 0.3),
     "bench/framework_cost.py": (["--backbone", "small_convnet", "--batch", "32", "--iters", "1", "--rounds", "1"], 1.0),
 }
 
@@ -51,7 +51,7 @@ def main() -> int:
         section.add(text)
 
     head = []
-    samplers = ratios(outputs.get("bench/sampler_cost.py", ""), 4)  # the pool's "x uniform"
+    samplers = ratios(outputs.get("bench/sampler_cost.py", ""), 5)  # the pool's "x uniform"
     batch = ratios(outputs.get("bench/sampler_cost.py", ""), 2)
     if samplers:
         worst = max((k for k in samplers if "mixing" not in k), key=samplers.get)
