@@ -308,7 +308,8 @@ def test_full_ring_equals_uniform_infonce():
 
 def test_ir_ring_trains_with_linear_annealing_and_logs_the_outer_fraction(tmp_path):
     """A real run of the authors' IR-Ring estimator (whole bank, 4,095 draws) with the code's linear
-    policy: the outer fraction per epoch record is the policy's value at the epoch's steps."""
+    policy: the outer fraction per epoch record is the policy's value at the epoch's steps (every step
+    records its diagnostics here: log_every_steps=1; the record averages over the recorded steps)."""
     import json
 
     from cl_suite.engine.trainer import train
@@ -317,6 +318,7 @@ def test_ir_ring_trains_with_linear_annealing_and_logs_the_outer_fraction(tmp_pa
     # synthetic: 128 training images, batch 64 -> 2 steps per epoch; anneal over 2 epochs = 4 steps.
     cfg = compose_train(TINY + ["method=ir_ring", "dataset=synthetic", "sampler.anneal=linear",
                                 "sampler.anneal_epochs=2", "trainer.epochs=3", "trainer.eval_at_init=false",
+                                "trainer.log_every_steps=1",
                                 "evaluation.linear.epochs=1"], tmp_path)
     final = train(cfg)
     records = json.loads((tmp_path / "metrics.json").read_text())["epochs"]

@@ -356,14 +356,16 @@ class Trainer:
         generator = torch.Generator(device=device)
         for batch in self.batches.epoch(epoch, start_step=first):
             generator.manual_seed(step_seed(self.cfg.seed, self.step, self.rank))
-            self.method.set_progress(self.step, self.steps_per_epoch)
+            record_diagnostics = self._records_diagnostics(self.step)
+            self.method.set_progress(self.step, self.steps_per_epoch, record_diagnostics)
             out, probe_logits = self.train_step(batch, generator)
             steps += 1
             window_steps += 1
             loss_sum += out.loss.detach()
             window_loss += out.loss.detach()
             self.probe_accuracy.update(probe_logits, out.feature_labels)
-            self.diagnostics.update(out.stats)
+            if record_diagnostics:
+                self.diagnostics.update(out.stats)
             bar.update(1)
             if self.step % t.log_every_steps == 0:
                 self._check_finite()  # before the log line, so a NaN run stops instead of logging NaN
@@ -402,6 +404,15 @@ class Trainer:
             record.update(self.diagnostics.compute())
             record.update({f"diag/{k}": v for k, v in self.method.epoch_diagnostics().items()})
         return record
+
+    def _records_diagnostics(self, step: int) -> bool:
+        """Whether the step about to run (``step`` steps taken) computes and records the per-step
+        diagnostics: the steps that log (every ``trainer.log_every_steps``-th) and the last step of each
+        epoch and of the run, so that every epoch record has them. They cost about as much as the loss,
+        so the other steps skip them; the epoch record averages them over the recorded steps."""
+        done = step + 1
+        return (done % self.cfg.trainer.log_every_steps == 0 or done % self.steps_per_epoch == 0
+                or done == self.stop_step)
 
     def train_step(self, batch, generator: torch.Generator):
         t = self.cfg.trainer

@@ -14,7 +14,8 @@ class MethodOutput:
     loss: torch.Tensor  # scalar training loss
     features: torch.Tensor  # (n, F) detached backbone features, for the online probe
     feature_labels: torch.Tensor  # (n,) labels aligned with ``features`` (-1 = unlabelled)
-    stats: dict[str, torch.Tensor] = field(default_factory=dict)  # detached diagnostics
+    # detached diagnostics; may be empty on a step that records none (``set_progress``)
+    stats: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 class ContrastiveMethod(nn.Module):
@@ -35,12 +36,20 @@ class ContrastiveMethod(nn.Module):
         """The representation that is evaluated (kNN, linear probe): the backbone's pooled features."""
         return self.backbone(images)
 
-    def set_progress(self, step: int, steps_per_epoch: int) -> None:
+    # Whether the current step computes its per-step diagnostics (``MethodOutput.stats``); see set_progress.
+    record_diagnostics = True
+
+    def set_progress(self, step: int, steps_per_epoch: int, record_diagnostics: bool = True) -> None:
         """Training progress (optimizer steps taken, steps per epoch), set before every step, for
-        schedules inside the method's sampler (ring and HCL annealing, MoCHi start epochs)."""
-        for module in self.modules():
+        schedules inside the method's sampler (ring and HCL annealing, MoCHi start epochs).
+
+        ``record_diagnostics``: whether this step's diagnostics are recorded (the loop's log steps and
+        the last step of each epoch). When False the sampler skips them (``NegativeSampler``) and so may
+        the method: its ``stats`` may be empty; the loss must be the same either way."""
+        self.record_diagnostics = bool(record_diagnostics)
+        for module in self.modules():  # the one walk per step: progress and the flag together
             if isinstance(module, NegativeSampler):
-                module.set_progress(step, steps_per_epoch)
+                module.set_progress(step, steps_per_epoch, record_diagnostics)
 
     def on_train_step_end(self, step: int, total_steps: int) -> None:
         """Called after each optimizer step: momentum updates and enqueueing go here, not in forward."""

@@ -32,10 +32,15 @@ _LAB_MEAN = torch.tensor([50.0, (-86.183 + 98.233) / 2, (-107.857 + 94.478) / 2]
 _LAB_HALF_RANGE = torch.tensor([50.0, (86.183 + 98.233) / 2, (107.857 + 94.478) / 2])
 
 
-def rgb_to_lab(rgb: torch.Tensor) -> torch.Tensor:
-    """sRGB in [0, 1], (N, 3, H, W) -> CIE Lab (L in [0, 100]), batched, on the input's device."""
+def rgb_to_lab(rgb: torch.Tensor, rgb_to_xyz: torch.Tensor | None = None,
+               white: torch.Tensor | None = None) -> torch.Tensor:
+    """sRGB in [0, 1], (N, 3, H, W) -> CIE Lab (L in [0, 100]), batched, on the input's device.
+    ``rgb_to_xyz``, ``white``: the constants already on that device (CMC keeps them as buffers, so a step
+    copies nothing from the host); None: the module's CPU constants, copied over."""
+    rgb_to_xyz = (_RGB_TO_XYZ if rgb_to_xyz is None else rgb_to_xyz).to(rgb)
+    white = (_D65_WHITE if white is None else white).to(rgb)
     linear = torch.where(rgb <= 0.04045, rgb / 12.92, ((rgb + 0.055) / 1.055) ** 2.4)
-    xyz = torch.einsum("ij,njhw->nihw", _RGB_TO_XYZ.to(rgb), linear) / _D65_WHITE.to(rgb)[None, :, None, None]
+    xyz = torch.einsum("ij,njhw->nihw", rgb_to_xyz, linear) / white[None, :, None, None]
     f = torch.where(xyz > 0.008856, xyz.clamp(min=1e-12) ** (1 / 3), 7.787 * xyz + 16 / 116)
     return torch.stack([116 * f[:, 1] - 16, 500 * (f[:, 0] - f[:, 1]), 200 * (f[:, 1] - f[:, 2])], dim=1)
 
@@ -136,6 +141,11 @@ class CMC(ContrastiveMethod):
         self.temperature, self.num_negatives = float(temperature), num_negatives
         self.register_buffer("rgb_mean", torch.tensor(mean).view(1, 3, 1, 1))
         self.register_buffer("rgb_std", torch.tensor(std).view(1, 3, 1, 1))
+        # The Lab constants on the model's device, so that a step copies nothing from the host; not
+        # persistent: they are constants, not state (the checkpoint keys stay as they were).
+        for name, value in (("rgb_to_xyz", _RGB_TO_XYZ), ("d65_white", _D65_WHITE), ("lab_mean", _LAB_MEAN),
+                            ("lab_half_range", _LAB_HALF_RANGE)):
+            self.register_buffer(name, value.clone(), persistent=False)
         self.bank_l = MemoryBank(num_samples, projector_dim, bank_momentum)
         self.bank_ab = MemoryBank(num_samples, projector_dim, bank_momentum)
         self.criterion = criterion
@@ -155,7 +165,8 @@ class CMC(ContrastiveMethod):
 
     def _lab_features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         rgb = (images.float() * self.rgb_std + self.rgb_mean).clamp(0, 1)
-        lab = (rgb_to_lab(rgb) - _LAB_MEAN.to(rgb)[None, :, None, None]) / _LAB_HALF_RANGE.to(rgb)[None, :, None, None]
+        lab = rgb_to_lab(rgb, self.rgb_to_xyz, self.d65_white)
+        lab = (lab - self.lab_mean.to(rgb)[None, :, None, None]) / self.lab_half_range.to(rgb)[None, :, None, None]
         return self.backbone(self.l_stem(lab[:, :1])), self.ab_backbone(self.ab_stem(lab[:, 1:]))
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
@@ -207,6 +218,8 @@ class CMC(ContrastiveMethod):
                     self._z_known = True
             log_z = {view: value.to(logits[view].dtype) for view, value in log_z.items()}
             losses = {view: cmc_nce_loss(x, log_z[view], n) for view, x in logits.items()}
+        if not self.record_diagnostics:
+            return losses["l"] + losses["ab"], {}
         pos_sim, cand_sim, noise = sims["l"]
         # Every drawn row is a noise sample (the own row included), so the diagnostics mask nothing.
         ctx = Contrast(z_l.detach(), noise, pos_sim.detach(), cand_sim.detach(),

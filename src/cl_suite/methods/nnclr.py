@@ -56,13 +56,14 @@ class LookedUpPositiveCLR(ContrastiveMethod):
         z1, z2 = self.projector(h1).float(), self.projector(h2).float()
         p1, p2 = self.predictor(z1), self.predictor(z2)
         with torch.no_grad():  # before this step's memory update: a batch is never its own neighbour
-            # One lookup for both views: the memory is read (and normalised) once per step.
+            # One lookup for both views: the memory is read once per step.
             neighbours, lookup_stats = self.lookup(torch.cat([z1, z2]).detach(), labels.repeat(2))
             nn1, nn2 = neighbours.chunk(2)
         out1 = self._contrast(nn2, p1, labels)
         out2 = self._contrast(nn1, p2, labels)
         stats = {k: (out1.stats[k] + out2.stats[k]) / 2 for k in out1.stats}
-        stats.update(lookup_stats)
+        if self.record_diagnostics:
+            stats.update(lookup_stats)
         if self.training:  # the memory is written after the optimizer step, from view 1 (as the reference)
             self._pending = (gather_no_grad(z1.detach()), gather_no_grad(labels))
         return MethodOutput(loss=(out1.loss + out2.loss) / 2, features=torch.cat([h1, h2]).detach(),
@@ -86,6 +87,40 @@ class LookedUpPositiveCLR(ContrastiveMethod):
             self._pending = None
 
 
+class SupportSet(FeatureQueue):
+    """NNCLR's support set: the FIFO queue of raw projections (``embeddings``, what a checkpoint holds)
+    plus ``normalised``, their L2-normalised rows, written for the pushed rows at push time and for every
+    row after a state-dict load, so that a lookup does not re-normalise the whole set every step.
+
+    ``normalised`` is a plain tensor attribute, not a buffer: it is derived, so it stays out of the
+    checkpoint and out of DDP's per-step buffer broadcast (which already sends ``embeddings``); ``_apply``
+    moves it with the module (``.to``, ``.cuda``). A row is normalised on its own (``F.normalize`` over its
+    ``dim`` entries), so it gets the bits the whole-set normalisation of the lookup gave it before
+    (checked on the CPU by tests/test_diagnostics_cost.py). Rows must be written only through ``push`` or
+    ``load_state_dict``: an in-place write to ``embeddings`` would leave ``normalised`` stale.
+    """
+
+    def __init__(self, size: int, dim: int, key: str = "method.support_set_size"):
+        super().__init__(size, dim, key)
+        self.normalised = F.normalize(self.embeddings.float(), dim=1)
+
+    def _apply(self, fn, *args, **kwargs):
+        super()._apply(fn, *args, **kwargs)
+        self.normalised = fn(self.normalised)
+        return self
+
+    @torch.no_grad()
+    def push(self, embeddings: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor | None = None) -> None:
+        start, count = self.ptr.clone(), min(embeddings.shape[0], len(self))
+        super().push(embeddings, labels, indices)
+        rows = (start + torch.arange(count, device=self.ptr.device)) % len(self)
+        self.normalised[rows] = F.normalize(self.embeddings[rows].float(), dim=1).to(self.normalised.dtype)
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        self.normalised = F.normalize(self.embeddings.detach().float(), dim=1).to(self.normalised)
+
+
 class NNCLR(LookedUpPositiveCLR):
     """The positive is the nearest neighbour (cosine) of the projection in a support set: a FIFO queue of
     raw view-1 projections of past batches (METHODS.md 4.1; the queue is a buffer, so it is in the
@@ -105,12 +140,12 @@ class NNCLR(LookedUpPositiveCLR):
         super().__init__(backbone, sampler, temperature, projector_hidden_dims, projector_dim, predictor_hidden_dims)
         if isinstance(neighbours, bool) or not isinstance(neighbours, int) or not 1 <= neighbours:
             raise ValueError(f"method.neighbours={neighbours!r} is not allowed: expected an integer >= 1")
-        self.support_set = FeatureQueue(support_set_size, projector_dim, key="method.support_set_size")
+        self.support_set = SupportSet(support_set_size, projector_dim, key="method.support_set_size")
         self.neighbours = neighbours
 
     def lookup(self, z: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         z = F.normalize(z, dim=1)
-        support = F.normalize(self.support_set.embeddings.float(), dim=1)
+        support = self.support_set.normalised.float()  # normalised at push time, not every step
         sim = (z @ support.T).masked_fill(~self.support_set.valid_rows(), float("-inf"))
         k = min(self.neighbours, len(self.support_set))
         top = sim.topk(k, dim=1).indices  # (n, k)
@@ -118,6 +153,8 @@ class NNCLR(LookedUpPositiveCLR):
         index = top.gather(1, pick).squeeze(1)
         empty = self.support_set.filled == 0
         positives = torch.where(empty, z, support[index])
+        if not self.record_diagnostics:
+            return positives, {}
         same = (self.support_set.labels[index] == labels) & (labels >= 0)
         return positives, {"nnclr/neighbour_same_class": torch.where(empty, 0.0, same.float().mean())}
 

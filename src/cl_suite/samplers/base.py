@@ -32,6 +32,9 @@ class Contrast:
     cand_sim: torch.Tensor  # (A, M) cosine similarities to the candidates
     mask: torch.Tensor  # (A, M) bool, True where candidate m is a negative for anchor a
     temperature: float
+    # False on the steps that record no diagnostics: a sampler then skips what only the diagnostics read
+    # (``NegativeTerm.weights``, ``extra_stats``); the loss must not depend on it.
+    with_diagnostics: bool = True
 
 
 @dataclass
@@ -39,6 +42,7 @@ class NegativeTerm:
     log_mass: torch.Tensor  # (A,) log N_a
     # (A, M) non-negative weight each candidate gets in N_a, for the diagnostics only (detached):
     # None = every unmasked candidate counts once (InfoNCE); ring: 0/1 kept; HCL: importance weights.
+    # Only read when ``Contrast.with_diagnostics`` (a sampler may leave it None otherwise).
     weights: torch.Tensor | None = None
     extra_stats: dict[str, torch.Tensor] = field(default_factory=dict)
 
@@ -46,7 +50,8 @@ class NegativeTerm:
 @dataclass
 class SamplerOutput:
     loss: torch.Tensor  # scalar: mean over anchors
-    stats: dict[str, torch.Tensor] = field(default_factory=dict)  # detached per-step diagnostics (device tensors)
+    # detached per-step diagnostics (device tensors); empty on a step that records none
+    stats: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 class NegativeSampler(nn.Module):
@@ -59,6 +64,13 @@ class NegativeSampler(nn.Module):
     Training progress is set by the training loop before every step (``set_progress``), for samplers
     with a schedule (ring annealing, HCL's beta annealing, MoCHi start epochs): ``step`` (optimizer
     steps taken), ``steps_per_epoch`` and ``epoch`` (a float: 3.5 = half-way through the fourth epoch).
+
+    ``record_diagnostics`` (set with the progress): whether this step computes the per-step diagnostics
+    (``SamplerOutput.stats``). The loop sets it only on the steps whose diagnostics it records (its log
+    steps and the last step of each epoch): the similarity histograms, effective sample size and
+    false-negative rate over the whole (A, M) matrix cost about as much as the loss itself. On the
+    other steps ``stats`` is empty and the loss and its gradient are the same. Outside the loop it
+    stays True. Under ``torch.compile`` the flag is a guarded module attribute: two graphs, one per value.
     """
 
     def __init__(self) -> None:
@@ -66,11 +78,13 @@ class NegativeSampler(nn.Module):
         self.step = 0
         self.steps_per_epoch = 1
         self.epoch = 0.0
+        self.record_diagnostics = True
 
-    def set_progress(self, step: int, steps_per_epoch: int) -> None:
+    def set_progress(self, step: int, steps_per_epoch: int, record_diagnostics: bool = True) -> None:
         self.step = int(step)
         self.steps_per_epoch = int(steps_per_epoch)
         self.epoch = self.step / self.steps_per_epoch
+        self.record_diagnostics = bool(record_diagnostics)
 
     def forward(
         self,
@@ -89,9 +103,12 @@ class NegativeSampler(nn.Module):
             cand_sim = anchors @ candidates.T
             if candidate_mask is None:
                 candidate_mask = torch.ones_like(cand_sim, dtype=torch.bool)
-            ctx = Contrast(anchors, candidates, pos_sim, cand_sim, candidate_mask, float(temperature))
+            ctx = Contrast(anchors, candidates, pos_sim, cand_sim, candidate_mask, float(temperature),
+                           with_diagnostics=self.record_diagnostics)
             term = self.negative_term(ctx)
             loss = F.softplus(term.log_mass - pos_sim / temperature).mean()
+        if not self.record_diagnostics:
+            return SamplerOutput(loss=loss)
         stats = diagnostics(ctx, term, anchor_labels, candidate_labels)
         return SamplerOutput(loss=loss, stats=stats)
 

@@ -87,7 +87,11 @@ class HardSampler(NegativeSampler):
         # log R = LSE((1 + beta) s/t) - LSE(beta s/t) + log N   (sum w n / ((1/N) sum w))
         log_r = (torch.logsumexp(masked((1 + beta) * logits), dim=1)
                  - torch.logsumexp(masked(beta * logits), dim=1) + torch.log(n.to(logits.dtype)))
-        weights = torch.softmax(masked(beta * logits), dim=1).detach()  # normalised, for the diagnostics
+        log_mass = debiased_log_mass(log_r, ctx, self.tau_plus)
+        if not ctx.with_diagnostics:
+            return NegativeTerm(log_mass=log_mass)
+        # Normalised weights, read by the diagnostics only: another (A, M) pass, so only when they are recorded.
+        weights = torch.softmax(masked(beta * logits.detach()), dim=1)
         # torch.full launches a fill kernel; torch.tensor(beta, device=cuda) would copy from the host and sync.
-        return NegativeTerm(log_mass=debiased_log_mass(log_r, ctx, self.tau_plus), weights=weights,
+        return NegativeTerm(log_mass=log_mass, weights=weights,
                             extra_stats={"hard/beta": torch.full((), beta, device=logits.device)})

@@ -63,8 +63,12 @@ class MixingSampler(NegativeSampler):
             # Gradient only through the anchor: the synthetics come back detached.
             parts += [torch.einsum("ad,asd->as", ctx.anchors, h) / ctx.temperature
                       for h in self.synthetic_negatives(ctx, s1, s2)]
-        return NegativeTerm(log_mass=torch.logsumexp(torch.cat(parts, dim=1), dim=1),
-                            extra_stats={"mixing/synthetic": torch.tensor(float(s1 + s2), device=real.device)})
+        log_mass = torch.logsumexp(torch.cat(parts, dim=1), dim=1)
+        if not ctx.with_diagnostics:
+            return NegativeTerm(log_mass=log_mass)
+        # torch.full is a device fill; torch.tensor(x, device=cuda) would copy from the host every step.
+        return NegativeTerm(log_mass=log_mass,
+                            extra_stats={"mixing/synthetic": torch.full((), float(s1 + s2), device=real.device)})
 
     def synthetic_negatives(self, ctx: Contrast, s1: int, s2: int) -> list[torch.Tensor]:
         """The anchors' synthetic negatives, detached and L2-normalised: [type 1 (A, s1, D), type 2 (A, s2, D)]

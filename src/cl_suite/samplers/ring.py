@@ -185,11 +185,15 @@ class RingSampler(NegativeSampler):
             in_ring = ring_positions(inner, outer, max_outer)
             ranked_logits = logits.gather(1, best).masked_fill(~in_ring, float("-inf"))
             log_mass = torch.logsumexp(ranked_logits, dim=1)
+            if not ctx.with_diagnostics:
+                return NegativeTerm(log_mass=log_mass)
             weights = torch.zeros_like(ctx.mask).scatter_(1, best, in_ring).float()
         else:
             uniforms = torch.rand(n_anchors, self.num_samples, device=logits.device, dtype=torch.float64)
             drawn = best.gather(1, resampled_ranks(inner, outer, uniforms))  # (A, k) candidate indices
             log_mass = torch.logsumexp(logits.gather(1, drawn), dim=1)
+            if not ctx.with_diagnostics:  # the weights and stats below are read by the diagnostics only
+                return NegativeTerm(log_mass=log_mass)
             weights = torch.zeros_like(logits, dtype=torch.float32).scatter_add_(
                 1, drawn, torch.ones_like(drawn, dtype=torch.float32))
         width = (outer - inner).float()
