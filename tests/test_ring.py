@@ -327,3 +327,22 @@ def test_ir_ring_trains_with_linear_annealing_and_logs_the_outer_fraction(tmp_pa
     assert final["step"] == 6
     assert [r["diag/ring/outer_fraction"] for r in records] == pytest.approx(expected)
     assert all(math.isfinite(r["train/epoch_loss"]) for r in records)
+
+
+def test_annealed_ring_under_torch_compile_does_not_recompile_every_step():
+    """The annealed outer fraction changes at every step; the ring term runs eagerly so the compiled
+    graphs stay few (it compiled a new graph per step before)."""
+    import torch._dynamo as dynamo
+
+    dynamo.reset()
+    sampler = RingSampler(0.1, 0.1, anneal="linear", anneal_epochs=1.0)
+    compiled = torch.compile(sampler, backend="eager")
+    anchors, pool = unit(torch.randn(8, 16)), unit(torch.randn(300, 16))
+    for step in range(12):
+        sampler.set_progress(step, 10, record_diagnostics=step % 5 == 0)
+        eager = RingSampler(0.1, 0.1, anneal="linear", anneal_epochs=1.0)
+        eager.set_progress(step, 10)
+        assert math.isclose(compiled(anchors, anchors, pool, None, 0.1).loss.item(),
+                            eager(anchors, anchors, pool, None, 0.1).loss.item(), rel_tol=1e-6)
+    assert dynamo.utils.counters["stats"]["unique_graphs"] <= 6
+    dynamo.reset()

@@ -74,6 +74,12 @@ class HardSampler(NegativeSampler):
         """The beta of the current step: ``beta``, or its annealed value in the current whole epoch."""
         if self.anneal is None:
             return self.beta
+        return self._annealed_beta()
+
+    @torch.compiler.disable
+    def _annealed_beta(self) -> float:
+        # Outside torch.compile's graph: reading the step there would recompile it at every step; the
+        # graph then only sees beta, which changes once per level (9 values).
         return annealed_beta(self.beta, self.step // self.steps_per_epoch, self.anneal_epochs)
 
     def negative_term(self, ctx: Contrast) -> NegativeTerm:

@@ -154,6 +154,8 @@ class RingSampler(NegativeSampler):
         self._checked_counts = False
 
     def current_outer_fraction(self) -> float:
+        if self.anneal is None:  # not reading the step keeps torch.compile from guarding on it
+            return self.outer_fraction
         anneal_steps = int(self.anneal_epochs * self.steps_per_epoch)
         return anneal_outer_fraction(self.anneal, self.outer_fraction, self.step, anneal_steps,
                                      self.anneal_step_size, self.anneal_decay)
@@ -170,11 +172,21 @@ class RingSampler(NegativeSampler):
         self._checked_counts = True
 
     def negative_term(self, ctx: Contrast) -> NegativeTerm:
+        if self.anneal is None:
+            return self._ring_term(ctx, self.outer_fraction)
+        return self._annealed_ring_term(ctx)
+
+    @torch.compiler.disable
+    def _annealed_ring_term(self, ctx: Contrast) -> NegativeTerm:
+        """The annealed ring runs eagerly: its outer fraction (and with it the top-k size) changes from
+        step to step, which under torch.compile would recompile the graph at every step."""
+        return self._ring_term(ctx, self.current_outer_fraction())
+
+    def _ring_term(self, ctx: Contrast, outer_fraction: float) -> NegativeTerm:
         n_anchors, n_cand = ctx.cand_sim.shape
         counts = ctx.mask.sum(dim=1)  # (A,) candidates of each anchor
         if not self._checked_counts:
             self._check_counts(counts)
-        outer_fraction = self.current_outer_fraction()
         inner, outer = ring_borders_per_anchor(outer_fraction, self.inner_fraction, counts)
         # The ball of the largest count holds every anchor's ball; masked (-inf) candidates rank last.
         max_outer = min(int(outer_fraction * n_cand), n_cand)
