@@ -69,12 +69,15 @@ def main() -> None:
     parser.add_argument("--pool", type=int, default=16384 if cuda else 4096, help="candidates of setting (b)")
     parser.add_argument("--iters", type=int, default=20 if cuda else 3, help="timed calls per measurement")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved A/B pairs per sampler and setting")
+    parser.add_argument("--with-diagnostics", action="store_true",
+                        help="time the steps that record diagnostics (every log step) instead of the others")
     args = parser.parse_args()
     device = torch.device("cuda" if cuda else "cpu")
     name = torch.cuda.get_device_name() if cuda else f"CPU ({torch.get_num_threads()} threads)"
     print(f"# sampler cost, {name}, torch {torch.__version__}, {datetime.date.today()}")
     print(f"B={args.batch} images ({2 * args.batch} anchors), d={args.dim}, temperature 0.2; {args.rounds} "
-          f"interleaved pairs of {args.iters} calls against uniform per cell: median ratio (lowest-highest)\n")
+          f"interleaved pairs of {args.iters} calls against uniform per cell: median ratio (lowest-highest); "
+          f"{'steps that record diagnostics' if args.with_diagnostics else 'steps without diagnostics (all but the log steps)'}\n")
 
     torch.manual_seed(0)
     anchors = F.normalize(torch.randn(2 * args.batch, args.dim, device=device), dim=1).requires_grad_()
@@ -93,6 +96,8 @@ def main() -> None:
     rows = []
     for sampler_name, make in SAMPLERS.items():
         sampler, uniform = make(), UniformSampler()
+        for s in (sampler, uniform):  # as the training loop sets them on a (non-)recording step
+            s.set_progress(0, 1, record_diagnostics=args.with_diagnostics)
         row = [sampler_name]
         for setting, (candidates, in_batch) in settings.items():
             mask = None
