@@ -10,7 +10,8 @@ most similar) by two fractions, the paper's outer fraction u and inner fraction 
 
 Both products are taken in IEEE double precision and truncated, exactly as the Ring code does
 (``int(thres_outer * k)``, ``int(thres_inner * outer_size)``): so u = 0.1 over 65,536 queue keys keeps
-ranks 655 .. 6552 (5,898 keys), over a 50,000-image bank ranks 500 .. 4999. ``inner_fraction = 0`` is the
+ranks 655 .. 6552 (5,898 keys), over a 50,000-image bank ranks 500 .. 4999, and u = 0.29 over 100
+candidates gives O = 28, not 29 (0.29 * 100 is 28.999999999999996 in double precision). ``inner_fraction = 0`` is the
 code's "ball" variant (the O closest, no hole). Selection is by rank: exactly O - I candidates are kept
 even when similarities tie. No gradient flows through the selection; the kept logits carry it.
 
