@@ -255,36 +255,26 @@ def test_cifar_real_pickles_still_load(tmp_path, protocol):
     assert torch.equal(data.train.images[:2], torch.from_numpy(first).view(2, 3, 32, 32))
 
 
-@pytest.mark.parametrize("data, expected", [
-    (np.full((2, 3072), 0.5), r"'data'.*float64.*0\.5"),  # before: silently cast to 0
-    (np.full((2, 3072), 300, dtype=np.int64), r"'data'.*300.*0\.\.255"),  # before: wrapped to 44
-    (np.full((2, 3072), -1, dtype=np.int16), r"'data'.*-1.*0\.\.255"),
+@pytest.mark.parametrize("batch, field, value, expected", [
+    ("data_batch_3", "data", np.full((2, 3072), 0.5), r"'data'.*float64.*0\.5"),  # before: silently cast to 0
+    ("data_batch_3", "data", np.full((2, 3072), 300, dtype=np.int64), r"'data'.*300.*0\.\.255"),  # before: wrapped
+    ("data_batch_3", "data", np.full((2, 3072), -1, dtype=np.int16), r"'data'.*-1.*0\.\.255"),
+    ("test_batch", "labels", [3, 10], r"'labels'.*10.*0\.\.9"),  # before: failed only at the final evaluation
+    ("test_batch", "labels", [3, -1], r"'labels'.*-1.*0\.\.9"),
+    ("test_batch", "labels", [3, 1.5], r"'labels'.*integers.*float"),
 ])
-def test_cifar_bad_pixel_arrays_are_refused(tmp_path, data, expected):
+def test_cifar10_bad_pixels_and_labels_are_refused_naming_the_file(tmp_path, batch, field, value, expected):
     folder = _cifar10(tmp_path)
-    _rewrite(folder / "data_batch_3", data=data)
+    _rewrite(folder / batch, **{field: value})
     with pytest.raises(CorruptDataError, match=expected) as info:
         load_cifar10(tmp_path)
-    assert str(folder / "data_batch_3") in str(info.value)
+    assert str(folder / batch) in str(info.value)
 
 
 def test_cifar_integer_pixels_in_range_are_accepted(tmp_path):
     folder = _cifar10(tmp_path)
     _rewrite(folder / "data_batch_1", data=np.full((2, 3072), 255, dtype=np.int64))
     assert (load_cifar10(tmp_path).train.images[:2] == 255).all()
-
-
-@pytest.mark.parametrize("labels, expected", [
-    ([3, 10], r"'labels'.*10.*0\.\.9"),  # before: accepted, failed only at the final evaluation
-    ([3, -1], r"'labels'.*-1.*0\.\.9"),
-    ([3, 1.5], r"'labels'.*integers.*float"),
-])
-def test_cifar10_bad_labels_are_refused(tmp_path, labels, expected):
-    folder = _cifar10(tmp_path)
-    _rewrite(folder / "test_batch", labels=labels)
-    with pytest.raises(CorruptDataError, match=expected) as info:
-        load_cifar10(tmp_path)
-    assert str(folder / "test_batch") in str(info.value)
 
 
 def test_cifar100_coarse_label_out_of_range(tmp_path):

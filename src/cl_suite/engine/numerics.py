@@ -19,8 +19,6 @@ statistics from a skipped forward pass): ``NonFiniteStateError``, naming the ten
 """
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.distributed as dist
 
@@ -52,16 +50,6 @@ def nonfinite_tensors(states: dict[str, dict]) -> list[str]:
         return []
     finite = torch.stack([f.to(flags[0].device) for f in flags]).tolist()
     return [name for name, ok in zip(names, finite) if not ok]
-
-
-def check_fraction(value, key: str = "trainer.max_skipped_fraction") -> None:
-    """``value`` must be a finite number in [0, 1] (``ConfigError`` naming ``key`` otherwise)."""
-    from cl_suite.engine.validation import ConfigError
-
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and 0 <= value <= 1
-    if not ok:
-        raise ConfigError(f"{key}={value!r} is not allowed: expected a number in [0, 1] (the share of a run's steps "
-                          "that trainer.nonfinite=skip may skip before the run stops; 1 = never stop)")
 
 
 def likely_causes(cfg) -> str:

@@ -27,12 +27,12 @@ from cl_suite.engine import checkpoint as ckpt
 from cl_suite.engine.build import (DatasetFacts, build_augment_config, build_dataset, build_logger, build_method,
                                    instantiate_unwrapped)
 from cl_suite.engine.diagnostics import EpochDiagnostics, is_histogram
-from cl_suite.engine.distributed import (cleanup_distributed, get_rank, get_world_size, init_distributed,
-                                         is_main_process)
+from cl_suite.engine.distributed import (any_process, cleanup_distributed, get_rank, get_world_size,
+                                         init_distributed, is_main_process)
 from cl_suite.engine.embedding_snapshot import log_embedding_snapshot
 from cl_suite.engine.evaluation import evaluate_encoder
 from cl_suite.engine.logger import NullLogger
-from cl_suite.engine.numerics import NonFiniteGuard, NonFiniteStateError, check_fraction, nonfinite_tensors
+from cl_suite.engine.numerics import NonFiniteGuard, NonFiniteStateError, nonfinite_tensors
 from cl_suite.engine.optim import build_optimizer
 from cl_suite.engine.preemption import PreemptionGuard, StopRequested
 from cl_suite.engine.pretrainer import Pretrainer
@@ -41,23 +41,7 @@ from cl_suite.engine.run_lock import RunFolderError, RunLock, check_room_for_che
 from cl_suite.engine.validation import ConfigError, validate_against_data, validate_train_config
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-DEFAULT_MAX_SKIPPED_FRACTION = 0.5
 log = logging.getLogger(__name__)
-
-
-def check_loop_settings(cfg: DictConfig) -> None:
-    """Settings this module reads that would otherwise fail only after training (``ConfigError``)."""
-    points = cfg.evaluation.get("embedding_snapshot", 0)
-    if isinstance(points, bool) or not isinstance(points, int) or points < 0:
-        raise ConfigError(f"evaluation.embedding_snapshot={points!r} is not allowed: expected an integer >= 0 (test "
-                          "images whose embeddings go to wandb at the end of the run; 0 = off)")
-    check_fraction(cfg.trainer.get("max_skipped_fraction", DEFAULT_MAX_SKIPPED_FRACTION))
-
-
-def _collective_device() -> torch.device:
-    if torch.distributed.get_backend() == "nccl":
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
 
 
 @contextlib.contextmanager
@@ -71,11 +55,8 @@ def own_run_folder(run_dir: Path):
         except RunFolderError as err:
             error = err
     try:
-        if get_world_size() > 1:
-            flag = torch.tensor([float(error is not None)], device=_collective_device())
-            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-            if flag.item() and error is None:
-                raise RunFolderError(f"rank 0 could not take the run folder {run_dir} (see its message)")
+        if any_process(error is not None) and error is None:
+            raise RunFolderError(f"rank 0 could not take the run folder {run_dir} (see its message)")
         if error is not None:
             raise error
         if lock.took_over and is_main_process():
@@ -172,7 +153,6 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     """Run one pre-training job described by ``cfg``; return the final metrics."""
     try:
         validate_train_config(cfg)
-        check_loop_settings(cfg)
     except ConfigError:
         _record_refused_job(cfg)
         raise
@@ -216,7 +196,6 @@ class Trainer:
     """
 
     def __init__(self, cfg: DictConfig, device: torch.device, guard: PreemptionGuard | None = None):
-        check_loop_settings(cfg)
         self.cfg, self.device, t = cfg, device, cfg.trainer
         self.guard = guard or PreemptionGuard()
         self.run_dir = Path(cfg.paths.output_dir)
@@ -256,7 +235,7 @@ class Trainer:
         self.probe_accuracy = RunningTopkAccuracy((1, 5), self.data.num_classes, device)
         self.diagnostics = EpochDiagnostics()
         self.nonfinite = NonFiniteGuard(t.nonfinite, device, self.world)
-        self.max_skipped_fraction = float(t.get("max_skipped_fraction", DEFAULT_MAX_SKIPPED_FRACTION))
+        self.max_skipped_fraction = float(t.max_skipped_fraction)
         self.stopped_in_final_evaluation = False
         # The running sums of the current epoch (loss, probe accuracy, diagnostics, time) at the last
         # save inside an epoch, so a resumed epoch still gives one record of the whole epoch.
@@ -461,12 +440,7 @@ class Trainer:
     def _check_finite_state(self, states: dict[str, dict]) -> None:
         """Raise ``NonFiniteStateError`` (on every process) rather than save NaN/inf weights or buffers."""
         bad = nonfinite_tensors(states)
-        flag = float(bool(bad))
-        if self.world > 1:
-            tensor = torch.tensor([flag], device=_collective_device())
-            torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.MAX)
-            flag = tensor.item()
-        if not flag:
+        if not any_process(bool(bad)):
             return
         names = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "") if bad else "another process"
         raise NonFiniteStateError(

@@ -232,6 +232,8 @@ def _check_trainer(cfg: DictConfig) -> None:
         raise ConfigError(f"resume={cfg.resume!r} is not allowed: expected auto, null, a .pt file or a run dir")
     if t.grad_clip is not None:
         _positive(t, "trainer.grad_clip")
+    # nonfinite=skip stops once more than this share of the run's steps were skipped; 1 = never
+    _number(t, "trainer.max_skipped_fraction", 0.0, 1.0, low_open=False)
     _positive(cfg.probe, "probe.lr")
     _number(cfg.probe, "probe.weight_decay", 0.0, low_open=False)
 
