@@ -1,7 +1,10 @@
 """Evaluation protocols against independent (slow, brute-force or sklearn) computations: kNN, top-k
 accuracy, the cached-feature linear probe, retrieval (mAP, P@k, R@k) and OOD detection (AUROC, FPR@95)."""
 import math
+import subprocess
+import sys
 
+import pytest
 import torch
 
 from cl_suite.eval.knn import knn_class_scores, topk_accuracy
@@ -33,6 +36,28 @@ def test_topk_accuracy_counts_hits():
     assert acc["top1"] == 25.0  # only row 0
     assert acc["top2"] == 75.0  # rows 0, 2 and 3
     assert acc["top5"] == 100.0  # capped at 3 classes
+
+
+@pytest.mark.parametrize("num_classes", [3, 10, 100])
+def test_topk_accuracy_matches_torchmetrics_micro_average(num_classes):
+    from torchmetrics.functional.classification import multiclass_accuracy
+
+    torch.manual_seed(num_classes)
+    scores = torch.randn(500, num_classes)
+    labels = torch.randint(0, num_classes, (500,))
+    acc = topk_accuracy(scores, labels, ks=(1, 5))
+    for k in (1, 5):
+        reference = 100.0 * multiclass_accuracy(scores, labels, num_classes=num_classes, average="micro",
+                                                top_k=min(k, num_classes)).item()
+        assert acc[f"top{k}"] == pytest.approx(reference, abs=1e-4)  # both average in float32
+
+
+def test_training_start_up_imports_neither_torchvision_nor_torchmetrics():
+    """Both cost seconds at import; a digits run needs neither (CIFAR/STL/folders/ResNets/OOD import them lazily)."""
+    code = ("import sys, cl_suite.engine.trainer, cl_suite.engine.build, cl_suite.data\n"
+            "print(sorted(m for m in ('torchvision', 'torchmetrics', 'sklearn', 'timm') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
 
 
 def test_linear_probe_separates_separable_features_and_drops_unlabelled():

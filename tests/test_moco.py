@@ -46,6 +46,17 @@ def test_enqueued_keys_are_this_steps_keys_and_the_loss_saw_the_old_queue():
     assert torch.equal(method.queue.embeddings[4:], old_queue[4:]) and int(method.queue.ptr) == 4
 
 
+def test_a_queue_write_before_backward_fails_loudly_instead_of_changing_the_gradient():
+    """The loss reads the queue buffer itself (no per-step copy): that is safe only because the loop writes
+    it after backward. Were the order ever broken, autograd's version check must stop it."""
+    method = make(queue_size=16)
+    x1, x2 = torch.randn(4, 3, 8, 8), torch.randn(4, 3, 8, 8)
+    out = method((x1, x2), torch.arange(4))
+    method.on_train_step_end(0, 10)  # pushes this step's keys into the queue the graph saved
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        out.loss.backward()
+
+
 def test_queue_pointer_wraps_around_a_size_that_is_not_a_multiple_of_the_batch():
     method = make(queue_size=10)
     batches = [torch.full((4, 8), float(i)) for i in range(3)]

@@ -72,3 +72,22 @@ def test_loss_stays_fp32_under_bf16_autocast():
         amp = method((x1, x2), labels=torch.zeros(8, dtype=torch.long)).loss
     assert amp.dtype == torch.float32
     assert math.isclose(amp.item(), ref.item(), rel_tol=1e-6)
+
+
+def test_in_batch_negatives_mask_matches_brute_force_and_is_reused_unchanged():
+    from cl_suite.methods.base import in_batch_negatives
+
+    b, world, rank = 3, 2, 1
+    rows, columns, offset = 2 * b, 2 * b * world, rank * 2 * b
+    expected = torch.tensor([[not (c == offset + i or c == offset + (i + b) % rows) for c in range(columns)]
+                             for i in range(rows)])
+    mask = in_batch_negatives(rows, columns, offset, (0, b), torch.device("cpu"))
+    assert torch.equal(mask, expected)
+    assert in_batch_negatives(rows, columns, offset, (0, b), torch.device("cpu")) is mask  # built once per layout
+    # A real training step leaves the shared mask as it was (no sampler writes into it).
+    method = simclr_on_raw_embeddings(dim=8, temperature=0.5)
+    single = in_batch_negatives(2 * 4, 2 * 4, 0, (0, 4), torch.device("cpu"))
+    before = single.clone()
+    x = torch.randn(4, 8, requires_grad=True)
+    method((x, x + 0.1 * torch.randn(4, 8)), torch.arange(4)).loss.backward()
+    assert in_batch_negatives(8, 8, 0, (0, 4), torch.device("cpu")) is single and torch.equal(single, before)

@@ -28,8 +28,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torchvision
-from torchvision.datasets.utils import check_integrity
 
 from cl_suite.data.types import CorruptDataError, DatasetNotFoundError, ImageDataset, ImageSplit
 
@@ -217,6 +215,8 @@ def _prepare(
         raise missing_files_error(name, root_path, tv_class.base_folder, files, missing, root_hint)
 
     if verify_integrity:
+        from torchvision.datasets.utils import check_integrity
+
         corrupt = [file for file, md5 in checked if not check_integrity(str(folder / file), md5)]
         if corrupt:
             raise RuntimeError(
@@ -233,6 +233,8 @@ def load_cifar10(root: str | os.PathLike, download: bool = False, verify_integri
     ``pretrain`` is the train split. ``verify_integrity`` md5-checks the files against torchvision's
     checksums (seconds; off by default for repeated runs on trusted data).
     """
+    import torchvision  # here, not at the top: torchvision costs ~2 s at import and most runs never read CIFAR
+
     tv = torchvision.datasets.CIFAR10
     folder = _prepare("CIFAR-10", tv, root, download, verify_integrity, "the folder cifar-10-python.tar.gz unpacks into")
     train_images, (train_labels,) = _read_batches(folder, [f for f, _ in tv.train_list], ["labels"])
@@ -256,6 +258,8 @@ def load_cifar100(root: str | os.PathLike, download: bool = False, verify_integr
     ``labels``/``classes`` are the 100 fine classes; ``coarse_labels``/``coarse_classes`` the 20
     superclasses. ``pretrain`` is the train split.
     """
+    import torchvision
+
     tv = torchvision.datasets.CIFAR100
     folder = _prepare("CIFAR-100", tv, root, download, verify_integrity, "the folder cifar-100-python.tar.gz unpacks into")
     keys = ["fine_labels", "coarse_labels"]

@@ -46,9 +46,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torchvision.transforms.functional as TF
 from PIL import Image
-from torchvision.transforms import InterpolationMode
 
 from cl_suite.data.types import DatasetNotFoundError, ImageDataset, ImageSplit
 
@@ -109,6 +107,11 @@ def decode_image(path: str | os.PathLike, image_size: int) -> torch.Tensor:
         # every image decoded, so nothing half-built is left behind.
         raise UnreadableImageError(f"cannot read image file {shown_path(path)}: {type(err).__name__}: {err}. Remove "
                                    "or replace this file (a truncated copy or download?) and run again") from err
+    # Imported here (cached after the first image): torchvision costs ~2 s at import, and only folder
+    # data sets decode with it.
+    import torchvision.transforms.functional as TF
+    from torchvision.transforms import InterpolationMode
+
     img = TF.resize(img, image_size, interpolation=InterpolationMode.BILINEAR, antialias=True)
     img = TF.center_crop(img, [image_size, image_size])
     return TF.pil_to_tensor(img)

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torchvision
 
 from cl_suite.data.cifar import missing_files_error
 from cl_suite.data.types import ImageDataset, ImageSplit
@@ -69,6 +68,8 @@ def load_stl10(
 
     root_path = Path(root).expanduser().resolve()
     if download:
+        import torchvision  # here: torchvision costs ~2 s at import and only the download needs it
+
         try:
             # Constructing the torchvision class downloads, extracts and md5-checks every file.
             torchvision.datasets.STL10(str(root_path), split="train", download=True)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torchmetrics.retrieval import RetrievalMAP, RetrievalPrecision
 
 
 @torch.no_grad()
@@ -31,6 +30,9 @@ def retrieval_metrics(query_features: torch.Tensor, query_labels: torch.Tensor, 
     its train set would not fit in memory at once. Each chunk feeds torchmetrics with its own query ids
     and the chunk means are combined weighted by chunk size, which equals the global mean over queries.
     """
+    # Imported here: torchmetrics costs ~1.5 s at import, and only evaluate.py's retrieval protocol needs it.
+    from torchmetrics.retrieval import RetrievalMAP, RetrievalPrecision
+
     if not ks or min(ks) < 1:
         raise ValueError(f"evaluation.retrieval.ks must be a non-empty list of integers >= 1, got {list(ks)}")
     keep = database_labels >= 0

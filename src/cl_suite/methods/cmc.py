@@ -185,10 +185,10 @@ class CMC(ContrastiveMethod):
             mask = drawn[None, :] != indices[:, None]  # the image's own rows are never negatives
             common = dict(candidate_mask=mask, temperature=self.temperature, anchor_labels=labels,
                           candidate_labels=self.bank_l.labels[drawn])
-            l_vs_ab = self.sampler(anchors=z_l, positives=ab_rows[indices].clone(),
-                                   candidates=ab_rows[drawn].clone(), **common)
-            ab_vs_l = self.sampler(anchors=z_ab, positives=l_rows[indices].clone(),
-                                   candidates=l_rows[drawn].clone(), **common)
+            l_vs_ab = self.sampler(anchors=z_l, positives=ab_rows[indices],
+                                   candidates=ab_rows[drawn], **common)
+            ab_vs_l = self.sampler(anchors=z_ab, positives=l_rows[indices],
+                                   candidates=l_rows[drawn], **common)
             loss, stats = l_vs_ab.loss + ab_vs_l.loss, l_vs_ab.stats
         if self.training:  # the banks move after the optimizer step
             self._pending = tuple(gather_no_grad(t) for t in (indices, z_l.detach(), z_ab.detach(), labels))
@@ -202,7 +202,7 @@ class CMC(ContrastiveMethod):
         with torch.autocast(device_type=z_l.device.type, enabled=False):
             sims = {}
             for view, anchors, bank in (("l", z_l, self.bank_ab), ("ab", z_ab, self.bank_l)):
-                positives, noise = bank.embeddings[indices].clone(), bank.embeddings[drawn].clone()
+                positives, noise = bank.embeddings[indices], bank.embeddings[drawn]
                 sims[view] = ((anchors * positives).sum(dim=1), anchors @ noise.T, noise)
             logits = {view: torch.cat([pos[:, None], neg], dim=1) / self.temperature
                       for view, (pos, neg, _) in sims.items()}

@@ -67,13 +67,14 @@ class InstanceRecognition(ContrastiveMethod):
         q = F.normalize(self.projector(h).float(), dim=1)
         rows = self.bank.embeddings
         if self.num_negatives is None:
-            candidates, mask, candidate_labels = rows.clone(), None, self.bank.labels.clone()
+            candidates, mask, candidate_labels = rows, None, self.bank.labels
         else:
             drawn = self.bank.draw(self.num_negatives, q.device)
             mask = drawn[None, :] != indices[:, None]  # the anchor's own row is never a negative
             candidates, candidate_labels = rows[drawn], self.bank.labels[drawn]
-        # Clones: the bank is written in place after the optimizer step, and autograd keeps these.
-        out = self.sampler(anchors=q, positives=rows[indices].clone(), candidates=candidates,
+        # No copies of the bank: it is written after backward and the optimizer step (on_train_step_end);
+        # a write before backward would trip autograd's version check rather than pass silently.
+        out = self.sampler(anchors=q, positives=rows[indices], candidates=candidates,
                            candidate_mask=mask, temperature=self.temperature, anchor_labels=labels,
                            candidate_labels=candidate_labels)
         if self.training:  # the bank moves after the optimizer step

@@ -109,8 +109,10 @@ class MoCo(ContrastiveMethod):
         h1 = self.backbone(x1)
         q1 = F.normalize(self.projector(h1).float(), dim=1)
         k2 = self.keys(x2)
-        candidates = self.queue.embeddings.clone()  # the queue as it was before this step's keys
-        candidate_labels = self.queue.labels.clone()
+        # The queue itself, not a copy: this step's keys are pushed after backward and the optimizer step
+        # (on_train_step_end), so the loss sees the queue as it was; a write before backward would trip
+        # autograd's version check rather than pass silently.
+        candidates, candidate_labels = self.queue.embeddings, self.queue.labels
         mask = self.candidate_mask(indices)  # both views of an image share its index: one mask serves both
         out = self.sampler(anchors=q1, positives=k2, candidates=candidates, candidate_mask=mask,
                            temperature=self.temperature, anchor_labels=labels, candidate_labels=candidate_labels)

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cl_suite.engine.distributed import gather_no_grad, gather_with_grad, get_rank
-from cl_suite.methods.base import ContrastiveMethod, MethodOutput
+from cl_suite.methods.base import ContrastiveMethod, MethodOutput, in_batch_negatives
 from cl_suite.methods.queue import FeatureQueue
 from cl_suite.models.heads import mlp
 from cl_suite.samplers.base import NegativeSampler
@@ -73,9 +73,7 @@ class LookedUpPositiveCLR(ContrastiveMethod):
         p = F.normalize(predictions.float(), dim=1)
         candidates = gather_with_grad(p)
         b = p.shape[0]
-        local = torch.arange(b, device=p.device)
-        mask = torch.ones(b, candidates.shape[0], dtype=torch.bool, device=p.device)
-        mask[local, get_rank() * b + local] = False  # p_i is the positive, not a negative
+        mask = in_batch_negatives(b, candidates.shape[0], get_rank() * b, (0,), p.device)  # p_i: the positive
         return self.sampler(anchors=neighbours, positives=p, candidates=candidates, candidate_mask=mask,
                             temperature=self.temperature, anchor_labels=labels,
                             candidate_labels=gather_no_grad(labels))

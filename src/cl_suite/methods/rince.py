@@ -140,7 +140,7 @@ class RINCE(MoCo):
         h1 = self.backbone(x1)
         q = F.normalize(self.projector(h1).float(), dim=1)
         k = self.keys(x2)
-        bank, bank_labels = self.queue.embeddings.clone(), self.queue.labels.clone()  # before this step's keys
+        bank, bank_labels = self.queue.embeddings, self.queue.labels  # no copy: written after the step, as MoCo
         with torch.autocast(device_type=q.device.type, enabled=False):
             own, bank_logits = (q * k).sum(dim=1), q @ bank.float().T
         masks = self.rank_masks(labels, bank_labels)

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cl_suite.engine.distributed import gather_no_grad, gather_with_grad, get_rank
-from cl_suite.methods.base import ContrastiveMethod, MethodOutput
+from cl_suite.methods.base import ContrastiveMethod, MethodOutput, in_batch_negatives
 from cl_suite.models.heads import mlp
 from cl_suite.samplers.base import NegativeSampler
 
@@ -69,13 +69,9 @@ class SimCLR(ContrastiveMethod):
                                temperature=self.temperature, anchor_labels=labels,
                                candidate_labels=gather_no_grad(view_labels))
             return MethodOutput(loss=out.loss, features=h.detach(), feature_labels=view_labels, stats=out.stats)
-        local = torch.arange(2 * b, device=z.device)
-        partner = (local + b) % (2 * b)  # row of the other view of the same image
-        offset = get_rank() * 2 * b
-        mask = torch.ones(2 * b, candidates.shape[0], dtype=torch.bool, device=z.device)
-        mask[local, offset + local] = False  # the anchor itself
-        mask[local, offset + partner] = False  # its positive
-        out = self.sampler(anchors=z, positives=z[partner], candidates=candidates, candidate_mask=mask,
+        # Neither the anchor itself nor its positive (row i + b mod 2b: the other view of its image).
+        mask = in_batch_negatives(2 * b, candidates.shape[0], get_rank() * 2 * b, (0, b), z.device)
+        out = self.sampler(anchors=z, positives=z.roll(b, dims=0), candidates=candidates, candidate_mask=mask,
                            temperature=self.temperature, anchor_labels=view_labels,
                            candidate_labels=gather_no_grad(view_labels))
         return MethodOutput(loss=out.loss, features=h.detach(), feature_labels=view_labels, stats=out.stats)

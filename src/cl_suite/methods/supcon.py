@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from cl_suite.engine.distributed import gather_no_grad, gather_with_grad, get_rank
-from cl_suite.methods.base import ContrastiveMethod, MethodOutput
+from cl_suite.methods.base import ContrastiveMethod, MethodOutput, in_batch_negatives
 from cl_suite.methods.queue import FeatureQueue
 from cl_suite.methods.simclr import embed_two_views
 from cl_suite.models.heads import mlp
@@ -67,12 +67,10 @@ class SupCon(ContrastiveMethod):
         h, z = embed_two_views(self.backbone, self.projector, views, self.concat_views)
         view_labels = labels.repeat(2)
         candidates, candidate_labels = gather_with_grad(z), gather_no_grad(view_labels)
-        local = torch.arange(2 * b, device=z.device)
-        mask = torch.ones(2 * b, candidates.shape[0], dtype=torch.bool, device=z.device)
-        mask[local, get_rank() * 2 * b + local] = False  # the anchor itself
+        mask = in_batch_negatives(2 * b, candidates.shape[0], get_rank() * 2 * b, (0,), z.device)  # not itself
         if self.bank is not None:
-            candidates = torch.cat([candidates, self.bank.embeddings.clone()])
-            candidate_labels = torch.cat([candidate_labels, self.bank.labels.clone()])
+            candidates = torch.cat([candidates, self.bank.embeddings])
+            candidate_labels = torch.cat([candidate_labels, self.bank.labels])
             mask = torch.cat([mask, self.bank.valid_rows().expand(2 * b, -1)], dim=1)
         loss, positives = supervised_contrastive_loss(z, candidates, view_labels, candidate_labels, mask,
                                                       self.temperature)

@@ -9,7 +9,6 @@ import os
 
 import torch
 from torch import nn
-from torchvision.models import resnet18, resnet50
 
 
 def _use_cifar_stem(model: nn.Module) -> None:
@@ -30,6 +29,8 @@ class CifarResNet(nn.Module):
 
     def __init__(self, depth: int = 18, cifar_stem: bool = True, zero_init_residual: bool = False):
         super().__init__()
+        from torchvision.models import resnet18, resnet50  # here: torchvision costs ~2 s at import
+
         builders = {18: resnet18, 50: resnet50}
         if depth not in builders:
             raise ValueError(f"backbone.depth={depth} is not supported; allowed: {sorted(builders)}")
