@@ -36,6 +36,43 @@ def test_lars_momentum_accumulates_scaled_updates():
     torch.testing.assert_close(updates[1], 0.25 * (0.5 + w1.norm() / 2) * torch.ones(4))
 
 
+def lars_reference_step(params, buffers, lr, momentum, wd, eta, adapt):
+    """One LARS step per parameter in plain Python (You et al. 2017, as SimCLR's LARS)."""
+    for i, p in enumerate(params):
+        if p.grad is None:
+            continue
+        d = p.grad + wd * p.detach()
+        if adapt:
+            w_norm, g_norm = p.detach().norm(), d.norm()
+            d = d * (eta * w_norm / g_norm if w_norm > 0 and g_norm > 0 else 1.0)
+        buffers[i] = d.clone() if buffers[i] is None else momentum * buffers[i] + d
+        p.data -= lr * buffers[i]
+
+
+def test_multi_tensor_lars_matches_a_per_parameter_loop_over_steps_and_groups():
+    torch.manual_seed(0)
+    shapes = [(6, 4), (4,), (3, 3, 2), (5,)]
+    fast = [nn.Parameter(torch.randn(s)) for s in shapes]
+    fast[3].data.zero_()  # a zero weight: trust ratio 1
+    slow = [nn.Parameter(p.detach().clone()) for p in fast]
+    groups = lambda ps: [{"params": ps[:3]}, {"params": ps[3:], "weight_decay": 0.0, "lars_adaptation": False}]
+    opt = LARS(groups(fast), lr=0.3, momentum=0.9, weight_decay=1e-2, eta=0.02)
+    buffers = [None] * len(slow)
+    for step in range(4):
+        grads = [torch.randn(s) for s in shapes]
+        grads[1] = torch.zeros(shapes[1])  # a zero gradient: trust ratio 1
+        for i, (f, s_, g) in enumerate(zip(fast, slow, grads)):
+            # parameter 2 joins at step 2 (no gradient before): its buffer starts then
+            f.grad = s_.grad = None if (i == 2 and step < 2) else g.clone()
+        opt.step()
+        lars_reference_step(slow[:3], buffers, 0.3, 0.9, 1e-2, 0.02, adapt=True)
+        tail = buffers[3:]
+        lars_reference_step(slow[3:], tail, 0.3, 0.9, 0.0, 0.02, adapt=False)
+        buffers[3:] = tail
+        for f, s_ in zip(fast, slow):
+            torch.testing.assert_close(f.detach(), s_.detach(), rtol=1e-6, atol=1e-7)
+
+
 def test_bias_and_norm_parameters_get_no_decay_and_no_adaptation():
     model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Linear(8, 2))
     decay, no_decay = parameter_groups(model, weight_decay=0.1, exclude_bias_and_norm=True)

@@ -76,10 +76,15 @@ class TrainBatches:
         """Batches of ``epoch``, skipping the first ``start_step`` (for a mid-epoch resume)."""
         steps = self._local_indices(epoch, start_step)
         if self.images is not None:
-            for idx in steps:
-                idx_dev = idx.to(self.device, non_blocking=True)
-                images = self.images[idx_dev] if self.images.device == self.device else \
-                    self.images[idx].to(self.device, non_blocking=True)
+            # The epoch's indices reach the device in one copy, not one pageable (synchronous) copy per step.
+            steps_dev = steps.to(self.device)
+            pin = self.device.type == "cuda" and self.images.device.type == "cpu"
+            for idx, idx_dev in zip(steps, steps_dev):
+                if self.images.device == self.device:
+                    images = self.images[idx_dev]
+                else:  # images kept on the host (data_on_device=false): gather there, copy from pinned memory
+                    images = self.images[idx]
+                    images = (images.pin_memory() if pin else images).to(self.device, non_blocking=True)
                 yield Batch(images, self.labels[idx_dev], idx_dev)
             return
         loader = DataLoader(_Decode(self.split), batch_sampler=steps.tolist(), num_workers=self.num_workers,

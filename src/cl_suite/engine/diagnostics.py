@@ -39,9 +39,12 @@ class EpochDiagnostics:
 
     def compute(self) -> dict:
         out = {}
+        scalars = [key for key in self.sums if not key.startswith("hist/")]
+        # One device-to-host transfer for all scalar means, not one per value.
+        means = torch.stack([self.sums[key] for key in scalars]).tolist() if scalars else []
         for key, total in self.sums.items():
             if key.startswith("hist/"):
                 out[f"diag/{key}"] = {"range": [-1.0, 1.0], "counts": total.tolist()}
             else:
-                out[f"diag/{key}"] = total.item() / self.steps
+                out[f"diag/{key}"] = means[scalars.index(key)] / self.steps
         return out

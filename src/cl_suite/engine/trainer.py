@@ -350,10 +350,11 @@ class Trainer:
                 self._check_finite()  # before the log line, so a NaN run stops instead of logging NaN
             if self.step % t.log_every_steps == 0 and self.main:  # the only host syncs inside an epoch
                 elapsed = time.perf_counter() - window_start
-                metrics = {"train/loss": (window_loss / window_steps).item(),
-                           "lr": self.optimizer.param_groups[0]["lr"],
-                           "images_per_s": window_steps * t.batch_size / elapsed,
-                           **{k: v.item() for k, v in out.stats.items() if v.ndim == 0}}
+                scalars = {k: v for k, v in out.stats.items() if v.ndim == 0}
+                # One device-to-host transfer for the loss and every scalar diagnostic, not one per value.
+                values = torch.stack([window_loss / window_steps, *(v.float() for v in scalars.values())]).tolist()
+                metrics = {"train/loss": values[0], "lr": self.optimizer.param_groups[0]["lr"],
+                           "images_per_s": window_steps * t.batch_size / elapsed, **dict(zip(scalars, values[1:]))}
                 self.logger.log(metrics, step=self.step)
                 bar.set_postfix(loss=f"{metrics['train/loss']:.3f}", img_s=f"{metrics['images_per_s']:.0f}")
                 window_loss.zero_()
