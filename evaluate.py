@@ -6,10 +6,12 @@ them. Results go to <run>/eval.json (keyed by protocol) and to the run's wandb s
 import hydra
 from omegaconf import DictConfig
 
+from cl_suite.errors import user_errors_without_traceback
 from cl_suite.eval.run_evaluation import evaluate_run
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
+@user_errors_without_traceback
 def main(cfg: DictConfig) -> None:
     result = evaluate_run(cfg)
     print(f"{result['checkpoint']} (epoch {result['epoch']}, step {result['step']})")

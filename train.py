@@ -10,9 +10,11 @@ from omegaconf import DictConfig
 import cl_suite.resolvers  # noqa: F401  (registers ${cl_suite.run_stamp:} before Hydra composes)
 from cl_suite.engine.distributed import worker_rank_hydra_overrides
 from cl_suite.engine.trainer import train
+from cl_suite.errors import user_errors_without_traceback
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
+@user_errors_without_traceback
 def main(cfg: DictConfig) -> float:
     final = train(cfg)
     # Returned for sweepers that optimise (e.g. Optuna): the headline linear top-1.

@@ -49,9 +49,46 @@ def test_missing_data_set_says_where_it_looked_and_how_to_get_it(tmp_path):
 @pytest.mark.slow
 def test_cli_reports_a_missing_data_set_readably(tmp_path):
     proc = run_cli("train.py", ["dataset=cifar100", f"dataset.root={tmp_path}", "logger=none",
-                                f"hydra.run.dir={tmp_path / 'run'}"])
-    assert proc.returncode != 0
+                                f"hydra.run.dir={tmp_path / 'run'}"], env={"HYDRA_FULL_ERROR": ""})  # as a user's shell
+    assert proc.returncode == 1
     assert "cifar-100-python" in proc.stderr and str(tmp_path) in proc.stderr
+    # The suite's own errors print their message alone: no traceback, a screenful at most.
+    assert "Traceback" not in proc.stderr and "error: CIFAR-100 not found" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) <= 12, proc.stderr
+    full = run_cli("train.py", ["dataset=cifar100", f"dataset.root={tmp_path}", "logger=none",
+                                f"hydra.run.dir={tmp_path / 'run2'}"], env={"HYDRA_FULL_ERROR": "1"})
+    assert full.returncode == 1 and "Traceback" in full.stderr and "DatasetNotFoundError" in full.stderr
+
+
+@pytest.mark.slow
+def test_a_sweep_job_with_a_bad_setting_prints_its_message_without_a_traceback(tmp_path):
+    proc = run_cli("train.py", ["-m", "scheduler.warmup_epochs=50", "trainer.epochs=1", "trainer.max_steps=1",
+                                "logger=none", f"hydra.sweep.dir={tmp_path}"], env={"HYDRA_FULL_ERROR": ""})
+    assert proc.returncode == 1
+    assert "error: scheduler.warmup_epochs=50 is longer than the run (trainer.epochs=1)" in proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_a_constructor_refusing_a_value_is_a_config_error_and_other_errors_keep_their_traceback(monkeypatch):
+    from cl_suite.engine.validation import ConfigError
+    from cl_suite.errors import UserError, user_errors_without_traceback
+    from hydra.errors import CompactHydraException
+
+    monkeypatch.delenv("HYDRA_FULL_ERROR")  # the tests' default shows every traceback
+
+    def refuses(cfg):
+        raise ConfigError("method.temperature=-1 must be > 0")
+
+    def crashes(cfg):
+        raise KeyError("a bug")
+
+    with pytest.raises(CompactHydraException, match=r"^error: method.temperature=-1 must be > 0$"):
+        user_errors_without_traceback(refuses)(None)
+    with pytest.raises(KeyError):  # a bug is not the user's error: Hydra prints its traceback
+        user_errors_without_traceback(crashes)(None)
+    with pytest.raises(ConfigError, match="method.temperature=-1") as err:  # raised by the constructor itself
+        train(compose_train(TINY + ["method.temperature=-1"]))
+    assert isinstance(err.value, UserError) and isinstance(err.value, ValueError)
 
 
 # One row per bad input, across every config group: (overrides, text the error must contain). The text

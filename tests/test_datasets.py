@@ -44,6 +44,14 @@ def test_digits_shapes_labels_and_stratified_split():
     assert (share_all - share_test).abs().max() < 0.01
 
 
+def test_digits_have_a_coarse_label_of_three_stroke_families():
+    data = load_digits(image_size=8)
+    assert data.coarse_classes == ["closed loops: 0 6 8 9", "straight strokes: 1 4 7", "open curves: 2 3 5"]
+    for split in (data.train, data.test):
+        for digit, coarse in zip(split.labels.tolist(), split.coarse_labels.tolist()):
+            assert str(digit) in data.coarse_classes[coarse].split(":")[1].split()
+
+
 def test_digits_deterministic_and_seed_changes_split():
     a, b = load_digits(split_seed=3), load_digits(split_seed=3)
     assert torch.equal(a.train.images, b.train.images) and torch.equal(a.test.labels, b.test.labels)

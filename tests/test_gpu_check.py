@@ -225,7 +225,7 @@ def test_channels_last_steps_match_nchw(tmp_path):
 # ------------------------------------------------------------------------------------------------
 
 # What a preset needs on digits at TINY's batch 64 (B-1 = 63 candidates for NNCLR/KMCLR).
-METHOD_EXTRA = {"nnclr": ["method.support_set_size=256"], "rince": ["method.class_groups=[[0,1,2,3,4],[5,6,7,8,9]]"]}
+METHOD_EXTRA = {"nnclr": ["method.support_set_size=256"]}
 
 
 def _method_cases() -> list:

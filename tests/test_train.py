@@ -126,3 +126,14 @@ def test_every_sampler_framework_pair_and_preset_trains_on_digits(tmp_path, choi
     assert sum(record["diag/hist/negative"]["counts"]) > 0
     if choice in ("method=moco sampler=ring", "method=moco_ring"):  # the ring over 4096 queued keys: 90..99
         assert record["diag/negatives/effective"] == math.floor(0.99 * 4096) - math.floor(0.90 * 4096)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", group_options("method"))
+def test_every_method_runs_on_the_embedded_default_without_extra_flags(tmp_path, method):
+    """`python train.py method=<m>` must work as it comes: digits, small_convnet, batch 256, the preset's
+    own sampler and settings (RINCE reads the digits' stroke-family coarse labels). Only the run's length
+    and evaluation are cut here."""
+    final = train(compose_train([f"method={method}", "logger=none", "trainer.max_steps=2", "trainer.progress_bar=false",
+                                 "trainer.eval_at_init=false", "evaluation.linear.epochs=1"], tmp_path))
+    assert final["step"] == 2 and 0 <= final["knn/top1"] <= 100

@@ -12,6 +12,12 @@ from cl_suite.data.types import ImageDataset, ImageSplit
 
 _MAX_PIXEL = 16.0  # the digits' pixel values are counts 0..16 (4x4 blocks of a 32x32 bitmap)
 
+# A coarse label for methods with ranked positives (RINCE: same digit, then same stroke family), as
+# CIFAR-100's 20 superclasses. Three families by the strokes that write them, fixed here so results
+# compare across runs: digits with closed loops, digits of straight strokes, and open curves.
+COARSE_CLASSES = ("closed loops: 0 6 8 9", "straight strokes: 1 4 7", "open curves: 2 3 5")
+COARSE_OF_DIGIT = (0, 1, 2, 2, 1, 2, 0, 1, 0, 0)  # digit d belongs to COARSE_CLASSES[COARSE_OF_DIGIT[d]]
+
 
 def load_digits(image_size: int = 32, test_fraction: float = 0.2, split_seed: int = 0) -> ImageDataset:
     """Load the digits as uint8 RGB images of ``image_size`` x ``image_size``.
@@ -19,7 +25,8 @@ def load_digits(image_size: int = 32, test_fraction: float = 0.2, split_seed: in
     The 8x8 images are upsampled with bilinear interpolation (so the CNN stems built for 32x32 CIFAR
     work unchanged), scaled to 0..255 and replicated to 3 channels (so colour augmentations and RGB
     normalisation work unchanged). The train/test split is stratified by class and fixed by
-    ``split_seed``; ``pretrain`` is the train split (the same tensors).
+    ``split_seed``; ``pretrain`` is the train split (the same tensors). ``coarse_labels`` groups the
+    digits into three stroke families (``COARSE_CLASSES``).
     """
     if not isinstance(image_size, int) or isinstance(image_size, bool) or image_size < 1:
         raise ValueError(f"digits: image_size must be a positive integer, got {image_size!r}")
@@ -48,8 +55,9 @@ def load_digits(image_size: int = 32, test_fraction: float = 0.2, split_seed: in
         random_state=split_seed,
     )
     train_idx, test_idx = torch.from_numpy(train_idx), torch.from_numpy(test_idx)
-    train = ImageSplit(labels=labels[train_idx], images=images[train_idx])
-    test = ImageSplit(labels=labels[test_idx], images=images[test_idx])
+    coarse = torch.tensor(COARSE_OF_DIGIT)[labels]
+    train = ImageSplit(labels=labels[train_idx], images=images[train_idx], coarse_labels=coarse[train_idx])
+    test = ImageSplit(labels=labels[test_idx], images=images[test_idx], coarse_labels=coarse[test_idx])
     return ImageDataset(
         name="digits",
         pretrain=train,
@@ -57,4 +65,5 @@ def load_digits(image_size: int = 32, test_fraction: float = 0.2, split_seed: in
         test=test,
         classes=[str(digit) for digit in range(10)],
         image_size=image_size,
+        coarse_classes=list(COARSE_CLASSES),
     )

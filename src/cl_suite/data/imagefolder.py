@@ -49,6 +49,7 @@ import torch
 from PIL import Image
 
 from cl_suite.data.types import DatasetNotFoundError, ImageDataset, ImageSplit
+from cl_suite.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,7 @@ _CACHE_FORMAT = 2
 _warned_cache_dirs: set[Path] = set()
 
 
-class UnreadableImageError(OSError):
+class UnreadableImageError(UserError, OSError):
     """An image file that PIL cannot open or decode. The message names the file."""
 
 

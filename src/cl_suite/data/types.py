@@ -6,6 +6,8 @@ from typing import Callable
 
 import torch
 
+from cl_suite.errors import UserError
+
 
 @dataclass
 class ImageSplit:
@@ -64,11 +66,11 @@ class ImageDataset:
         return len(self.classes)
 
 
-class DatasetNotFoundError(FileNotFoundError):
+class DatasetNotFoundError(UserError, FileNotFoundError):
     """A data set is not where the config says. The message names the path looked at and both fixes."""
 
 
-class CorruptDataError(ValueError):
+class CorruptDataError(UserError, ValueError):
     """A data file whose content breaks its format's rules (wrong dtype, values out of range, a label
     outside the classes, a pickle that asks to run code). The message names the file, the field and the
     offending value; nothing from the file is used."""

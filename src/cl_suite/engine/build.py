@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from cl_suite.data.augment import AugmentConfig
 from cl_suite.data.types import ImageDataset
 from cl_suite.engine.validation import ConfigError
+from cl_suite.errors import UserError
 from cl_suite.methods.base import ContrastiveMethod
 
 # Keys of a dataset config that describe augmentation/normalisation, not arguments of its reader.
@@ -41,7 +42,8 @@ def build_augment_config(cfg: DictConfig) -> AugmentConfig:
 
 
 def instantiate_unwrapped(cfg: DictConfig, **kwargs):
-    """``instantiate``, but a constructor's own ValueError/OSError reaches the user as it was raised.
+    """``instantiate``, but a constructor's own ValueError (as a ``ConfigError``: the same text, also a
+    ValueError) or OSError reaches the user as it was raised.
 
     Our constructors validate their arguments with messages that name the config key; Hydra would wrap
     them in an ``InstantiationException`` whose text repeats them escaped on one line.
@@ -49,8 +51,12 @@ def instantiate_unwrapped(cfg: DictConfig, **kwargs):
     try:
         return instantiate(cfg, **kwargs)
     except InstantiationException as err:
-        if isinstance(err.__cause__, (ValueError, OSError)):
-            raise err.__cause__ from None
+        cause = err.__cause__
+        if isinstance(cause, ValueError) and not isinstance(cause, UserError):
+            # A constructor refusing a config value is a config error: printed as its message alone.
+            raise ConfigError(str(cause)) from cause
+        if isinstance(cause, (ValueError, OSError)):
+            raise cause from None
         raise
 
 

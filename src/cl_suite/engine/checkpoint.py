@@ -32,6 +32,8 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from cl_suite.errors import UserError
+
 CHECKPOINT_DIR = "checkpoints"
 LAST = "last.pt"
 BEST = "best.pt"
@@ -47,7 +49,7 @@ _LEGACY_NUMPY_GLOBALS = [np._core.multiarray._reconstruct, (np._core.multiarray.
                          "numpy.core.multiarray._reconstruct"), np.ndarray, np.dtype, type(np.dtype(np.uint32))]
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint that cannot be used: unreadable, not ours, or from another model. Names the file."""
 
 

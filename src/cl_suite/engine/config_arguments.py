@@ -19,11 +19,13 @@ from typing import Any
 from hydra.utils import get_object
 from omegaconf import DictConfig, OmegaConf
 
+from cl_suite.errors import UserError
+
 # Hydra's own keys of a ``_target_`` node, never constructor arguments.
 HYDRA_KEYS = ("_target_", "_partial_", "_convert_", "_recursive_", "_args_")
 
 
-class ArgumentError(ValueError):
+class ArgumentError(UserError, ValueError):
     """A group value that does not fit its constructor. The message names the key."""
 
 

@@ -22,18 +22,20 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
+from cl_suite.errors import UserError
+
 MODES = ("stop", "skip")
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(UserError, FloatingPointError):
     """The training loss became NaN or infinite. The message names the step and what to try."""
 
 
-class TooManySkippedStepsError(FloatingPointError):
+class TooManySkippedStepsError(UserError, FloatingPointError):
     """``trainer.nonfinite=skip`` skipped more than ``trainer.max_skipped_fraction`` of the run's steps."""
 
 
-class NonFiniteStateError(FloatingPointError):
+class NonFiniteStateError(UserError, FloatingPointError):
     """A checkpoint would hold NaN/inf weights or buffers; it is not written."""
 
 

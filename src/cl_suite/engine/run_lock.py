@@ -24,6 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from cl_suite.errors import UserError
+
 LOCK_NAME = "run.lock"
 # A checkpoint holds the parameters and buffers, the optimizer state (SGD momentum: 1x the parameters,
 # Adam/AdamW: 2x) and small extras: 3x the model's bytes covers every optimizer here, plus a margin.
@@ -31,7 +33,7 @@ CHECKPOINT_SIZE_FACTOR = 3
 CHECKPOINT_MARGIN_BYTES = 64 * 2**20
 
 
-class RunFolderError(RuntimeError):
+class RunFolderError(UserError, RuntimeError):
     """The run folder cannot be used: another live job owns it, it is not writable, or it is full."""
 
 

@@ -27,6 +27,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from cl_suite.engine.config_arguments import ArgumentError, check_group_arguments
+from cl_suite.errors import UserError
 from cl_suite.samplers.ring import ring_width
 
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -40,7 +41,7 @@ CONF_DIR = Path(__file__).resolve().parents[3] / "conf"
 MAX_SEED = 2**32 - 1
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config value that cannot work. The message names the key."""
 
 
