@@ -23,6 +23,10 @@ def test_unknown_group_option_lists_the_choices(override, named):
     ("trainer.epochs=0", ConfigError, "trainer.epochs=0"),
     ("trainer.precision=fp8", ConfigError, "trainer.precision='fp8'"),
     ("trainer.max_steps=0", ConfigError, "trainer.max_steps=0"),
+    ("trainer.overfit_batches=-1", ConfigError, "trainer.overfit_batches=-1"),
+    ("trainer.overfit_batches=1000", ConfigError, "trainer.overfit_batches=1000"),  # digits has 5 batches of 256
+    ("trainer.profile_steps=-2", ConfigError, "trainer.profile_steps=-2"),
+    ("trainer.save_checkpoints=maybe", ConfigError, "trainer.save_checkpoints"),
     ("trainer.device=tpu", ConfigError, "trainer.device='tpu'"),
     ("evaluation.knn.k=0", ConfigError, "evaluation.knn.k=0"),
     ("seed=-1", ConfigError, "seed=-1"),

@@ -51,7 +51,8 @@ class TrainBatches:
     """
 
     def __init__(self, split: ImageSplit, batch_size: int, device: torch.device, seed: int,
-                 rank: int = 0, world_size: int = 1, num_workers: int = 4, data_on_device: bool = True):
+                 rank: int = 0, world_size: int = 1, num_workers: int = 4, data_on_device: bool = True,
+                 overfit_batches: int = 0):
         if batch_size % world_size:
             raise ValueError(f"trainer.batch_size={batch_size} must be divisible by the {world_size} processes")
         if len(split) < batch_size:
@@ -59,15 +60,20 @@ class TrainBatches:
         self.split, self.batch_size, self.device, self.seed = split, batch_size, device, seed
         self.rank, self.world_size, self.num_workers = rank, world_size, num_workers
         self.local_batch_size = batch_size // world_size
+        # > 0: every epoch is the first ``overfit_batches`` batches of epoch 0, in the same order (a
+        # debugging mode: a model that cannot drive the loss down on a few batches has a bug).
+        self.overfit_batches = overfit_batches
         self.images = None
         if split.in_memory:
             self.images = split.images.to(device) if data_on_device else split.images
         self.labels = split.labels.to(device)
 
     def __len__(self) -> int:
-        return len(self.split) // self.batch_size
+        full = len(self.split) // self.batch_size
+        return min(self.overfit_batches, full) if self.overfit_batches else full
 
     def _local_indices(self, epoch: int, start_step: int) -> torch.Tensor:
+        epoch = 0 if self.overfit_batches else epoch
         perm = epoch_permutation(len(self.split), self.seed, epoch)[: len(self) * self.batch_size]
         per_step = perm.view(len(self), self.world_size, self.local_batch_size)[:, self.rank]
         return per_step[start_step:]  # (steps, local_batch)

@@ -37,6 +37,7 @@ from cl_suite.engine.optim import build_optimizer
 from cl_suite.engine.preemption import PreemptionGuard, StopRequested
 from cl_suite.engine.pretrainer import Pretrainer
 from cl_suite.engine.probe import OnlineProbe, RunningTopkAccuracy
+from cl_suite.engine.profiling import StepProfiler
 from cl_suite.engine.run_lock import RunFolderError, RunLock, check_room_for_checkpoint
 from cl_suite.engine.validation import ConfigError, validate_against_data, validate_train_config
 
@@ -172,9 +173,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         final = trainer.fit()
     if final is None:  # stopped by a signal after saving its checkpoint
         during = " during the final evaluation" if trainer.stopped_in_final_evaluation else ""
-        trainer._print(f"stopped by signal {guard.received}{during} at step {trainer.step}; checkpoint saved in "
-                       f"{trainer.run_dir}. Run the same command again to continue (resume=auto)"
-                       + (": it only runs the final evaluation." if during else "."))
+        if not cfg.trainer.save_checkpoints:
+            trainer._print(f"stopped by signal {guard.received} at step {trainer.step}; nothing to continue from "
+                           "(trainer.save_checkpoints=false)")
+        else:
+            trainer._print(f"stopped by signal {guard.received}{during} at step {trainer.step}; checkpoint saved in "
+                           f"{trainer.run_dir}. Run the same command again to continue (resume=auto)"
+                           + (": it only runs the final evaluation." if during else "."))
         guard.hand_over()  # e.g. submitit requeues the job here
         raise SystemExit(128 + guard.received)  # the shell's "terminated by signal" status: not finished
     # After wandb has finished (and printed its own run summary): the run ends with the numbers.
@@ -182,7 +187,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if trainer.nonfinite.total_skipped:
         trainer._warn(f"warning: {trainer.nonfinite.total_skipped} of this run's {trainer.step} steps had a non-finite "
                       "loss and were skipped (trainer.nonfinite=skip); see train/skipped_steps in metrics.json")
-    trainer._print(f"run folder: {trainer.run_dir}  (re-evaluate: python evaluate.py run={trainer.run_dir})")
+    if cfg.trainer.save_checkpoints:
+        trainer._print(f"run folder: {trainer.run_dir}  (re-evaluate: python evaluate.py run={trainer.run_dir})")
+    else:
+        trainer._print(f"run folder: {trainer.run_dir}  (no checkpoint: trainer.save_checkpoints=false)")
     return final
 
 
@@ -208,7 +216,8 @@ class Trainer:
         self.aug_cfg = build_augment_config(cfg.dataset)
         self.augment = TwoViewAugment(self.aug_cfg)
         self.batches = TrainBatches(self.data.pretrain, t.batch_size, device, cfg.seed, self.rank, self.world,
-                                    num_workers=t.num_workers, data_on_device=t.data_on_device)
+                                    num_workers=t.num_workers, data_on_device=t.data_on_device,
+                                    overfit_batches=t.overfit_batches)
         self.steps_per_epoch = len(self.batches)
         self.schedule_steps = t.epochs * self.steps_per_epoch
         self.stop_step = self.schedule_steps if t.max_steps is None else min(self.schedule_steps, t.max_steps)
@@ -237,6 +246,7 @@ class Trainer:
         self.nonfinite = NonFiniteGuard(t.nonfinite, device, self.world)
         self.max_skipped_fraction = float(t.max_skipped_fraction)
         self.stopped_in_final_evaluation = False
+        self.profiler: StepProfiler | None = None  # trainer.profile_steps > 0, on the main process
         # The running sums of the current epoch (loss, probe accuracy, diagnostics, time) at the last
         # save inside an epoch, so a resumed epoch still gives one record of the whole epoch.
         self._epoch_progress: dict[str, Any] | None = None
@@ -249,7 +259,7 @@ class Trainer:
         self.history: dict[str, Any] = {"init": {}, "epochs": [], "final": {}}
         checkpoint = self._checkpoint_to_resume(cfg.resume)
         wandb_id = self._restore(checkpoint) if checkpoint else None
-        if self.main:  # a full disk or a read-only folder fails now, not at the first save hours from now
+        if self.main and t.save_checkpoints:  # a full disk or read-only folder fails now, not at the first save
             folder = self.run_dir / ckpt.CHECKPOINT_DIR
             state_bytes = sum(v.numel() * v.element_size() for part in (self.method, self.probe)
                               for v in part.state_dict().values() if isinstance(v, torch.Tensor))
@@ -267,6 +277,8 @@ class Trainer:
             self.history["init"] = self.evaluate(with_linear=True, with_probe=False)  # the probe is untrained
             self.logger.log({f"init/{k}": v for k, v in self.history["init"].items()}, step=0)
             self._print("at initialisation: " + _fmt(self.history["init"]))
+        if t.profile_steps and self.main:
+            self.profiler = StepProfiler(self.run_dir, t.profile_steps, t.profile_warmup_steps, self.device, self._print)
         while self.step < self.stop_step:
             epoch = self.step // self.steps_per_epoch
             record = self.train_epoch(epoch)
@@ -287,6 +299,9 @@ class Trainer:
             if not last and (checkpoint_epoch or improved):  # a new best is saved even between checkpoint epochs
                 self.save(best=improved)
 
+        if self.profiler is not None:
+            self.profiler.close()
+            self.profiler = None
         if self._last_saved_step != self.step:  # the trained weights are on disk before the (long) evaluation
             self.save()
         self._print(f"final evaluation at step {self.step}: kNN and the linear probe "
@@ -301,6 +316,11 @@ class Trainer:
             self.stopped_in_final_evaluation = True
             return None
         self.history["final"] = {**final, "step": self.step, "epoch": self.step / self.steps_per_epoch}
+        # The run's cost, for compute-matched sweep reports: kept out of "final", which a resumed run
+        # reproduces exactly. The epochs' seconds add up across resumes; evaluations are not counted.
+        train_s = sum(record.get("epoch_time_s", 0.0) for record in self.history["epochs"])
+        self.history["compute"] = {"time/wall_s": train_s, "time/images_per_s": self.step * t.batch_size / train_s
+                                   if train_s else None, "device": self.device.type, "processes": self.world}
         self.save(best=self._improves_best(self.history["final"]))
         final = {f"final/{k}": v for k, v in self.history["final"].items()}
         self.logger.log(final, step=self.step)
@@ -346,6 +366,8 @@ class Trainer:
             if record_diagnostics:
                 self.diagnostics.update(out.stats)
             bar.update(1)
+            if self.profiler is not None:
+                self.profiler.step()
             if self.step % t.log_every_steps == 0:
                 self._check_finite()  # before the log line, so a NaN run stops instead of logging NaN
             if self.step % t.log_every_steps == 0 and self.main:  # the only host syncs inside an epoch
@@ -491,6 +513,10 @@ class Trainer:
         method_state, probe_state = self.method.state_dict(), self.probe.state_dict()
         self._check_finite_state({"method": method_state, "probe": probe_state})
         if not self.main:
+            return
+        if not self.cfg.trainer.save_checkpoints:  # debug=fast: the numbers only
+            self._last_saved_step = self.step
+            ckpt.write_json(self.run_dir / "metrics.json", self.history)
             return
         state = {
             "method": method_state, "probe": probe_state,

@@ -141,8 +141,10 @@ def primary_key_tree(config_name: str) -> dict:
     plain = OmegaConf.to_container(primary, resolve=False)
     tree = {k: v for k, v in _key_tree(plain).items() if k != "hydra"}
     for group in _defaults_groups(primary):
-        options = [OmegaConf.to_container(OmegaConf.load(f), resolve=False)
-                   for f in sorted((CONF_DIR / group).glob("*.yaml"))]
+        files = sorted((CONF_DIR / group).glob("*.yaml"))
+        if files and all(f.read_text(encoding="utf-8").startswith("# @package _global_") for f in files):
+            continue  # recipes (experiment=...) merge into the top level: no key of their own, theirs must be known
+        options = [OmegaConf.to_container(OmegaConf.load(f), resolve=False) for f in files]
         if not options or any("_target_" in o or "defaults" in o for o in options):
             tree[group] = None
         else:
@@ -187,6 +189,7 @@ def _check_plain_config(cfg: DictConfig, config_name: str) -> None:
 def validate_train_config(cfg: DictConfig) -> None:
     """Every check that needs only the config (see the module docstring); raise ``ConfigError``."""
     _check_plain_config(cfg, "train")
+    _check_published(cfg.get("published"))
     _check_trainer(cfg)
     _check_evaluation(cfg.evaluation)
     try:
@@ -203,6 +206,36 @@ def validate_train_config(cfg: DictConfig) -> None:
     _check_candidate_count(cfg)
 
 
+PUBLISHED_KEYS = ("value", "metric", "protocol", "source")
+# The final numbers a published result can be compared with (``metrics.json`` "final": kNN and linear probe).
+PUBLISHED_METRICS = tuple(f"{p}/top{k}" for p in ("linear", "knn") for k in (1, 5))
+
+
+def _check_published(block: Any) -> None:
+    """``published`` (a recipe's published number, conf/experiment/) is null or exactly
+    {value: percent, metric: one of PUBLISHED_METRICS, protocol: one line, source: one line}; nothing
+    else reads it, so a typo here would only show as a wrong table in a report."""
+    if block is None:
+        return
+    shape = ("expected null or a block with exactly the keys value (a number in [0, 100], in percent), "
+             f"metric ({' | '.join(PUBLISHED_METRICS)}), protocol and source (one-line texts)")
+    if not OmegaConf.is_dict(block):
+        raise ConfigError(f"published={block!r} is not allowed: {shape}")
+    keys = [str(k) for k in block]
+    if sorted(keys) != sorted(PUBLISHED_KEYS):
+        missing = [f"published.{k}" for k in PUBLISHED_KEYS if k not in keys]
+        unknown = [f"published.{k}" for k in keys if k not in PUBLISHED_KEYS]
+        detail = "; ".join([f"missing {', '.join(missing)}"] * bool(missing)
+                           + [f"unknown {', '.join(unknown)}"] * bool(unknown))
+        raise ConfigError(f"published has keys {keys} ({detail}): {shape}")
+    _number(block, "published.value", 0.0, 100.0, low_open=False)
+    _choice(block, "published.metric", PUBLISHED_METRICS)
+    for key in ("protocol", "source"):
+        text = block[key]
+        if not isinstance(text, str) or not text.strip() or "\n" in text:
+            raise ConfigError(f"published.{key}={text!r} is not allowed: expected a non-empty one-line text")
+
+
 def _check_trainer(cfg: DictConfig) -> None:
     t = cfg.trainer
     _int(t, "trainer.epochs", 1)
@@ -213,9 +246,12 @@ def _check_trainer(cfg: DictConfig) -> None:
     _int(t, "trainer.checkpoint_every_epochs", 0)
     _int(t, "trainer.keep_last_checkpoints", 1)
     _int(t, "trainer.num_workers", 0)
+    _int(t, "trainer.overfit_batches", 0)
+    _int(t, "trainer.profile_steps", 0)
+    _int(t, "trainer.profile_warmup_steps", 0)
     _int(cfg, "seed", 0, maximum=MAX_SEED)
     _check_device(t, "trainer.device")
-    for key in ("eval_at_init", "compile", "sync_batchnorm", "data_on_device", "progress_bar"):
+    for key in ("eval_at_init", "compile", "sync_batchnorm", "data_on_device", "progress_bar", "save_checkpoints"):
         _bool(t, f"trainer.{key}")
     _choice(t, "trainer.precision", PRECISIONS)
     if t.precision == "fp16" and (str(t.device) == "cpu" or not torch.cuda.is_available()):
@@ -497,6 +533,10 @@ def validate_against_data(cfg: DictConfig, data) -> None:
         raise ConfigError(f"trainer.batch_size={cfg.trainer.batch_size} is larger than the {pretrain} training images "
                           f"of dataset={data.name}")
     _check_candidate_count(cfg, bank_size=pretrain)  # a whole-bank framework's count is the data set size
+    batches = pretrain // cfg.trainer.batch_size
+    if cfg.trainer.overfit_batches > batches:
+        raise ConfigError(f"trainer.overfit_batches={cfg.trainer.overfit_batches} is more than the {batches} batches of "
+                          f"{cfg.trainer.batch_size} images in dataset={data.name}: expected an integer in [0, {batches}]")
 
 
 def _check_neighbour_counts(e: DictConfig, data, protocols) -> None:

@@ -1,4 +1,5 @@
-"""``python -m cl_suite.report <sweep dir> [--metric linear/top1 ...] [--seed-key seed]``."""
+"""``python -m cl_suite.report <sweep dir> [--metric linear/top1 ...] [--baseline method=simclr ...]
+[--seed-key seed]``."""
 from __future__ import annotations
 
 import argparse
@@ -7,7 +8,7 @@ from pathlib import Path
 
 from cl_suite.report.jobs import collect_jobs
 from cl_suite.report.plots import plot_all
-from cl_suite.report.table import default_metrics, markdown_table, summarize, write_tables
+from cl_suite.report.table import BaselineError, default_metrics, markdown_table, summarize, write_tables
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -16,6 +17,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--metric", action="append", dest="metrics",
                         help="a metric key of metrics.json's final record (linear/top1) or eval/<key> of "
                              "eval.json; repeat for several (default: linear/top1, knn/top1, every eval/*)")
+    parser.add_argument("--baseline", nargs="+", action="extend", metavar="KEY=VALUE",
+                        help="the configuration every other one is compared with: swept values that all match "
+                             "it, e.g. --baseline method=simclr sampler.tau_plus=0 (after the sweep dir; default: "
+                             "the first configuration of the grid)")
     parser.add_argument("--seed-key", default="seed", help="the override that only repeats a configuration")
     args = parser.parse_args(argv)
 
@@ -23,13 +28,19 @@ def main(argv: list[str] | None = None) -> int:
     if not jobs:
         parser.error(f"no job dirs (with .hydra/config.yaml) under {args.sweep_dir}")
     metrics = args.metrics or default_metrics(jobs)
-    params, rows = summarize(jobs, metrics, args.seed_key)
+    try:
+        params, rows = summarize(jobs, metrics, args.seed_key, baseline=args.baseline)
+    except BaselineError as err:
+        parser.error(str(err))
     plots = plot_all(args.sweep_dir, params, rows, metrics)
     paths = write_tables(args.sweep_dir, jobs, params, rows, metrics, plots, args.seed_key)
     print(markdown_table(params, rows, metrics))
     failed = [job for job in jobs if not job.ok]
     for job in failed:
         print(f"{job.status}: {job.name}  {job.reason}")
+    for job in jobs:
+        if job.published_error:
+            print(f"published number of job {job.name} not used: {job.published_error}")
     print("wrote " + ", ".join(str(p) for p in [*paths.values(), *plots]))
     return 0
 

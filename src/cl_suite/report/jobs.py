@@ -23,6 +23,10 @@ class Job:
     metrics: dict[str, float] = field(default_factory=dict)
     status: str = "ok"
     reason: str = ""
+    device: str | None = None  # "cuda" or "cpu": the training device (None: not recorded)
+    processes: int | None = None  # training processes (DDP world size)
+    published: dict[str, Any] | None = None  # the recipe's published number (see read_published)
+    published_error: str = ""  # why the run config's published block was not usable
 
     @property
     def ok(self) -> bool:
@@ -50,6 +54,7 @@ def read_job(run_dir: Path, sweep_dir: Path) -> Job:
         choices = dict(OmegaConf.select(OmegaConf.load(hydra_path), "hydra.runtime.choices") or {})
     job = Job(name=str(run_dir.relative_to(sweep_dir)) or ".", overrides=overrides,
               choices={k: str(v) for k, v in choices.items() if not str(k).startswith("hydra")})
+    job.published, job.published_error = read_published(run_dir / ".hydra" / "config.yaml")
     metrics_path = run_dir / "metrics.json"
     if not metrics_path.is_file():
         job.status, job.reason = "failed", "no metrics.json (crashed before its first checkpoint)"
@@ -62,11 +67,81 @@ def read_job(run_dir: Path, sweep_dir: Path) -> Job:
         job.reason = f"no final metrics (last record: epoch {epochs[-1].get('epoch')})" if epochs else "no final metrics"
         return job
     job.metrics = {k: float(v) for k, v in final.items() if _is_number(v)}
+    job.metrics.update(_compute_metrics(history, job))
     eval_path = run_dir / "eval.json"
     if eval_path.is_file():
         evaluated = json.loads(eval_path.read_text()).get("metrics", {})
         job.metrics.update({f"eval/{k}": float(v) for k, v in evaluated.items() if _is_number(v)})
     return job
+
+
+PUBLISHED_KEYS = ("value", "metric", "protocol", "source")
+
+
+def read_published(config_path: Path) -> tuple[dict[str, Any] | None, str]:
+    """``(block, problem)``: the run config's top-level ``published`` block that recipes set::
+
+        published: {value: 84.26, metric: linear/top1, protocol: "...", source: "..."}
+
+    ``(None, "")`` when there is none (or ``published: null``). The file is untrusted: it is parsed
+    as plain YAML data, interpolations are never resolved and nothing is instantiated; a block that
+    is not of this form gives ``(None, "<what is wrong>")`` for the report to show, never an error.
+    """
+    try:
+        data = OmegaConf.to_container(OmegaConf.load(config_path), resolve=False)  # "${...}" stays text
+    except Exception as err:  # noqa: BLE001 - any unreadable file is reported, not raised
+        return None, f"unreadable {config_path.name}: {type(err).__name__}: {_one_line(str(err))}"
+    block = data.get("published") if isinstance(data, dict) else None
+    if block is None:
+        return None, ""
+    if not isinstance(block, dict):
+        return None, f"published must be a mapping with keys {', '.join(PUBLISHED_KEYS)}, not {_one_line(repr(block))}"
+    problems = []
+    unknown = [str(k) for k in block if k not in PUBLISHED_KEYS]
+    if unknown:
+        problems.append(f"unknown key(s) {', '.join(unknown)} (allowed: {', '.join(PUBLISHED_KEYS)})")
+    value = block.get("value")
+    if not _is_number(value):
+        problems.append(f"value must be a finite number (percent), not {_one_line(repr(value))}")
+    metric = block.get("metric")
+    if not isinstance(metric, str) or not metric.strip():
+        problems.append(f"metric must be a suite metric key such as linear/top1, not {_one_line(repr(metric))}")
+    for key in ("protocol", "source"):
+        if block.get(key) is not None and not isinstance(block[key], str):
+            problems.append(f"{key} must be one line of text, not {_one_line(repr(block[key]))}")
+    if problems:
+        return None, "malformed published block: " + "; ".join(problems)
+    return {"value": float(value), "metric": metric.strip(), "protocol": _one_line(block.get("protocol") or ""),
+            "source": _one_line(block.get("source") or "")}, ""
+
+
+def _one_line(text: str, limit: int = 200) -> str:
+    """Untrusted text for a one-line table cell or message: whitespace collapsed, shortened."""
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _compute_metrics(history: dict, job: Job) -> dict[str, float]:
+    """``time/wall_s`` (training seconds) and ``time/images_per_s`` of the run, and the job's device and
+    process count, from the trainer's ``compute`` record; runs written before it existed give the
+    epoch records' time and throughput, with the device unknown."""
+    compute = history.get("compute")
+    out = {}
+    if isinstance(compute, dict):
+        out = {k: float(compute[k]) for k in ("time/wall_s", "time/images_per_s") if _is_number(compute.get(k))}
+        if compute.get("device") in ("cpu", "cuda"):
+            job.device = compute["device"]
+        processes = compute.get("processes")
+        if isinstance(processes, int) and not isinstance(processes, bool) and processes >= 1:
+            job.processes = processes
+        return out
+    epochs = [e for e in history.get("epochs") or [] if isinstance(e, dict)
+              and _is_number(e.get("epoch_time_s")) and _is_number(e.get("images_per_s"))]
+    seconds = sum(e["epoch_time_s"] for e in epochs)
+    if seconds > 0:
+        out["time/wall_s"] = seconds
+        out["time/images_per_s"] = sum(e["epoch_time_s"] * e["images_per_s"] for e in epochs) / seconds
+    return out
 
 
 def missing_grid_points(sweep_dir: Path, jobs: list[Job]) -> list[Job]:

@@ -1,11 +1,12 @@
 """One PNG per swept parameter: each metric against that parameter, one line per method (and per value
-of the other swept parameters), error bars = std over seeds."""
+of the other swept parameters), error bars = the 95% t-interval of the mean over seeds."""
 from __future__ import annotations
 
 import math
 import re
 from pathlib import Path
 
+from cl_suite.report.stats import mean_halfwidth
 from cl_suite.report.table import ConfigRow
 
 
@@ -53,16 +54,18 @@ def plot_parameter(sweep_dir: Path, param: str, params: list[str], rows: list[Co
                                  if metric in r.stats), key=lambda p: p[0])
                 if not points:
                     continue
+                halves = [mean_halfwidth(std, n) for _, (_, std, n) in points]  # NaN: one seed, no bar
                 ax.errorbar([p[0] for p in points], [p[1][0] for p in points],
-                            yerr=[0.0 if math.isnan(p[1][1]) else p[1][1] for p in points],
+                            yerr=[0.0 if math.isnan(h) else h for h in halves],
                             marker="o", capsize=3, label=label)
             ax.set_xlabel(param)
-            ax.set_ylabel(metric)
+            ax.set_ylabel(f"{metric} (mean, 95% CI)")
             if not numeric:
                 ax.set_xticks(range(len(order)), [str(x) for x in order])
             ax.grid(alpha=0.3)
         axes[0][0].legend(fontsize="small")
-        fig.suptitle(f"{sweep_dir.name}: metric vs {param} (mean ± std over seeds)", fontsize="medium")
+        fig.suptitle(f"{sweep_dir.name}: metric vs {param} (mean; error bars: 95% t-interval over seeds)",
+                     fontsize="medium")
         fig.tight_layout()
         path = sweep_dir / f"report_{re.sub(r'[^A-Za-z0-9_.-]+', '_', param)}.png"
         fig.savefig(path, dpi=100)

@@ -1,4 +1,6 @@
-"""The sweep table: one row per configuration (swept values without the seed), mean +- std over seeds."""
+"""The sweep table: one row per configuration (swept values without the seed), mean +- std over seeds,
+each configuration against a baseline (``report.stats``), the published number of a recipe, and the
+compute a run took."""
 from __future__ import annotations
 
 import csv
@@ -9,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from cl_suite.report.jobs import Job
+from cl_suite.report.stats import BASELINE, Comparison, baseline_comparison, compare
 
 DEFAULT_METRICS = ("linear/top1", "knn/top1")
 
@@ -26,9 +29,16 @@ def swept_parameters(jobs: list[Job], seed_key: str) -> list[str]:
 
 
 def default_metrics(jobs: list[Job]) -> list[str]:
-    """The headline accuracies, then every number ``evaluate.py`` added (``eval/*``), as present."""
+    """The headline accuracies, then every number ``evaluate.py`` added (``eval/*``), then any other
+    metric a recipe's published number refers to, as present."""
     present = list(dict.fromkeys(k for job in jobs for k in job.metrics))
-    return [m for m in DEFAULT_METRICS if m in present] + [m for m in present if m.startswith("eval/")]
+    metrics = [m for m in DEFAULT_METRICS if m in present] + [m for m in present if m.startswith("eval/")]
+    published = [job.published["metric"] for job in jobs if job.published]
+    return metrics + [m for m in dict.fromkeys(published) if m in present and m not in metrics]
+
+
+class BaselineError(ValueError):
+    """``--baseline`` names no configuration of the sweep, or more than one."""
 
 
 @dataclass
@@ -38,18 +48,36 @@ class ConfigRow:
     values: dict[str, Any]
     jobs: list[Job] = field(default_factory=list)
     stats: dict[str, tuple[float, float, int]] = field(default_factory=dict)  # metric -> (mean, std, n)
-    best: set[str] = field(default_factory=set)  # metrics on which this row is the best
+    best: set[str] = field(default_factory=set)  # metrics on which this row has the best mean
+    bold: set[str] = field(default_factory=set)  # metrics on which it is best beyond noise (see mark_best)
+    comparisons: dict[str, Comparison] = field(default_factory=dict)  # metric -> versus the baseline
+    is_baseline: bool = False
+    published: dict[str, Any] | None = None  # the recipe's published number (jobs.read_published)
+    published_note: str = ""  # e.g. the jobs of this configuration disagree on it
+    images_per_s: float = math.nan  # mean over the ok jobs that recorded it
+    hours: float = math.nan  # device-hours of one run (wall time x processes), mean over the ok jobs
+    hours_unit: str = ""  # GPU-h or CPU-h
 
     @property
     def failed(self) -> list[Job]:
         return [job for job in self.jobs if not job.ok]
 
+    @property
+    def ok_jobs(self) -> list[Job]:
+        return [job for job in self.jobs if job.ok]
 
-def summarize(jobs: list[Job], metrics: list[str], seed_key: str = "seed") -> tuple[list[str], list[ConfigRow]]:
-    """``(swept parameters, rows)``: jobs grouped by their swept values, statistics over the ok jobs.
+    def label(self, params: list[str]) -> str:
+        return " ".join(f"{k}={_fmt_value(self.values[k])}" for k in params) or "(all jobs)"
 
-    std is the sample standard deviation (n - 1), NaN for a single seed. The best row of each metric
-    (highest mean; lowest for losses and FPR) is marked; ties mark every tied row.
+
+def summarize(jobs: list[Job], metrics: list[str], seed_key: str = "seed",
+              baseline: list[str] | None = None) -> tuple[list[str], list[ConfigRow]]:
+    """``(swept parameters, rows)``: jobs grouped by their swept values, statistics over the ok jobs,
+    each row compared with the baseline row (``select_baseline``) on every metric.
+
+    std is the sample standard deviation (n - 1), NaN for a single seed. ``best`` marks the best mean
+    of each metric (highest; lowest for losses and FPR; ties mark every tied row), ``bold`` the best
+    means that the comparison with the baseline supports (``mark_best``).
     """
     params = swept_parameters(jobs, seed_key)
     rows: dict[str, ConfigRow] = {}
@@ -58,17 +86,119 @@ def summarize(jobs: list[Job], metrics: list[str], seed_key: str = "seed") -> tu
         rows.setdefault(repr(values), ConfigRow(values)).jobs.append(job)
     for row in rows.values():
         for metric in metrics:
-            xs = [job.metrics[metric] for job in row.jobs if job.ok and metric in job.metrics]
+            xs = [job.metrics[metric] for job in row.ok_jobs if metric in job.metrics]
             if xs:
                 row.stats[metric] = (statistics.fmean(xs), statistics.stdev(xs) if len(xs) > 1 else math.nan, len(xs))
+        _summarize_compute(row)
+        _summarize_published(row)
+    rows_list = list(rows.values())
+    if not rows_list:
+        return params, rows_list
+    base = select_baseline(params, rows_list, baseline)
+    base.is_baseline = True
+    for row in rows_list:
+        for metric in metrics:
+            if row is base:
+                if metric in row.stats:
+                    row.comparisons[metric] = baseline_comparison(row.stats[metric][2])
+                continue
+            row.comparisons[metric] = compare(seed_values(row, metric, seed_key), seed_values(base, metric, seed_key),
+                                              lower_is_better(metric))
     for metric in metrics:
-        means = [row.stats[metric][0] for row in rows.values() if metric in row.stats]
+        means = [row.stats[metric][0] for row in rows_list if metric in row.stats]
         if means:
             target = min(means) if lower_is_better(metric) else max(means)
-            for row in rows.values():
+            for row in rows_list:
                 if metric in row.stats and row.stats[metric][0] == target:
                     row.best.add(metric)
-    return params, list(rows.values())
+        mark_best(rows_list, metric)
+    return params, rows_list
+
+
+def mark_best(rows: list[ConfigRow], metric: str) -> None:
+    """Bold a best mean only when the comparison with the baseline backs it: a configuration whose
+    verdict is "better", or the baseline itself when every other configuration is "worse". Never with
+    a single configuration (nothing to be best against)."""
+    having = [row for row in rows if metric in row.stats]
+    if len(having) < 2:
+        return
+    for row in having:
+        if metric not in row.best:
+            continue
+        if row.is_baseline:
+            backed = all(other.comparisons[metric].verdict == "worse" for other in having if other is not row)
+        else:
+            backed = row.comparisons[metric].verdict == "better"
+        if backed:
+            row.bold.add(metric)
+
+
+def seed_values(row: ConfigRow, metric: str, seed_key: str) -> dict:
+    """``{seed: value}`` of the row's ok jobs. A job without a seed, or whose seed repeats in the row (a
+    folder holding two sweeps), is keyed by its name, so it is never paired with another row's job."""
+    seeds = [job.overrides.get(seed_key) for job in row.ok_jobs]
+    out = {}
+    for job, seed in zip(row.ok_jobs, seeds):
+        if metric in job.metrics:
+            pairable = seed is not None and seeds.count(seed) == 1
+            out[seed if pairable else ("job", job.name)] = job.metrics[metric]
+    return out
+
+
+def select_baseline(params: list[str], rows: list[ConfigRow], spec: list[str] | None) -> ConfigRow:
+    """The row that ``spec`` (``["method=simclr", ...]``: swept values, all of which must match) names;
+    with no spec the first configuration of the grid that has an ok job (else the first)."""
+    if not spec:
+        return next((row for row in rows if row.ok_jobs), rows[0])
+    from cl_suite.sweeps import override_values
+
+    available = "; ".join(row.label(params) for row in rows)
+    wanted = {}
+    for pair in spec:
+        key, sep, raw = pair.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise BaselineError(f"--baseline {pair!r} is not key=value (e.g. method=simclr); "
+                                f"the configurations are: {available}")
+        if key not in params:
+            swept = ", ".join(params) or "nothing but seeds"
+            raise BaselineError(f"--baseline {pair}: {key!r} is not a swept parameter of this sweep (swept: {swept}); "
+                                f"the configurations are: {available}")
+        try:
+            typed = override_values([f"{key}={raw}"]).get(key, raw)
+        except Exception:  # noqa: BLE001 - not in Hydra's grammar: compare as text
+            typed = raw
+        wanted[key] = (typed, raw.strip())
+    matches = [row for row in rows if all(row.values[k] == typed or _fmt_value(row.values[k]) == raw
+                                          for k, (typed, raw) in wanted.items())]
+    named = " ".join(spec)
+    if not matches:
+        raise BaselineError(f"--baseline {named} matches no configuration of this sweep; the configurations "
+                            f"are: {available}")
+    if len(matches) > 1:
+        raise BaselineError(f"--baseline {named} matches {len(matches)} configurations "
+                            f"({'; '.join(row.label(params) for row in matches)}): add key=value pairs to pick one")
+    return matches[0]
+
+
+def _summarize_compute(row: ConfigRow) -> None:
+    """Images/s and device-hours (wall time x processes / 3600) of one run, means over the ok jobs."""
+    ips = [job.metrics["time/images_per_s"] for job in row.ok_jobs if "time/images_per_s" in job.metrics]
+    if ips:
+        row.images_per_s = statistics.fmean(ips)
+    timed = [job for job in row.ok_jobs if "time/wall_s" in job.metrics and job.processes and job.device]
+    if timed:
+        row.hours = statistics.fmean(job.metrics["time/wall_s"] * job.processes / 3600 for job in timed)
+        units = sorted({"GPU-h" if job.device == "cuda" else "CPU-h" for job in timed})
+        row.hours_unit = units[0] if len(units) == 1 else "GPU/CPU-h (mixed)"
+
+
+def _summarize_published(row: ConfigRow) -> None:
+    blocks = {repr(sorted(job.published.items())): job.published for job in row.jobs if job.published}
+    if len(blocks) == 1:
+        row.published = next(iter(blocks.values()))
+    elif blocks:
+        row.published_note = f"the jobs of this configuration name {len(blocks)} different published numbers"
 
 
 def _fmt_value(value: Any) -> str:
@@ -90,38 +220,132 @@ def _jobs_cell(row: ConfigRow) -> str:
     return cell
 
 
+def published_footnotes(rows: list[ConfigRow]) -> list[dict[str, Any]]:
+    """The distinct published numbers of the rows, in order: footnote ``i + 1`` is entry ``i``."""
+    notes = []
+    for row in rows:
+        if row.published and row.published not in notes:
+            notes.append(row.published)
+    return notes
+
+
+def _published_metrics(rows: list[ConfigRow], metrics: list[str]) -> set[str]:
+    return {row.published["metric"] for row in rows if row.published} & set(metrics)
+
+
+def _has_compute(rows: list[ConfigRow]) -> bool:
+    return any(not math.isnan(row.images_per_s) or not math.isnan(row.hours) for row in rows)
+
+
+def _fmt_hours(row: ConfigRow) -> str:
+    return "-" if math.isnan(row.hours) else f"{row.hours:.3g} {row.hours_unit}"
+
+
 def markdown_table(params: list[str], rows: list[ConfigRow], metrics: list[str]) -> str:
-    header = [*params, "jobs ok", *metrics]
+    """Mean ± std per metric, the published number next to the metric it is comparable with (when
+    any row has one), images/s and device-hours per run (when recorded)."""
+    with_published = _published_metrics(rows, metrics)
+    notes = published_footnotes(rows)
+    compute = _has_compute(rows)
+    header = [*params, "seeds", "jobs ok"]
+    for metric in metrics:
+        header += [metric] + ([f"{metric} published"] if metric in with_published else [])
+    header += ["images/s", "hours / run"] if compute else []
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
-        cells = [_fmt_value(row.values[p]) for p in params] + [_jobs_cell(row)]
+        cells = [_fmt_value(row.values[p]) for p in params] + [str(len(row.ok_jobs)), _jobs_cell(row)]
+        if row.is_baseline and params and len(rows) > 1:
+            cells[len(params) - 1] += " (baseline)"
         for metric in metrics:
             text = _fmt_stat(row.stats.get(metric))
-            cells.append(f"**{text}**" if metric in row.best else text)
+            cells.append(f"**{text}**" if metric in row.bold else text)
+            if metric in with_published:
+                pub = row.published
+                cells.append(f"{pub['value']:.2f} [{notes.index(pub) + 1}]" if pub and pub["metric"] == metric else "-")
+        if compute:
+            cells += ["-" if math.isnan(row.images_per_s) else f"{row.images_per_s:,.0f}", _fmt_hours(row)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _fmt_signed(x: float) -> str:
+    return "-" if math.isnan(x) else f"{x:+.2f}"
+
+
+def comparison_table(params: list[str], rows: list[ConfigRow], metrics: list[str]) -> str:
+    """One line per (configuration, metric) other than the baseline's: difference, interval, test, verdict."""
+    header = [*params, "metric", "Δ vs baseline", "95% interval", "test", "verdict"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        if row.is_baseline:
+            continue
+        for metric in metrics:
+            c = row.comparisons.get(metric)
+            if c is None:
+                continue
+            interval = f"[{c.low:+.2f}, {c.high:+.2f}]" if c.has_interval else "-"
+            lines.append("| " + " | ".join([*[_fmt_value(row.values[p]) for p in params], metric, _fmt_signed(c.diff),
+                                            interval, c.describe(), c.verdict]) + " |")
+    return "\n".join(lines)
+
+
+STATISTICS_TEXT = (
+    "Δ = configuration − baseline. Where the two have at least two seeds in common: a paired t-interval "
+    "over those n seeds (the mean and spread of the per-seed differences); otherwise Welch's t-interval "
+    "over the two sets of seeds. Intervals are 95%, from the t-distribution. Verdict: `better` or `worse` "
+    "when the interval excludes 0 (lower is better for losses and FPR, higher for everything else), "
+    "`within noise` when it contains 0, `n/a (1 seed)` when there are not enough seeds for an interval.")
 
 
 def markdown_report(sweep_dir: Path, jobs: list[Job], params: list[str], rows: list[ConfigRow],
                     metrics: list[str], plots: list[Path], seed_key: str = "seed") -> str:
     failed = [job for job in jobs if not job.ok]
+    base = next((row for row in rows if row.is_baseline), None)
     parts = [
         f"# Sweep report: {sweep_dir}",
         "",
         f"{len(jobs)} jobs: {len(jobs) - len(failed)} ok, {len(failed)} failed or not run. "
         f"Swept: {', '.join(params) or '(nothing but seeds)'}. Cells: mean ± sample std over the ok jobs "
-        "(seeds) of a configuration; **bold** = best mean (lowest for losses and FPR, else highest).",
+        "(seeds) of a configuration; `seeds` = its ok jobs. **Bold** = the best mean of a metric (lowest for "
+        "losses and FPR, else highest), only where the comparison below backs it: the configuration is "
+        "`better` than the baseline, or it is the baseline and every other configuration is `worse` (the "
+        "CSV's `best` column marks the best mean regardless)."
+        + (" images/s: training throughput of a run; hours / run: its training wall time (the epochs, "
+           "not the evaluations) x processes, in GPU-h or CPU-h (processes, not cores); both are means over "
+           "its seeds, to compare configurations at equal compute." if _has_compute(rows) else ""),
         "",
         markdown_table(params, rows, metrics),
     ]
+    notes = published_footnotes(rows)
+    problems = [f"job {job.name}: {job.published_error}" for job in jobs if job.published_error]
+    problems += [f"configuration {row.label(params)}: {row.published_note}" for row in rows if row.published_note]
+    if notes or problems:
+        parts += ["", "## Published numbers", ""]
+        if notes:
+            parts += ["The `published` columns: the number a recipe reproduces, as published (percent), "
+                      "next to the suite metric it is comparable with.", ""]
+        for i, pub in enumerate(notes, 1):
+            extra = "; ".join(x for x in (pub["protocol"], f"source: {pub['source']}" if pub["source"] else "") if x)
+            shown = "" if pub["metric"] in metrics else " (not a metric of this report: add --metric)"
+            parts.append(f"{i}. {pub['value']:g} {pub['metric']}{shown}" + (f" — {extra}" if extra else ""))
+        if problems:
+            parts += [""] + [f"- not used: {p}" for p in problems]
+    if base is not None and len(rows) > 1:
+        parts += ["", "## Versus the baseline", "",
+                  f"Baseline: `{base.label(params)}` (choose another with `--baseline key=value`). " + STATISTICS_TEXT,
+                  "", comparison_table(params, rows, metrics)]
     if failed:
         parts += ["", "## Failed jobs", "", "| job | status | swept values | reason |", "|---|---|---|---|"]
         for job in failed:
             swept = " ".join(f"{k}={_fmt_value(job.overrides[k])}" for k in [*params, seed_key] if k in job.overrides)
             parts.append(f"| {job.name} | {job.status} | `{swept}` | {job.reason} |")
     if plots:
-        parts += ["", "## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots]
+        parts += ["", "## Plots", "", "Error bars: the 95% t-interval of the mean over seeds.", ""]
+        parts += [f"![{p.stem}]({p.name})" for p in plots]
     return "\n".join(parts) + "\n"
+
+
+COMPARISON_COLUMNS = ("diff", "ci_low", "ci_high", "verdict", "n_pairs", "test")
 
 
 def write_tables(sweep_dir: Path, jobs: list[Job], params: list[str], rows: list[ConfigRow], metrics: list[str],
@@ -132,20 +356,36 @@ def write_tables(sweep_dir: Path, jobs: list[Job], params: list[str], rows: list
     paths["markdown"].write_text(markdown_report(sweep_dir, jobs, params, rows, metrics, plots, seed_key))
     with paths["csv"].open("w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow([*params, "jobs_ok", "jobs_total", "failed_jobs",
-                         *[f"{m} {s}" for m in metrics for s in ("mean", "std", "n", "best")]])
+        writer.writerow([*params, "baseline", "seeds", "jobs_ok", "jobs_total", "failed_jobs",
+                         *[f"{m} {s}" for m in metrics for s in ("mean", "std", "n", "best", *COMPARISON_COLUMNS,
+                                                                 "published")],
+                         "published_metric", "published_protocol", "published_source",
+                         "images_per_s", "hours", "hours_unit"])
         for row in rows:
             stats = []
             for metric in metrics:
                 mean, std, n = row.stats.get(metric, (math.nan, math.nan, 0))
-                stats += [mean, std, n, metric in row.best]
-            writer.writerow([*[row.values[p] for p in params], len(row.jobs) - len(row.failed), len(row.jobs),
-                             " ".join(job.name for job in row.failed), *stats])
+                c = row.comparisons.get(metric)
+                compared = ([c.diff, c.low, c.high, c.verdict, c.n_pairs, c.test] if c else
+                            [math.nan, math.nan, math.nan, "n/a (no values)", 0, "none"])
+                pub = row.published["value"] if row.published and row.published["metric"] == metric else ""
+                stats += [mean, std, n, metric in row.best, *compared, pub]
+            pub = row.published or {}
+            writer.writerow([*[row.values[p] for p in params], row.is_baseline, len(row.ok_jobs),
+                             len(row.jobs) - len(row.failed), len(row.jobs), " ".join(job.name for job in row.failed),
+                             *stats, pub.get("metric", ""), pub.get("protocol", ""), pub.get("source", ""),
+                             row.images_per_s, row.hours, row.hours_unit])
     keys = list(dict.fromkeys([*params, seed_key, *(k for job in jobs for k in job.overrides)]))
+    compute = ["time/wall_s", "time/images_per_s"]
     with paths["jobs_csv"].open("w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["job", "status", "reason", *keys, *metrics])
+        writer.writerow(["job", "status", "reason", *keys, *metrics, *[c for c in compute if c not in metrics],
+                         "device", "processes", "published_value", "published_metric", "published_problem"])
         for job in jobs:
+            pub = job.published or {}
             writer.writerow([job.name, job.status, job.reason, *[job.overrides.get(k, "") for k in keys],
-                             *[job.metrics.get(m, "") for m in metrics]])
+                             *[job.metrics.get(m, "") for m in metrics],
+                             *[job.metrics.get(c, "") for c in compute if c not in metrics],
+                             job.device or "", job.processes or "", pub.get("value", ""), pub.get("metric", ""),
+                             job.published_error])
     return paths
