@@ -9,7 +9,8 @@ study=$1
 shift
 python=${PYTHON:-python}
 dir=${SWEEP_DIR:-multirun/$study/$(date +%Y-%m-%d_%H-%M-%S)}
-"$python" train.py -m logger.group="$study" "hydra.sweep.dir=$dir" "$@"
+# published=null: a recipe's published number (experiment=...) belongs to its own setting, not to a grid around it.
+"$python" train.py -m logger.group="$study" "hydra.sweep.dir=$dir" published=null "$@"
 status=$?
 if ! "$python" -m cl_suite.report "$dir" && [ "$status" -eq 0 ]; then
     status=1

@@ -24,6 +24,8 @@ def test_unknown_group_option_lists_the_choices(override, named):
     ("trainer.precision=fp8", ConfigError, "trainer.precision='fp8'"),
     ("trainer.max_steps=0", ConfigError, "trainer.max_steps=0"),
     ("trainer.overfit_batches=-1", ConfigError, "trainer.overfit_batches=-1"),
+    ("trainer.threads=0", ConfigError, "trainer.threads=0"),
+    ("trainer.threads=many", ConfigError, "trainer.threads='many'"),
     ("trainer.overfit_batches=1000", ConfigError, "trainer.overfit_batches=1000"),  # digits has 5 batches of 256
     ("trainer.profile_steps=-2", ConfigError, "trainer.profile_steps=-2"),
     ("trainer.save_checkpoints=maybe", ConfigError, "trainer.save_checkpoints"),

@@ -395,3 +395,15 @@ def test_imagefolder_on_real_cifar10_jpegs(tmp_path):
     assert data.classes == ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
     assert len(data.train) == 30 and len(data.test) == 30
     assert data.train.images.float().std() > 20  # real, varied pixels
+
+
+def test_decoding_a_large_folder_shows_progress(tmp_path, capsys, monkeypatch):
+    import cl_suite.data.imagefolder as imagefolder
+
+    monkeypatch.setattr(imagefolder, "PROGRESS_MIN_IMAGES", 4)  # stands in for thousands of files
+    _write_tree(tmp_path, "train", ["a", "b"], 3)
+    _write_tree(tmp_path, "test", ["a", "b"], 1, seed=1)
+    load_imagefolder(tmp_path, image_size=16, cache=False, num_workers=2)
+    err = capsys.readouterr().err
+    assert "decoding train/ (6 images)" in err and "/6 [" in err
+    assert "decoding test/" not in err  # 2 images: below the threshold, no bar

@@ -3,7 +3,6 @@ would come late come at start-up, a stop during the final evaluation, and skip m
 silent exit 0 with a broken model."""
 import dataclasses
 import json
-import logging
 import math
 import os
 import shutil
@@ -302,11 +301,12 @@ def test_skip_mode_stops_once_too_many_steps_were_skipped(tmp_path, poison_steps
     assert ckpt.load_checkpoint(tmp_path / "checkpoints" / "last.pt")["step"] == STEPS_PER_EPOCH
 
 
-def test_skip_mode_warns_about_skipped_steps(tmp_path, poison_steps, caplog):
+def test_skip_mode_warns_about_skipped_steps(tmp_path, poison_steps, capsys):
     poison_steps({5})
-    with caplog.at_level(logging.WARNING, logger="cl_suite.engine.trainer"):
-        train(compose_train(RUN + ["trainer.nonfinite=skip"], tmp_path))
-    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    train(compose_train(RUN + ["trainer.nonfinite=skip"], tmp_path))
+    # On the console, and in the run's train.log at WARNING level.
+    assert "1 of the 4 steps of epoch 2 had a non-finite loss" in capsys.readouterr().out
+    warnings = [line for line in (tmp_path / "train.log").read_text().splitlines() if "][WARNING] " in line]
     assert any("1 of the 4 steps of epoch 2 had a non-finite loss and were skipped" in w for w in warnings), warnings
     assert any("1 of this run's 16 steps had a non-finite loss" in w for w in warnings), warnings
 

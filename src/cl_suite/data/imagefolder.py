@@ -243,18 +243,28 @@ def _pixels_crc(images: torch.Tensor) -> int:
     return zlib.crc32(memoryview(images.contiguous().numpy()).cast("B"))
 
 
-def _decode_all(paths: list[str], image_size: int, num_workers: int) -> torch.Tensor:
+# Decoding more images than this shows a progress bar (60k CIFAR JPEGs take a minute or more on a CPU).
+PROGRESS_MIN_IMAGES = 2000
+
+
+def _decode_all(paths: list[str], image_size: int, num_workers: int, what: str = "images") -> torch.Tensor:
     images = torch.empty((len(paths), 3, image_size, image_size), dtype=torch.uint8)
 
     def decode_into(index: int) -> None:
         images[index] = decode_image(paths[index], image_size)
 
-    if num_workers == 0:
-        for index in range(len(paths)):
-            decode_into(index)
-    else:
-        with ThreadPoolExecutor(max_workers=num_workers) as pool:
-            list(pool.map(decode_into, range(len(paths))))  # list() re-raises the first worker error
+    from tqdm import tqdm  # imported here: only folder data sets decode
+
+    with tqdm(total=len(paths), desc=f"decoding {what}", unit="img", leave=False,
+              disable=len(paths) < PROGRESS_MIN_IMAGES, mininterval=1.0) as bar:
+        if num_workers == 0:
+            for index in range(len(paths)):
+                decode_into(index)
+                bar.update(1)
+        else:
+            with ThreadPoolExecutor(max_workers=num_workers) as pool:
+                for _ in pool.map(decode_into, range(len(paths))):  # re-raises the first worker error
+                    bar.update(1)
     return images
 
 
@@ -348,7 +358,7 @@ def _read_split(
         images = _load_cache(cache_file, image_size, len(paths), files_key)
     if images is None:
         log.info("decoding %d images from %s at %dx%d", len(paths), split_path, image_size, image_size)
-        images = _decode_all(paths, image_size, num_workers)
+        images = _decode_all(paths, image_size, num_workers, what=f"{split_dir}/ ({len(paths)} images)")
         if cache:
             _save_cache(cache_file, images, image_size, files_key)
     return ImageSplit(labels=label_tensor, images=images), own_classes

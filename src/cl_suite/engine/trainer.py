@@ -39,10 +39,11 @@ from cl_suite.engine.pretrainer import Pretrainer
 from cl_suite.engine.probe import OnlineProbe, RunningTopkAccuracy
 from cl_suite.engine.profiling import StepProfiler
 from cl_suite.engine.run_lock import RunFolderError, RunLock, check_room_for_checkpoint
+from cl_suite.engine.run_log import RunLog, say
+from cl_suite.engine.threads import set_threads
 from cl_suite.engine.validation import ConfigError, validate_against_data, validate_train_config
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-log = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
@@ -158,6 +159,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         _record_refused_job(cfg)
         raise
     device_type = "cuda" if cfg.trainer.device != "cpu" and torch.cuda.is_available() else "cpu"
+    run_log = RunLog()
+    try:
+        return _train(cfg, device_type, run_log)
+    finally:
+        run_log.close()  # after the summary table: it belongs in train.log too
+
+
+def _train(cfg: DictConfig, device_type: str, run_log: RunLog) -> dict[str, Any]:
     with contextlib.ExitStack() as teardown:
         # Callbacks run last-in first-out: wandb finishes before the process group goes away (an
         # unfinished run hangs at exit, or is silently reused by the next job of a multirun), and the
@@ -167,6 +176,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         teardown.enter_context(own_run_folder(Path(cfg.paths.output_dir)))  # before the loop writes anything
         if is_main_process():
             save_hydra_record(Path(cfg.paths.output_dir), cfg)
+            run_log.open(Path(cfg.paths.output_dir))
+        threads, why = set_threads(cfg.trainer.threads, device_type)
+        if is_main_process():
+            say(f"device {device_type}, {threads} CPU thread(s) ({why}; trainer.threads={cfg.trainer.threads})")
         guard = teardown.enter_context(PreemptionGuard())
         trainer = Trainer(cfg, resolve_device(cfg.trainer.device), guard)
         teardown.callback(trainer.logger.finish)
@@ -294,7 +307,7 @@ class Trainer:
                 improved = self._improves_best(record)
             self.history["epochs"].append(record)
             self.logger.log(record, step=self.step)
-            self._print(f"epoch {epoch + 1}/{t.epochs}: " + _fmt(record))
+            self._print(f"{self._epoch_label(epoch)}: " + _fmt(record))
             checkpoint_epoch = t.checkpoint_every_epochs and (epoch + 1) % t.checkpoint_every_epochs == 0
             if not last and (checkpoint_epoch or improved):  # a new best is saved even between checkpoint epochs
                 self.save(best=improved)
@@ -304,7 +317,7 @@ class Trainer:
             self.profiler = None
         if self._last_saved_step != self.step:  # the trained weights are on disk before the (long) evaluation
             self.save()
-        self._print(f"final evaluation at step {self.step}: kNN and the linear probe "
+        self._print(f"final evaluation at step {self.step} ({self.epochs_done:g} of {t.epochs} epochs): kNN and the linear probe "
                     f"(evaluation.linear.epochs={self.cfg.evaluation.linear.epochs})")
         try:
             # A stop signal ends the evaluation at once: the checkpoint above holds everything, and the
@@ -315,12 +328,13 @@ class Trainer:
         except StopRequested:
             self.stopped_in_final_evaluation = True
             return None
-        self.history["final"] = {**final, "step": self.step, "epoch": self.step / self.steps_per_epoch}
+        self.history["final"] = {**final, "step": self.step, "epoch": self.epochs_done}
         # The run's cost, for compute-matched sweep reports: kept out of "final", which a resumed run
         # reproduces exactly. The epochs' seconds add up across resumes; evaluations are not counted.
         train_s = sum(record.get("epoch_time_s", 0.0) for record in self.history["epochs"])
         self.history["compute"] = {"time/wall_s": train_s, "time/images_per_s": self.step * t.batch_size / train_s
-                                   if train_s else None, "device": self.device.type, "processes": self.world}
+                                   if train_s else None, "device": self.device.type, "processes": self.world,
+                                   "threads": torch.get_num_threads()}
         self.save(best=self._improves_best(self.history["final"]))
         final = {f"final/{k}": v for k, v in self.history["final"].items()}
         self.logger.log(final, step=self.step)
@@ -350,7 +364,7 @@ class Trainer:
             self.diagnostics.sums = {k: v.to(device) for k, v in carry["diag_sums"].items()}
             self.diagnostics.steps = carry["diag_steps"]
             self.nonfinite.skipped = carry["skipped"]
-        bar = tqdm(total=planned, desc=f"epoch {epoch + 1}/{t.epochs}", disable=not (self.main and t.progress_bar),
+        bar = tqdm(total=planned, desc=self._epoch_label(epoch), disable=not (self.main and t.progress_bar),
                    leave=False, dynamic_ncols=True)
         generator = torch.Generator(device=device)
         for batch in self.batches.epoch(epoch, start_step=first):
@@ -522,7 +536,7 @@ class Trainer:
             "method": method_state, "probe": probe_state,
             "optimizer": self.optimizer.state_dict(), "probe_optimizer": self.probe_optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(), "step": self.step,
-            "epoch": self.step // self.steps_per_epoch, "rng": rng_states(),
+            "epoch": self.epochs_done, "rng": rng_states(),
             "config": OmegaConf.to_container(self.cfg, resolve=True), "wandb_run_id": self.logger.run_id,
             "history": self.history, "best": self.best, "skipped_steps": self.nonfinite.total_skipped,
         }
@@ -622,19 +636,26 @@ class Trainer:
             self.scheduler._last_lr = lrs
         return lines, keys
 
+    @property
+    def epochs_done(self) -> float:
+        """Epochs trained so far, as a fraction where a run stopped inside one (metrics.json, checkpoints)."""
+        return round(self.step / self.steps_per_epoch, 4)
+
+    def _epoch_label(self, epoch: int) -> str:
+        """``epoch 3/30``; a run that trainer.max_steps ends early says so, and where."""
+        label = f"epoch {epoch + 1}/{self.cfg.trainer.epochs}"
+        if self.stop_step < self.schedule_steps:
+            label += f" (trainer.max_steps={self.stop_step} ends the run at epoch {self.stop_step / self.steps_per_epoch:g})"
+        return label
+
     def _print(self, text: str) -> None:
+        """A message of the run on the main process: console and train.log (engine.run_log)."""
         if self.main:
-            print(text)
+            say(text)
 
     def _warn(self, text: str) -> None:
-        """A warning on the console and in the run's log file: through logging where it is set up (Hydra:
-        stdout and train.log), else printed (the Python API without logging), never both on one console."""
-        if not self.main:
-            return
-        if logging.getLogger().hasHandlers():
-            log.warning(text)
-        else:
-            print(text)
+        if self.main:
+            say(text, logging.WARNING)
 
 
 def _fmt(metrics: dict[str, Any]) -> str:

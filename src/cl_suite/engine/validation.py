@@ -251,6 +251,8 @@ def _check_trainer(cfg: DictConfig) -> None:
     _int(t, "trainer.profile_warmup_steps", 0)
     _int(cfg, "seed", 0, maximum=MAX_SEED)
     _check_device(t, "trainer.device")
+    if t.threads != "auto":
+        _int(t, "trainer.threads", 1)
     for key in ("eval_at_init", "compile", "sync_batchnorm", "data_on_device", "progress_bar", "save_checkpoints"):
         _bool(t, f"trainer.{key}")
     _choice(t, "trainer.precision", PRECISIONS)
@@ -449,11 +451,28 @@ def _check_scheduler(cfg: DictConfig) -> None:
         _number(s, "scheduler.min_lr_ratio", 0.0, 1.0, low_open=False)
 
 
-def _check_logger(lg: DictConfig) -> None:
+def _check_logger(lg: DictConfig, key: str = "logger") -> None:
+    """wandb's mode and project; tensorboard installed for ``logger=tensorboard``; and each logger of
+    ``logger=many``, its arguments included (the group's signature check stops at MultiLogger's mapping)."""
+    kind = _target_class(lg)
+    if kind == "MultiLogger":
+        for name in lg.get("loggers") or {}:
+            child = lg.loggers[name]
+            try:
+                check_group_arguments(f"{key}.loggers.{name}", child, injected=("run_dir", "run_config", "run_id"))
+            except ArgumentError as err:
+                raise ConfigError(str(err)) from None
+            _check_logger(child, f"{key}.loggers.{name}")
+        return
+    if kind == "TensorBoardLogger":
+        from cl_suite.engine.logger import TENSORBOARD_HINT, tensorboard_available
+
+        if not tensorboard_available():
+            raise ConfigError(TENSORBOARD_HINT)
     if "mode" in lg:
-        _choice(lg, "logger.mode", WANDB_MODES)
+        _choice(lg, f"{key}.mode", WANDB_MODES)
     if "project" in lg and not (isinstance(lg.project, str) and lg.project):
-        raise ConfigError(f"logger.project={lg.project!r} is not allowed: expected a non-empty name")
+        raise ConfigError(f"{key}.project={lg.project!r} is not allowed: expected a non-empty name")
 
 
 def _target_class(node: DictConfig) -> str:

@@ -1,0 +1,257 @@
+"""The paper recipes (conf/experiment/): every one composes, really pins its setting, carries a
+well-formed published number, and trains two steps on the digits stand-in; the sweep recipes
+(multirun/*.sh) run on top of them as multirun/README.md says."""
+import functools
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf, open_dict
+
+from cl_suite.engine.trainer import train
+from cl_suite.engine.validation import ConfigError, best_metric_names, validate_train_config
+from helpers import CONF, ROOT, compose_train, group_options, run_cli
+
+RECIPES = group_options("experiment")
+PINNED_GROUPS = ("dataset", "backbone", "method", "optimizer", "scheduler", "evaluation")
+UNIFORM = "cl_suite.samplers.UniformSampler"
+STUDIES = ("tau_plus.sh", "hcl_beta.sh", "ring_fractions.sh", "mochi.sh", "temperature.sh")
+
+
+def recipe_text(name: str) -> str:
+    return (CONF / "experiment" / f"{name}.yaml").read_text(encoding="utf-8")
+
+
+def recipe_header(name: str) -> str:
+    lines = recipe_text(name).splitlines()
+    end = next(i for i, line in enumerate(lines) if not line.startswith("#"))
+    return "\n".join(lines[:end])
+
+
+def recipe_body(name: str) -> dict:
+    return yaml.safe_load(recipe_text(name))
+
+
+def group_choices(name: str) -> dict[str, str]:
+    """``{"dataset": "stl10", ...}`` from the recipe's ``- override /dataset: stl10`` entries."""
+    choices = {}
+    for entry in recipe_body(name)["defaults"]:
+        (key, option), = entry.items()
+        assert key.startswith("override /"), f"{name}: defaults entry {entry} is not an `override /<group>`"
+        choices[key.removeprefix("override /")] = option
+    return choices
+
+
+def preset_sampler(method: str) -> str | None:
+    """The sampler option a method preset picks (``override /sampler: debiased`` in conf/method/dcl.yaml)."""
+    for entry in yaml.safe_load((CONF / "method" / f"{method}.yaml").read_text()).get("defaults") or []:
+        if isinstance(entry, dict) and "override /sampler" in entry:
+            return entry["override /sampler"]
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def composed(*overrides: str):
+    return compose_train(list(overrides))
+
+
+def leaves(node, prefix=""):
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield from leaves(value, f"{prefix}{key}.")
+    else:
+        yield prefix[:-1], node
+
+
+def test_there_are_recipes_for_every_seed_paper_and_baseline():
+    # DCL/HCL, Ring, MoCHi, NNCLR/KMCLR, RINCE and the strong baselines (CE, solo-learn's rows)
+    for needed in ("simclr_stl10", "dcl_stl10", "dcl_stl10_tau005", "hcl_stl10", "moco_ring_cifar10",
+                   "ir_ring_cifar10", "simclr_ring_cifar10", "mochi_caltech256", "nnclr_cifar100",
+                   "kmclr_cifar100", "rince_in_cifar100", "rince_out_cifar100", "rince_out_in_cifar100",
+                   "scl_out_cifar100", "supervised_cifar100", "solo_simclr_cifar10", "solo_mocov2plus_cifar100",
+                   "solo_nnclr_cifar10", "solo_supcon_cifar100"):
+        assert needed in RECIPES
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_recipe_composes_and_pins_its_setting(name):
+    text = recipe_text(name)
+    assert text.startswith("# @package _global_\n"), f"{name}: must start with `# @package _global_`"
+    header = recipe_header(name)
+    assert "# Source:" in header and "# Published:" in header, f"{name}: header must cite its source and number"
+    choices = group_choices(name)
+    missing = [g for g in PINNED_GROUPS if g not in choices]
+    assert not missing, f"{name}: does not pin {missing}"
+    # A recipe that chose the sampler itself would beat a method given on the command line
+    # (`tau_plus.sh experiment=dcl_stl10` sweeps method=dcl,hcl): HCL would silently run DCL's sampler.
+    assert "sampler" not in choices, f"{name}: the sampler comes from the method (preset) or train.yaml's default"
+    body = recipe_body(name)
+    assert {"epochs", "batch_size"} <= set(body["trainer"]), f"{name}: must pin trainer.epochs and batch_size"
+
+    cfg = compose_train([f"experiment={name}"])
+    validate_train_config(cfg)
+    defaults = composed()
+    for group, option in choices.items():
+        alone = composed(f"{group}={option}")[group]
+        if "_target_" in alone:
+            assert cfg[group]._target_ == alone._target_, f"{name}: {group}={option} did not take effect"
+    assert cfg.dataset.name == choices["dataset"] != defaults.dataset.name
+    assert cfg.method._target_ == composed(f"method={choices['method']}").method._target_
+    sampler = preset_sampler(choices["method"])
+    expected = composed(f"sampler={sampler}").sampler._target_ if sampler else UNIFORM
+    assert cfg.sampler._target_ == expected, f"{name}: sampler {cfg.sampler._target_}, expected {expected}"
+    # Every value the recipe writes is in the composed config: the recipe comes after train.yaml's own
+    # values (its defaults entry is last), and no key is silently dropped or renamed.
+    plain = OmegaConf.to_container(cfg, resolve=False)
+    for path, value in leaves({k: v for k, v in body.items() if k != "defaults"}):
+        node = plain
+        for key in path.split("."):
+            node = node[key]
+        assert node == value, f"{name}: {path} is {node!r} in the composed config, the recipe says {value!r}"
+    assert cfg.trainer.epochs != defaults.trainer.epochs or cfg.trainer.batch_size != defaults.trainer.batch_size
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_recipe_published_number_is_complete_and_matches_its_header(name):
+    cfg = composed(f"experiment={name}")
+    published = cfg.published
+    header = recipe_header(name)
+    stated = re.search(r"^# Published: (\d+\.\d+) %", header, re.M)
+    if published is None:
+        assert re.search(r"^# Published: none\. \S", header, re.M), f"{name}: published null needs the reason"
+        assert stated is None
+        return
+    assert set(published) == {"value", "metric", "protocol", "source"}
+    assert published.metric in best_metric_names(cfg), f"{name}: the suite does not report {published.metric}"
+    assert 0 < published.value <= 100 and published.protocol.strip() and published.source.strip()
+    assert stated and float(stated[1]) == published.value, f"{name}: header and published.value disagree"
+
+
+@pytest.mark.parametrize("bad, message", [
+    ("published=84.26", "published=84.26 is not allowed"),
+    ("+published.value=84.26", "missing published.metric, published.protocol, published.source"),
+    ("published.value=101", "published.value=101"),
+    ("published.metric=linear/top2", "published.metric='linear/top2' is not one of"),
+    ("+published.note=x", "unknown published.note"),
+    ("published.source=''", "published.source='' is not allowed"),
+])
+def test_malformed_published_blocks_are_refused(bad, message):
+    base = [] if bad.startswith(("published=", "+published")) else ["experiment=dcl_stl10"]
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        validate_train_config(compose_train([*base, bad]))
+
+
+def stand_in_run(name: str, run_dir: Path) -> dict:
+    """The recipe with its data set and backbone swapped for the digits stand-in and a tiny convnet (the
+    recipe's dataset/backbone values belong to its data set), two steps, a one-epoch linear probe."""
+    cfg = compose_train([f"experiment={name}", "logger=none", "trainer.max_steps=2", "trainer.eval_at_init=false",
+                         "trainer.progress_bar=false", "trainer.device=cpu", "evaluation.linear.epochs=1",
+                         "evaluation.embedding_snapshot=0"], run_dir)
+    stand_in = composed("dataset=digits", "backbone=small_convnet")
+    with open_dict(cfg):
+        cfg.dataset = stand_in.dataset
+        cfg.backbone = stand_in.backbone
+        cfg.backbone.widths = [8, 16]
+    return train(cfg)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", RECIPES)
+def test_recipe_trains_two_steps_on_the_digits_stand_in(name, tmp_path):
+    # method, sampler, optimizer, schedule, batch size and evaluation stay the recipe's; RINCE's second
+    # rank uses the digits' coarse labels (conf/dataset/digits.yaml)
+    final = stand_in_run(name, tmp_path)
+    assert final["step"] == 2 and 0 <= final["linear/top1"] <= 100
+
+
+@pytest.mark.slow
+def test_recipe_published_block_is_saved_in_the_run_record(tmp_path):
+    args = ["experiment=solo_simclr_cifar10", "dataset=digits", "backbone=small_convnet", "logger=none",
+            "trainer.max_steps=2", "trainer.eval_at_init=false", "trainer.progress_bar=false", "trainer.device=cpu",
+            "evaluation.linear.epochs=1", "evaluation.embedding_snapshot=0", f"hydra.run.dir={tmp_path}"]
+    proc = run_cli("train.py", args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    record = yaml.safe_load((tmp_path / ".hydra" / "config.yaml").read_text())
+    assert record["published"] == recipe_body("solo_simclr_cifar10")["published"]
+    assert record["dataset"]["name"] == "digits" and record["method"]["temperature"] == 0.2
+    assert "experiment=solo_simclr_cifar10" in (tmp_path / ".hydra" / "overrides.yaml").read_text()
+
+
+def study_jobs(script: str, extra: list[str], tmp_path: Path) -> list[list[str]]:
+    """The overrides of every job the study script would run: the script runs with a stand-in python that
+    records its arguments, and Hydra's basic sweeper expands them (as `train.py -m` does)."""
+    fake, record = tmp_path / "python", tmp_path / "args"
+    fake.write_text('#!/usr/bin/env bash\nprintf "%s\\0" "$@" >> "$ARGS_FILE"\n')
+    fake.chmod(0o755)
+    record.unlink(missing_ok=True)
+    env = {**os.environ, "PYTHON": str(fake), "ARGS_FILE": str(record), "SWEEP_DIR": str(tmp_path / "sweep")}
+    subprocess.run(["bash", str(ROOT / "multirun" / script), *extra], env=env, check=True, timeout=60)
+    args = [a.decode() for a in record.read_bytes().split(b"\0")[:-1]]
+    report = args.index("-m", 2)  # the second call: python -m cl_suite.report <dir>
+    assert args[:2] == ["train.py", "-m"] and args[report:] == ["-m", "cl_suite.report", str(tmp_path / "sweep")]
+    overrides = OverridesParser.create().parse_overrides(args[2:report])
+    return [job for batch in BasicSweeper.split_arguments(overrides, None) for job in batch]
+
+
+def check_job(job: list[str], recipe: str) -> None:
+    """A job of a study on a recipe runs the study's method with that method's own sampler, the swept
+    values, and the recipe's data set, backbone and optimizer; it raises when the two do not fit."""
+    cfg = compose_train(job)
+    validate_train_config(cfg)
+    method = next(o.split("=", 1)[1] for o in job if o.startswith("method="))
+    own = composed(f"method={method}")
+    assert cfg.method._target_ == own.method._target_
+    assert cfg.sampler._target_ == own.sampler._target_, f"{recipe}: method={method} lost its sampler"
+    recipe = composed(f"experiment={recipe}")
+    for group in ("dataset", "backbone", "optimizer", "scheduler"):
+        assert cfg[group] == recipe[group]
+    assert cfg.trainer.epochs == recipe.trainer.epochs and cfg.published is None
+    for override in job:
+        key, value = override.split("=", 1)
+        if key.startswith(("sampler.", "method.")):
+            assert str(OmegaConf.select(cfg, key)) == value
+
+
+def test_tau_plus_study_sweeps_on_top_of_the_dcl_recipe(tmp_path):
+    jobs = study_jobs("tau_plus.sh", ["experiment=dcl_stl10"], tmp_path)
+    assert len(jobs) == 2 * 4 * 3 and all("experiment=dcl_stl10" in job for job in jobs)
+    for method in ("dcl", "hcl"):  # one job per method: HCL's jobs run HCL's sampler, not the recipe's DCL
+        check_job(next(j for j in jobs if f"method={method}" in j and "sampler.tau_plus=0.05" in j), "dcl_stl10")
+
+
+def test_a_study_that_does_not_fit_a_recipe_stops_at_start_up(tmp_path):
+    jobs = study_jobs("tau_plus.sh", ["experiment=solo_mocov2plus_cifar100"], tmp_path)
+    with pytest.raises(ConfigError, match="method.queue_size is not a setting of cl_suite.methods.SimCLR"):
+        validate_train_config(compose_train(jobs[0]))
+
+
+def documented_fits() -> dict[str, set[str]]:
+    """The table "| study | recipes it runs on |" of multirun/README.md."""
+    text = (ROOT / "multirun" / "README.md").read_text(encoding="utf-8")
+    rows = re.findall(r"^\| `(\w+\.sh)` \| (.*) \|$", text.split("recipes it runs on", 1)[1], re.M)
+    return {script: set(re.findall(r"`(\w+)`", recipes)) for script, recipes in rows}
+
+
+@pytest.mark.slow
+def test_the_documented_study_recipe_pairs_are_exactly_those_that_fit(tmp_path):
+    """Every (study, recipe) pair either fits (each distinct method of the grid composes, validates and
+    runs its own sampler on the recipe's setting) or stops at start-up; multirun/README.md lists the former."""
+    fits = {}
+    for script in STUDIES:
+        fits[script] = set()
+        for recipe in RECIPES:
+            jobs = study_jobs(script, [f"experiment={recipe}"], tmp_path)
+            methods = {next(o for o in job if o.startswith("method=")): job for job in jobs}
+            try:
+                for job in methods.values():
+                    check_job(job, recipe)
+            except (ConfigError, ConfigCompositionException):
+                continue
+            fits[script].add(recipe)
+    assert fits == documented_fits()
