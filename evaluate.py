@@ -1,25 +1,12 @@
-"""Re-evaluate a run's checkpoint: `python evaluate.py run=outputs/<date>/<time> [protocol=[linear,knn]]`.
+"""Re-evaluate a run's checkpoint: `python evaluate.py run=outputs/<date>/<time> [protocol=[linear,knn]]`,
+or an exported backbone: `python evaluate.py checkpoint=<run>/backbone_state_dict.pt [dataset=cifar10]`.
 
 Frozen features are extracted once and every protocol (linear, knn, retrieval, ood, transfer) reads
-them. Results go to <run>/eval.json (keyed by protocol) and to the run's wandb summary.
+them. Results go to <run>/eval.json (keyed by protocol) and to the run's wandb summary; for an exported
+backbone to <file stem>.eval.json beside the file. The same entry point is `python -m cl_suite.evaluate`
+(or `cl-suite-evaluate`) where the suite is installed as a package.
 """
-import hydra
-from omegaconf import DictConfig
-
-from cl_suite.errors import user_errors_without_traceback
-from cl_suite.eval.run_evaluation import evaluate_run
-
-
-@hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
-@user_errors_without_traceback
-def main(cfg: DictConfig) -> None:
-    result = evaluate_run(cfg)
-    print(f"{result['checkpoint']} (epoch {result['epoch']}, step {result['step']})")
-    for protocol, metrics in result["protocols"].items():
-        print(protocol)
-        for key, value in metrics.items():
-            print(f"  {key:<36}{value:8.2f}")
-
+from cl_suite.cli import evaluate_main
 
 if __name__ == "__main__":
-    main()
+    evaluate_main()

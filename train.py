@@ -1,26 +1,9 @@
 """Pre-train an encoder: `python train.py method=simclr dataset=cifar10 backbone=resnet18`.
 
-With no arguments: SimCLR on the bundled digits data set, on the CPU in about a minute.
+With no arguments: SimCLR on the bundled digits data set, on the CPU in about a minute. The same entry
+point is `python -m cl_suite.train` (or `cl-suite-train`) where the suite is installed as a package.
 """
-import sys
-
-import hydra
-from omegaconf import DictConfig
-
-import cl_suite.resolvers  # noqa: F401  (registers ${cl_suite.run_stamp:} before Hydra composes)
-from cl_suite.engine.distributed import worker_rank_hydra_overrides
-from cl_suite.engine.trainer import train
-from cl_suite.errors import user_errors_without_traceback
-
-
-@hydra.main(version_base="1.3", config_path="conf", config_name="train")
-@user_errors_without_traceback
-def main(cfg: DictConfig) -> float:
-    final = train(cfg)
-    # Returned for sweepers that optimise (e.g. Optuna): the headline linear top-1.
-    return final["linear/top1"]
-
+from cl_suite.cli import train_main
 
 if __name__ == "__main__":
-    sys.argv.extend(worker_rank_hydra_overrides())
-    main()
+    train_main()

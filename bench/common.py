@@ -32,7 +32,7 @@ from cl_suite.engine.trainer import Trainer, autocast, resolve_device
 from cl_suite.engine.validation import validate_train_config
 
 ROOT = Path(__file__).resolve().parents[1]
-CONF = ROOT / "conf"
+CONF = ROOT / "src" / "cl_suite" / "conf"  # (the checkout's conf/ links here)
 ON_CUDA = torch.cuda.is_available()
 
 # Settings every benchmark run starts from: synthetic CIFAR-sized data, nothing logged or evaluated,

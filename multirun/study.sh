@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One study: `bash multirun/study.sh <study> <train.py overrides, sweeps included>`. The recipes call it.
-# Runs the sweep into multirun/<study>/<date>_<time>/<job>/ (every job in wandb group <study>), then
+# Runs the sweep into multirun/<study>/<date>_<time>/<job>/ (every job in wandb group <study>-<date>_<time>:
+# one group per invocation, so a rerun of a study is not mixed into an earlier one's group), then
 # writes the sweep report (report.md, report.csv, report_*.png) into that folder, also when jobs failed.
 # Environment: PYTHON (default python), SWEEP_DIR (default multirun/<study>/<date>_<time>).
 set -uo pipefail
@@ -8,9 +9,10 @@ cd "$(dirname "$0")/.."
 study=$1
 shift
 python=${PYTHON:-python}
-dir=${SWEEP_DIR:-multirun/$study/$(date +%Y-%m-%d_%H-%M-%S)}
+stamp=$(date +%Y-%m-%d_%H-%M-%S)  # once: the same for every job of this sweep
+dir=${SWEEP_DIR:-multirun/$study/$stamp}
 # published=null: a recipe's published number (experiment=...) belongs to its own setting, not to a grid around it.
-"$python" train.py -m logger.group="$study" "hydra.sweep.dir=$dir" published=null "$@"
+"$python" train.py -m logger.group="$study-$stamp" "hydra.sweep.dir=$dir" published=null "$@"
 status=$?
 if ! "$python" -m cl_suite.report "$dir" && [ "$status" -eq 0 ]; then
     status=1

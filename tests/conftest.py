@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-CONF = ROOT / "conf"
+CONF = ROOT / "src" / "cl_suite" / "conf"  # (the checkout's conf/ links here)
 
 
 @pytest.fixture(autouse=True)

@@ -10,7 +10,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 ROOT = Path(__file__).resolve().parents[1]
-CONF = ROOT / "conf"
+CONF = ROOT / "src" / "cl_suite" / "conf"  # (the checkout's conf/ links here)
 
 # A few-second training run on digits: the settings every end-to-end test starts from.
 TINY = [

@@ -83,6 +83,8 @@ def test_scheduler_configs_instantiate(option):
 
 @pytest.mark.parametrize("option", group_options("logger"))
 def test_logger_configs_instantiate(option, tmp_path):
+    if option == "tensorboard":
+        pytest.importorskip("tensorboard", reason="the optional [tensorboard] extra")
     cfg = compose_train([f"logger={option}"], output_dir=tmp_path)
     logger = build_logger(cfg.logger, str(tmp_path), cfg)
     logger.log({"x": 1.0}, step=1)

@@ -39,3 +39,7 @@ def test_submitit_launcher_runs_a_sweep_as_separate_jobs(tmp_path):
         metrics = json.loads((tmp_path / job / "metrics.json").read_text())
         assert metrics["final"]["step"] == 2
     assert (tmp_path / ".submitit").is_dir()  # went through submitit, not the in-process sweeper
+    # Where the README says the silent jobs' output is: .submitit/<job id>/<job id>_<task>_log.out, and train.log.
+    outs = sorted((tmp_path / ".submitit").glob("*/*_log.out"))
+    assert len(outs) == 2 and all("kNN (frozen, un-augmented)" in out.read_text() for out in outs)
+    assert all("][INFO] epoch 1/" in (tmp_path / job / "train.log").read_text() for job in ("0", "1"))

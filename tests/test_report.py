@@ -4,6 +4,7 @@ import csv
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -129,11 +130,55 @@ PUBLISHED = """published:
 """
 
 
+# What train.py's Hydra composes without overrides (conf/train.yaml's defaults), and the sampler a
+# method preset picks (conf/method/dcl.yaml: `override /sampler: debiased`).
+DEFAULT_CHOICES = {"dataset": "digits", "backbone": "small_convnet", "sampler": "uniform", "method": "simclr",
+                   "optimizer": "sgd", "scheduler": "warmup_cosine", "logger": "wandb", "evaluation": "default",
+                   "experiment": None, "debug": None}
+PRESET_SAMPLER = {"dcl": "debiased", "hcl": "hard"}
+
+
+def resolved_record(run, overrides: dict, defaults: dict | None = None) -> tuple[dict, dict]:
+    """``(config, choices)`` as a job's ``.hydra/config.yaml`` and ``hydra.yaml`` hold them: ``defaults``
+    are settings a recipe or the config gave (``{"method": "dcl", "trainer.epochs": 5}``), the overrides
+    win over them; group keys become choices, dotted keys values. Paths, logger group and run name differ
+    in every job, as in real runs."""
+    settings = {**(defaults or {}), **overrides}
+    choices = {**DEFAULT_CHOICES, **{k: v for k, v in settings.items() if k in DEFAULT_CHOICES}}
+    if "sampler" not in settings:
+        choices["sampler"] = PRESET_SAMPLER.get(choices["method"], "uniform")
+    config = {"dataset": {"name": choices["dataset"], "root": "${paths.data_dir}"},
+              "backbone": {"_target_": f"cl_suite.models.{choices['backbone']}"},
+              "sampler": {"_target_": f"cl_suite.samplers.{choices['sampler']}",
+                          **({"tau_plus": 0.1} if choices["sampler"] in ("debiased", "hard") else {})},
+              "method": {"_target_": f"cl_suite.methods.{choices['method']}", "temperature": 0.5},
+              "optimizer": {"lr": 0.06, "momentum": 0.9},
+              "logger": {"group": run.parent.name, "name": run.name, "tags": []},
+              "seed": 0, "resume": "auto", "trainer": {"epochs": 1, "batch_size": 256, "progress_bar": False},
+              "paths": {"data_dir": "${oc.env:CL_SUITE_DATA,data}", "output_dir": str(run)}}
+    for key, value in settings.items():
+        if key in DEFAULT_CHOICES:
+            continue
+        *parents, leaf = key.split(".")
+        node = config
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return config, choices
+
+
 def write_run(sweep, name: str, overrides: dict, final: dict, config: str = "published: null\n",
-              compute: dict | None = None, epochs: list | None = None):
+              compute: dict | None = None, epochs: list | None = None, defaults: dict | None = None):
+    """A job's run dir: ``.hydra/`` (resolved config, choices, overrides) and metrics.json."""
+    import yaml
+
     run = sweep / name
     (run / ".hydra").mkdir(parents=True)
-    (run / ".hydra" / "config.yaml").write_text("seed: 0\ntrainer:\n  epochs: 1\n" + config)
+    resolved, choices = resolved_record(run, overrides, defaults)
+    (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False) + config)
+    hydra = {"hydra": {"run": {"dir": str(run)}, "job": {"name": "train", "num": int(name) if name.isdigit() else 0},
+                       "runtime": {"output_dir": str(run), "choices": {**choices, "hydra/launcher": "basic"}}}}
+    (run / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump(hydra, sort_keys=False))
     (run / ".hydra" / "overrides.yaml").write_text("".join(f"- {k}={v}\n" for k, v in overrides.items()))
     history = {"init": {}, "epochs": epochs or [], "final": final}
     if compute is not None:
@@ -242,6 +287,12 @@ def test_malformed_published_block_is_reported_not_raised(tmp_path, capsys, monk
     assert "s3cr3t" not in markdown
     jobs = read_csv(tmp_path / "report_jobs.csv")
     assert problem in jobs[0]["published_problem"] and jobs[2]["published_problem"] == ""
+    fixed = markdown.split("## Fixed settings")[1].split("\n## ")[0]
+    assert "- sampler: changes with method" in fixed  # hydra.yaml's choices: dcl brings its sampler
+    if "unreadable" in problem:  # those jobs' config values are unknown, not different
+        assert "- trainer.epochs: `1` (unknown for 2 jobs)\n" in fixed and "trainer.epochs: changes" not in fixed
+    else:
+        assert "- trainer.epochs: `1`\n" in fixed
 
 
 def test_compute_columns_device_hours_and_images_per_second(tmp_path):
@@ -270,6 +321,164 @@ def test_compute_columns_device_hours_and_images_per_second(tmp_path):
     jobs = read_csv(tmp_path / "report_jobs.csv")
     assert [(j["device"], j["processes"], j["time/wall_s"]) for j in jobs] == [
         ("cuda", "4", "7200.0"), ("cuda", "4", "10800.0"), ("cpu", "1", "90.0"), ("", "", "40.0")]
+
+
+def write_multirun_yaml(sweep, task: list[str]) -> None:
+    """The basic sweeper's record of a sweep's grid (``multirun.yaml``)."""
+    import yaml
+
+    record = {"hydra": {"sweeper": {"_target_": "hydra._internal.core_plugins.basic_sweeper.BasicSweeper",
+                                    "params": None},
+                        "overrides": {"task": task}}}
+    (sweep / "multirun.yaml").write_text(yaml.safe_dump(record))
+
+
+def two_sweeps(root):
+    """``method=simclr,dcl seed=0,1`` (the method an override) and, in another timestamp folder,
+    ``sampler.tau_plus=0,0.1 seed=0,1`` on a config whose default method is DCL (no method override);
+    the second sweep was killed before its last job."""
+    first, second = root / "2026-11-23" / "14-00-00", root / "2026-11-24" / "09-30-00"
+    first.mkdir(parents=True), second.mkdir(parents=True)
+    write_multirun_yaml(first, ["method=simclr,dcl", "seed=0,1", "trainer.epochs=5"])
+    for number, (method, seed) in enumerate([(m, s) for m in ("simclr", "dcl") for s in (0, 1)]):
+        write_run(first, str(number), {"method": method, "seed": seed, "trainer.epochs": 5},
+                  {"linear/top1": {"simclr": 80.0, "dcl": 82.0}[method] + 0.3 * seed})
+    write_multirun_yaml(second, ["sampler.tau_plus=0,0.1", "seed=0,1", "trainer.epochs=5"])
+    for number, (tau, seed) in enumerate([(0, 0), (0, 1), (0.1, 0)]):  # job 3 (tau 0.1, seed 1) never ran
+        write_run(second, str(number), {"sampler.tau_plus": tau, "seed": seed, "trainer.epochs": 5},
+                  {"linear/top1": 81.0 + 10 * tau + 0.3 * seed}, defaults={"method": "dcl"})
+    return first, second
+
+
+def test_folder_of_sweeps_reads_the_method_from_the_resolved_config(tmp_path):
+    from cl_suite.report import collect_jobs
+    from cl_suite.report.plots import build_figure, series
+    from cl_suite.report.table import fixed_settings
+
+    first, second = two_sweeps(tmp_path)
+    jobs = collect_jobs(tmp_path)
+    assert [(j.name, j.status, j.value("method")) for j in jobs][-1] == (
+        "2026-11-24/09-30-00/3 (no dir)", "not run", "dcl")  # the killed sweep's grid point, method from its twin
+    params, rows = summarize(jobs, ["linear/top1"])
+    # The method is swept (an override in one sweep, a default in the other); the sampler only follows it;
+    # paths, logger group/name and the run dirs differ in every job but are no settings; the seed replicates.
+    assert params == ["method", "sampler.tau_plus"]
+    assert [(r.values["method"], r.values["sampler.tau_plus"], len(r.jobs)) for r in rows] == [
+        ("simclr", None, 2), ("dcl", 0.1, 4), ("dcl", 0, 2)]  # dcl 0.1: both sweeps' jobs, one configuration
+
+    assert report_main([str(tmp_path)]) == 0
+    csv_rows = read_csv(tmp_path / "report.csv")
+    assert [(r["method"], r["sampler.tau_plus"], r["jobs_total"]) for r in csv_rows] == [
+        ("simclr", "", "2"), ("dcl", "0.1", "4"), ("dcl", "0", "2")]
+    markdown = (tmp_path / "report.md").read_text()
+    assert "| simclr | - (baseline) | 2 | 2/2 | 80.15 ± 0.21 |" in markdown
+    assert "| dcl | 0 | 2 | 2/2 | 81.15 ± 0.21 |" in markdown
+    assert "None" not in markdown.split("## Fixed settings")[0]
+    assert [j["job"] for j in read_csv(tmp_path / "report_jobs.csv")][-1] == "2026-11-24/09-30-00/3 (no dir)"
+
+    # What the plots are given: the method on the x axis (never None), tau_plus without SimCLR.
+    assert {x for points in series("method", params, rows, "linear/top1").values() for x, *_ in points} == {
+        "simclr", "dcl"}
+    by_tau = series("sampler.tau_plus", params, rows, "linear/top1")
+    assert list(by_tau) == ["dcl"]
+    assert [p[:2] for p in by_tau["dcl"]] == [(0, pytest.approx(81.15)), (0.1, pytest.approx(82.1))]
+    fig, axes, _ = build_figure("method", params, rows, ["linear/top1"], fixed_settings(jobs, params))
+    try:
+        fig.canvas.draw()
+        assert [t.get_text() for t in axes[0].get_xticklabels()] == ["simclr", "dcl"]
+    finally:
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
+    for name in ("report_method.png", "report_sampler.tau_plus.png"):
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_fixed_settings_are_listed_and_stay_text(tmp_path, monkeypatch):
+    monkeypatch.setenv("CL_SECRET", "s3cr3t")  # an interpolation of a run's record is never resolved
+    for number, (tau, seed) in enumerate([(t, s) for t in (0, 0.1) for s in (0, 1, 2)]):
+        write_run(tmp_path, str(number), {"method": "dcl", "sampler.tau_plus": tau, "seed": seed,
+                                          "dataset.name": "${oc.env:CL_SECRET}"},
+                  {"linear/top1": 80.0 + tau + seed}, defaults={"dataset": "cifar10", "backbone": "resnet18",
+                                                                   "trainer.epochs": 200, "optimizer.lr": 0.3})
+    assert report_main([str(tmp_path)]) == 0
+    markdown = (tmp_path / "report.md").read_text()
+    fixed = markdown.split("## Fixed settings")[1].split("\n## ")[0]
+    for line in ("- method: `dcl`", "- dataset: `cifar10`", "- backbone: `resnet18`", "- sampler: `debiased`",
+                 "- optimizer: `sgd`", "- scheduler: `warmup_cosine`", "- trainer.epochs: `200`",
+                 "- trainer.batch_size: `256`", "- optimizer.lr: `0.3`", "- dataset.name: `${oc.env:CL_SECRET}`",
+                 "- seeds: 0, 1, 2"):
+        assert line + "\n" in fixed, (line, fixed)
+    for absent in ("experiment", "debug", "logger", "paths", "output_dir", "tau_plus", "progress_bar", "resume"):
+        assert absent not in fixed
+    assert "s3cr3t" not in markdown
+    assert "Swept: sampler.tau_plus (" in markdown
+
+
+def test_single_seed_sweeps_never_bold(tmp_path):
+    from cl_suite.report import collect_jobs
+
+    # One seed per configuration, however large the difference.
+    single = tmp_path / "single"
+    single.mkdir()
+    write_sweep(single, {"simclr": [70.0], "dcl": [90.0], "hcl": [60.0]})
+    assert report_main([str(single)]) == 0
+    rows = read_csv(single / "report.csv")
+    assert [r["linear/top1 best"] for r in rows] == ["False", "True", "False"]
+    assert "**" not in (single / "report.md").read_text().split("## ")[0].split("| method")[1]
+    # The same single-seed sweep run twice into one folder: two jobs per configuration, but one seed, so
+    # identical numbers (a zero-width interval) must not pass for certainty.
+    twice = tmp_path / "twice"
+    for stamp in ("10-00-00", "11-00-00"):
+        (twice / stamp).mkdir(parents=True)
+        write_sweep(twice / stamp, {"simclr": [70.0], "dcl": [90.0]})
+    _, rows = summarize(collect_jobs(twice), ["linear/top1"])
+    assert [len(r.jobs) for r in rows] == [2, 2] and rows[1].best == {"linear/top1"}
+    assert rows[1].comparisons["linear/top1"].verdict == "better"  # the statistics alone would back it
+    assert all(r.bold == set() for r in rows)
+
+
+def test_plot_title_labels_and_legend_outside_the_axes(tmp_path):
+    import matplotlib.pyplot as plt
+
+    from cl_suite.report import collect_jobs
+    from cl_suite.report.plots import axis_label, build_figure, plot_title
+    from cl_suite.report.table import fixed_settings
+
+    assert axis_label("linear/top1") == "linear top-1 accuracy (%)"
+    assert axis_label("knn/top5") == "knn top-5 accuracy (%)"
+    assert axis_label("eval/retrieval/mAP") == "eval/retrieval/mAP (%)"
+    assert axis_label("eval/ood/fpr95").endswith("(%)") and axis_label("eval/ood/auroc").endswith("(%)")
+    assert axis_label("train/loss") == "train/loss"
+
+    sweep = tmp_path / "multirun" / "tau_plus" / "2026-11-23_14-00-00"
+    sweep.mkdir(parents=True)
+    for number, (method, tau, seed) in enumerate([(m, t, s) for m in ("dcl", "hcl") for t in (0, 0.1)
+                                                  for s in (0, 1)]):
+        write_run(sweep, str(number), {"method": method, "sampler.tau_plus": tau, "seed": seed},
+                  {"linear/top1": 80.0 + number, "knn/top1": 70.0 + number, "train/loss": 5.0 - 0.1 * number})
+    jobs = collect_jobs(sweep)
+    metrics = ["linear/top1", "knn/top1", "train/loss"]
+    params, rows = summarize(jobs, metrics)
+    fixed = fixed_settings(jobs, params)
+    title = plot_title(metrics, "sampler.tau_plus", params, fixed)
+    assert title == ("linear/top1, knn/top1, train/loss vs sampler.tau_plus, one line per method\n"
+                     "digits, small_convnet, 1 epochs; mean over seeds, error bars: 95% t-interval")
+    fig, axes, legend = build_figure("sampler.tau_plus", params, rows, metrics, fixed)
+    try:
+        assert fig._suptitle.get_text().split() == title.split()  # wrapped to the figure's width
+        assert "2026" not in title and "tau_plus/" not in title
+        assert [ax.get_ylabel() for ax in axes] == ["linear top-1 accuracy (%)", "knn top-1 accuracy (%)",
+                                                     "train/loss"]
+        assert [t.get_text() for t in legend.get_texts()] == ["dcl", "hcl"]
+        fig.canvas.draw()
+        box = legend.get_window_extent()
+        for ax in axes:  # the legend covers no panel
+            assert not box.overlaps(ax.get_window_extent())
+    finally:
+        plt.close(fig)
+    assert report_main([str(sweep)]) == 0
+    assert (sweep / "report_sampler.tau_plus.png").is_file()
 
 
 @pytest.mark.slow
@@ -327,11 +536,12 @@ def test_tiny_multirun_report_and_wandb_runs(tmp_path):
     (log,) = (sweep / "1" / "wandb").glob("offline-run-*/run-*.wandb")
     run = run_contents(log)
     final = json.loads((sweep / "1" / "metrics.json").read_text())["final"]
-    assert run["group"] == "tiny_study" and run["job_type"] == "pretrain"
+    assert re.fullmatch(r"tiny_study-\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d", run["group"]) and run["job_type"] == "pretrain"
     assert run["config"]["sweep"] == {"sampler.tau_plus": 0, "seed": 1}
     assert run["config"]["sampler"]["tau_plus"] == 0 and run["config"]["seed"] == 1
     assert math.isclose(run["summary"]["final/linear/top1"], final["linear/top1"])
     assert math.isclose(run["summary"]["final/knn/top1"], final["knn/top1"])
+    assert math.isclose(run["summary"]["linear/top1"], final["linear/top1"])  # plain keys: the final numbers
     assert run["summary"]["embeddings/test/table/_type"] == "table-file"
     assert run["summary"]["embeddings/test/table/nrows"] == 360  # the whole digits test split (< 1000)
 

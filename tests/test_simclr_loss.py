@@ -75,7 +75,7 @@ def test_loss_stays_fp32_under_bf16_autocast():
 
 
 def test_in_batch_negatives_mask_matches_brute_force_and_is_reused_unchanged():
-    from cl_suite.methods.base import in_batch_negatives
+    from cl_suite.losses import in_batch_negatives
 
     b, world, rank = 3, 2, 1
     rows, columns, offset = 2 * b, 2 * b * world, rank * 2 * b

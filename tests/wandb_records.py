@@ -5,7 +5,7 @@ wandb >= 0.31 no longer ships a Python reader. The file is a LevelDB-style log: 
 (crc32, little-endian uint16 length, type FULL=1 / FIRST=2 / MIDDLE=3 / LAST=4); a chunk never crosses
 a block boundary and a block tail shorter than a header is zero padding. Every reassembled payload is
 a ``wandb_internal_pb2.Record``. The format is internal to wandb, so this reader stays small and the
-tests that use it check only what a dashboard shows: config, summary, group, job type.
+tests that use it check only what a dashboard shows: config, summary, history, group, job type, exit code.
 """
 from __future__ import annotations
 
@@ -47,14 +47,23 @@ def read_records(path: Path) -> list:
 
 
 def run_contents(path: Path) -> dict:
-    """``{"group", "job_type", "config": {key: value}, "summary": {key: value}}`` of one run log.
+    """``{"group", "job_type", "config": {key: value}, "summary": {key: value}, "history": [{key: value}],
+    "exit_code"}`` of one run log.
 
-    Config and summary items hold JSON values; nested keys (``nested_key``) are joined with ``/``, as
-    the wandb UI shows them. Later records win, as in the run.
+    Config, summary and history items hold JSON values; nested keys (``nested_key``) are joined with
+    ``/``, as the wandb UI shows them. Later records win, as in the run. ``history`` has one dict per
+    history row (``_step`` is the step a row was logged at); ``exit_code`` is None until the run finished.
     """
-    out: dict = {"group": None, "job_type": None, "config": {}, "summary": {}}
+    out: dict = {"group": None, "job_type": None, "config": {}, "summary": {}, "history": [], "exit_code": None}
     for record in read_records(path):
         kind = record.WhichOneof("record_type")
+        if kind == "exit":
+            out["exit_code"] = record.exit.exit_code
+            continue
+        if kind == "history":
+            out["history"].append({item.key or "/".join(item.nested_key): json.loads(item.value_json)
+                                   for item in record.history.item})
+            continue
         if kind == "run":
             out["group"], out["job_type"] = record.run.run_group, record.run.job_type
             items = record.run.config.update

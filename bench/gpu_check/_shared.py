@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-CONF = ROOT / "conf"
+CONF = ROOT / "src" / "cl_suite" / "conf"  # (the checkout's conf/ links here)
 sys.path.insert(0, str(ROOT / "bench"))  # bench/common.py as ``common``
 
 DRY = os.environ.get("GPU_CHECK_DRY", "0") not in ("", "0")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from datetime import datetime
 
 from omegaconf import OmegaConf
@@ -22,3 +23,21 @@ def run_stamp() -> str:
 
 if not OmegaConf.has_resolver("cl_suite.run_stamp"):
     OmegaConf.register_new_resolver("cl_suite.run_stamp", run_stamp, use_cache=True)
+
+
+def evaluate_dir(run: str | None, checkpoint: str) -> str:
+    """evaluate.py's output folder: the run dir, or (no ``run=``: an exported backbone file) the file's folder.
+
+    Without a run dir or a file, a scratch folder: evaluate.py then stops with its own message (an error
+    raised here would reach the user as a resolver traceback), and Hydra's log lands nowhere it matters.
+    """
+    if run is not None:
+        return str(run)
+    path = os.path.abspath(os.path.expanduser(str(checkpoint)))
+    if not os.path.isfile(path):
+        return os.path.join(tempfile.gettempdir(), "cl_suite_evaluate")
+    return os.path.dirname(path)
+
+
+if not OmegaConf.has_resolver("cl_suite.evaluate_dir"):
+    OmegaConf.register_new_resolver("cl_suite.evaluate_dir", evaluate_dir)

@@ -1,12 +1,20 @@
 """Experiment loggers behind one small interface, so the loop never imports wandb itself."""
 from __future__ import annotations
 
+import math
 import netrc
 import os
+import re
+import shlex
 from pathlib import Path
 from typing import Any
 
 from cl_suite.engine.diagnostics import is_histogram
+from cl_suite.errors import UserError
+
+
+class LoggerUnavailable(UserError, ImportError):
+    """A logger whose optional package is not installed; the message says what to install."""
 
 
 class NullLogger:
@@ -26,7 +34,7 @@ class NullLogger:
     def log_embeddings(self, key: str, features, labels, class_names: list[str] | None = None) -> None:
         pass
 
-    def finish(self) -> None:
+    def finish(self, exit_code: int = 0) -> None:
         pass
 
 
@@ -50,15 +58,60 @@ def resolve_wandb_mode(mode: str) -> str:
     return mode
 
 
-# define_metric summaries of the metrics logged during training, so a run's summary (and a sweep's
-# runs table) holds the best value, not only the last: accuracies keep max and last, losses min and
-# last. (final/* and evaluate.py's eval/* numbers are written into the summary directly.)
-SUMMARY_MAX = ("knn/*", "online_probe/*", "linear/*")
+# The summary a run ends with (``run_summary``): the plain evaluation keys (``knn/top1``, ``linear/top1``,
+# ``online_probe/test_top1`` ...) hold the final evaluation's numbers, the same as ``final/*``, so a runs
+# table sorted on the obvious key ranks runs by their results; ``best/<key>`` keeps the best of that key
+# over the evaluations during training and the final one. Losses keep their minimum and last value
+# (``define_metric`` summary ``min,last``).
+SUMMARY_BEST = ("knn/", "online_probe/", "linear/")
 SUMMARY_MIN = ("train/loss", "train/epoch_loss")
 # An embedding snapshot keeps this many principal components per point, not the raw features (2048
 # columns for a ResNet-50): a small table, and enough for the UI's UMAP/t-SNE to work on.
 SNAPSHOT_COMPONENTS = 32
 EPOCH_METRICS = ("knn/*", "online_probe/*", "linear/*", "epoch_time_s", "train/epoch_*", "diag/*")
+
+
+def run_summary(history: dict) -> dict[str, Any]:
+    """The summary of a finished run from its ``metrics.json`` history: ``final/<key>`` and ``<key>``
+    (the final numbers) and ``best/<key>`` (the highest value of an accuracy over the epoch records and
+    the final record; the history spans every resume of the run, so does the best)."""
+    final = {k: v for k, v in history.get("final", {}).items() if k not in ("step", "epoch")}
+    out: dict[str, Any] = {f"final/{k}": v for k, v in history.get("final", {}).items()}
+    out.update(final)
+    for record in [*history.get("epochs", []), final]:
+        for key, value in record.items():
+            if key.startswith(SUMMARY_BEST) and _is_number(value) and math.isfinite(value):
+                out[f"best/{key}"] = max(out.get(f"best/{key}", value), value)
+    return out
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def exit_code_of(exc: BaseException | None) -> int:
+    """The exit status a run ends with: 0, ``SystemExit``'s own (128 + signal after a stop signal), 130
+    for Ctrl-C, 1 for any other exception."""
+    if exc is None:
+        return 0
+    if isinstance(exc, SystemExit):
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    return 130 if isinstance(exc, KeyboardInterrupt) else 1
+
+
+def offline_run_folders(wandb_dir: Path, run_id: str) -> list[Path]:
+    """Every offline folder of one run id, oldest first: a resumed run writes a new one per resume
+    (``offline-run-<date>_<time>-<id>``, with ``-1``, ``-2`` ... appended within the same second)."""
+    pattern = re.compile(rf"offline-run-(\d{{8}}_\d{{6}})-{re.escape(run_id)}(?:-(\d+))?")
+    found = [(m[1], int(m[2] or 0), p) for p in wandb_dir.glob(f"offline-run-*-{run_id}*")
+             if (m := pattern.fullmatch(p.name)) and p.is_dir()]
+    return [p for *_, p in sorted(found)]
+
+
+def wandb_sync_command(folders: list[Path]) -> str:
+    """One ``wandb sync`` per folder, in order, joined by ``&&``: given several paths at once, wandb
+    syncs them in parallel and in no fixed order, and the parts of one resumed run must go in order."""
+    return " && ".join(f"wandb sync {shlex.quote(str(f))}" for f in folders)
 
 
 class WandbLogger:
@@ -69,7 +122,8 @@ class WandbLogger:
     the run name, so the dashboard can group, filter and plot by them.
 
     The run is finished in ``finish`` (the loop calls it in a ``finally``): under a Hydra multirun an
-    unfinished run would be silently reused by the next job's ``wandb.init``.
+    unfinished run would be silently reused by the next job's ``wandb.init``. Its exit code is the run's
+    exit status: wandb marks a run that ends with a non-zero code as failed, not finished.
     """
 
     wants_media = True
@@ -98,12 +152,13 @@ class WandbLogger:
         self._run.define_metric("epoch")
         for pattern in EPOCH_METRICS:
             self._run.define_metric(pattern, step_metric="epoch")
-        for pattern in SUMMARY_MAX:
-            self._run.define_metric(pattern, summary="max,last")
         for pattern in SUMMARY_MIN:
             self._run.define_metric(pattern, summary="min,last")
         if self.mode == "offline":
-            print(f"wandb is offline; upload the run later with: wandb sync {Path(self._run.dir).parent}")
+            folder = Path(self._run.dir).parent  # <wandb dir>/offline-run-<date>_<time>-<id>
+            folders = offline_run_folders(folder.parent, self.run_id) or [folder]
+            parts = f" (its {len(folders)} offline folders, in order)" if len(folders) > 1 else ""
+            print(f"wandb is offline; upload the run later{parts} with: {wandb_sync_command(folders)}")
 
     def log(self, metrics: dict[str, Any], step: int) -> None:
         self._run.log({k: self._histogram(v) if is_histogram(v) else v for k, v in metrics.items()}, step=step)
@@ -137,7 +192,187 @@ class WandbLogger:
                        f"{key}/pca": wandb.Image(scatter_image(coords[:, :2], labels),
                                                  caption="test features, first two principal components")})
 
-    def finish(self) -> None:
+    def finish(self, exit_code: int = 0) -> None:
         if self._run is not None:
-            self._run.finish()
-            self._run = None
+            run, self._run = self._run, None
+            run.finish(exit_code=exit_code)
+
+
+class CSVLogger:
+    """``logger=csv``: every logged scalar as one row ``step,key,value`` of ``<run dir>/metrics.csv``.
+
+    The long format, not one column per key: the keys differ from row to row (a log step has the loss,
+    an epoch record the evaluations and diagnostics), so a wide file would have to be rewritten whenever
+    a new key appears; this one is only ever appended to, each call flushed, so a killed run keeps every
+    row it logged and a resumed run appends to the same file (steps after the resumed checkpoint then
+    appear twice: the later row is the resumed run's). Histograms and media are not written (metrics.json
+    has the histograms). Wide table: ``pd.read_csv(f).pivot_table(index="step", columns="key",
+    values="value", aggfunc="last")``.
+    """
+
+    wants_media = False
+    FILENAME = "metrics.csv"
+    COLUMNS = ("step", "key", "value")
+
+    def __init__(self, run_dir: str, run_config: dict | None = None, run_id: str | None = None,
+                 filename: str = FILENAME):
+        import csv
+
+        self.run_id = run_id
+        self.path = Path(run_dir) / filename
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        new = not self.path.is_file() or self.path.stat().st_size == 0
+        self._file = self.path.open("a", newline="", encoding="utf-8")
+        self._writer = csv.writer(self._file)
+        if new:
+            self._writer.writerow(self.COLUMNS)
+            self._file.flush()
+
+    def log(self, metrics: dict[str, Any], step: int) -> None:
+        rows = [(step, key, value) for key, value in metrics.items() if _is_number(value) or isinstance(value, bool)]
+        if rows and self._file is not None:
+            self._writer.writerows(rows)
+            self._file.flush()
+
+    def log_summary(self, metrics: dict[str, Any]) -> None:
+        pass  # the final numbers are already rows (final/*); metrics.json has the rest
+
+    def log_embeddings(self, key: str, features, labels, class_names: list[str] | None = None) -> None:
+        pass
+
+    def finish(self, exit_code: int = 0) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+def tensorboard_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("tensorboard") is not None
+
+
+TENSORBOARD_HINT = ("logger=tensorboard needs the tensorboard package, which is not installed: "
+                    "pip install -e \".[tensorboard]\" (or pip install tensorboard); then view the runs with "
+                    "tensorboard --logdir <run dir or sweep dir>")
+
+
+class TensorBoardLogger:
+    """``logger=tensorboard``: TensorBoard event files under ``<run dir>/<subdir>`` (torch's SummaryWriter;
+    needs the optional ``tensorboard`` package: ``pip install -e ".[tensorboard]"``).
+
+    Scalars by their keys (``train/loss``, ``knn/top1``, ``diag/sim/positive_mean`` ...) against the
+    optimizer step, diagnostics histograms as TensorBoard histograms, the embedding snapshot in the
+    projector (its top principal components, labelled). A resumed run adds an event file to the same
+    folder; TensorBoard shows both.
+    """
+
+    wants_media = True
+
+    def __init__(self, run_dir: str, run_config: dict | None = None, run_id: str | None = None,
+                 subdir: str = "tensorboard"):
+        if not tensorboard_available():
+            raise LoggerUnavailable(TENSORBOARD_HINT)
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.run_id = run_id
+        self.log_dir = Path(run_dir) / subdir
+        self._writer = SummaryWriter(log_dir=str(self.log_dir))
+        self._step = 0
+        if run_config is not None:  # the resolved config, readable in the TEXT tab
+            import json
+
+            self._writer.add_text("config", "```\n" + json.dumps(run_config, indent=2, default=str) + "\n```", 0)
+
+    def log(self, metrics: dict[str, Any], step: int) -> None:
+        self._step = step
+        for key, value in metrics.items():
+            if is_histogram(value):
+                self._histogram(key, value, step)
+            elif _is_number(value) and math.isfinite(value):
+                self._writer.add_scalar(key, value, step)
+        self._writer.flush()
+
+    def _histogram(self, key: str, value: dict, step: int) -> None:
+        import numpy as np
+
+        counts = np.asarray(value["counts"], dtype=np.float64)
+        total = counts.sum()
+        if not total:
+            return
+        edges = np.linspace(*value["range"], len(counts) + 1)
+        centres = (edges[:-1] + edges[1:]) / 2  # the sums are estimated from the bin centres
+        filled = np.nonzero(counts)[0]
+        self._writer.add_histogram_raw(
+            key, min=float(edges[filled[0]]), max=float(edges[filled[-1] + 1]), num=int(total),
+            sum=float((counts * centres).sum()), sum_squares=float((counts * centres**2).sum()),
+            bucket_limits=edges[1:].tolist(), bucket_counts=counts.tolist(), global_step=step)
+
+    def log_summary(self, metrics: dict[str, Any]) -> None:
+        pass  # TensorBoard has no run summary; the final numbers are scalars (final/*) at the last step
+
+    def log_embeddings(self, key: str, features, labels, class_names: list[str] | None = None) -> None:
+        from cl_suite.engine.embedding_snapshot import principal_components
+
+        coords = principal_components(features, SNAPSHOT_COMPONENTS)
+        labels = labels.cpu().tolist()
+        names = [class_names[y] if class_names and 0 <= y < len(class_names) else str(y) for y in labels]
+        self._writer.add_embedding(coords, metadata=names, tag=key.replace("/", "_"), global_step=self._step)
+        self._writer.flush()
+
+    def finish(self, exit_code: int = 0) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+
+class MultiLogger:
+    """``logger=many``: several loggers at once, behind the one interface the loop sees. ``loggers`` maps a
+    name to a logger config (``conf/logger/loggers/``: ``logger/loggers=[wandb,csv,tensorboard]``); each
+    is built with the run dir, config and run id, and every call goes to each of them in that order. The
+    run id is the first one a logger has (wandb's), so a resumed run continues the same wandb run.
+    ``group`` (set by the sweep recipes as ``logger.group``, like ``logger=wandb``'s) goes to each logger
+    that has a group.
+    """
+
+    def __init__(self, loggers: dict, run_dir: str, run_config: dict | None = None, run_id: str | None = None,
+                 group: str | None = None):
+        from hydra.utils import instantiate
+
+        self.loggers: dict[str, Any] = {}
+        try:
+            for name, cfg in loggers.items():
+                if group is not None and "group" in cfg:
+                    cfg = {**cfg, "group": group}
+                self.loggers[name] = instantiate(cfg, run_dir=run_dir, run_config=run_config, run_id=run_id,
+                                                 _recursive_=False, _convert_="all")
+        except BaseException as err:
+            self.finish(exit_code_of(err))  # the ones already started (a wandb run) must not stay open
+            raise
+        self.run_id = next((lg.run_id for lg in self.loggers.values() if getattr(lg, "run_id", None)), run_id)
+        self.wants_media = any(getattr(lg, "wants_media", False) for lg in self.loggers.values())
+
+    def log(self, metrics: dict[str, Any], step: int) -> None:
+        for lg in self.loggers.values():
+            lg.log(metrics, step=step)
+
+    def log_summary(self, metrics: dict[str, Any]) -> None:
+        for lg in self.loggers.values():
+            lg.log_summary(metrics)
+
+    def log_embeddings(self, key: str, features, labels, class_names: list[str] | None = None) -> None:
+        for lg in self.loggers.values():
+            if getattr(lg, "wants_media", False):
+                lg.log_embeddings(key, features, labels, class_names)
+
+    def finish(self, exit_code: int = 0) -> None:
+        """Finish every logger, also when one of them fails (then raise the first error)."""
+        error = None
+        for lg in self.loggers.values():
+            try:
+                lg.finish(exit_code=exit_code)
+            except Exception as err:  # noqa: BLE001  (the others must still close)
+                error = error or err
+        self.loggers = {}
+        if error is not None:
+            raise error

@@ -15,9 +15,15 @@ RUN_LOGGER = logging.getLogger("cl_suite.run")
 LOG_FILE = "train.log"
 
 
+_open_runs: list["RunLog"] = []  # the RunLog of the run in progress (train() opens one at a time)
+
+
 def say(text: str, level: int = logging.INFO) -> None:
-    """One message of the run: to its console and log file while a run is open, else printed."""
-    if RUN_LOGGER.handlers:
+    """One message of the run: to its console and log file while a run is open, else printed.
+
+    Decided by whether a run is open, not by the logger's handler list: test harnesses and logging
+    set-ups may attach handlers of their own to it."""
+    if _open_runs:
         RUN_LOGGER.log(level, text)
     else:
         print(text)
@@ -40,9 +46,12 @@ class RunLog:
         self.handlers = [console, file]
         for handler in self.handlers:
             RUN_LOGGER.addHandler(handler)
+        _open_runs.append(self)
 
     def close(self) -> None:
         for handler in self.handlers:
             RUN_LOGGER.removeHandler(handler)
             handler.close()
         self.handlers = []
+        if self in _open_runs:
+            _open_runs.remove(self)

@@ -31,7 +31,7 @@ from cl_suite.engine.distributed import (any_process, cleanup_distributed, get_r
                                          init_distributed, is_main_process)
 from cl_suite.engine.embedding_snapshot import log_embedding_snapshot
 from cl_suite.engine.evaluation import evaluate_encoder
-from cl_suite.engine.logger import NullLogger
+from cl_suite.engine.logger import NullLogger, exit_code_of, run_summary
 from cl_suite.engine.numerics import NonFiniteGuard, NonFiniteStateError, nonfinite_tensors
 from cl_suite.engine.optim import build_optimizer
 from cl_suite.engine.preemption import PreemptionGuard, StopRequested
@@ -182,7 +182,15 @@ def _train(cfg: DictConfig, device_type: str, run_log: RunLog) -> dict[str, Any]
             say(f"device {device_type}, {threads} CPU thread(s) ({why}; trainer.threads={cfg.trainer.threads})")
         guard = teardown.enter_context(PreemptionGuard())
         trainer = Trainer(cfg, resolve_device(cfg.trainer.device), guard)
-        teardown.callback(trainer.logger.finish)
+        final = None
+
+        def finish_logger(exc_type, exc, tb) -> None:
+            # The logger's run ends with the process's exit status: wandb shows a run stopped by a signal
+            # (128 + signal) or ended by an exception (1) as failed, not as finished.
+            stopped = exc is None and final is None
+            trainer.logger.finish(exit_code=128 + (guard.received or 0) if stopped else exit_code_of(exc))
+
+        teardown.push(finish_logger)
         final = trainer.fit()
     if final is None:  # stopped by a signal after saving its checkpoint
         during = " during the final evaluation" if trainer.stopped_in_final_evaluation else ""
@@ -338,7 +346,7 @@ class Trainer:
         self.save(best=self._improves_best(self.history["final"]))
         final = {f"final/{k}": v for k, v in self.history["final"].items()}
         self.logger.log(final, step=self.step)
-        self.logger.log_summary(final)
+        self.logger.log_summary(run_summary(self.history))  # plain keys (knn/top1, linear/top1 ...) = final numbers
         log_embedding_snapshot(self.logger, self.method, self.data.test, self.aug_cfg, self.device,
                                self.cfg.evaluation.get("embedding_snapshot", 0), self.data.classes, self.channels_last)
         return self.history["final"]
@@ -386,11 +394,11 @@ class Trainer:
                 self._check_finite()  # before the log line, so a NaN run stops instead of logging NaN
             if self.step % t.log_every_steps == 0 and self.main:  # the only host syncs inside an epoch
                 elapsed = time.perf_counter() - window_start
-                scalars = {k: v for k, v in out.stats.items() if v.ndim == 0}
-                # One device-to-host transfer for the loss and every scalar diagnostic, not one per value.
-                values = torch.stack([window_loss / window_steps, *(v.float() for v in scalars.values())]).tolist()
-                metrics = {"train/loss": values[0], "lr": self.optimizer.param_groups[0]["lr"],
-                           "images_per_s": window_steps * t.batch_size / elapsed, **dict(zip(scalars, values[1:]))}
+                # The diagnostics (out.stats) are logged once, averaged in the epoch record (diag/*), as in
+                # metrics.json: not also per step under their raw names.
+                metrics = {"train/loss": (window_loss / window_steps).item(),
+                           "lr": self.optimizer.param_groups[0]["lr"],
+                           "images_per_s": window_steps * t.batch_size / elapsed}
                 self.logger.log(metrics, step=self.step)
                 bar.set_postfix(loss=f"{metrics['train/loss']:.3f}", img_s=f"{metrics['images_per_s']:.0f}")
                 window_loss.zero_()

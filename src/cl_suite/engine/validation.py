@@ -20,7 +20,6 @@ import difflib
 import inspect
 import math
 import re
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -28,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from cl_suite.engine.config_arguments import ArgumentError, check_group_arguments
 from cl_suite.errors import UserError
+from cl_suite.paths import CONF_DIR
 from cl_suite.samplers.ring import ring_width
 
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -36,7 +36,6 @@ NONFINITE_MODES = ("stop", "skip")
 WANDB_MODES = ("auto", "online", "offline", "disabled")
 # The primary config files: the keys they define (composed without user overrides) are the known keys of
 # the groups that have no ``_target_`` (trainer, probe, paths, evaluation, the top level).
-CONF_DIR = Path(__file__).resolve().parents[3] / "conf"
 # numpy's generators (np.random.seed, scikit-learn's random_state) take seeds in [0, 2**32 - 1]; torch's more.
 MAX_SEED = 2**32 - 1
 

@@ -6,16 +6,15 @@ training config, so ``${paths.data_dir}`` means what it meant for the run (``CL_
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from cl_suite.data.augment import AugmentConfig
 from cl_suite.data.types import ImageDataset
 from cl_suite.engine.build import build_augment_config, build_dataset
+from cl_suite.paths import CONF_DIR
 
 # The config tree next to train.py / evaluate.py (the package is used from its checkout: src layout).
-CONF_DIR = Path(__file__).resolve().parents[3] / "conf"
 
 
 def dataset_names(value, key: str) -> list[str]:

@@ -1,4 +1,5 @@
-"""Re-evaluate a finished run from its directory: its config, its checkpoint, the chosen protocols."""
+"""Re-evaluate a finished run from its directory (its config, its checkpoint) or an exported backbone file
+(``python -m cl_suite.export``) with the chosen protocols."""
 from __future__ import annotations
 
 import inspect
@@ -188,32 +189,52 @@ def evaluate_run(cfg: DictConfig) -> dict[str, Any]:
     ``eval.json`` holds ``protocols`` (each protocol's metrics) and ``metrics`` (all of them, flat).
     Protocols evaluated earlier on the same checkpoint step and not re-run now are kept, so
     ``protocol=ood`` after ``protocol=[linear,knn]`` adds to the file instead of replacing it.
+
+    Without ``run``, ``checkpoint`` is a backbone file of ``python -m cl_suite.export`` (see
+    ``exported_backbone``): the same protocols (the linear one without the online probe, which is not
+    exported), results in ``<file stem>.eval.json`` beside it, no wandb.
     """
     validate_evaluate_config(cfg)
     ood_names = dataset_names(cfg.ood_dataset, "ood_dataset")
     transfer_names = dataset_names(cfg.transfer_dataset, "transfer_dataset")
     protocols = check_protocols(cfg.protocol, ood_names, transfer_names)
-    run_dir = Path(cfg.run)
-    train_cfg = load_run_config(run_dir)
+    device = resolve_device(cfg.device)
+    if cfg.run is None:
+        path, export, train_cfg = exported_backbone(cfg)
+        state, run_dir, eval_json = None, None, path.with_name(f"{path.stem}.eval.json")
+    else:
+        if OmegaConf.select(cfg, "dataset") is not None:
+            raise ConfigError("dataset= is for an exported backbone file (checkpoint=<file> without run=): a run "
+                              "dir is evaluated on its own data set (dataset_root= moves it)")
+        run_dir = Path(cfg.run)
+        train_cfg = load_run_config(run_dir)
+        path = find_checkpoint(run_dir, cfg.checkpoint)
+        state, eval_json = _load_training_checkpoint(path, device), run_dir / "eval.json"
     if cfg.dataset_root is not None:
         train_cfg.dataset.root = cfg.dataset_root
-    device = resolve_device(cfg.device)
-    path = find_checkpoint(run_dir, cfg.checkpoint)
-    state = ckpt.load_checkpoint(path, map_location=device)
 
     data = build_dataset(train_cfg.dataset)
     validate_evaluation_against_data(cfg, data, protocols)
     aug_cfg = build_augment_config(train_cfg.dataset)
-    method = build_method(encoder_only(train_cfg), DatasetFacts.of(data, train_cfg.trainer.batch_size)).to(device)
-    method.load_state_dict(state["method"])
-    method.eval()
-    probe = OnlineProbe(method.num_features, data.num_classes).to(device)
-    probe.load_state_dict(state["probe"])
+    if state is None:
+        from cl_suite.export import backbone_of
+
+        encoder, probe = backbone_of(export).to(device), None
+        source = export.header.get("source") if isinstance(export.header.get("source"), dict) else {}
+        step, epoch = source.get("step"), source.get("epoch")
+    else:
+        method = build_method(encoder_only(train_cfg), DatasetFacts.of(data, train_cfg.trainer.batch_size)).to(device)
+        method.load_state_dict(state["method"])
+        method.eval()
+        encoder = method.encode
+        probe = OnlineProbe(method.num_features, data.num_classes).to(device)
+        probe.load_state_dict(state["probe"])
+        step, epoch = state["step"], state["epoch"]
     torch.manual_seed(cfg.seed)
     ev = cfg.evaluation
 
     def encode(dataset, augment):
-        return encode_splits(method.encode, dataset, augment, device, ev.batch_size)
+        return encode_splits(encoder, dataset, augment, device, ev.batch_size)
 
     feats = encode(data, aug_cfg)
     results: dict[str, dict[str, float]] = {}
@@ -222,14 +243,14 @@ def evaluate_run(cfg: DictConfig) -> dict[str, Any]:
             results["knn"] = knn_metrics(feats, data.num_classes, ev.knn)
         elif protocol == "linear":
             results["linear"] = {**linear_metrics(feats, data.num_classes, ev.linear, cfg.seed),
-                                 **online_probe_metrics(probe, feats)}
+                                 **(online_probe_metrics(probe, feats) if probe is not None else {})}
         elif protocol == "retrieval":
             results["retrieval"] = retrieval_protocol_metrics(feats, ev.retrieval)
         elif protocol == "ood":
             results["ood"] = {}
             for name in ood_names:
                 other, other_aug = load_other_dataset(name, train_cfg, aug_cfg.crop_size)
-                ood_test, _ = encode_split(method.encode, other.test, ood_augment_config(aug_cfg, other_aug),
+                ood_test, _ = encode_split(encoder, other.test, ood_augment_config(aug_cfg, other_aug),
                                            device, ev.batch_size)
                 results["ood"].update(ood_protocol_metrics(feats, ood_test, name, ev.ood))
         elif protocol == "transfer":
@@ -239,19 +260,66 @@ def evaluate_run(cfg: DictConfig) -> dict[str, Any]:
                 results["transfer"].update(transfer_protocol_metrics(encode(other, other_aug), other.num_classes,
                                                                      name, ev, cfg.seed))
 
-    result = _merge_with_previous(run_dir / "eval.json", {
-        "checkpoint": str(path), "epoch": state["epoch"], "step": state["step"],
+    result = _merge_with_previous(eval_json, {
+        "checkpoint": str(path), "epoch": epoch, "step": step,
         "evaluation": OmegaConf.to_container(ev, resolve=True),
         "datasets": {"ood": ood_names, "transfer": transfer_names}, "protocols": results})
-    ckpt.write_json(run_dir / "eval.json", result)
+    ckpt.write_json(eval_json, result)
 
-    if cfg.wandb and state.get("wandb_run_id") and "WandbLogger" in str(train_cfg.logger.get("_target_")):
+    if (state is not None and cfg.wandb and state.get("wandb_run_id")
+            and "WandbLogger" in str(train_cfg.logger.get("_target_"))):
         logger = build_logger(train_cfg.logger, str(run_dir), train_cfg, run_id=state["wandb_run_id"])
         try:
             logger.log_summary({f"eval/{k}": v for k, v in result["metrics"].items()})
         finally:
             logger.finish()
     return result
+
+
+def _load_training_checkpoint(path: Path, device: torch.device) -> dict[str, Any]:
+    """``load_checkpoint``; a backbone file of cl_suite.export named with ``run=`` gets told how to evaluate it."""
+    try:
+        return ckpt.load_checkpoint(path, map_location=device)
+    except ckpt.CheckpointError as err:
+        from cl_suite.export import ExportError, read_export
+
+        try:
+            read_export(path)
+        except ExportError:
+            raise err from None  # not an export either: the checkpoint's own error stands
+        raise ConfigError(f"checkpoint={str(path)!r} is an exported backbone, not a training checkpoint: "
+                          f"evaluate it without run=: python evaluate.py checkpoint={path}") from None
+
+
+def exported_backbone(cfg: DictConfig):
+    """``(path, export, config)`` for ``checkpoint=<exported backbone file>`` without ``run=``.
+
+    The file is read and checked by ``cl_suite.export.read_export`` (weights only, checksum). There is no
+    run config: the data set is the one the file's header names (the source run's ``dataset`` config), or
+    ``dataset=<conf/dataset option>`` from the command line; ``paths.data_dir`` is evaluate.yaml's (for
+    ``ood_dataset``/``transfer_dataset``). The header is untrusted like a run config: the config built from
+    it passes ``check_run_config`` before anything is instantiated.
+    """
+    from cl_suite.export import read_export
+
+    name = cfg.checkpoint
+    path = Path(str(name)).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"checkpoint={name!r} without run=: expected an exported backbone file (python -m "
+                          "cl_suite.export <run dir>), but there is no such file. To evaluate a run's checkpoint, "
+                          "pass run=<run dir>")
+    export = read_export(path)
+    if OmegaConf.select(cfg, "dataset") is not None:
+        dataset = OmegaConf.to_container(cfg.dataset, resolve=True)
+    else:
+        dataset = export.header.get("dataset")
+        if not isinstance(dataset, dict) or not dataset:
+            raise ConfigError(f"exported backbone {str(path)!r} names no data set in its header: pass one with "
+                              "dataset=<conf/dataset option>, e.g. dataset=cifar10")
+    config = OmegaConf.create({"dataset": dataset, "backbone": export.header.get("backbone"),
+                               "paths": {"data_dir": cfg.paths.data_dir}})
+    check_run_config(config, path)
+    return path, export, config
 
 
 def _merge_with_previous(path: Path, result: dict[str, Any]) -> dict[str, Any]:

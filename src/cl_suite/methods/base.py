@@ -1,39 +1,12 @@
 """What every framework gives the training loop."""
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from cl_suite.samplers.base import NegativeSampler
-
-
-def in_batch_negatives(rows: int, columns: int, offset: int, exclude_shifts: tuple[int, ...],
-                       device: torch.device) -> torch.Tensor:
-    """``(rows, columns)`` bool mask over gathered in-batch candidates, True = a negative: False at column
-    ``offset + (i + shift) % rows`` of row ``i`` for each shift (0: the anchor itself; ``b`` of ``2b``
-    rows: the other view of its image). ``offset`` is this process's first row in the gathered batch.
-
-    The mask depends only on the batch layout, so it is built once per layout and reused (read-only:
-    no caller may write into it). Inside a compiled graph it is built in the graph instead.
-    """
-    if torch.compiler.is_compiling():
-        return _build_in_batch_negatives(rows, columns, offset, exclude_shifts, device)
-    return _cached_in_batch_negatives(rows, columns, offset, exclude_shifts, torch.device(device))
-
-
-def _build_in_batch_negatives(rows: int, columns: int, offset: int, exclude_shifts: tuple[int, ...],
-                              device: torch.device) -> torch.Tensor:
-    local = torch.arange(rows, device=device)
-    mask = torch.ones(rows, columns, dtype=torch.bool, device=device)
-    for shift in exclude_shifts:
-        mask[local, offset + (local + shift) % rows] = False
-    return mask
-
-
-_cached_in_batch_negatives = functools.lru_cache(maxsize=16)(_build_in_batch_negatives)
 
 
 @dataclass

@@ -7,7 +7,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from cl_suite.engine.distributed import gather_no_grad, gather_with_grad, get_rank
-from cl_suite.methods.base import ContrastiveMethod, MethodOutput, in_batch_negatives
+from cl_suite.losses import in_batch_negatives
+from cl_suite.methods.base import ContrastiveMethod, MethodOutput
 from cl_suite.methods.queue import FeatureQueue
 from cl_suite.models.heads import mlp
 from cl_suite.samplers.base import NegativeSampler

@@ -5,8 +5,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cl_suite.engine.distributed import gather_no_grad, gather_with_grad, get_rank
-from cl_suite.methods.base import ContrastiveMethod, MethodOutput, in_batch_negatives
+from cl_suite.engine.distributed import gather_no_grad, gather_with_grad
+from cl_suite.losses import two_view_contrast
+from cl_suite.methods.base import ContrastiveMethod, MethodOutput
 from cl_suite.models.heads import mlp
 from cl_suite.samplers.base import NegativeSampler
 
@@ -62,19 +63,14 @@ class SimCLR(ContrastiveMethod):
         b = views[0].shape[0]
         h, z = embed_two_views(self.backbone, self.projector, views, self.concat_views)
 
-        candidates = gather_with_grad(z)  # (2B, d), rank-major, each rank's block laid out like z
-        view_labels = labels.repeat(2)
         if self.form == "ring_code":
-            out = self.sampler(anchors=z[:b], positives=z[b:], candidates=candidates, candidate_mask=None,
+            view_labels = labels.repeat(2)
+            out = self.sampler(anchors=z[:b], positives=z[b:], candidates=gather_with_grad(z), candidate_mask=None,
                                temperature=self.temperature, anchor_labels=labels,
                                candidate_labels=gather_no_grad(view_labels))
             return MethodOutput(loss=out.loss, features=h.detach(), feature_labels=view_labels, stats=out.stats)
-        # Neither the anchor itself nor its positive (row i + b mod 2b: the other view of its image).
-        mask = in_batch_negatives(2 * b, candidates.shape[0], get_rank() * 2 * b, (0, b), z.device)
-        out = self.sampler(anchors=z, positives=z.roll(b, dims=0), candidates=candidates, candidate_mask=mask,
-                           temperature=self.temperature, anchor_labels=view_labels,
-                           candidate_labels=gather_no_grad(view_labels))
-        return MethodOutput(loss=out.loss, features=h.detach(), feature_labels=view_labels, stats=out.stats)
+        out = two_view_contrast(z, self.sampler, self.temperature, labels)  # NT-Xent's layout (cl_suite.losses)
+        return MethodOutput(loss=out.loss, features=h.detach(), feature_labels=labels.repeat(2), stats=out.stats)
 
 
 def embed_two_views(backbone: nn.Module, projector: nn.Module, views: tuple[torch.Tensor, torch.Tensor],

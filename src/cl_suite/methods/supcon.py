@@ -5,7 +5,8 @@ import torch
 from torch import nn
 
 from cl_suite.engine.distributed import gather_no_grad, gather_with_grad, get_rank
-from cl_suite.methods.base import ContrastiveMethod, MethodOutput, in_batch_negatives
+from cl_suite.losses import in_batch_negatives
+from cl_suite.methods.base import ContrastiveMethod, MethodOutput
 from cl_suite.methods.queue import FeatureQueue
 from cl_suite.methods.simclr import embed_two_views
 from cl_suite.models.heads import mlp

@@ -2,7 +2,9 @@
 writes a Markdown and CSV table (mean +- std over seeds; each configuration against a baseline with a
 95% t-interval and a verdict; published numbers; images/s and device-hours) and PNG plots into the sweep dir.
 
-It reads only files (``.hydra/``, ``metrics.json``, ``eval.json``): no wandb server is involved.
+It reads only files (``.hydra/``, ``metrics.json``, ``eval.json``): no wandb server is involved. What each
+job ran with is its resolved config and group choices (``jobs.job_settings``), read as plain data; the swept
+parameters are the settings that differ between jobs (``table.analyse_settings``), whatever set them.
 """
 from cl_suite.report.jobs import Job, collect_jobs
 from cl_suite.report.stats import Comparison

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from cl_suite.report.jobs import collect_jobs
 from cl_suite.report.plots import plot_all
-from cl_suite.report.table import BaselineError, default_metrics, markdown_table, summarize, write_tables
+from cl_suite.report.table import (BaselineError, default_metrics, fixed_settings, markdown_table, summarize,
+                                   write_tables)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
         params, rows = summarize(jobs, metrics, args.seed_key, baseline=args.baseline)
     except BaselineError as err:
         parser.error(str(err))
-    plots = plot_all(args.sweep_dir, params, rows, metrics)
+    plots = plot_all(args.sweep_dir, params, rows, metrics, fixed_settings(jobs, params, args.seed_key))
     paths = write_tables(args.sweep_dir, jobs, params, rows, metrics, plots, args.seed_key)
     print(markdown_table(params, rows, metrics))
     failed = [job for job in jobs if not job.ok]

@@ -27,10 +27,31 @@ class Job:
     processes: int | None = None  # training processes (DDP world size)
     published: dict[str, Any] | None = None  # the recipe's published number (see read_published)
     published_error: str = ""  # why the run config's published block was not usable
+    # What the job ran with (job_settings): the group choices by group name ({"method": "dcl"}) and the
+    # resolved config's values by dotted key ({"sampler.tau_plus": 0.1}), without the IGNORED keys.
+    # Empty for a job made by hand: then its overrides are its settings.
+    settings: dict[str, Any] = field(default_factory=dict)
+    # False when only part of them is known (an unreadable config.yaml: its overrides and choices; a grid
+    # point that never ran and has no twin: its overrides and what its whole sweep shares).
+    settings_complete: bool = True
+    run_dir: Path | None = None
 
     @property
     def ok(self) -> bool:
         return self.status == "ok"
+
+    def value(self, key: str) -> Any:
+        """The job's value of a setting (None: the job's config has no such key)."""
+        return self.settings[key] if key in self.settings else self.overrides.get(key)
+
+    def keys(self) -> list[str]:
+        """Its settings in a readable order: the command line's keys first, then the config's."""
+        return list(self.settings or self.overrides)
+
+    def knows(self, key: str) -> bool:
+        """False where the job's value of ``key`` is unknown (``settings_complete``); a complete job
+        without the key has the value None (tau_plus of SimCLR)."""
+        return self.settings_complete or key in self.settings or key in self.overrides
 
 
 def collect_jobs(sweep_dir: Path) -> list[Job]:
@@ -45,16 +66,103 @@ def collect_jobs(sweep_dir: Path) -> list[Job]:
     return jobs + missing_grid_points(sweep_dir, jobs)
 
 
+# Keys of a job's config that differ between jobs without being settings of the experiment, so the report
+# never takes them for swept parameters nor lists them as fixed settings (a key is ignored when it is one
+# of these or lies under one; group choices by their group name):
+IGNORED_KEYS = (
+    "hydra",  # Hydra's internals (job name and number, run/sweep dirs, timestamps); hydra/* group choices
+    "paths",  # data and output folders
+    "logger",  # the logger choice and its project, entity, group, name, tags, mode, run id
+    "resume",  # how the run was started (auto, a checkpoint path), not what it ran
+    "published",  # a recipe's published number: shown in its own column
+    "trainer.device", "trainer.num_workers", "trainer.progress_bar", "trainer.log_every_steps",
+    "trainer.checkpoint_every_epochs", "trainer.keep_last_checkpoints", "trainer.save_checkpoints",
+    "trainer.profile_steps", "trainer.profile_warmup_steps",  # where it ran and what it wrote, not the numbers
+)
+# ... and any key whose last part names a file or folder (dataset.root, dataset.train_dir, a *_path).
+IGNORED_LEAVES = ("root", "download", "dir", "path")
+IGNORED_LEAF_SUFFIXES = ("_dir", "_path", "_file")
+
+
+def is_ignored(key: str) -> bool:
+    """True for a key that is no setting (``IGNORED_KEYS``, ``IGNORED_LEAVES``); the seed is not ignored:
+    the report reads it as the replicate axis."""
+    key = str(key)
+    if any(key == p or key.startswith((p + ".", p + "/")) for p in IGNORED_KEYS):
+        return True
+    leaf = key.rsplit(".", 1)[-1]
+    return leaf in IGNORED_LEAVES or leaf.endswith(IGNORED_LEAF_SUFFIXES)
+
+
+def canonical(value: Any) -> Any:
+    """One spelling per value, so 0 (an override) and 0.0 (a config default) are the same setting."""
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        return int(value)
+    if isinstance(value, (list, tuple)):
+        return [canonical(v) for v in value]
+    if isinstance(value, dict):
+        return {k: canonical(v) for k, v in value.items()}
+    return value
+
+
+def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(data, dict):
+        return {prefix: data} if prefix else {}
+    out = {}
+    for key, value in data.items():
+        out.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return out
+
+
+def job_settings(config: Any, choices: dict[str, str], overrides: dict[str, Any]) -> dict[str, Any]:
+    """A job's settings: its group choices (``method: dcl``; ``None`` for an unselected optional group
+    such as ``experiment``) and every value of its config by dotted key, as written (``"${...}"`` stays
+    text), without the ``IGNORED_KEYS``. The override keys come first, in their order; an override the
+    config does not show (``group@package``) keeps its value."""
+    found = {**choices, **_flatten(config if isinstance(config, dict) else {})}
+    settings = {k: found.get(k, v) for k, v in overrides.items() if not is_ignored(k)}
+    settings.update((k, v) for k, v in found.items() if k not in settings and not is_ignored(k))
+    return {k: canonical(v) for k, v in settings.items()}
+
+
+def load_config(config_path: Path) -> tuple[Any, str]:
+    """``(plain data, problem)`` of a run's ``config.yaml``. The file is untrusted: it is parsed as plain
+    YAML, interpolations are never resolved (``${oc.env:...}`` stays text), nothing is instantiated."""
+    try:
+        return OmegaConf.to_container(OmegaConf.load(config_path), resolve=False), ""
+    except Exception as err:  # noqa: BLE001 - any unreadable file is reported, not raised
+        return None, f"unreadable {config_path.name}: {type(err).__name__}: {_one_line(str(err))}"
+
+
+def _plain(path: Path) -> Any:
+    """A YAML file as plain data, interpolations left as text."""
+    return OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+
+
+def read_choices(hydra_path: Path) -> dict[str, str | None]:
+    """``hydra.runtime.choices`` of a run's ``hydra.yaml`` (read as plain data) without Hydra's own groups."""
+    if not hydra_path.is_file():
+        return {}
+    try:
+        data = _plain(hydra_path)
+    except Exception:  # noqa: BLE001 - an unreadable record: no choices, the config's values still count
+        return {}
+    choices = ((data.get("hydra") or {}).get("runtime") or {}).get("choices") if isinstance(data, dict) else None
+    if not isinstance(choices, dict):
+        return {}
+    return {str(k): None if v is None else str(v) for k, v in choices.items() if not str(k).startswith("hydra")}
+
+
 def read_job(run_dir: Path, sweep_dir: Path) -> Job:
     overrides_path = run_dir / ".hydra" / "overrides.yaml"
-    overrides = override_values(list(OmegaConf.load(overrides_path))) if overrides_path.is_file() else {}
-    hydra_path = run_dir / ".hydra" / "hydra.yaml"
-    choices = {}
-    if hydra_path.is_file():
-        choices = dict(OmegaConf.select(OmegaConf.load(hydra_path), "hydra.runtime.choices") or {})
+    overrides = override_values([str(o) for o in _plain(overrides_path) or []]) if overrides_path.is_file() else {}
+    choices = read_choices(run_dir / ".hydra" / "hydra.yaml")
     job = Job(name=str(run_dir.relative_to(sweep_dir)) or ".", overrides=overrides,
-              choices={k: str(v) for k, v in choices.items() if not str(k).startswith("hydra")})
-    job.published, job.published_error = read_published(run_dir / ".hydra" / "config.yaml")
+              choices={k: v for k, v in choices.items() if v is not None}, run_dir=run_dir)
+    config, problem = load_config(run_dir / ".hydra" / "config.yaml")
+    job.published, job.published_error = (None, problem) if problem else published_block(config)
+    job.settings = job_settings(config, choices, overrides)
+    job.settings_complete = not problem
     metrics_path = run_dir / "metrics.json"
     if not metrics_path.is_file():
         job.status, job.reason = "failed", "no metrics.json (crashed before its first checkpoint)"
@@ -87,10 +195,12 @@ def read_published(config_path: Path) -> tuple[dict[str, Any] | None, str]:
     as plain YAML data, interpolations are never resolved and nothing is instantiated; a block that
     is not of this form gives ``(None, "<what is wrong>")`` for the report to show, never an error.
     """
-    try:
-        data = OmegaConf.to_container(OmegaConf.load(config_path), resolve=False)  # "${...}" stays text
-    except Exception as err:  # noqa: BLE001 - any unreadable file is reported, not raised
-        return None, f"unreadable {config_path.name}: {type(err).__name__}: {_one_line(str(err))}"
+    data, problem = load_config(config_path)
+    return (None, problem) if problem else published_block(data)
+
+
+def published_block(data: Any) -> tuple[dict[str, Any] | None, str]:
+    """``read_published`` of a config already read as plain data."""
     block = data.get("published") if isinstance(data, dict) else None
     if block is None:
         return None, ""
@@ -145,26 +255,63 @@ def _compute_metrics(history: dict, job: Job) -> dict[str, float]:
 
 
 def missing_grid_points(sweep_dir: Path, jobs: list[Job]) -> list[Job]:
-    """Grid points of the basic sweeper's ``multirun.yaml`` that no job dir matches (status ``not run``)."""
+    """Grid points of the basic sweeper's ``multirun.yaml`` files (the sweep's, or each sweep's of a
+    folder of sweeps) that no job dir of that sweep matches (status ``not run``)."""
+    sweep_dir = Path(sweep_dir)
+    files = sorted(sweep_dir.rglob("multirun.yaml"), key=lambda p: _natural_key(p.relative_to(sweep_dir)))
+    missing = []
+    for path in files:
+        sweep = path.parent
+        own = [job for job in jobs if job.run_dir is None or _is_under(job.run_dir, sweep)]
+        prefix = "" if sweep == sweep_dir else f"{sweep.relative_to(sweep_dir).as_posix()}/"
+        missing += _missing_in_sweep(path, own, prefix)
+    return missing
+
+
+def _is_under(path: Path, folder: Path) -> bool:
+    try:
+        Path(path).relative_to(folder)
+    except ValueError:
+        return False
+    return True
+
+
+def _settings_of_grid_point(values: dict[str, Any], jobs: list[Job]) -> tuple[dict[str, Any], bool]:
+    """``(settings, complete)`` of a grid point that never ran: the settings of a job of its sweep with
+    the same overrides but the seed (complete), else only what every job of the sweep shares; its
+    overrides on top."""
+    ran = [job for job in jobs if job.settings and job.settings_complete]
+    twin = next((job for job in ran if {k: v for k, v in job.overrides.items() if k != "seed"}
+                 == {k: v for k, v in values.items() if k != "seed"}), None)
+    if twin is not None:
+        base = dict(twin.settings)
+    elif ran:
+        base = {k: v for k, v in ran[0].settings.items() if all(repr(j.settings.get(k)) == repr(v) for j in ran)}
+    else:
+        base = {}
+    own = {k: canonical(v) for k, v in values.items() if not is_ignored(k)}
+    return {**own, **{k: v for k, v in base.items() if k not in own}}, twin is not None
+
+
+def _missing_in_sweep(path: Path, jobs: list[Job], prefix: str) -> list[Job]:
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 
-    path = sweep_dir / "multirun.yaml"
-    if not path.is_file():
-        return []
-    cfg = OmegaConf.load(path)
-    if "BasicSweeper" not in str(OmegaConf.select(cfg, "hydra.sweeper._target_")):
+    hydra = (_plain(path) or {}).get("hydra") or {}  # as text: an interpolation is never resolved
+    sweeper = hydra.get("sweeper") or {}
+    if "BasicSweeper" not in str(sweeper.get("_target_")):
         return []  # e.g. Optuna: no fixed grid to compare against
-    task = list(OmegaConf.select(cfg, "hydra.overrides.task") or [])
-    params = OmegaConf.select(cfg, "hydra.sweeper.params") or {}
-    task += [f"{k}={v}" for k, v in params.items()]
+    task = [str(o) for o in (hydra.get("overrides") or {}).get("task") or []]
+    task += [f"{k}={v}" for k, v in (sweeper.get("params") or {}).items()]
     seen = [job.overrides for job in jobs]
     missing = []
     (grid,) = BasicSweeper.split_arguments(parse_overrides(task), None)
     for number, point in enumerate(grid):  # the job number Hydra would have given it
         values = override_values(point)
         if values not in seen:
-            missing.append(Job(name=f"{number} (no dir)", overrides=values, status="not run",
-                               reason="no run dir: the sweep ended before this job started"))
+            settings, complete = _settings_of_grid_point(values, jobs)
+            missing.append(Job(name=f"{prefix}{number} (no dir)", overrides=values, status="not run",
+                               reason="no run dir: the sweep ended before this job started",
+                               settings=settings, settings_complete=complete))
     return missing
 
 

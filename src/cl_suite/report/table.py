@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cl_suite.report.jobs import Job
+from cl_suite.report.jobs import Job, is_ignored
 from cl_suite.report.stats import BASELINE, Comparison, baseline_comparison, compare
 
 DEFAULT_METRICS = ("linear/top1", "knn/top1")
@@ -21,11 +21,109 @@ def lower_is_better(metric: str) -> bool:
     return "loss" in metric or "fpr" in metric
 
 
+# Which of two group choices that always change together (method=dcl brings sampler=debiased, a recipe
+# brings its data set) is the swept parameter: the first in this order, then the others as the jobs list them.
+GROUP_ORDER = ("experiment", "method", "dataset", "backbone", "optimizer", "scheduler", "sampler", "evaluation",
+               "debug")
+# The fixed settings report.md lists besides the group choices and the command line's values.
+FIXED_KEYS = ("trainer.epochs", "trainer.batch_size", "optimizer.lr")
+
+
+def _differs(jobs: list[Job], key: str) -> bool:
+    return len({repr(job.value(key)) for job in jobs if job.knows(key)}) > 1
+
+
+def _follows(jobs: list[Job], key: str, by: list[str]) -> bool:
+    """True when the jobs that agree on every key of ``by`` agree on ``key`` too (by the non-empty)."""
+    if not by:
+        return False
+    seen: dict[str, str] = {}
+    for job in jobs:
+        if job.knows(key) and all(job.knows(k) for k in by):
+            signature = repr([job.value(k) for k in by])
+            if seen.setdefault(signature, repr(job.value(key))) != repr(job.value(key)):
+                return False
+    return True
+
+
+def group_keys(jobs: list[Job]) -> list[str]:
+    """The config groups of the jobs (``method``, ``dataset``, ...), in ``GROUP_ORDER``."""
+    found = list(dict.fromkeys(k for job in jobs for k in job.choices if not is_ignored(k)))
+    found += [k for job in jobs for k in job.settings if k in GROUP_ORDER and k not in found]
+    return sorted(dict.fromkeys(found), key=lambda k: (GROUP_ORDER.index(k) if k in GROUP_ORDER else len(GROUP_ORDER),
+                                                        found.index(k)))
+
+
+def analyse_settings(jobs: list[Job], seed_key: str) -> tuple[list[str], dict[str, list[str]]]:
+    """``(swept parameters, {setting: the swept groups it follows})`` from what every job ran with (its
+    resolved config and group choices, ``Job.settings``), whatever set it: an override, a config default
+    or a recipe. A setting is swept when its value differs between jobs (a key missing from a job counts
+    as a value). Not a parameter of its own: ``seed_key`` (the replicate axis), the ``IGNORED_KEYS`` of
+    ``report.jobs``, and a setting that only follows the swept groups (``sampler`` with ``method``,
+    ``method.*`` with ``method``, a recipe's values with ``experiment``): those are "followed" settings.
+    Order: the command line's keys as the jobs list them, then the config's."""
+    keys = list(dict.fromkeys(k for job in jobs for k in job.keys()))
+    differing = [k for k in keys if k != seed_key and not is_ignored(k) and _differs(jobs, k)]
+    groups = [k for k in group_keys(jobs) if k in differing]
+    kept_groups: list[str] = []
+    followed: dict[str, list[str]] = {}
+    for key in groups:
+        if _follows(jobs, key, kept_groups):
+            followed[key] = list(kept_groups)
+        else:
+            kept_groups.append(key)
+    swept = []
+    for key in differing:
+        if key in groups:
+            if key in kept_groups:
+                swept.append(key)
+        elif _follows(jobs, key, kept_groups):
+            followed[key] = list(kept_groups)
+        else:
+            swept.append(key)
+    return swept, followed
+
+
 def swept_parameters(jobs: list[Job], seed_key: str) -> list[str]:
-    """Override keys whose value differs between jobs (a key missing from a job counts as a value),
-    in the order the jobs list them; ``seed_key`` is the replicate axis, not a parameter."""
-    keys = list(dict.fromkeys(k for job in jobs for k in job.overrides))
-    return [k for k in keys if k != seed_key and len({repr(job.overrides.get(k)) for job in jobs}) > 1]
+    """The swept parameters of ``analyse_settings``."""
+    return analyse_settings(jobs, seed_key)[0]
+
+
+def job_seeds(jobs: list[Job], seed_key: str) -> list:
+    seeds = {repr(job.value(seed_key)): job.value(seed_key) for job in jobs if job.value(seed_key) is not None}
+    numbers = sorted(s for s in seeds.values() if isinstance(s, (int, float)))
+    return numbers + sorted((s for s in seeds.values() if not isinstance(s, (int, float))), key=str)
+
+
+def fixed_settings(jobs: list[Job], params: list[str], seed_key: str = "seed") -> list[tuple[str, str, str]]:
+    """``[(setting, value, note)]`` held the same in every job whose value is known (the note counts the
+    others: an unreadable config.yaml, a grid point that never ran): the group choices (an unselected
+    optional group such as ``experiment`` left out), ``FIXED_KEYS`` (epochs, batch size, learning rate),
+    the other values the command line set in every job (``dataset.image_size=32``), and the seeds."""
+    command_line = [k for job in jobs for k in job.overrides]
+    keys = list(dict.fromkeys([*group_keys(jobs), *FIXED_KEYS, *command_line]))
+    out = []
+    for key in keys:
+        if key in params or key == seed_key or is_ignored(key):
+            continue
+        knowing = [job for job in jobs if job.knows(key)]
+        values = {repr(job.value(key)) for job in knowing}
+        if len(values) == 1 and knowing[0].value(key) is not None:
+            unknown = len(jobs) - len(knowing)  # an unreadable config.yaml, a grid point that never ran
+            out.append((key, _fmt_value(knowing[0].value(key)), f"unknown for {unknown} jobs" if unknown else ""))
+    seeds = job_seeds(jobs, seed_key)
+    if seeds:
+        name = "seeds" if seed_key == "seed" else f"{seed_key} (replicates)"
+        out.append((name, ", ".join(_fmt_value(s) for s in seeds), ""))
+    return out
+
+
+def followed_settings(jobs: list[Job], seed_key: str = "seed") -> list[tuple[str, list[str]]]:
+    """The readable part of ``analyse_settings``' followed settings: group choices, ``FIXED_KEYS`` and
+    the command line's keys that change with the swept groups (``sampler`` with ``method``)."""
+    _, followed = analyse_settings(jobs, seed_key)
+    readable = {*group_keys(jobs), *FIXED_KEYS, *(k for job in jobs for k in job.overrides)}
+    return [(k, by) for k, by in followed.items() if k in readable]
 
 
 def default_metrics(jobs: list[Job]) -> list[str]:
@@ -82,7 +180,7 @@ def summarize(jobs: list[Job], metrics: list[str], seed_key: str = "seed",
     params = swept_parameters(jobs, seed_key)
     rows: dict[str, ConfigRow] = {}
     for job in jobs:
-        values = {k: job.overrides.get(k) for k in params}
+        values = {k: job.value(k) for k in params}
         rows.setdefault(repr(values), ConfigRow(values)).jobs.append(job)
     for row in rows.values():
         for metric in metrics:
@@ -111,19 +209,24 @@ def summarize(jobs: list[Job], metrics: list[str], seed_key: str = "seed",
             for row in rows_list:
                 if metric in row.stats and row.stats[metric][0] == target:
                     row.best.add(metric)
-        mark_best(rows_list, metric)
+        mark_best(rows_list, metric, seed_key)
     return params, rows_list
 
 
-def mark_best(rows: list[ConfigRow], metric: str) -> None:
+def mark_best(rows: list[ConfigRow], metric: str, seed_key: str = "seed") -> None:
     """Bold a best mean only when the comparison with the baseline backs it: a configuration whose
     verdict is "better", or the baseline itself when every other configuration is "worse". Never with
-    a single configuration (nothing to be best against)."""
+    a single configuration (nothing to be best against), and never for a configuration or against a
+    baseline with fewer than two distinct seeds: a single-seed sweep (or the same seed run twice, by two
+    sweeps in one folder) has no spread to tell a difference from noise."""
     having = [row for row in rows if metric in row.stats]
     if len(having) < 2:
         return
+    base = next((row for row in rows if row.is_baseline), None)
+    if base is None or distinct_seeds(base, metric, seed_key) < 2:
+        return
     for row in having:
-        if metric not in row.best:
+        if metric not in row.best or distinct_seeds(row, metric, seed_key) < 2:
             continue
         if row.is_baseline:
             backed = all(other.comparisons[metric].verdict == "worse" for other in having if other is not row)
@@ -133,10 +236,16 @@ def mark_best(rows: list[ConfigRow], metric: str) -> None:
             row.bold.add(metric)
 
 
+def distinct_seeds(row: ConfigRow, metric: str, seed_key: str) -> int:
+    """How many different seeds the row's ok jobs with the metric ran (a job without a seed: its own)."""
+    return len({repr(job.value(seed_key)) if job.value(seed_key) is not None else ("job", job.name)
+                for job in row.ok_jobs if metric in job.metrics})
+
+
 def seed_values(row: ConfigRow, metric: str, seed_key: str) -> dict:
     """``{seed: value}`` of the row's ok jobs. A job without a seed, or whose seed repeats in the row (a
     folder holding two sweeps), is keyed by its name, so it is never paired with another row's job."""
-    seeds = [job.overrides.get(seed_key) for job in row.ok_jobs]
+    seeds = [job.value(seed_key) for job in row.ok_jobs]
     out = {}
     for job, seed in zip(row.ok_jobs, seeds):
         if metric in job.metrics:
@@ -202,6 +311,9 @@ def _summarize_published(row: ConfigRow) -> None:
 
 
 def _fmt_value(value: Any) -> str:
+    """A setting's value in a cell; ``-`` where a configuration has no such setting (tau_plus of SimCLR)."""
+    if value is None:
+        return "-"
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
@@ -305,17 +417,31 @@ def markdown_report(sweep_dir: Path, jobs: list[Job], params: list[str], rows: l
         f"# Sweep report: {sweep_dir}",
         "",
         f"{len(jobs)} jobs: {len(jobs) - len(failed)} ok, {len(failed)} failed or not run. "
-        f"Swept: {', '.join(params) or '(nothing but seeds)'}. Cells: mean ± sample std over the ok jobs "
-        "(seeds) of a configuration; `seeds` = its ok jobs. **Bold** = the best mean of a metric (lowest for "
-        "losses and FPR, else highest), only where the comparison below backs it: the configuration is "
-        "`better` than the baseline, or it is the baseline and every other configuration is `worse` (the "
-        "CSV's `best` column marks the best mean regardless)."
+        f"Swept: {', '.join(params) or '(nothing but seeds)'} (the settings that differ between jobs, read "
+        "from each job's resolved config and group choices, whatever set them). Cells: mean ± sample std "
+        "over the ok jobs (seeds) of a configuration; `seeds` = its ok jobs. **Bold** = the best mean of a "
+        "metric (lowest for losses and FPR, else highest), only where the comparison below backs it: the "
+        "configuration is `better` than the baseline (the 95% interval of the difference excludes 0), or it "
+        "is the baseline and every other configuration is `worse`; never with fewer than two seeds on either "
+        "side. The per-configuration error bars of the plots may still overlap: a paired difference is "
+        "tighter than two separate intervals. The CSV's `best` column marks the best mean regardless."
         + (" images/s: training throughput of a run; hours / run: its training wall time (the epochs, "
            "not the evaluations) x processes, in GPU-h or CPU-h (processes, not cores); both are means over "
            "its seeds, to compare configurations at equal compute." if _has_compute(rows) else ""),
         "",
         markdown_table(params, rows, metrics),
     ]
+    fixed = fixed_settings(jobs, params, seed_key)
+    followed = followed_settings(jobs, seed_key)
+    if fixed or followed:
+        parts += ["", "## Fixed settings", "",
+                  "The same in every job (its group choices, epochs, batch size, learning rate and the values "
+                  "set on the command line, from `.hydra/config.yaml` and `hydra.yaml`):", ""]
+        for key, value, note in fixed:
+            shown = value if key == "seeds" or key.endswith("(replicates)") else f"`{value}`"
+            parts.append(f"- {key}: {shown}" + (f" ({note})" if note else ""))
+        for key, by in followed:
+            parts.append(f"- {key}: changes with {', '.join(by)} (not a parameter of its own)")
     notes = published_footnotes(rows)
     problems = [f"job {job.name}: {job.published_error}" for job in jobs if job.published_error]
     problems += [f"configuration {row.label(params)}: {row.published_note}" for row in rows if row.published_note]
@@ -337,7 +463,7 @@ def markdown_report(sweep_dir: Path, jobs: list[Job], params: list[str], rows: l
     if failed:
         parts += ["", "## Failed jobs", "", "| job | status | swept values | reason |", "|---|---|---|---|"]
         for job in failed:
-            swept = " ".join(f"{k}={_fmt_value(job.overrides[k])}" for k in [*params, seed_key] if k in job.overrides)
+            swept = " ".join(f"{k}={_fmt_value(job.value(k))}" for k in [*params, seed_key] if job.value(k) is not None)
             parts.append(f"| {job.name} | {job.status} | `{swept}` | {job.reason} |")
     if plots:
         parts += ["", "## Plots", "", "Error bars: the 95% t-interval of the mean over seeds.", ""]
@@ -383,7 +509,8 @@ def write_tables(sweep_dir: Path, jobs: list[Job], params: list[str], rows: list
                          "device", "processes", "published_value", "published_metric", "published_problem"])
         for job in jobs:
             pub = job.published or {}
-            writer.writerow([job.name, job.status, job.reason, *[job.overrides.get(k, "") for k in keys],
+            writer.writerow([job.name, job.status, job.reason,
+                             *["" if job.value(k) is None else job.value(k) for k in keys],
                              *[job.metrics.get(m, "") for m in metrics],
                              *[job.metrics.get(c, "") for c in compute if c not in metrics],
                              job.device or "", job.processes or "", pub.get("value", ""), pub.get("metric", ""),

@@ -1,0 +1,78 @@
+"""The command-line entry points: ``python train.py`` / ``python -m cl_suite.train`` / ``cl-suite-train``
+(and the same for evaluate: ``evaluate.py``, ``python -m cl_suite.evaluate``, ``cl-suite-evaluate``). The Hydra config tree is the package's own ``conf/``, so an installed suite
+(``pip install .``, not editable) trains exactly as a checkout does."""
+from __future__ import annotations
+
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+import cl_suite.resolvers  # noqa: F401  (registers the suite's ${cl_suite.*:} resolvers before Hydra composes)
+from cl_suite.errors import user_errors_without_traceback
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+@user_errors_without_traceback
+def _train(cfg: DictConfig) -> float:
+    from cl_suite.engine.trainer import train
+
+    final = train(cfg)
+    # Returned for sweepers that optimise (e.g. Optuna): the headline linear top-1.
+    return final["linear/top1"]
+
+
+# Hydra plugins some config options need: (group, option) -> (plugin module, what to install). Hydra's
+# own error for a missing plugin lists config search paths, not the package to install.
+PLUGINS = {
+    ("hydra/sweeper", "tau_plus_beta"): ("hydra_plugins.hydra_optuna_sweeper", 'pip install -e ".[optuna]"'),
+    ("hydra/launcher", "slurm"): ("hydra_plugins.hydra_submitit_launcher", 'pip install -e ".[slurm]"'),
+    ("hydra/launcher", "local"): ("hydra_plugins.hydra_submitit_launcher", 'pip install -e ".[slurm]"'),
+}
+
+
+def missing_plugin(argv: list[str]) -> str | None:
+    """The install hint for a plugin that an override of ``argv`` needs and this environment lacks."""
+    import importlib.util
+
+    for arg in argv:
+        key, _, value = arg.partition("=")
+        plugin = PLUGINS.get((key.lstrip("+~"), value))
+        if plugin is None:
+            continue
+        try:
+            found = importlib.util.find_spec(plugin[0]) is not None
+        except ModuleNotFoundError:  # a parent package is missing
+            found = False
+        if not found:
+            return f"error: {arg} needs the Hydra plugin {plugin[0]}, which is not installed: {plugin[1]}"
+    return None
+
+
+def train_main() -> None:
+    """Pre-train an encoder: ``train.py method=simclr dataset=cifar10 backbone=resnet18``."""
+    from cl_suite.engine.distributed import worker_rank_hydra_overrides
+
+    hint = missing_plugin(sys.argv[1:])
+    if hint:
+        sys.exit(hint)
+    sys.argv.extend(worker_rank_hydra_overrides())
+    _train()
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
+@user_errors_without_traceback
+def _evaluate(cfg: DictConfig) -> None:
+    from cl_suite.eval.run_evaluation import evaluate_run
+
+    result = evaluate_run(cfg)
+    print(f"{result['checkpoint']} (epoch {result['epoch']}, step {result['step']})")
+    for protocol, metrics in result["protocols"].items():
+        print(protocol)
+        for key, value in metrics.items():
+            print(f"  {key:<36}{value:8.2f}")
+
+
+def evaluate_main() -> None:
+    """Re-evaluate a run's checkpoint or an exported backbone: ``evaluate.py run=outputs/<date>/<time>``."""
+    _evaluate()

@@ -1,0 +1,6 @@
+"""Where the suite's own files are, in a checkout and in an installed package alike."""
+from pathlib import Path
+
+# The config tree ships inside the package (``pip install .`` installs it as package data); the
+# checkout's top-level ``conf`` is a link to it.
+CONF_DIR = Path(__file__).resolve().parent / "conf"

@@ -1,0 +1,220 @@
+"""The experiment loggers on real tiny runs, read back from their files: wandb's offline run log (history,
+summary, exit code, the sync hint of a resumed run), metrics.csv, TensorBoard event files, several at
+once (logger=many), and the wandb group of a sweep recipe (multirun/study.sh, with a stub Python)."""
+import csv
+import json
+import math
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from cl_suite.engine.logger import MultiLogger, offline_run_folders, run_summary
+from cl_suite.engine.trainer import Trainer, train
+from cl_suite.engine.validation import ConfigError
+from helpers import ROOT, TINY, compose_train
+from wandb_records import run_contents
+
+NO_LOGGER = [o for o in TINY if not o.startswith("logger")] + ["trainer.eval_at_init=false"]
+
+
+def wandb_log(run_dir: Path) -> Path:
+    (log,) = run_dir.glob("wandb/offline-run-*/run-*.wandb")
+    return log
+
+
+def read_metrics_csv(path: Path) -> list[dict]:
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_wandb_and_csv_at_once_log_each_number_once_and_end_with_the_final_numbers(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    cfg = compose_train(NO_LOGGER + ["logger=many", "logger/loggers=[wandb,csv]", "logger.group=g",
+                                     "trainer.eval_every_epochs=1", "trainer.log_every_steps=5"], tmp_path)
+    seen = []
+    monkeypatch.setattr(Trainer, "fit", lambda self, fit=Trainer.fit: seen.append(self.logger) or fit(self))
+    final = train(cfg)
+    assert [type(lg).__name__ for lg in seen] == ["MultiLogger"]  # the loop sees one logger
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    run = run_contents(wandb_log(tmp_path))
+    assert run["group"] == "g" and run["exit_code"] == 0
+
+    # 1. The diagnostics once, as diag/* of the epoch records (as in metrics.json), never under raw names.
+    keys = {k for row in run["history"] for k in row if not k.startswith(("_", "embeddings/"))}
+    assert not [k for k in keys if k.startswith(("sim/", "negatives/", "hist/"))], keys
+    assert {"diag/sim/positive_mean", "diag/sim/negative_mean", "diag/negatives/effective"} <= keys
+    recorded = {k.split("/_type")[0].rsplit("/values")[0].rsplit("/bins")[0] for k in keys}
+    in_metrics = {k for r in metrics["epochs"] for k in r} | {f"final/{k}" for k in metrics["final"]}
+    assert recorded ^ in_metrics == {"train/loss"}  # the log steps' loss; everything else is in metrics.json
+    rows = [row for row in run["history"] if "diag/sim/positive_mean" in row]
+    assert [row["diag/sim/positive_mean"] for row in rows] == pytest.approx(
+        [r["diag/sim/positive_mean"] for r in metrics["epochs"]])
+
+    # 2. The summary's plain keys hold the final numbers; best/* the best of training and the end.
+    summary = run["summary"]
+    for key in ("knn/top1", "knn/top5", "linear/top1", "linear/top5", "online_probe/test_top1"):
+        assert summary[key] == pytest.approx(final[key]) == pytest.approx(summary[f"final/{key}"]), key
+    knn = [r["knn/top1"] for r in metrics["epochs"] if "knn/top1" in r]
+    assert len(knn) == 1  # epoch 1 of 2 (the last epoch's evaluation is the final one)
+    assert summary["best/knn/top1"] == pytest.approx(max(knn + [final["knn/top1"]]))
+    assert summary["best/linear/top1"] == pytest.approx(final["linear/top1"])
+    assert set(summary["train/loss"]) == {"min", "last"}
+    for key, value in run_summary(metrics).items():
+        assert summary[key] == pytest.approx(value), key
+
+    # 6. metrics.csv: long format, the same numbers as wandb and metrics.json.
+    table = read_metrics_csv(tmp_path / "metrics.csv")
+    assert list(table[0]) == ["step", "key", "value"]
+    by_key: dict = {}
+    for row in table:
+        by_key.setdefault(row["key"], []).append((int(row["step"]), float(row["value"])))
+    assert not [k for k in by_key if k.startswith(("sim/", "negatives/", "diag/hist/"))]
+    assert [v for _, v in by_key["diag/sim/positive_mean"]] == pytest.approx(
+        [r["diag/sim/positive_mean"] for r in metrics["epochs"]])
+    assert by_key["final/linear/top1"] == [(metrics["final"]["step"], pytest.approx(final["linear/top1"]))]
+    wandb_losses = [(row["_step"], row["train/loss"]) for row in run["history"] if "train/loss" in row]
+    assert by_key["train/loss"] == [(s, pytest.approx(v)) for s, v in wandb_losses]
+    assert [s for s, _ in by_key["train/loss"]] == list(range(5, metrics["final"]["step"] + 1, 5))
+
+
+def _stop_at_third_step(monkeypatch, stop):
+    calls = []
+    original = Trainer.train_step
+
+    def train_step(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            stop()
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "train_step", train_step)
+
+
+def test_a_run_stopped_by_sigterm_is_not_finished_in_wandb(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    _stop_at_third_step(monkeypatch, lambda: os.kill(os.getpid(), signal.SIGTERM))  # the guard catches it
+    with pytest.raises(SystemExit) as stop:
+        train(compose_train(NO_LOGGER + ["logger=wandb"], tmp_path))
+    assert stop.value.code == 128 + signal.SIGTERM
+    assert torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=False)["step"] == 3
+    assert run_contents(wandb_log(tmp_path))["exit_code"] == 128 + signal.SIGTERM
+
+
+def test_a_run_that_raises_is_not_finished_in_wandb(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+
+    def fail():
+        raise RuntimeError("boom")
+
+    _stop_at_third_step(monkeypatch, fail)
+    with pytest.raises(RuntimeError, match="boom"):
+        train(compose_train(NO_LOGGER + ["logger=many", "logger/loggers=[csv,wandb]", "trainer.log_every_steps=1"],
+                            tmp_path))
+    assert run_contents(wandb_log(tmp_path))["exit_code"] == 1
+    assert read_metrics_csv(tmp_path / "metrics.csv")[0]["key"] == "train/loss"  # flushed before the failure
+
+
+def test_the_sync_hint_of_a_resumed_offline_run_names_every_folder_in_order(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    overrides = NO_LOGGER + ["logger=wandb", "trainer.eval_every_epochs=0", "evaluation.linear.epochs=1"]
+    train(compose_train(overrides + ["trainer.max_steps=2"], tmp_path))
+    capsys.readouterr()
+    train(compose_train(overrides + ["trainer.max_steps=4"], tmp_path))  # resume=auto: a second folder
+    run_id = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=False)["wandb_run_id"]
+    folders = offline_run_folders(tmp_path / "wandb", run_id)
+    assert len(folders) == 2 and sorted(tmp_path.glob("wandb/offline-run-*")) == sorted(folders)
+    (line,) = [l for l in capsys.readouterr().out.splitlines() if "wandb sync" in l]
+    command = line.split(" with: ", 1)[1]
+    assert [shlex.split(part)[2:] for part in command.split(" && ")] == [[str(f)] for f in folders]
+    wandb_cli = Path(sys.executable).parent / "wandb"
+    if wandb_cli.is_file():  # the command as printed runs: wandb lists each run log it would upload
+        dry = command.replace("wandb sync ", f"{shlex.quote(str(wandb_cli))} sync --dry-run ")
+        out = subprocess.run(["bash", "-c", dry], capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0 and all(f"{f}/run-{run_id}.wandb" in out.stdout + out.stderr for f in folders), out
+
+
+def test_offline_run_folders_sorts_resumes_by_time_then_suffix(tmp_path):
+    for name in ("offline-run-20260102_000000-abc", "offline-run-20260101_000000-abc-1",
+                 "offline-run-20260101_000000-abc", "offline-run-20260101_000000-abcd", "run-20260101_000000-abc"):
+        (tmp_path / name).mkdir()
+    assert [p.name for p in offline_run_folders(tmp_path, "abc")] == [
+        "offline-run-20260101_000000-abc", "offline-run-20260101_000000-abc-1", "offline-run-20260102_000000-abc"]
+
+
+def test_tensorboard_event_files(tmp_path):
+    pytest.importorskip("tensorboard", reason="the optional [tensorboard] extra")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    final = train(compose_train(NO_LOGGER + ["logger=tensorboard", "trainer.log_every_steps=5"], tmp_path))
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    events = EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"scalars": 0, "histograms": 0})
+    events.Reload()
+    tags = events.Tags()
+    assert {"train/loss", "diag/sim/positive_mean", "final/linear/top1"} <= set(tags["scalars"])
+    assert not [t for t in tags["scalars"] if t.startswith(("sim/", "negatives/"))]
+    (point,) = events.Scalars("final/linear/top1")
+    assert point.step == metrics["final"]["step"] and point.value == pytest.approx(final["linear/top1"], rel=1e-6)
+    assert [p.value for p in events.Scalars("diag/sim/positive_mean")] == pytest.approx(
+        [r["diag/sim/positive_mean"] for r in metrics["epochs"]], rel=1e-6)
+    assert "diag/hist/positive" in tags["histograms"]
+    (hist,) = events.Histograms("diag/hist/positive")[-1:]
+    assert hist.histogram_value.num == sum(metrics["epochs"][-1]["diag/hist/positive"]["counts"])
+    assert (tmp_path / "tensorboard" / "projector_config.pbtxt").is_file()  # the embedding snapshot
+
+
+def test_logger_tensorboard_without_the_package_says_what_to_install(tmp_path, monkeypatch):
+    monkeypatch.setattr("cl_suite.engine.logger.tensorboard_available", lambda: False)
+    for logger in (["logger=tensorboard"], ["logger=many", "logger/loggers=[csv,tensorboard]"]):
+        with pytest.raises(ConfigError, match=re.escape('pip install -e ".[tensorboard]"')):
+            train(compose_train(NO_LOGGER + logger, tmp_path))
+    assert not (tmp_path / "metrics.csv").exists()  # refused at start-up, before any logger started
+
+
+def test_many_finishes_the_loggers_it_started_when_a_later_one_fails(tmp_path, monkeypatch):
+    finished = []
+    monkeypatch.setattr("cl_suite.engine.logger.CSVLogger.finish",
+                        lambda self, exit_code=0: finished.append(exit_code))
+    loggers = {"csv": {"_target_": "cl_suite.engine.logger.CSVLogger"},
+               "broken": {"_target_": "cl_suite.engine.logger.CSVLogger", "filename": "no/such\0name.csv"}}
+    with pytest.raises(Exception, match="embedded null byte"):  # hydra wraps the ValueError
+        MultiLogger(loggers, run_dir=str(tmp_path))
+    assert finished == [1]
+
+
+def _study_invocation(tmp_path, env_extra=None) -> list[str]:
+    """Run multirun/study.sh with PYTHON set to a stub that records its arguments; return train.py's."""
+    stub, record = tmp_path / "python", tmp_path / "calls.txt"
+    stub.write_text(f'#!/usr/bin/env bash\nprintf "%s\\n" "$@" "--" >> {shlex.quote(str(record))}\n')
+    stub.chmod(0o755)
+    record.unlink(missing_ok=True)
+    env = {**os.environ, "PYTHON": str(stub)}
+    env.pop("SWEEP_DIR", None)
+    env.update(env_extra or {})
+    proc = subprocess.run(["bash", str(ROOT / "multirun" / "study.sh"), "tiny_study", "seed=0,1"], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    calls = record.read_text().split("--\n")
+    assert calls[1].split("\n")[:2] == ["-m", "cl_suite.report"]  # then the report of the same sweep dir
+    return calls[0].split("\n")[:-1]
+
+
+def test_each_study_invocation_gets_its_own_wandb_group(tmp_path):
+    first = _study_invocation(tmp_path)
+    assert first[:2] == ["train.py", "-m"] and first[-1] == "seed=0,1"
+    (group,) = [a.split("=", 1)[1] for a in first if a.startswith("logger.group=")]
+    (sweep_dir,) = [a.split("=", 1)[1] for a in first if a.startswith("hydra.sweep.dir=")]
+    stamp = re.fullmatch(r"tiny_study-(\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d)", group)[1]
+    assert sweep_dir == f"multirun/tiny_study/{stamp}"  # one stamp: the group is the sweep's
+    time.sleep(1.05)
+    second = _study_invocation(tmp_path, {"SWEEP_DIR": str(tmp_path / "sweep")})
+    assert f"hydra.sweep.dir={tmp_path / 'sweep'}" in second
+    (other,) = [a.split("=", 1)[1] for a in second if a.startswith("logger.group=")]
+    assert other.startswith("tiny_study-") and other != group
