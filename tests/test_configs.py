@@ -24,8 +24,8 @@ def test_every_group_has_options():
 @pytest.mark.parametrize("option", group_options("dataset"))
 def test_dataset_configs_compose(option):
     overrides = [f"dataset={option}"]
-    if option == "imagefolder":
-        overrides.append("dataset.root=/some/where")  # the one data set without a default location
+    if option in ("imagefolder", "image_files"):
+        overrides.append("dataset.root=/some/where")  # the folder data sets have no default location
     cfg = compose_train(overrides)
     plain = to_plain(cfg)
     validate_train_config(cfg)

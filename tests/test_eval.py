@@ -344,3 +344,54 @@ def test_evaluate_ignores_the_trained_sampler_so_renamed_sampler_settings_still_
         cfg = compose(config_name="evaluate", overrides=[f"run={run}", "protocol=knn"])
     result = evaluate_run(cfg)
     assert math.isclose(result["metrics"]["knn/top1"], final["knn/top1"], abs_tol=1e-6)
+
+
+def test_ood_on_a_plain_folder_of_images_and_roots_that_name_their_setting(tmp_path):
+    """evaluate.py pointed at any folder of images (no classes, no train/test split: Tiny-ImageNet's
+    val/images) through ood_dataset=image_files ood_root=<dir>; roots for data sets that read no files
+    are refused naming the setting."""
+    import numpy as np
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+    from PIL import Image
+
+    from cl_suite.engine.trainer import train
+    from cl_suite.engine.validation import ConfigError
+    from cl_suite.eval.run_evaluation import evaluate_run
+    from helpers import CONF, TINY, compose_train
+
+    folder = tmp_path / "tiny-imagenet" / "val" / "images"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(12):
+        Image.fromarray(rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)).save(folder / f"val_{i}.JPEG")
+    run = tmp_path / "run"
+    train_cfg = compose_train(TINY + ["trainer.max_steps=2", "trainer.eval_at_init=false"], run)
+    train(train_cfg)
+    (run / ".hydra").mkdir()
+    OmegaConf.save(train_cfg, run / ".hydra" / "config.yaml")
+
+    def evaluate(*overrides):
+        with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
+            cfg = compose(config_name="evaluate", overrides=[f"run={run}", "wandb=false", *overrides])
+        return evaluate_run(cfg)
+
+    result = evaluate("protocol=ood", "ood_dataset=image_files", f"ood_root={tmp_path / 'tiny-imagenet' / 'val'}")
+    ood = result["protocols"]["ood"]
+    assert set(ood) == {"ood/image_files/auroc", "ood/image_files/fpr95"}
+    assert 0 <= ood["ood/image_files/auroc"] <= 100
+    with pytest.raises(ConfigError, match="dataset_root=/somewhere is not allowed with dataset 'digits'"):
+        evaluate("protocol=knn", "dataset_root=/somewhere")
+    with pytest.raises(ConfigError, match="transfer_dataset=image_files is not allowed"):
+        evaluate("protocol=transfer", "transfer_dataset=image_files", f"transfer_root={folder}")
+    with pytest.raises(ConfigError, match="dataset=image_files has no labelled training images"):
+        train(compose_train(TINY + ["dataset=image_files", f"dataset.root={folder}", "dataset.image_size=16",
+                                    "dataset.augment.crop_size=16"], tmp_path / "run2"))
+
+
+def test_evaluate_explains_dataset_root_overrides_instead_of_a_struct_error():
+    from cl_suite.cli import misplaced_dataset_override
+
+    hint = misplaced_dataset_override(["run=outputs/x", "protocol=ood", "ood_dataset=imagefolder", "dataset.root=/d"])
+    assert hint.startswith("error: dataset.root=/d is not an evaluate.py setting") and "ood_root=<dir>" in hint
+    assert misplaced_dataset_override(["checkpoint=b.pt", "dataset=cifar10", "dataset.root=/d"]) is None

@@ -73,6 +73,22 @@ def _evaluate(cfg: DictConfig) -> None:
             print(f"  {key:<36}{value:8.2f}")
 
 
+def misplaced_dataset_override(argv: list[str]) -> str | None:
+    """``dataset.root=...`` on evaluate.py's command line: the run's data set is not a config group there
+    (Hydra would answer "Key 'dataset' is not in struct"); say which setting moves which data."""
+    if any(arg.split("=", 1)[0] == "dataset" for arg in argv):
+        return None  # an exported backbone evaluated on dataset=<option>: its keys can be overridden
+    for arg in argv:
+        if arg.startswith(("dataset.", "+dataset.")):
+            return (f"error: {arg} is not an evaluate.py setting. The run's own data set is moved with "
+                    "dataset_root=<dir>; OOD and transfer data sets with ood_root=<dir> / transfer_root=<dir> "
+                    "(ood_dataset=image_files reads any folder of images, e.g. Tiny-ImageNet's val/)")
+    return None
+
+
 def evaluate_main() -> None:
     """Re-evaluate a run's checkpoint or an exported backbone: ``evaluate.py run=outputs/<date>/<time>``."""
+    hint = misplaced_dataset_override(sys.argv[1:])
+    if hint:
+        sys.exit(hint)
     _evaluate()

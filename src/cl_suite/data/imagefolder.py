@@ -346,9 +346,16 @@ def _read_split(
             f"{sorted(set(classes) - set(own_classes))}, only in {split_dir}: {sorted(set(own_classes) - set(classes))}"
         )
     paths, labels = _list_class_tree(split_path, own_classes, root)
+    return _split_of_files(root, split_path, split_dir, paths, labels, image_size, in_memory, cache,
+                           num_workers), own_classes
+
+
+def _split_of_files(root: Path, split_path: Path, split_dir: str, paths: list[str], labels: list[int],
+                    image_size: int, in_memory: bool, cache: bool, num_workers: int) -> ImageSplit:
+    """The listed image files as a split: decoded into memory (through the cache) or read lazily."""
     label_tensor = torch.tensor(labels, dtype=torch.int64)
     if not in_memory:
-        return ImageSplit(labels=label_tensor, read_image=LazyImageReader(paths, image_size)), own_classes
+        return ImageSplit(labels=label_tensor, read_image=LazyImageReader(paths, image_size))
 
     images = None
     if cache:
@@ -361,7 +368,7 @@ def _read_split(
         images = _decode_all(paths, image_size, num_workers, what=f"{split_dir}/ ({len(paths)} images)")
         if cache:
             _save_cache(cache_file, images, image_size, files_key)
-    return ImageSplit(labels=label_tensor, images=images), own_classes
+    return ImageSplit(labels=label_tensor, images=images)
 
 
 def load_imagefolder(
@@ -399,3 +406,36 @@ def load_imagefolder(
     return ImageDataset(
         name=name, pretrain=pretrain, train=train, test=test, classes=classes, image_size=image_size
     )
+
+
+def load_image_files(
+    root: str | os.PathLike,
+    image_size: int = 32,
+    in_memory: bool = True,
+    cache: bool = True,
+    num_workers: int = 4,
+    name: str = "image_files",
+) -> ImageDataset:
+    """Every image file under ``root`` (any depth; class folders or none), as one unlabelled split.
+
+    For out-of-distribution detection, which needs images but no labels and no train/test split:
+    e.g. Tiny-ImageNet's ``val/images`` folder of 10,000 JPEGs. ``train``, ``test`` and ``pretrain`` are
+    the same split, every label is -1. The same rules as :func:`load_imagefolder` apply (links,
+    special files, decoding, the cache under ``<root>/.cl_suite_cache``).
+    """
+    if not isinstance(image_size, int) or isinstance(image_size, bool) or image_size < 1:
+        raise ValueError(f"{name}: image_size must be a positive integer, got {image_size!r}")
+    if not isinstance(num_workers, int) or num_workers < 0:
+        raise ValueError(f"{name}: num_workers must be an integer >= 0, got {num_workers!r}")
+    root_path = Path(root).expanduser().resolve()
+    if not root_path.is_dir():
+        raise DatasetNotFoundError(f"image files not found: {root_path} is not a folder (root={root}). Point the "
+                                   "setting at a folder of image files (any depth), e.g. ood_root=<tiny-imagenet>/val")
+    paths = sorted(_walk_images(root_path, os.fspath(root_path), {}))
+    if not paths:
+        raise DatasetNotFoundError(f"{root_path} holds no image files (allowed extensions, any case: "
+                                   f"{', '.join(IMAGE_EXTENSIONS)})")
+    split = _split_of_files(root_path, root_path, "all", paths, [-1] * len(paths), image_size, in_memory, cache,
+                            num_workers)
+    return ImageDataset(name=name, pretrain=split, train=split, test=split, classes=["(unlabelled)"],
+                        image_size=image_size)

@@ -545,6 +545,9 @@ def _check_candidate_count(cfg: DictConfig, bank_size: int | None = None) -> Non
 
 def validate_against_data(cfg: DictConfig, data) -> None:
     """Checks that need the data set (its size): run right after it is read, before any model is built."""
+    if not bool((data.train.labels >= 0).any()):
+        raise ConfigError(f"dataset={data.name} has no labelled training images: a run's kNN and linear evaluation "
+                          "need them (dataset=image_files is for evaluate.py's OOD protocol only)")
     _check_neighbour_counts(cfg.evaluation, data, ("knn",))
     pretrain = len(data.pretrain)
     if cfg.trainer.batch_size > pretrain:

@@ -12,9 +12,9 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from cl_suite.data.augment import AugmentConfig
 from cl_suite.data.types import ImageDataset
 from cl_suite.engine.build import build_augment_config, build_dataset
+from cl_suite.engine.validation import ConfigError
 from cl_suite.paths import CONF_DIR
 
-# The config tree next to train.py / evaluate.py (the package is used from its checkout: src layout).
 
 
 def dataset_names(value, key: str) -> list[str]:
@@ -29,20 +29,33 @@ def dataset_names(value, key: str) -> list[str]:
     return names
 
 
-def dataset_config(name: str, run_cfg: DictConfig) -> DictConfig:
-    """The ``dataset`` node of option ``name``, resolved against the run's config (paths, env)."""
+def set_root(dataset: DictConfig, root: str | None, key: str) -> None:
+    """Point a data set config at ``root`` (the ``key`` setting); refused for data sets that read no files."""
+    if root is None:
+        return
+    if "root" not in dataset.keys():  # `in` alone is False for a required (???) root
+        raise ConfigError(f"{key}={root} is not allowed with dataset {dataset.get('name')!r}: it reads no files "
+                          "(bundled or generated data); drop the setting")
+    dataset.root = str(root)
+
+
+def dataset_config(name: str, run_cfg: DictConfig, root: str | None = None, key: str = "root") -> DictConfig:
+    """The ``dataset`` node of option ``name``, resolved against the run's config (paths, env); ``root``
+    (the ``key`` setting, e.g. ``ood_root``) replaces its ``dataset.root``."""
     cfg = OmegaConf.create(OmegaConf.to_container(run_cfg, resolve=False))
     cfg.dataset = OmegaConf.load(CONF_DIR / "dataset" / f"{name}.yaml")
+    set_root(cfg.dataset, root, key)
     return cfg.dataset
 
 
-def load_other_dataset(name: str, run_cfg: DictConfig, input_size: int) -> tuple[ImageDataset, AugmentConfig]:
+def load_other_dataset(name: str, run_cfg: DictConfig, input_size: int, root: str | None = None,
+                       key: str = "root") -> tuple[ImageDataset, AugmentConfig]:
     """The data set and its evaluation transform, presented at the encoder's input size ``input_size``.
 
     Its own mean/std normalise its pixels (transfer learning's usual choice); OOD detection replaces
     them with the pre-training statistics (``ood_augment_config``).
     """
-    cfg = dataset_config(name, run_cfg)
+    cfg = dataset_config(name, run_cfg, root, key)
     return build_dataset(cfg), dataclasses.replace(build_augment_config(cfg), crop_size=input_size)
 
 

@@ -18,7 +18,7 @@ from cl_suite.engine.build import (UNIFORM_SAMPLER, DatasetFacts, build_augment_
 from cl_suite.engine.probe import OnlineProbe
 from cl_suite.engine.trainer import resolve_device
 from cl_suite.engine.validation import ConfigError, validate_evaluate_config, validate_evaluation_against_data
-from cl_suite.eval.other_datasets import dataset_names, load_other_dataset, ood_augment_config
+from cl_suite.eval.other_datasets import dataset_names, load_other_dataset, ood_augment_config, set_root
 from cl_suite.eval.protocols import (check_protocols, encode_split, encode_splits, knn_metrics, linear_metrics,
                                      online_probe_metrics, ood_protocol_metrics, retrieval_protocol_metrics,
                                      transfer_protocol_metrics)
@@ -197,6 +197,10 @@ def evaluate_run(cfg: DictConfig) -> dict[str, Any]:
     validate_evaluate_config(cfg)
     ood_names = dataset_names(cfg.ood_dataset, "ood_dataset")
     transfer_names = dataset_names(cfg.transfer_dataset, "transfer_dataset")
+    if "image_files" in transfer_names:
+        raise ConfigError("transfer_dataset=image_files is not allowed: its images have no labels to fit and score "
+                          "a linear probe on; use an image folder with class folders (transfer_dataset=imagefolder "
+                          "transfer_root=<dir with train/ and test/>)")
     protocols = check_protocols(cfg.protocol, ood_names, transfer_names)
     device = resolve_device(cfg.device)
     if cfg.run is None:
@@ -210,8 +214,7 @@ def evaluate_run(cfg: DictConfig) -> dict[str, Any]:
         train_cfg = load_run_config(run_dir)
         path = find_checkpoint(run_dir, cfg.checkpoint)
         state, eval_json = _load_training_checkpoint(path, device), run_dir / "eval.json"
-    if cfg.dataset_root is not None:
-        train_cfg.dataset.root = cfg.dataset_root
+    set_root(train_cfg.dataset, cfg.dataset_root, "dataset_root")
 
     data = build_dataset(train_cfg.dataset)
     validate_evaluation_against_data(cfg, data, protocols)
@@ -249,14 +252,15 @@ def evaluate_run(cfg: DictConfig) -> dict[str, Any]:
         elif protocol == "ood":
             results["ood"] = {}
             for name in ood_names:
-                other, other_aug = load_other_dataset(name, train_cfg, aug_cfg.crop_size)
+                other, other_aug = load_other_dataset(name, train_cfg, aug_cfg.crop_size, cfg.ood_root, "ood_root")
                 ood_test, _ = encode_split(encoder, other.test, ood_augment_config(aug_cfg, other_aug),
                                            device, ev.batch_size)
                 results["ood"].update(ood_protocol_metrics(feats, ood_test, name, ev.ood))
         elif protocol == "transfer":
             results["transfer"] = {}
             for name in transfer_names:
-                other, other_aug = load_other_dataset(name, train_cfg, aug_cfg.crop_size)
+                other, other_aug = load_other_dataset(name, train_cfg, aug_cfg.crop_size, cfg.transfer_root,
+                                                      "transfer_root")
                 results["transfer"].update(transfer_protocol_metrics(encode(other, other_aug), other.num_classes,
                                                                      name, ev, cfg.seed))
 
