@@ -371,6 +371,13 @@ def _split_of_files(root: Path, split_path: Path, split_dir: str, paths: list[st
     return ImageSplit(labels=label_tensor, images=images)
 
 
+def _check_reader_arguments(name: str, image_size, num_workers) -> None:
+    if not isinstance(image_size, int) or isinstance(image_size, bool) or image_size < 1:
+        raise ValueError(f"{name}: image_size must be a positive integer, got {image_size!r}")
+    if not isinstance(num_workers, int) or num_workers < 0:
+        raise ValueError(f"{name}: num_workers must be an integer >= 0, got {num_workers!r}")
+
+
 def load_imagefolder(
     root: str | os.PathLike,
     train_dir: str = "train",
@@ -388,10 +395,7 @@ def load_imagefolder(
     same class folders as the train split (its labels are only used for label-aware samplers/metrics).
     ``num_workers`` threads decode images (0: decode in the calling thread).
     """
-    if not isinstance(image_size, int) or isinstance(image_size, bool) or image_size < 1:
-        raise ValueError(f"{name}: image_size must be a positive integer, got {image_size!r}")
-    if not isinstance(num_workers, int) or num_workers < 0:
-        raise ValueError(f"{name}: num_workers must be an integer >= 0, got {num_workers!r}")
+    _check_reader_arguments(name, image_size, num_workers)
     root_path = Path(root).expanduser().resolve()
     if not root_path.is_dir():
         raise _missing_error(root_path, root_path)
@@ -423,10 +427,7 @@ def load_image_files(
     the same split, every label is -1. The same rules as :func:`load_imagefolder` apply (links,
     special files, decoding, the cache under ``<root>/.cl_suite_cache``).
     """
-    if not isinstance(image_size, int) or isinstance(image_size, bool) or image_size < 1:
-        raise ValueError(f"{name}: image_size must be a positive integer, got {image_size!r}")
-    if not isinstance(num_workers, int) or num_workers < 0:
-        raise ValueError(f"{name}: num_workers must be an integer >= 0, got {num_workers!r}")
+    _check_reader_arguments(name, image_size, num_workers)
     root_path = Path(root).expanduser().resolve()
     if not root_path.is_dir():
         raise DatasetNotFoundError(f"image files not found: {root_path} is not a folder (root={root}). Point the "
