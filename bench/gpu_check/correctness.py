@@ -34,8 +34,9 @@ def main() -> int:
            "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
     if _shared.DRY:
         env["GPU_CHECK_ON_CPU"] = "1"
+    # `-m "slow or not slow"`: both tiers; the selection is the -k expression alone.
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "pytest_stream", "-rfE",
-           "tests/test_gpu_check.py", *OTHER_CUDA_TESTS, "-k", SELECT_DRY if _shared.DRY else SELECT_GPU]
+           "-m", "slow or not slow", "tests/test_gpu_check.py", *OTHER_CUDA_TESTS, "-k", SELECT_DRY if _shared.DRY else SELECT_GPU]
     budget = max(10.0, _shared.seconds_left() - 15)  # keep time to write the table of what finished
     print("$", " ".join(cmd), f"(timeout {budget:.0f} s)", flush=True)
     proc = subprocess.Popen(cmd, cwd=_shared.ROOT, env=env, start_new_session=True)
