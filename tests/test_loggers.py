@@ -218,3 +218,15 @@ def test_each_study_invocation_gets_its_own_wandb_group(tmp_path):
     assert f"hydra.sweep.dir={tmp_path / 'sweep'}" in second
     (other,) = [a.split("=", 1)[1] for a in second if a.startswith("logger.group=")]
     assert other.startswith("tiny_study-") and other != group
+
+
+def test_evaluate_finds_the_wandb_run_of_a_run_that_logged_to_several_loggers():
+    """evaluate.py writes eval/* into the run's wandb summary: under logger=many too, with its group."""
+    from cl_suite.eval.run_evaluation import _wandb_logger_config
+
+    many = compose_train(NO_LOGGER + ["logger=many", "logger/loggers=[csv,wandb]", "logger.group=g"]).logger
+    entry = _wandb_logger_config(many)
+    assert entry._target_.endswith("WandbLogger") and entry.group == "g"
+    assert _wandb_logger_config(compose_train(NO_LOGGER + ["logger=wandb"]).logger) is not None
+    assert _wandb_logger_config(compose_train(NO_LOGGER + ["logger=many", "logger/loggers=[csv]"]).logger) is None
+    assert _wandb_logger_config(compose_train(NO_LOGGER + ["logger=csv"]).logger) is None

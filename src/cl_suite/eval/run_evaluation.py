@@ -270,14 +270,28 @@ def evaluate_run(cfg: DictConfig) -> dict[str, Any]:
         "datasets": {"ood": ood_names, "transfer": transfer_names}, "protocols": results})
     ckpt.write_json(eval_json, result)
 
-    if (state is not None and cfg.wandb and state.get("wandb_run_id")
-            and "WandbLogger" in str(train_cfg.logger.get("_target_"))):
-        logger = build_logger(train_cfg.logger, str(run_dir), train_cfg, run_id=state["wandb_run_id"])
+    wandb_cfg = _wandb_logger_config(train_cfg.logger)
+    if state is not None and cfg.wandb and state.get("wandb_run_id") and wandb_cfg is not None:
+        logger = build_logger(wandb_cfg, str(run_dir), train_cfg, run_id=state["wandb_run_id"])
         try:
             logger.log_summary({f"eval/{k}": v for k, v in result["metrics"].items()})
         finally:
             logger.finish()
     return result
+
+
+def _wandb_logger_config(logger: DictConfig) -> DictConfig | None:
+    """The run's wandb logger config: ``logger=wandb``'s node, or the wandb entry of ``logger=many``
+    (with the group the MultiLogger gave it); None when the run did not log to wandb."""
+    if "WandbLogger" in str(logger.get("_target_")):
+        return logger
+    entry = OmegaConf.select(logger, "loggers.wandb") if "MultiLogger" in str(logger.get("_target_")) else None
+    if entry is None or "WandbLogger" not in str(entry.get("_target_")):
+        return None
+    entry = entry.copy()
+    if logger.get("group") is not None and "group" in entry:
+        entry.group = logger.group
+    return entry
 
 
 def _load_training_checkpoint(path: Path, device: torch.device) -> dict[str, Any]:
