@@ -28,7 +28,8 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
 
 import cl_suite.resolvers  # noqa: F401  (registers ${cl_suite.run_stamp:} as train.py does)
-from cl_suite.engine.trainer import Trainer, autocast, resolve_device
+from cl_suite.distributed import resolve_device
+from cl_suite.engine.trainer import Trainer, autocast
 from cl_suite.engine.validation import validate_train_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -240,8 +241,8 @@ def markdown_table(columns: list[str], rows: list[list[object]]) -> str:
     return "\n".join([line(cells[0]), rule, *map(line, cells[1:])])
 
 
-# SimCLR on a CIFAR ResNet-18 at 32x32 (../shared/PERFORMANCE.md section 3): 1.11 GFLOPs forward per
-# view, x3 for forward+backward, x2 views.
+# SimCLR on a CIFAR ResNet-18 at 32x32 (3x3/1 stem, no max-pool): 0.555 GMACs = 1.11 GFLOPs forward
+# per view, x3 for forward+backward, x2 views.
 SIMCLR_RESNET18_FLOPS_PER_IMAGE = 6.67e9
 H100_BF16_DENSE_FLOPS = 989e12
 

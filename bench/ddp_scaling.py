@@ -30,14 +30,14 @@ from pathlib import Path
 import torch
 
 import common
+from cl_suite.engine.precision import PRECISION_DTYPES
 
 CORES = os.cpu_count() or 1
 
 
 def worker(args) -> None:
     """One torchrun process: train ``warmup + iters`` steps, time the last ``iters``; rank 0 writes JSON."""
-    from cl_suite.engine.distributed import (barrier, cleanup_distributed, get_rank, get_world_size,
-                                             init_distributed)
+    from cl_suite.distributed import barrier, cleanup_distributed, get_rank, get_world_size, init_distributed
     from cl_suite.engine.trainer import step_seed
 
     with contextlib.ExitStack() as teardown:  # as in trainer.train: the group goes away last
@@ -99,7 +99,7 @@ def main() -> None:
                    help="PxT: P processes with T threads each; ratios are to the first layout")
     p.add_argument("--backbone", default="resnet18" if common.ON_CUDA else "small_convnet")
     p.add_argument("--batch", type=int, default=1024 if common.ON_CUDA else 128, help="global batch")
-    p.add_argument("--precision", default="bf16" if common.ON_CUDA else "fp32", choices=["fp32", "bf16", "fp16"])
+    p.add_argument("--precision", default="bf16" if common.ON_CUDA else "fp32", choices=list(PRECISION_DTYPES))
     p.add_argument("--iters", type=int, default=20 if common.ON_CUDA else 6, help="timed steps")
     p.add_argument("--warmup", type=int, default=5 if common.ON_CUDA else 2, help="untimed steps first")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",

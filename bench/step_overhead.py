@@ -22,6 +22,7 @@ import argparse
 import torch
 
 import common
+from cl_suite.engine.precision import PRECISION_DTYPES
 
 
 def measure(backbone: str, batch: int, args) -> list[object]:
@@ -60,7 +61,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--runs", nargs="+", default=["resnet18:512"] if common.ON_CUDA else ["small_convnet:128", "resnet18:16"],
                    help="backbone:global_batch pairs (backbone = a conf/backbone option)")
-    p.add_argument("--precision", default="bf16" if common.ON_CUDA else "fp32", choices=["fp32", "bf16", "fp16"])
+    p.add_argument("--precision", default="bf16" if common.ON_CUDA else "fp32", choices=list(PRECISION_DTYPES))
     p.add_argument("--iters", type=int, default=20 if common.ON_CUDA else 3, help="timed calls per round")
     p.add_argument("--warmup", type=int, default=5 if common.ON_CUDA else 1)
     p.add_argument("--rounds", type=int, default=3 if common.ON_CUDA else 2,

@@ -9,10 +9,10 @@ import sys
 import torch
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from test_simclr_loss import simclr_on_raw_embeddings  # noqa: E402
+from helpers import simclr_on_raw_embeddings  # noqa: E402
 
-from cl_suite.engine.distributed import cleanup_distributed, gather_no_grad, get_rank, get_world_size  # noqa: E402
-from cl_suite.engine.distributed import init_distributed  # noqa: E402
+from cl_suite.distributed import cleanup_distributed, gather_no_grad, get_rank, get_world_size  # noqa: E402
+from cl_suite.distributed import init_distributed  # noqa: E402
 from cl_suite.samplers import DebiasedSampler, HardSampler, MixingSampler, RingSampler, UniformSampler  # noqa: E402
 
 SAMPLERS = {

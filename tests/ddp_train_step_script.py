@@ -9,36 +9,11 @@ hold every process's embeddings (IR/CMC draw their bank rows from the identicall
 import sys
 
 import torch
-from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 
-from cl_suite.engine.distributed import cleanup_distributed, get_rank, get_world_size, init_distributed
-from cl_suite.engine.pretrainer import Pretrainer
-from cl_suite.engine.probe import OnlineProbe
+from cl_suite.distributed import cleanup_distributed, get_rank, get_world_size, init_distributed
 from cl_suite.methods import CMC, RINCE, InstanceRecognition, MoCo, SimCLR, SupCon
 from cl_suite.samplers import UniformSampler
-
-
-class LinearBackbone(nn.Module):
-    def __init__(self, in_dim=12, num_features=10):
-        super().__init__()
-        self.num_features = num_features
-        self.linear = nn.Linear(in_dim, num_features)
-
-    def forward(self, x):
-        return torch.relu(self.linear(x.flatten(1)))
-
-
-def one_step(method, x1, x2, labels, rank, world):
-    model = Pretrainer(method, OnlineProbe(method.num_features, 3))
-    train_model = DistributedDataParallel(model) if world > 1 else model
-    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
-    local = slice(rank * len(x1) // world, (rank + 1) * len(x1) // world)
-    out, probe_loss, _ = train_model((x1[local], x2[local]), labels[local], torch.arange(len(x1))[local])
-    (out.loss + probe_loss).backward()
-    opt.step()
-    method.on_train_step_end(0, 10)
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+from helpers import LinearBackbone, one_step
 
 
 def main(out_path: str) -> None:

@@ -1,4 +1,5 @@
-"""Shared test helpers: compose the real config tree, run the real CLI."""
+"""Shared test helpers: compose the real config tree, run the real CLI, and the small models and samplers
+several test modules (and the torchrun scripts) build on."""
 from __future__ import annotations
 
 import os
@@ -6,8 +7,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf, open_dict
+from torch import nn
+
+from cl_suite.methods import SimCLR
+from cl_suite.samplers import UniformSampler
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "src" / "cl_suite" / "conf"  # (the checkout's conf/ links here)
@@ -34,7 +40,7 @@ def compose_train(overrides: list[str], output_dir: Path | None = None) -> DictC
     return cfg
 
 
-def run_cli(script: str, args: list[str], timeout: int = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+def run_cli(script: str, args: list[str], timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src"), **(env or {})}
     return subprocess.run([sys.executable, str(ROOT / script), *args], cwd=ROOT, env=full_env, timeout=timeout,
                           capture_output=True, text=True)
@@ -66,3 +72,59 @@ def valid_pair(method: str, sampler: str) -> bool:
 def tiny_overrides(method: str) -> list[str]:
     """TINY for ``method``: the supervised baseline has no projector to shrink."""
     return [o for o in TINY if not (method == "supervised" and o.startswith("method.projector"))]
+
+
+class RawFeatures(nn.Module):
+    """A 'backbone' that passes its input through, so the test controls the embeddings."""
+
+    def __init__(self, dim):
+        super().__init__()
+        self.num_features = dim
+
+    def forward(self, x):
+        return x
+
+
+def simclr_on_raw_embeddings(dim, temperature):
+    method = SimCLR(RawFeatures(dim), UniformSampler(), temperature=temperature)
+    method.projector = nn.Identity()  # the loss then sees normalize(x) directly
+    return method
+
+
+class RecordingSampler(UniformSampler):
+    """Uniform InfoNCE that keeps what it was given."""
+
+    def forward(self, anchors, positives, candidates, candidate_mask, temperature, **labels):
+        self.seen = dict(positives=positives, candidates=candidates, mask=candidate_mask)
+        return super().forward(anchors, positives, candidates, candidate_mask, temperature, **labels)
+
+
+class LinearBackbone(nn.Module):
+    """A BatchNorm-free backbone (BN statistics are per process by design), for 1- vs 2-process checks."""
+
+    def __init__(self, in_dim=12, num_features=10):
+        super().__init__()
+        self.num_features = num_features
+        self.linear = nn.Linear(in_dim, num_features)
+
+    def forward(self, x):
+        return torch.relu(self.linear(x.flatten(1)))
+
+
+def one_step(method, x1, x2, labels, rank, world):
+    """One training step of ``method`` + online probe on this process's share of the global batch (DDP when
+    ``world`` > 1); returns the model's state after the step."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    from cl_suite.engine.pretrainer import Pretrainer
+    from cl_suite.engine.probe import OnlineProbe
+
+    model = Pretrainer(method, OnlineProbe(method.num_features, 3))
+    train_model = DistributedDataParallel(model) if world > 1 else model
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
+    local = slice(rank * len(x1) // world, (rank + 1) * len(x1) // world)
+    out, probe_loss, _ = train_model((x1[local], x2[local]), labels[local], torch.arange(len(x1))[local])
+    (out.loss + probe_loss).backward()
+    opt.step()
+    method.after_step(out.memory, 0, 10)
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}

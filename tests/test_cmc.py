@@ -5,7 +5,7 @@ import torch
 from cl_suite.methods import CMC
 from cl_suite.methods.cmc import rgb_to_lab
 from cl_suite.models import SmallConvNet
-from test_instance_recognition import RecordingSampler
+from helpers import RecordingSampler
 
 
 @pytest.mark.parametrize("rgb, lab", [
@@ -43,8 +43,8 @@ def test_both_banks_move_after_the_step():
     indices = torch.tensor([1, 2])
     x = torch.randn(2, 3, 8, 8)
     before_l, before_ab = method.bank_l.embeddings.clone(), method.bank_ab.embeddings.clone()
-    method((x, x), torch.tensor([4, 5]), indices)
-    method.on_train_step_end(0, 1)
+    out = method((x, x), torch.tensor([4, 5]), indices)
+    method.after_step(out.memory, 0, 1)
     assert not torch.equal(method.bank_l.embeddings[indices], before_l[indices])
     assert not torch.equal(method.bank_ab.embeddings[indices], before_ab[indices])
     assert torch.equal(method.bank_l.embeddings[[0, 3, 4, 5]], before_l[[0, 3, 4, 5]])

@@ -155,7 +155,7 @@ def test_method_loss_z_and_gradients_match_cmc_and_z_is_fixed_after_the_first_st
         torch.testing.assert_close(method.z_l.item(), z_l, rtol=1e-5, atol=0)
         torch.testing.assert_close(method.z_ab.item(), z_ab, rtol=1e-5, atol=0)
         zs.append((method.z_l.item(), method.z_ab.item()))
-        method.on_train_step_end(step, 2)
+        method.after_step(out.memory, step, 2)
     assert zs[1] == zs[0]  # estimated once, bit for bit the same afterwards
     # The MethodOutput contract, with the sampler's diagnostics and the NCE numbers.
     assert out.loss.ndim == 0 and out.features.shape == (3, method.num_features)
@@ -241,9 +241,9 @@ def test_two_processes_equal_one_process(tmp_path):
 
 
 def _two_steps_on_this_many_processes(out_path: str) -> None:
-    from ddp_train_step_script import LinearBackbone, one_step
+    from helpers import LinearBackbone, one_step
 
-    from cl_suite.engine.distributed import cleanup_distributed, get_rank, get_world_size, init_distributed
+    from cl_suite.distributed import cleanup_distributed, get_rank, get_world_size, init_distributed
 
     init_distributed("cpu")
     rank, world = get_rank(), get_world_size()

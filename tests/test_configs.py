@@ -3,7 +3,7 @@ import dataclasses
 
 import pytest
 import torch
-from hydra.utils import get_method, instantiate
+from hydra.utils import get_class, get_method, instantiate
 from omegaconf import OmegaConf
 
 from cl_suite.engine.build import DatasetFacts, build_augment_config, build_logger, build_method
@@ -17,8 +17,14 @@ GROUPS = ["dataset", "backbone", "method", "sampler", "optimizer", "scheduler", 
 
 
 def test_every_group_has_options():
-    for group in GROUPS:
-        assert group_options(group), f"conf/{group} is empty"
+    """GROUPS, the groups this module tests option by option, is every group train.yaml composes, and each group's
+    default option is one of its files: a group missing here, or an empty folder, would go untested."""
+    defaults = [entry for entry in OmegaConf.to_container(OmegaConf.load(CONF / "train.yaml").defaults)
+                if isinstance(entry, dict)]
+    chosen = {group: option for entry in defaults for group, option in entry.items() if option is not None}
+    assert sorted(chosen) == sorted(GROUPS)
+    for group, option in chosen.items():
+        assert option in group_options(group), f"conf/{group} has no {option}.yaml (train.yaml's default)"
 
 
 @pytest.mark.parametrize("option", group_options("dataset"))
@@ -75,10 +81,23 @@ def test_scheduler_configs_instantiate(option):
     cfg = compose_train([f"scheduler={option}"])
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
     sched = instantiate(cfg.scheduler, optimizer=opt, steps_per_epoch=10, total_steps=100)
+    factors = []  # the multiplier of the base rate 1.0 at steps 0..99, then after the last step
     for _ in range(100):
+        factors.append(opt.param_groups[0]["lr"])
         opt.step()
         sched.step()
-    assert 0.0 <= opt.param_groups[0]["lr"] <= 1.0
+    factors.append(opt.param_groups[0]["lr"])
+    target = cfg.scheduler._target_.rsplit(".", 1)[1]
+    if target == "constant":
+        assert factors == [1.0] * 101
+    elif target == "warmup_cosine":  # linear warm-up to 1, then a cosine that never rises, down to min_lr_ratio
+        warmup = round(cfg.scheduler.warmup_epochs * 10)
+        assert factors[:warmup] == pytest.approx([(i + 1) / warmup for i in range(warmup)])
+        assert factors[warmup] == pytest.approx(1.0)
+        assert all(b <= a + 1e-12 for a, b in zip(factors[warmup:], factors[warmup + 1:]))
+        assert factors[-1] == pytest.approx(cfg.scheduler.min_lr_ratio)
+    else:
+        pytest.fail(f"scheduler={option}: state its schedule here")
 
 
 @pytest.mark.parametrize("option", group_options("logger"))
@@ -87,6 +106,7 @@ def test_logger_configs_instantiate(option, tmp_path):
         pytest.importorskip("tensorboard", reason="the optional [tensorboard] extra")
     cfg = compose_train([f"logger={option}"], output_dir=tmp_path)
     logger = build_logger(cfg.logger, str(tmp_path), cfg)
+    assert type(logger) is get_class(cfg.logger._target_)
     logger.log({"x": 1.0}, step=1)
     logger.finish()
 
@@ -97,6 +117,7 @@ def test_evaluate_config_composes():
     with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
         cfg = compose(config_name="evaluate", overrides=["run=/tmp/some-run"])
     assert cfg.run == "/tmp/some-run" and cfg.evaluation.knn.k >= 1
+    assert cfg.evaluation == compose_train([]).evaluation  # the same protocol settings as training's
 
 
 def test_default_config_is_the_embedded_cpu_run():

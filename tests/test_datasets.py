@@ -278,7 +278,9 @@ def test_imagefolder_cache_is_written_and_reused(tmp_path):
     assert not list((tmp_path / ".cl_suite_cache").glob("*.tmp"))
     # Replace every image file with garbage of the same size and mtime (the cache key): a second call
     # that decoded anything would fail.
-    for path in (tmp_path / "train").rglob("*.jpg"):
+    replaced = sorted((tmp_path / "train").rglob("*.jpg"))
+    assert len(replaced) == 6  # every training image
+    for path in replaced:
         info = path.stat()
         path.write_bytes(b"x" * info.st_size)
         os.utime(path, ns=(info.st_atime_ns, info.st_mtime_ns))

@@ -9,7 +9,7 @@ import torch
 from helpers import ROOT, TINY
 
 
-def torchrun(args, timeout=240, env=None):
+def torchrun(args, timeout=900, env=None):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": f"{ROOT / 'src'}:{ROOT / 'tests'}", **(env or {})}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *args]
     return subprocess.run(cmd, cwd=ROOT, env=env, timeout=timeout, capture_output=True, text=True)
@@ -20,7 +20,7 @@ def one_and_two_processes(script_name, tmp_path):
     script = str(ROOT / "tests" / script_name)
     env = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}:{ROOT / 'tests'}"}
     single = subprocess.run([sys.executable, script, str(tmp_path / "one.pt")], env=env, capture_output=True,
-                            text=True, timeout=120)
+                            text=True, timeout=600)
     assert single.returncode == 0, single.stderr[-3000:]
     proc = torchrun([script, str(tmp_path / "two.pt")])
     assert proc.returncode == 0, proc.stderr[-3000:]

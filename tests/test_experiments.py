@@ -191,7 +191,7 @@ def study_jobs(script: str, extra: list[str], tmp_path: Path) -> list[list[str]]
     fake.chmod(0o755)
     record.unlink(missing_ok=True)
     env = {**os.environ, "PYTHON": str(fake), "ARGS_FILE": str(record), "SWEEP_DIR": str(tmp_path / "sweep")}
-    subprocess.run(["bash", str(ROOT / "multirun" / script), *extra], env=env, check=True, timeout=60)
+    subprocess.run(["bash", str(ROOT / "multirun" / script), *extra], env=env, check=True, timeout=300)
     args = [a.decode() for a in record.read_bytes().split(b"\0")[:-1]]
     report = args.index("-m", 2)  # the second call: python -m cl_suite.report <dir>
     assert args[:2] == ["train.py", "-m"] and args[report:] == ["-m", "cl_suite.report", str(tmp_path / "sweep")]

@@ -187,7 +187,7 @@ def test_a_checkpoint_that_fails_its_checksum_is_not_exported(small_run, tmp_pat
 
 
 def evaluate(*overrides):
-    from cl_suite.eval.run_evaluation import evaluate_run
+    from cl_suite.run_evaluation import evaluate_run
 
     with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
         cfg = compose(config_name="evaluate", overrides=["protocol=[knn,linear]", "wandb=false",

@@ -1,9 +1,9 @@
-"""Checks for the lent GPU machine (``bench/gpu_check.sh``, stage ``correctness``) and the tests that keep
+"""Checks for a GPU machine (``bench/gpu_check.sh``, stage ``correctness``) and the tests that keep
 that script and the GPU image's situation (no wandb installed) working on the CPU.
 
 The CUDA checks skip without CUDA. ``GPU_CHECK_ON_CPU=1`` (set by the script's dry run) runs them on the
 CPU instead, with what the CPU cannot do (fp16 autocast, inductor) skipped or replaced: the dry run
-exercises the same code paths, so the script cannot rot between GPU sessions.
+exercises the same code paths, so the script cannot rot between GPU runs.
 """
 from __future__ import annotations
 
@@ -21,7 +21,8 @@ import pytest
 import torch
 from torch import nn
 
-from cl_suite.engine.trainer import Trainer, resolve_device, step_seed, train
+from cl_suite.distributed import resolve_device
+from cl_suite.engine.trainer import Trainer, step_seed, train
 from cl_suite.engine.validation import validate_train_config
 from helpers import ROOT, SAMPLERLESS_METHODS, TINY, compose_train, group_options, tiny_overrides, valid_pair
 

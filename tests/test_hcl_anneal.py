@@ -65,6 +65,11 @@ def test_authors_run_stops_early_where_their_values_run_out():
     # E = 17: int(17 / 9) = 1, so every epoch is a multiple and the 10th change fails after epoch 10.
     assert len(authors_betas(1.0, 17)) == 10 and len(authors_betas(1.0, 20)) == 20
     assert len(authors_betas(1.0, 400)) == 400
+    # The suite runs on where their run stopped: their 10 epochs' betas, then 0 to the end (epochs 11-17).
+    sampler = HardSampler(beta=1.0, anneal="down", anneal_epochs=17)
+    betas = [beta_at(sampler, epoch * 10 + 5, 10) for epoch in range(17)]
+    assert betas == pytest.approx(authors_betas(1.0, 17) + [0.0] * 7)
+    assert betas[:3] == pytest.approx([1.0, 1.0, 0.875])  # the first change keeps beta, then 1/8 steps
 
 
 def test_400_epochs_change_beta_after_the_documented_epochs():

@@ -5,15 +5,7 @@ import torch.nn.functional as F
 
 from cl_suite.methods import InstanceRecognition
 from cl_suite.models import SmallConvNet
-from cl_suite.samplers import UniformSampler
-
-
-class RecordingSampler(UniformSampler):
-    """Uniform InfoNCE that keeps what it was given."""
-
-    def forward(self, anchors, positives, candidates, candidate_mask, temperature, **labels):
-        self.seen = dict(positives=positives, candidates=candidates, mask=candidate_mask)
-        return super().forward(anchors, positives, candidates, candidate_mask, temperature, **labels)
+from helpers import RecordingSampler
 
 
 def make(num_samples=8, **kwargs):
@@ -39,9 +31,9 @@ def test_bank_rows_of_the_batch_move_by_the_momentum_rule():
     indices = torch.tensor([1, 4, 6])
     x = torch.randn(3, 3, 8, 8)
     before = method.bank.embeddings.clone()
-    method((x, x), torch.tensor([3, 3, 9]), indices)
+    out = method((x, x), torch.tensor([3, 3, 9]), indices)
     embedding = F.normalize(method.projector(method.backbone(x)), dim=1).detach()
-    method.on_train_step_end(0, 1)
+    method.after_step(out.memory, 0, 1)
     expected = F.normalize(0.5 * before[indices] + 0.5 * embedding, dim=1)
     torch.testing.assert_close(method.bank.embeddings[indices], expected)
     untouched = torch.ones(10, dtype=torch.bool)

@@ -91,7 +91,8 @@ def test_a_non_editable_install_trains_from_its_packaged_configs(tmp_path):
                           timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert str(target) in subprocess.run([sys.executable, "-c", "import cl_suite; print(cl_suite.__file__)"],
-                                         cwd=tmp_path, env=env, capture_output=True, text=True).stdout
+                                         cwd=tmp_path, env=env, capture_output=True, text=True,
+                                         timeout=300).stdout
     assert (run_dir / "metrics.json").is_file() and "kNN" in proc.stdout
 
 

@@ -137,7 +137,7 @@ def test_the_sync_hint_of_a_resumed_offline_run_names_every_folder_in_order(tmp_
     wandb_cli = Path(sys.executable).parent / "wandb"
     if wandb_cli.is_file():  # the command as printed runs: wandb lists each run log it would upload
         dry = command.replace("wandb sync ", f"{shlex.quote(str(wandb_cli))} sync --dry-run ")
-        out = subprocess.run(["bash", "-c", dry], capture_output=True, text=True, timeout=120)
+        out = subprocess.run(["bash", "-c", dry], capture_output=True, text=True, timeout=300)
         assert out.returncode == 0 and all(f"{f}/run-{run_id}.wandb" in out.stdout + out.stderr for f in folders), out
 
 
@@ -199,7 +199,7 @@ def _study_invocation(tmp_path, env_extra=None) -> list[str]:
     env.pop("SWEEP_DIR", None)
     env.update(env_extra or {})
     proc = subprocess.run(["bash", str(ROOT / "multirun" / "study.sh"), "tiny_study", "seed=0,1"], env=env,
-                          capture_output=True, text=True, timeout=60)
+                          capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     calls = record.read_text().split("--\n")
     assert calls[1].split("\n")[:2] == ["-m", "cl_suite.report"]  # then the report of the same sweep dir
@@ -222,7 +222,7 @@ def test_each_study_invocation_gets_its_own_wandb_group(tmp_path):
 
 def test_evaluate_finds_the_wandb_run_of_a_run_that_logged_to_several_loggers():
     """evaluate.py writes eval/* into the run's wandb summary: under logger=many too, with its group."""
-    from cl_suite.eval.run_evaluation import _wandb_logger_config
+    from cl_suite.run_evaluation import _wandb_logger_config
 
     many = compose_train(NO_LOGGER + ["logger=many", "logger/loggers=[csv,wandb]", "logger.group=g"]).logger
     entry = _wandb_logger_config(many)

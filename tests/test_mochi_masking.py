@@ -30,7 +30,7 @@ def make(mask_same_image=True, queue_size=12, sampler=None, **kwargs):
 def query_and_key(method, x1, x2):
     q = F.normalize(method.projector(method.backbone(x1)).float(), dim=1)
     with torch.no_grad():
-        k = F.normalize(method.key_projector(method.key_backbone(x2)).float(), dim=1)
+        k = F.normalize(method.key_encoder.projector(method.key_encoder.backbone(x2)).float(), dim=1)
     return q, k
 
 
@@ -173,7 +173,7 @@ def test_a_moco_step_enqueues_the_batch_indices_and_old_moco_state_loads():
     x1, x2 = torch.randn(3, 3, 8, 8), torch.randn(3, 3, 8, 8)
     out = method((x1, x2), torch.tensor([0, 1, 2]), torch.tensor([8, 3, 5]))
     out.loss.backward()
-    method.on_train_step_end(0, 10)
+    method.after_step(out.memory, 0, 10)
     assert method.queue.indices[:6].tolist() == [8, 3, 5, 8, 3, 5] and int(method.queue.ptr) == 6
     assert method.queue.labels[:6].tolist() == [0, 1, 2, 0, 1, 2]
     # A MoCo checkpoint from before the indices buffer loads strictly, as a queue of unknown images.
@@ -220,9 +220,9 @@ def test_masked_mochi_on_two_processes_equals_one_process(tmp_path):
 
 
 def _two_step_job(out_path: str) -> None:
-    from ddp_train_step_script import LinearBackbone, one_step
+    from helpers import LinearBackbone, one_step
 
-    from cl_suite.engine.distributed import cleanup_distributed, get_rank, get_world_size, init_distributed
+    from cl_suite.distributed import cleanup_distributed, get_rank, get_world_size, init_distributed
 
     init_distributed("cpu")
     rank, world = get_rank(), get_world_size()

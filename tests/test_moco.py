@@ -20,7 +20,7 @@ def one_step(method, x1, x2, labels):
     out = method((x1, x2), labels)
     out.loss.backward()
     opt.step()
-    method.on_train_step_end(0, 10)
+    method.after_step(out.memory, 0, 10)
     return out
 
 
@@ -52,7 +52,7 @@ def test_a_queue_write_before_backward_fails_loudly_instead_of_changing_the_grad
     method = make(queue_size=16)
     x1, x2 = torch.randn(4, 3, 8, 8), torch.randn(4, 3, 8, 8)
     out = method((x1, x2), torch.arange(4))
-    method.on_train_step_end(0, 10)  # pushes this step's keys into the queue the graph saved
+    method.after_step(out.memory, 0, 10)  # pushes this step's keys into the queue the graph saved
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         out.loss.backward()
 
@@ -77,7 +77,22 @@ def test_momentum_follows_a_cosine_from_start_to_final():
 def test_queue_and_pointer_are_in_the_state_dict():
     state = make().state_dict()
     assert {"queue.embeddings", "queue.labels", "queue.ptr", "queue.filled"} <= set(state)
-    assert any(key.startswith("key_backbone.") for key in state)
+    assert any(key.startswith("key_encoder.backbone.") for key in state)
+    assert any(key.startswith("key_encoder.projector.") for key in state)
+
+
+def test_a_state_dict_from_before_the_key_encoder_component_loads_strictly():
+    """Checkpoints written when MoCo held its key copies itself (key_backbone.*, key_projector.*) load."""
+    method = make()
+    one_step(method, torch.randn(4, 3, 8, 8), torch.randn(4, 3, 8, 8), torch.arange(4))
+    old = {key.replace("key_encoder.backbone.", "key_backbone.").replace("key_encoder.projector.", "key_projector."):
+           value for key, value in method.state_dict().items()}
+    assert any(key.startswith("key_backbone.") for key in old) and not any("key_encoder" in key for key in old)
+    fresh = make(queue_size=16)
+    torch.manual_seed(1)
+    fresh.load_state_dict(old)  # strict
+    for a, b in zip(fresh.key_parameters(), method.key_parameters()):
+        assert torch.equal(a, b)
 
 
 @pytest.mark.parametrize("key, value", [("queue_size", 0), ("momentum", 1.5), ("temperature", 0.0)])

@@ -81,5 +81,6 @@ def test_skipped_step_leaves_weights_and_optimizer_untouched(tmp_path, nan_at_st
         if key.endswith("num_batches_tracked") or "running_" in key:
             continue  # BatchNorm statistics move in every forward pass, skipped or not
         assert torch.equal(value, last["method"][key]), key
+    assert first["optimizer"]["state"]  # SGD with momentum 0.9: a buffer per parameter
     for index, buffers in first["optimizer"]["state"].items():  # SGD momentum: not advanced by skipped steps
         assert torch.equal(buffers["momentum_buffer"], last["optimizer"]["state"][index]["momentum_buffer"])

@@ -75,7 +75,7 @@ def test_nnclr_sends_no_gradient_into_the_support_set_and_enqueues_view_one():
     assert all(p.grad is not None for p in method.backbone.parameters())
     with torch.no_grad():
         z1 = method.projector(method.backbone(x1))
-    method.on_train_step_end(0, 10)
+    method.after_step(out.memory, 0, 10)
     torch.testing.assert_close(method.support_set.embeddings[8:12], z1)
     assert int(method.support_set.filled) == 12
 
@@ -157,8 +157,8 @@ def test_kmclr_positive_is_the_nearest_prototype_and_usage_is_logged():
     nearest = torch.stack([min(method.kmeans.centres, key=lambda c: float((c - zi).norm())) for zi in z])
     torch.testing.assert_close(positives, F.normalize(nearest, dim=1))
     x1, x2 = images(10)
-    method((x1, x2), torch.arange(10))
-    method.on_train_step_end(0, 10)
+    out = method((x1, x2), torch.arange(10))
+    method.after_step(out.memory, 0, 10)
     usage = method.epoch_diagnostics()
     assert 1 <= usage["kmeans/prototypes_used"] <= 6 and 0 <= usage["kmeans/usage_entropy"] <= math.log(6) + 1e-6
     assert method.epoch_diagnostics() == {}  # the tally resets
@@ -209,14 +209,14 @@ def test_supcon_bank_adds_labelled_positives_after_the_step():
     x1, x2 = images(4)
     out = method((x1, x2), torch.tensor([0, 1, 0, 1]))
     assert float(out.stats["supcon/positives_per_anchor"]) == 3  # other view + the same-class pair's 2 views
-    method.on_train_step_end(0, 1)
+    method.after_step(out.memory, 0, 1)
     out = method((x1, x2), torch.tensor([0, 1, 0, 1]))
     assert float(out.stats["supcon/positives_per_anchor"]) == 5  # + 2 bank rows of the class
 
 
 # ---------------------------------------------------------------------------------------------- RINCE
 def slow_rince(own, bank, ranks, temps, forms):
-    """METHODS.md 5.2 in float64 loops: ranks = per anchor, a list of sets of bank indices per rank."""
+    """RINCE's in/out terms (boschresearch/rince ``losses.py``) in float64 loops: ranks = per anchor, a list of sets of bank indices per rank."""
     terms = []
     for r, (t, form) in enumerate(zip(temps, forms)):
         values = []
@@ -392,7 +392,7 @@ def test_evaluate_rebuilds_methods_that_need_dataset_facts(tmp_path, choice):
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from cl_suite.eval.run_evaluation import evaluate_run
+    from cl_suite.run_evaluation import evaluate_run
     from helpers import CONF
 
     run = tmp_path / "run"

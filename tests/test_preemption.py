@@ -4,6 +4,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 
 import numpy as np
 import pytest
@@ -20,11 +21,15 @@ def start(run_dir, method, extra=()):
         f"trainer.epochs={EPOCHS}", f"trainer.batch_size={BATCH}", "trainer.eval_at_init=false",
         f"method={method}", f"hydra.run.dir={run_dir}", *extra]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT / "src")}
-    return subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT, env=env, text=True,
+    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    watchdog = threading.Timer(900, proc.kill)  # reading proc.stdout line by line has no timeout of its own
+    watchdog.daemon = True
+    watchdog.start()
+    return proc
 
 
-def finish(proc, timeout=240):
+def finish(proc, timeout=600):
     out, _ = proc.communicate(timeout=timeout)
     return proc.returncode, out
 

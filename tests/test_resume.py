@@ -10,7 +10,7 @@ import torch
 
 from cl_suite.engine import checkpoint as ckpt
 from cl_suite.engine.trainer import train
-from cl_suite.eval.run_evaluation import find_checkpoint
+from cl_suite.run_evaluation import find_checkpoint
 from helpers import TINY, compose_train
 
 EPOCHS = 4

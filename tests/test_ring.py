@@ -17,8 +17,7 @@ from torch import nn
 from cl_suite.methods import InstanceRecognition
 from cl_suite.samplers import Contrast, RingSampler, UniformSampler
 from cl_suite.samplers.ring import anneal_outer_fraction, ring_borders
-from helpers import compose_train
-from test_simclr_loss import _Features, simclr_on_raw_embeddings
+from helpers import RawFeatures, compose_train, simclr_on_raw_embeddings
 
 T = 0.07
 
@@ -155,7 +154,7 @@ IR_SIZES = [(4, 50, 0.3, 0.1, 31), (3, 200, 0.1, 0.1, 63), (5, 333, 0.25, 0.15, 
 @pytest.mark.parametrize("batch, bank_size, u, l, samples", IR_SIZES)
 def test_ir_ring_over_the_whole_bank_equals_the_authors_estimator(batch, bank_size, u, l, samples):
     torch.manual_seed(bank_size)
-    method = InstanceRecognition(_Features(10), RingSampler(u, l, num_samples=samples), num_samples=bank_size,
+    method = InstanceRecognition(RawFeatures(10), RingSampler(u, l, num_samples=samples), num_samples=bank_size,
                                  temperature=T, num_negatives=None, projector_dim=10)
     method.projector = nn.Identity()
     bank = method.bank.embeddings.clone()

@@ -1,6 +1,7 @@
 """Every negative sampler against an independent slow implementation of its paper's equation (Python
-loops, float64), through the real SimCLR path; plus the limits between samplers, the pitfalls named in
-METHODS.md, numerical stability and validation."""
+loops, float64), through the real SimCLR path; plus the limits between samplers, the reference codes'
+traps (DCL's clamp on the sum-scale N_g, HCL's weights normalised by their mean, MoCHi's hard set over
+unmasked candidates only), numerical stability and validation."""
 import math
 
 import pytest
@@ -8,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from cl_suite.samplers import Contrast, DebiasedSampler, HardSampler, MixingSampler, RingSampler, UniformSampler
-from test_simclr_loss import simclr_on_raw_embeddings
+from helpers import simclr_on_raw_embeddings
 
 T = 0.3
 

@@ -69,7 +69,7 @@ def crafted_checkpoint(path: Path, marker: Path, writer: str) -> Path:
 
 
 def evaluate(run_dir: Path, *overrides: str):
-    from cl_suite.eval.run_evaluation import evaluate_run
+    from cl_suite.run_evaluation import evaluate_run
     with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
         cfg = compose(config_name="evaluate", overrides=[f"run={run_dir}", "protocol=knn", "wandb=false", *overrides])
     return evaluate_run(cfg)
@@ -188,7 +188,7 @@ def with_marker(value, marker: Path):
 
 def test_every_target_of_the_suites_own_configs_is_allowed():
     """The allow-list is not stale: each _target_ under conf/ passes, so real run folders evaluate."""
-    from cl_suite.eval.run_evaluation import _target_problem
+    from cl_suite.run_evaluation import _target_problem
     targets = {m for p in CONF.rglob("*.yaml") for m in re.findall(r"_target_:\s*([\w.]+)", p.read_text())}
     assert len(targets) > 20 and {t: _target_problem(t) for t in targets if _target_problem(t)} == {}
 
@@ -262,7 +262,8 @@ def test_temporary_files_of_a_killed_save_are_removed_by_the_next_save(tmp_path)
             f.flush()
             os.kill(os.getpid(), signal.SIGKILL)
         _atomic_write(Path({str(folder / "step_000000004.pt")!r}), write)
-    """)], env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}, capture_output=True)
+    """)], env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}, capture_output=True,
+       timeout=300)
     assert killed.returncode == -9
     orphans = [p for p in folder.iterdir() if p.name.endswith(".tmp")]
     assert len(orphans) == 1 and orphans[0].name.startswith(".step_000000004.pt.")

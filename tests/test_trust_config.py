@@ -152,7 +152,7 @@ def test_knn_refuses_more_neighbours_than_labelled_images():
 
 def test_evaluate_refuses_a_k_larger_than_the_labelled_images_before_encoding(tmp_path, monkeypatch):
     from cl_suite.engine.trainer import train
-    from cl_suite.eval import run_evaluation
+    from cl_suite import run_evaluation
 
     run = tmp_path / "run"
     train_cfg = compose_train(TINY + ["trainer.max_steps=1", "trainer.eval_at_init=false",

@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 from collections import namedtuple
 
 import pytest
@@ -134,7 +135,7 @@ def test_a_second_job_on_a_held_run_folder_is_refused_naming_the_owner(tmp_path)
     owners_record.parent.mkdir(parents=True)
     owners_record.write_text("the owner's record\n")
     with RunLock(run_dir):  # this test process is the live owner
-        proc = run_cli("train.py", TINY + ["trainer.max_steps=2", f"hydra.run.dir={run_dir}"], timeout=180)
+        proc = run_cli("train.py", TINY + ["trainer.max_steps=2", f"hydra.run.dir={run_dir}"], timeout=600)
     output = proc.stdout + proc.stderr
     assert proc.returncode != 0, output[-2000:]
     assert "is in use by another job" in output
@@ -155,7 +156,7 @@ def test_a_lock_left_by_a_dead_process_is_taken_over(tmp_path, capsys):
             "print(os.getpid(), flush=True); os.kill(os.getpid(), 9)")
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     proc = subprocess.run([sys.executable, "-c", code, str(tmp_path)], env=env, capture_output=True, text=True,
-                          timeout=120)
+                          timeout=300)
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     dead_pid = int(proc.stdout.split()[0])
     assert json.loads((tmp_path / LOCK_NAME).read_text())["pid"] == dead_pid  # left behind
@@ -231,14 +232,17 @@ def test_a_stop_signal_during_the_final_evaluation_saves_and_the_rerun_only_eval
     command = [sys.executable, str(ROOT / "train.py"), *args]
     proc = subprocess.Popen(command, cwd=ROOT, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     seen = []
+    watchdog = threading.Timer(600, proc.kill)  # reading stdout has no timeout of its own
+    watchdog.start()
     try:
         for line in proc.stdout:
             seen.append(line)
             if line.startswith("final evaluation at step"):
                 proc.send_signal(signal.SIGTERM)
                 break
-        out, _ = proc.communicate(timeout=120)
+        out, _ = proc.communicate(timeout=600)
     finally:
+        watchdog.cancel()
         proc.kill()
     out = "".join(seen) + out
     assert proc.returncode == 128 + signal.SIGTERM, out[-3000:]
@@ -248,7 +252,7 @@ def test_a_stop_signal_during_the_final_evaluation_saves_and_the_rerun_only_eval
     assert json.loads((run_dir / "metrics.json").read_text())["final"] == {}
 
     rerun = run_cli("train.py", [a for a in args if not a.startswith("evaluation.linear.epochs")]
-                    + ["evaluation.linear.epochs=2"], timeout=180)  # same run; a short probe keeps the test fast
+                    + ["evaluation.linear.epochs=2"], timeout=600)  # same run; a short probe keeps the test fast
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert f"at step {2 * STEPS_PER_EPOCH}" in rerun.stdout and "epoch 2/2:" not in rerun.stdout
     metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -334,7 +338,7 @@ def test_a_job_refused_for_its_config_still_leaves_its_hydra_record(tmp_path):
     """Hydra's own .hydra/ writing is off (the trainer writes it once it owns the folder); a job whose
     config is refused still records it, so a sweep report lists the job as failed, not as not run."""
     run_dir = tmp_path / "run"
-    proc = run_cli("train.py", TINY + ["method.temperature=inf", f"hydra.run.dir={run_dir}"], timeout=180)
+    proc = run_cli("train.py", TINY + ["method.temperature=inf", f"hydra.run.dir={run_dir}"], timeout=600)
     assert proc.returncode != 0 and "method.temperature=inf" in proc.stdout + proc.stderr
     assert "temperature: .inf" in (run_dir / ".hydra" / "config.yaml").read_text()
     assert "method.temperature=inf" in (run_dir / ".hydra" / "overrides.yaml").read_text()

@@ -84,7 +84,7 @@ def main() -> None:
             how, files = "tiny synthetic JPEG tree (no archive)", tiny_tree_synthetic(dest)
         else:
             if not archive.is_file():
-                raise SystemExit(f"{archive} is missing: copy /work/shared/data/cifar10-jpg.tar.gz there "
+                raise SystemExit(f"{archive} is missing: put the CIFAR-10 JPEG tree (train/<class>/*.jpg, test/<class>/*.jpg) there as a tar.gz "
                                  "(see the preparation step at the top of bench/gpu_check.sh) and carry .gpu_data")
             subprocess.run(["tar", "-xzf", str(archive), "-C", str(dest)], check=True)
             how, files = f"unpacked {archive.name}", sum(1 for _ in dest.rglob("*.jpg"))

@@ -2,7 +2,7 @@
 copy), CIFAR ResNet-18, the same few epochs, batch, optimizer and schedule each, through the real
 ``train()`` path; kNN (k=20) and linear top-1 on the test split at the end. One row per method, written as
 soon as it finishes (a stage timeout keeps the finished rows). A few epochs rank nothing for good: this
-is a smoke study of the whole path on real data, with numbers to compare against the next session's.
+is a smoke study of the whole path on real data, with numbers to compare against the next run's.
 """
 from __future__ import annotations
 

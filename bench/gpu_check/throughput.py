@@ -29,10 +29,11 @@ from torch import nn
 import _shared
 import common
 from cl_suite.data.loader import Batch
-from cl_suite.engine.trainer import Trainer, autocast, resolve_device
+from cl_suite.distributed import resolve_device
+from cl_suite.engine.trainer import Trainer, autocast
 from cl_suite.engine.validation import validate_train_config
 
-PEAK = common.H100_BF16_DENSE_FLOPS  # 989e12: H100 SXM5 / H200 bf16 dense (../shared/PERFORMANCE.md)
+PEAK = common.H100_BF16_DENSE_FLOPS  # 989e12: H100 SXM5 / H200 bf16 dense, no sparsity (NVIDIA's datasheet)
 COMPILE_ESTIMATE_S = 110.0  # a compiled ResNet-18 variant: compilation + timing (skipped when less time is left)
 
 

@@ -51,7 +51,7 @@ def missing_plugin(argv: list[str]) -> str | None:
 
 def train_main() -> None:
     """Pre-train an encoder: ``train.py method=simclr dataset=cifar10 backbone=resnet18``."""
-    from cl_suite.engine.distributed import worker_rank_hydra_overrides
+    from cl_suite.distributed import worker_rank_hydra_overrides
 
     hint = missing_plugin(sys.argv[1:])
     if hint:
@@ -63,7 +63,7 @@ def train_main() -> None:
 @hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
 @user_errors_without_traceback
 def _evaluate(cfg: DictConfig) -> None:
-    from cl_suite.eval.run_evaluation import evaluate_run
+    from cl_suite.run_evaluation import evaluate_run
 
     result = evaluate_run(cfg)
     print(f"{result['checkpoint']} (epoch {result['epoch']}, step {result['step']})")

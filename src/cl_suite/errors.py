@@ -18,6 +18,10 @@ class UserError(Exception):
     """Base of the errors whose message is the whole story (see the module docstring)."""
 
 
+class ConfigError(UserError, ValueError):
+    """A config value that cannot work. The message names the key."""
+
+
 def _compact_error(message: str) -> Exception:
     # Hydra prints a CompactHydraException's text alone (no traceback), in single runs and for the
     # failed job of a sweep, and exits with status 1. Imported here: this module stays import-light.

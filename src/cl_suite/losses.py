@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cl_suite.engine.distributed import gather_no_grad, gather_with_grad, get_rank
+from cl_suite.distributed import gather_no_grad, gather_with_grad, get_rank
 from cl_suite.samplers.base import NegativeSampler, SamplerOutput
 from cl_suite.samplers.uniform import UniformSampler
 

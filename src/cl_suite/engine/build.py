@@ -12,8 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from cl_suite.data.augment import AugmentConfig
 from cl_suite.data.types import ImageDataset
-from cl_suite.engine.validation import ConfigError
-from cl_suite.errors import UserError
+from cl_suite.errors import ConfigError, UserError
 from cl_suite.methods.base import ContrastiveMethod
 
 # Keys of a dataset config that describe augmentation/normalisation, not arguments of its reader.

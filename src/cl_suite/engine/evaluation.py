@@ -18,7 +18,7 @@ def evaluate_encoder(method: ContrastiveMethod, probe: torch.nn.Module | None, d
     Keys say which protocol produced a number: ``knn/*``, ``linear/*`` (offline, frozen, cached
     features: the headline) and ``online_probe/test_*`` (the diagnostic probe trained during
     pre-training, applied to frozen test features). ``evaluate.py`` runs the other protocols
-    (retrieval, OOD, transfer; ``cl_suite.eval.run_evaluation``) from the same building blocks.
+    (retrieval, OOD, transfer; ``cl_suite.run_evaluation``) from the same building blocks.
     """
     was_training = method.training
     method.eval()

@@ -47,12 +47,14 @@ def wandb_credentials_available() -> bool:
         return False
 
 
+WANDB_MODES = ("auto", "online", "offline", "disabled")
+
+
 def resolve_wandb_mode(mode: str) -> str:
     """``auto``: online when credentials exist, offline otherwise; ``WANDB_MODE`` in the environment wins."""
-    allowed = ("auto", "online", "offline", "disabled")
     mode = os.environ.get("WANDB_MODE", mode)
-    if mode not in allowed:
-        raise ValueError(f"logger.mode={mode!r} is not one of {allowed}")
+    if mode not in WANDB_MODES:
+        raise ValueError(f"logger.mode={mode!r} is not one of {WANDB_MODES}")
     if mode == "auto":
         return "online" if wandb_credentials_available() else "offline"
     return mode

@@ -21,19 +21,20 @@ from omegaconf import DictConfig, OmegaConf
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from cl_suite.data.augment import TwoViewAugment
+from cl_suite.data.augment import AugmentConfig, TwoViewAugment
 from cl_suite.data.loader import TrainBatches
+from cl_suite.distributed import (any_process, cleanup_distributed, get_rank, get_world_size, init_distributed,
+                                  is_main_process, resolve_device)
 from cl_suite.engine import checkpoint as ckpt
 from cl_suite.engine.build import (DatasetFacts, build_augment_config, build_dataset, build_logger, build_method,
                                    instantiate_unwrapped)
 from cl_suite.engine.diagnostics import EpochDiagnostics, is_histogram
-from cl_suite.engine.distributed import (any_process, cleanup_distributed, get_rank, get_world_size,
-                                         init_distributed, is_main_process)
 from cl_suite.engine.embedding_snapshot import log_embedding_snapshot
 from cl_suite.engine.evaluation import evaluate_encoder
 from cl_suite.engine.logger import NullLogger, exit_code_of, run_summary
 from cl_suite.engine.numerics import NonFiniteGuard, NonFiniteStateError, nonfinite_tensors
 from cl_suite.engine.optim import build_optimizer
+from cl_suite.engine.precision import autocast
 from cl_suite.engine.preemption import PreemptionGuard, StopRequested
 from cl_suite.engine.pretrainer import Pretrainer
 from cl_suite.engine.probe import OnlineProbe, RunningTopkAccuracy
@@ -43,7 +44,6 @@ from cl_suite.engine.run_log import RunLog, say
 from cl_suite.engine.threads import set_threads
 from cl_suite.engine.validation import ConfigError, validate_against_data, validate_train_config
 
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @contextlib.contextmanager
@@ -68,18 +68,6 @@ def own_run_folder(run_dir: Path):
         lock.release()
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise RuntimeError(f"trainer.device={name!r} but CUDA is not available; use trainer.device=cpu or auto")
-        if get_world_size() > 1:  # torchrun: one GPU per process
-            device = torch.device("cuda", torch.cuda.current_device())
-    return device
-
-
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -90,13 +78,6 @@ def step_seed(seed: int, step: int, rank: int) -> int:
     """Augmentation seed of one step: a function of (seed, step, rank) only, so a resumed run draws the
     same views as the uninterrupted one without restoring any generator state."""
     return ((seed * 1_000_003 + step) * 1024 + rank) % 2**63
-
-
-def autocast(precision: str, device: torch.device):
-    dtype = PRECISIONS[precision]
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def rng_states() -> dict[str, Any]:
@@ -154,19 +135,19 @@ def _record_refused_job(cfg: DictConfig) -> None:
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Run one pre-training job described by ``cfg``; return the final metrics."""
     try:
-        validate_train_config(cfg)
+        augment = validate_train_config(cfg)
     except ConfigError:
         _record_refused_job(cfg)
         raise
     device_type = "cuda" if cfg.trainer.device != "cpu" and torch.cuda.is_available() else "cpu"
     run_log = RunLog()
     try:
-        return _train(cfg, device_type, run_log)
+        return _train(cfg, device_type, run_log, augment)
     finally:
         run_log.close()  # after the summary table: it belongs in train.log too
 
 
-def _train(cfg: DictConfig, device_type: str, run_log: RunLog) -> dict[str, Any]:
+def _train(cfg: DictConfig, device_type: str, run_log: RunLog, augment: AugmentConfig) -> dict[str, Any]:
     with contextlib.ExitStack() as teardown:
         # Callbacks run last-in first-out: wandb finishes before the process group goes away (an
         # unfinished run hangs at exit, or is silently reused by the next job of a multirun), and the
@@ -181,7 +162,7 @@ def _train(cfg: DictConfig, device_type: str, run_log: RunLog) -> dict[str, Any]
         if is_main_process():
             say(f"device {device_type}, {threads} CPU thread(s) ({why}; trainer.threads={cfg.trainer.threads})")
         guard = teardown.enter_context(PreemptionGuard())
-        trainer = Trainer(cfg, resolve_device(cfg.trainer.device), guard)
+        trainer = Trainer(cfg, resolve_device(cfg.trainer.device), guard, augment)
         final = None
 
         def finish_logger(exc_type, exc, tb) -> None:
@@ -224,7 +205,9 @@ class Trainer:
     always spans ``trainer.epochs``): a smoke run, or the first half of a split run.
     """
 
-    def __init__(self, cfg: DictConfig, device: torch.device, guard: PreemptionGuard | None = None):
+    def __init__(self, cfg: DictConfig, device: torch.device, guard: PreemptionGuard | None = None,
+                 augment: AugmentConfig | None = None):
+        """``augment``: the parsed ``dataset.augment`` (``validate_train_config`` returns it); None: parse it."""
         self.cfg, self.device, t = cfg, device, cfg.trainer
         self.guard = guard or PreemptionGuard()
         self.run_dir = Path(cfg.paths.output_dir)
@@ -234,7 +217,7 @@ class Trainer:
 
         self.data = build_dataset(cfg.dataset)
         validate_against_data(cfg, self.data)
-        self.aug_cfg = build_augment_config(cfg.dataset)
+        self.aug_cfg = augment if augment is not None else build_augment_config(cfg.dataset)
         self.augment = TwoViewAugment(self.aug_cfg)
         self.batches = TrainBatches(self.data.pretrain, t.batch_size, device, cfg.seed, self.rank, self.world,
                                     num_workers=t.num_workers, data_on_device=t.data_on_device,
@@ -459,7 +442,7 @@ class Trainer:
         self.scaler.step(self.probe_optimizer)
         self.scaler.update()
         self.scheduler.step()
-        self.method.on_train_step_end(self.step, self.schedule_steps)
+        self.method.after_step(out.memory, self.step, self.schedule_steps)  # memory writes, momentum updates
         self.step += 1
         return out, probe_logits
 

@@ -20,28 +20,28 @@ import difflib
 import inspect
 import math
 import re
-from typing import Any
+import typing
+from typing import TYPE_CHECKING, Any
 
 import torch
+from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
-from cl_suite.engine.config_arguments import ArgumentError, check_group_arguments
-from cl_suite.errors import UserError
+from cl_suite.engine.config_arguments import ArgumentError, check_group_arguments, value_fits
+from cl_suite.engine.logger import WANDB_MODES
+from cl_suite.engine.numerics import MODES as NONFINITE_MODES
+from cl_suite.engine.precision import PRECISION_DTYPES
+from cl_suite.errors import ConfigError
 from cl_suite.paths import CONF_DIR
-from cl_suite.samplers.ring import ring_width
 
-PRECISIONS = ("fp32", "bf16", "fp16")
+if TYPE_CHECKING:
+    from cl_suite.data.augment import AugmentConfig
+
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-NONFINITE_MODES = ("stop", "skip")
-WANDB_MODES = ("auto", "online", "offline", "disabled")
 # The primary config files: the keys they define (composed without user overrides) are the known keys of
 # the groups that have no ``_target_`` (trainer, probe, paths, evaluation, the top level).
 # numpy's generators (np.random.seed, scikit-learn's random_state) take seeds in [0, 2**32 - 1]; torch's more.
 MAX_SEED = 2**32 - 1
-
-
-class ConfigError(UserError, ValueError):
-    """A config value that cannot work. The message names the key."""
 
 
 def _get(cfg: DictConfig, key: str) -> Any:
@@ -185,8 +185,9 @@ def _check_plain_config(cfg: DictConfig, config_name: str) -> None:
     _check_known_keys(plain, primary_key_tree(config_name), f"conf/{config_name}.yaml or a group file it composes")
 
 
-def validate_train_config(cfg: DictConfig) -> None:
-    """Every check that needs only the config (see the module docstring); raise ``ConfigError``."""
+def validate_train_config(cfg: DictConfig) -> AugmentConfig:
+    """Every check that needs only the config (see the module docstring); raise ``ConfigError``. Returns
+    the parsed augmentation settings, which the checks had to build anyway (the run uses this one)."""
     _check_plain_config(cfg, "train")
     _check_published(cfg.get("published"))
     _check_trainer(cfg)
@@ -195,7 +196,7 @@ def validate_train_config(cfg: DictConfig) -> None:
         _check_group_signatures(cfg)
     except ArgumentError as err:
         raise ConfigError(str(err)) from None
-    _check_dataset(cfg.dataset)
+    augment = _check_dataset(cfg.dataset)
     _check_sampler_values(cfg)
     _check_method_sizes(cfg.method)
     _check_optimizer(cfg.optimizer)
@@ -203,6 +204,7 @@ def validate_train_config(cfg: DictConfig) -> None:
     _check_logger(cfg.logger)
     _check_backbone_input_size(cfg)
     _check_candidate_count(cfg)
+    return augment
 
 
 PUBLISHED_KEYS = ("value", "metric", "protocol", "source")
@@ -254,7 +256,7 @@ def _check_trainer(cfg: DictConfig) -> None:
         _int(t, "trainer.threads", 1)
     for key in ("eval_at_init", "compile", "sync_batchnorm", "data_on_device", "progress_bar", "save_checkpoints"):
         _bool(t, f"trainer.{key}")
-    _choice(t, "trainer.precision", PRECISIONS)
+    _choice(t, "trainer.precision", tuple(PRECISION_DTYPES))
     if t.precision == "fp16" and (str(t.device) == "cpu" or not torch.cuda.is_available()):
         raise ConfigError("trainer.precision='fp16' needs a CUDA device (its loss scaling is a CUDA GradScaler); "
                           "use trainer.precision=bf16 on the CPU")
@@ -367,7 +369,7 @@ def _check_group_signatures(cfg: DictConfig) -> None:
     check_group_arguments("logger", cfg.logger, injected=("run_dir", "run_config", "run_id"))
 
 
-def _check_dataset(d: DictConfig) -> None:
+def _check_dataset(d: DictConfig) -> AugmentConfig:
     from cl_suite.data.augment import AugmentConfig
 
     for key in ("mean", "std"):
@@ -384,7 +386,8 @@ def _check_dataset(d: DictConfig) -> None:
         if str(key).endswith("seed"):
             _int(d, f"dataset.{key}", 0, maximum=MAX_SEED)
     try:
-        AugmentConfig.from_dict(OmegaConf.to_container(d.augment, resolve=True), mean=list(d.mean), std=list(d.std))
+        return AugmentConfig.from_dict(OmegaConf.to_container(d.augment, resolve=True), mean=list(d.mean),
+                                       std=list(d.std))
     except ValueError as err:  # its messages say "augment config: <key> ..."; name the full key
         unknown = re.fullmatch(r"augment config: unknown key\(s\) (.*); allowed: (.*)", str(err))
         if unknown:
@@ -395,8 +398,8 @@ def _check_dataset(d: DictConfig) -> None:
 
 
 def _check_sampler_values(cfg: DictConfig) -> None:
-    """The sampler's own ranges, before the checks that combine it with other groups: otherwise
-    ``sampler.s1=-1`` is reported as a ``sampler.n_hard`` too large for the candidates. Its constructor
+    """The sampler's own ranges, before the checks that combine it with other groups: otherwise a
+    negative ``sampler.s1`` would be reported by the candidate-count check instead. Its constructor
     checks them; a sampler is small and stateless, so it is built once here and dropped."""
     from cl_suite.engine.build import instantiate_unwrapped
 
@@ -412,8 +415,8 @@ def _check_method_sizes(m: DictConfig) -> None:
     for key in ("projector_dim", "queue_size"):
         if key in m:
             _int(m, f"method.{key}", 1)
-    if "num_negatives" in m:  # null: every bank row (instance recognition)
-        _int(m, "method.num_negatives", 1, allow_none=_target_class(m) == "InstanceRecognition")
+    if "num_negatives" in m:  # null where the constructor's annotation takes it (e.g. every bank row)
+        _int(m, "method.num_negatives", 1, allow_none=_argument_takes_null(m, "num_negatives"))
     hidden = m.get("projector_hidden_dims")
     if hidden is not None and not (OmegaConf.is_list(hidden) and all(
             isinstance(h, int) and not isinstance(h, bool) and h >= 1 for h in hidden)):
@@ -503,44 +506,29 @@ def _check_backbone_input_size(cfg: DictConfig) -> None:
                 f"embedding) or dataset.augment.crop_size={size[-1]}")
 
 
-def _candidates_per_anchor(cfg: DictConfig, bank_size: int | None = None) -> tuple[int, str] | None:
-    """The number of candidate negatives each anchor of this framework has, and where they come from
-    (None for frameworks whose count is not fixed by the config, or by ``bank_size`` once it is known)."""
-    m, batch = cfg.method, cfg.trainer.batch_size
-    kind = _target_class(m)
-    if kind == "SimCLR" and m.get("form") == "ring_code":
-        return 2 * batch, f"method=SimCLR (form=ring_code) with trainer.batch_size={batch} (all 2B views)"
-    if kind == "SimCLR":
-        return 2 * batch - 2, f"method=SimCLR with trainer.batch_size={batch} (2B-2 in-batch views)"
-    if kind in ("NNCLR", "KMCLR"):
-        return batch - 1, f"method={kind} with trainer.batch_size={batch} (the other view's B-1 predictions)"
-    if kind == "MoCo":
-        return m.queue_size, f"method.queue_size={m.queue_size}"
-    if kind == "InstanceRecognition" and m.num_negatives is None:
-        if bank_size is None:
-            return None
-        return bank_size, f"method.num_negatives=null (every row of the {bank_size}-image memory bank)"
-    if kind in ("InstanceRecognition", "CMC"):
-        # Rows drawn with replacement: the anchor's own row may be drawn and masked, so at most this many.
-        return m.num_negatives, f"method.num_negatives={m.num_negatives}"
-    return None
+def _argument_takes_null(node: DictConfig, key: str) -> bool:
+    """Whether the constructor named by ``node._target_`` annotates its argument ``key`` as taking None."""
+    init = get_class(node._target_).__init__
+    try:
+        hint = typing.get_type_hints(init).get(key)
+    except Exception:  # an annotation this Python cannot evaluate: as config_arguments, judge nothing
+        return True
+    return hint is not None and value_fits(None, hint)
 
 
 def _check_candidate_count(cfg: DictConfig, bank_size: int | None = None) -> None:
-    """A sampler that needs more candidates than the framework gives would fail at the first step."""
-    found = _candidates_per_anchor(cfg, bank_size)
-    if found is None:
+    """A sampler that needs more candidates than the framework gives would fail at the first step.
+
+    Neither side is known here by name: the method's class declares its candidates per anchor
+    (``ContrastiveMethod.candidates_per_anchor``, None: nothing to check yet) and the sampler's class
+    checks itself against that count (``NegativeSampler.check_candidates``), both from their config
+    groups, before anything is built; ``bank_size`` is the data set's size once it is read."""
+    method_cls, batch = get_class(cfg.method._target_), cfg.trainer.batch_size
+    count = method_cls.candidates_per_anchor(cfg.method, batch, bank_size)
+    if count is None:
         return
-    count, source = found
-    s, kind = cfg.sampler, _target_class(cfg.sampler)
-    if kind == "MixingSampler" and (s.s1 or s.s2) and s.n_hard > count:
-        raise ConfigError(f"sampler.n_hard={s.n_hard} is larger than the {count} candidate negatives per anchor of "
-                          f"{source}: lower sampler.n_hard or use more candidates")
-    if kind == "RingSampler" and ring_width(s.outer_fraction, s.inner_fraction, count) < 1:
-        raise ConfigError(f"sampler.outer_fraction={s.outer_fraction} and sampler.inner_fraction={s.inner_fraction} "
-                          f"keep no negative out of the {count} candidates of {source} (the ring keeps ranks "
-                          "floor(l floor(u m)) .. floor(u m) - 1): raise the outer fraction, lower the inner one "
-                          "or use more candidates")
+    source = method_cls.candidates_source(cfg.method, batch, bank_size)
+    get_class(cfg.sampler._target_).check_candidates(cfg.sampler, count, source)
 
 
 def validate_against_data(cfg: DictConfig, data) -> None:

@@ -13,7 +13,7 @@ Two scores, both fitted on the L2-normalised features of the labelled train spli
   started at the class mean converges to the sample mean and the biased sample covariance, to which
   sklearn adds ``reg_covar`` on the diagonal; here that fit is computed directly. With fewer samples
   per class than feature dimensions (RINCE: 500 in 2048-d) the covariance is singular and ``reg_covar``
-  decides the result (METHODS.md 5.8, pitfall 12), which is why it is not the default.
+  decides the result, which is why it is not the default.
 """
 from __future__ import annotations
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -16,6 +17,9 @@ class MethodOutput:
     feature_labels: torch.Tensor  # (n,) labels aligned with ``features`` (-1 = unlabelled)
     # detached diagnostics; may be empty on a step that records none (``set_progress``)
     stats: dict[str, torch.Tensor] = field(default_factory=dict)
+    # What this step writes into the method's memory (queue, bank, support set): detached, all-gathered
+    # tensors that the loop hands back to ``after_step`` once the optimizer has stepped. None: nothing.
+    memory: tuple[torch.Tensor, ...] | None = None
 
 
 class ContrastiveMethod(nn.Module):
@@ -27,6 +31,25 @@ class ContrastiveMethod(nn.Module):
 
     backbone: nn.Module
     needs_labels = False  # True: every pre-training image needs a class label (SupCon, RINCE, supervised)
+
+    @classmethod
+    def candidates_per_anchor(cls, method_cfg: Any, batch_size: int, dataset_size: int | None = None) -> int | None:
+        """How many candidate negatives each anchor of this framework has, from its config group
+        (``method_cfg``, read before anything is built: ``cl_suite.samplers.base.config_value``), the
+        global batch size and, once the data set is read, its size (``dataset_size``; None before).
+        The sampler's start-up check (``NegativeSampler.check_candidates``) is run against it.
+
+        None: no fixed count to check, either because the method has no negative candidates (a loss
+        with several positives per anchor: SupCon, RINCE, supervised; the default) or because the
+        count needs the data set's size and ``dataset_size`` is None. A method with a ``sampler``
+        declares its count here, so the sampler's requirements are checked at start-up."""
+        return None
+
+    @classmethod
+    def candidates_source(cls, method_cfg: Any, batch_size: int, dataset_size: int | None = None) -> str:
+        """Where ``candidates_per_anchor``'s candidates come from, in words, for the start-up messages
+        ("... larger than the 126 candidate negatives per anchor of <this>")."""
+        return f"method={cls.__name__} with trainer.batch_size={batch_size}"
 
     @property
     def num_features(self) -> int:
@@ -47,12 +70,14 @@ class ContrastiveMethod(nn.Module):
         the last step of each epoch). When False the sampler skips them (``NegativeSampler``) and so may
         the method: its ``stats`` may be empty; the loss must be the same either way."""
         self.record_diagnostics = bool(record_diagnostics)
-        for module in self.modules():  # the one walk per step: progress and the flag together
-            if isinstance(module, NegativeSampler):
-                module.set_progress(step, steps_per_epoch, record_diagnostics)
+        sampler = getattr(self, "sampler", None)  # a method's negative sampler, if it has one
+        if isinstance(sampler, NegativeSampler):
+            sampler.set_progress(step, steps_per_epoch, record_diagnostics)
 
-    def on_train_step_end(self, step: int, total_steps: int) -> None:
-        """Called after each optimizer step: momentum updates and enqueueing go here, not in forward."""
+    def after_step(self, memory: tuple[torch.Tensor, ...] | None, step: int, total_steps: int) -> None:
+        """Called by the loop after each optimizer step with the step's ``MethodOutput.memory``: memory
+        writes (enqueueing, bank updates) and momentum updates go here, never in forward, so the loss and
+        its backward saw the memory as it was before the step."""
 
     def epoch_diagnostics(self) -> dict[str, float]:
         """Method-specific numbers for the epoch record (e.g. k-means cluster usage), read once per epoch."""

@@ -13,11 +13,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cl_suite.engine.distributed import gather_no_grad
+from cl_suite.distributed import gather_no_grad
 from cl_suite.methods.base import ContrastiveMethod, MethodOutput
 from cl_suite.methods.memory_bank import MemoryBank
 from cl_suite.models.heads import mlp
-from cl_suite.samplers.base import Contrast, NegativeSampler, NegativeTerm, diagnostics
+from cl_suite.samplers.base import Contrast, NegativeSampler, NegativeTerm, config_value, diagnostics
 from cl_suite.samplers.uniform import UniformSampler
 
 CRITERIA = ("softmax", "nce")
@@ -110,6 +110,16 @@ class CMC(ContrastiveMethod):
     ``num_samples`` is the size of the pre-training split; the loop passes it in.
     """
 
+    @classmethod
+    def candidates_per_anchor(cls, method_cfg, batch_size: int, dataset_size: int | None = None) -> int:
+        """``num_negatives`` rows drawn from the other view's bank (with replacement: the anchor's own row
+        may be drawn and masked, so at most this many)."""
+        return config_value(cls, method_cfg, "num_negatives")
+
+    @classmethod
+    def candidates_source(cls, method_cfg, batch_size: int, dataset_size: int | None = None) -> str:
+        return f"method.num_negatives={config_value(cls, method_cfg, 'num_negatives')}"
+
     def __init__(self, backbone: nn.Module, sampler: NegativeSampler, num_samples: int, mean: list[float],
                  std: list[float], temperature: float = 0.07,
                  projector_hidden_dims: list[int] | tuple[int, ...] = (), projector_dim: int = 128,
@@ -153,7 +163,6 @@ class CMC(ContrastiveMethod):
             self.register_buffer("z_l", torch.tensor(-1.0, dtype=torch.float64))
             self.register_buffer("z_ab", torch.tensor(-1.0, dtype=torch.float64))
         self._z_known = False  # a cache of "z_l and z_ab are set", so that the check syncs once
-        self._pending = None
 
     def _load_from_state_dict(self, *args, **kwargs) -> None:
         super()._load_from_state_dict(*args, **kwargs)
@@ -190,10 +199,11 @@ class CMC(ContrastiveMethod):
             ab_vs_l = self.sampler(anchors=z_ab, positives=l_rows[indices],
                                    candidates=l_rows[drawn], **common)
             loss, stats = l_vs_ab.loss + ab_vs_l.loss, l_vs_ab.stats
+        memory = None
         if self.training:  # the banks move after the optimizer step
-            self._pending = tuple(gather_no_grad(t) for t in (indices, z_l.detach(), z_ab.detach(), labels))
+            memory = tuple(gather_no_grad(t) for t in (indices, z_l.detach(), z_ab.detach(), labels))
         return MethodOutput(loss=loss, features=torch.cat([h_l, h_ab], dim=1).detach(), feature_labels=labels,
-                            stats=stats)
+                            stats=stats, memory=memory)
 
     def _nce(self, z_l: torch.Tensor, z_ab: torch.Tensor, indices: torch.Tensor, drawn: torch.Tensor,
              labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -232,10 +242,9 @@ class CMC(ContrastiveMethod):
         return losses["l"] + losses["ab"], diagnostics(ctx, term, labels, self.bank_l.labels[drawn])
 
     @torch.no_grad()
-    def on_train_step_end(self, step: int, total_steps: int) -> None:
-        if self._pending is None:
+    def after_step(self, memory: tuple[torch.Tensor, ...] | None, step: int, total_steps: int) -> None:
+        if memory is None:
             return
-        indices, z_l, z_ab, labels = self._pending
-        self._pending = None
+        indices, z_l, z_ab, labels = memory
         self.bank_l.update(indices, z_l, labels)
         self.bank_ab.update(indices, z_ab, labels)

@@ -5,11 +5,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cl_suite.engine.distributed import gather_no_grad
+from cl_suite.distributed import gather_no_grad
 from cl_suite.methods.base import ContrastiveMethod, MethodOutput
 from cl_suite.methods.memory_bank import MemoryBank
 from cl_suite.models.heads import mlp
-from cl_suite.samplers.base import NegativeSampler
+from cl_suite.samplers.base import NegativeSampler, config_value
 
 
 class InstanceRecognition(ContrastiveMethod):
@@ -33,6 +33,21 @@ class InstanceRecognition(ContrastiveMethod):
     the rows of all processes, so the banks stay identical.
     ``num_samples`` is the size of the pre-training split; the loop passes it in.
     """
+
+    @classmethod
+    def candidates_per_anchor(cls, method_cfg, batch_size: int, dataset_size: int | None = None) -> int | None:
+        """``num_negatives`` drawn rows (with replacement: the anchor's own row may be drawn and masked, so
+        at most this many), or with ``num_negatives=null`` every row of the bank: the data set's size
+        (None until it is known)."""
+        drawn = config_value(cls, method_cfg, "num_negatives")
+        return dataset_size if drawn is None else drawn
+
+    @classmethod
+    def candidates_source(cls, method_cfg, batch_size: int, dataset_size: int | None = None) -> str:
+        drawn = config_value(cls, method_cfg, "num_negatives")
+        if drawn is None:
+            return f"method.num_negatives=null (every row of the {dataset_size}-image memory bank)"
+        return f"method.num_negatives={drawn}"
 
     def __init__(
         self,
@@ -59,7 +74,6 @@ class InstanceRecognition(ContrastiveMethod):
         self.temperature = float(temperature)
         self.num_negatives = num_negatives
         self.bank = MemoryBank(num_samples, projector_dim, bank_momentum)
-        self._pending: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
     def forward(self, views: tuple[torch.Tensor, torch.Tensor], labels: torch.Tensor,
                 indices: torch.Tensor) -> MethodOutput:
@@ -72,17 +86,18 @@ class InstanceRecognition(ContrastiveMethod):
             drawn = self.bank.draw(self.num_negatives, q.device)
             mask = drawn[None, :] != indices[:, None]  # the anchor's own row is never a negative
             candidates, candidate_labels = rows[drawn], self.bank.labels[drawn]
-        # No copies of the bank: it is written after backward and the optimizer step (on_train_step_end);
+        # No copies of the bank: it is written after backward and the optimizer step (after_step);
         # a write before backward would trip autograd's version check rather than pass silently.
         out = self.sampler(anchors=q, positives=rows[indices], candidates=candidates,
                            candidate_mask=mask, temperature=self.temperature, anchor_labels=labels,
                            candidate_labels=candidate_labels)
+        memory = None
         if self.training:  # the bank moves after the optimizer step
-            self._pending = (gather_no_grad(indices), gather_no_grad(q.detach()), gather_no_grad(labels))
-        return MethodOutput(loss=out.loss, features=h.detach(), feature_labels=labels, stats=out.stats)
+            memory = (gather_no_grad(indices), gather_no_grad(q.detach()), gather_no_grad(labels))
+        return MethodOutput(loss=out.loss, features=h.detach(), feature_labels=labels, stats=out.stats,
+                            memory=memory)
 
     @torch.no_grad()
-    def on_train_step_end(self, step: int, total_steps: int) -> None:
-        if self._pending is not None:
-            self.bank.update(*self._pending)
-            self._pending = None
+    def after_step(self, memory: tuple[torch.Tensor, ...] | None, step: int, total_steps: int) -> None:
+        if memory is not None:
+            self.bank.update(*memory)

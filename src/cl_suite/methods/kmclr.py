@@ -1,6 +1,7 @@
 """KMCLR (mwritescode/nnclr-cifar100, "Beyond Single Instance Positives ..."): NNCLR whose positive is
 the nearest prototype of an online k-means over the projections, instead of the nearest of ~10^5 stored
-projections (400 vectors instead of 98,304, METHODS.md 4.3-4.4)."""
+projections (400 vectors instead of 98,304: the reference's headline setting, on par with NNCLR in its
+report)."""
 from __future__ import annotations
 
 import torch
@@ -14,8 +15,8 @@ from cl_suite.samplers.base import NegativeSampler
 class OnlineKMeans(nn.Module):
     """Mini-batch k-means with scikit-learn's ``MiniBatchKMeans.partial_fit`` update, on the device.
 
-    State (all buffers, so a checkpoint restores it, counts included: the reference loses them,
-    METHODS.md 4.5.10):
+    State (all buffers, so a checkpoint restores it, counts included: the reference's checkpoints
+    restore the centres but not the counts):
 
     * ``centres`` (K, d) and ``counts`` (K,): a step assigns each point to its nearest centre (Euclidean)
       and moves each centre to the running mean of everything it was ever assigned,
@@ -115,7 +116,7 @@ class OnlineKMeans(nn.Module):
 
 
 class KMCLR(LookedUpPositiveCLR):
-    """NNCLR's loss with the nearest k-means prototype as the positive (METHODS.md 4.1).
+    """NNCLR's loss (``LookedUpPositiveCLR``) with the nearest k-means prototype as the positive.
 
     The prototype is assigned on the raw projection before this step's update and normalised in the
     loss. After each optimizer step the k-means takes one step on the all-gathered view-1 projections

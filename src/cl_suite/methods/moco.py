@@ -1,18 +1,16 @@
 """MoCo v2 (He et al., CVPR 2020; Chen et al., arXiv 2003.04297): momentum key encoder + FIFO queue."""
 from __future__ import annotations
 
-import copy
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cl_suite.engine.distributed import batch_shuffle, batch_unshuffle, gather_no_grad
+from cl_suite.distributed import gather_no_grad
 from cl_suite.methods.base import ContrastiveMethod, MethodOutput
+from cl_suite.methods.momentum import MomentumEncoder, accept_old_key_names
 from cl_suite.methods.queue import FeatureQueue
 from cl_suite.models.heads import mlp
-from cl_suite.samplers.base import NegativeSampler
+from cl_suite.samplers.base import NegativeSampler, config_value
 
 
 class MoCo(ContrastiveMethod):
@@ -42,6 +40,15 @@ class MoCo(ContrastiveMethod):
     queue, so only older keys are affected; rows never written (index -1) are never masked.
     """
 
+    @classmethod
+    def candidates_per_anchor(cls, method_cfg, batch_size: int, dataset_size: int | None = None) -> int:
+        """The queue: ``queue_size`` past keys."""
+        return config_value(cls, method_cfg, "queue_size")
+
+    @classmethod
+    def candidates_source(cls, method_cfg, batch_size: int, dataset_size: int | None = None) -> str:
+        return f"method.queue_size={config_value(cls, method_cfg, 'queue_size')}"
+
     def __init__(
         self,
         backbone: nn.Module,
@@ -60,38 +67,27 @@ class MoCo(ContrastiveMethod):
         super().__init__()
         if not temperature > 0:
             raise ValueError(f"method.temperature={temperature} must be > 0")
-        for key, value in (("momentum", momentum), ("momentum_final", momentum_final)):
-            if not 0.0 <= value <= 1.0:
-                raise ValueError(f"method.{key}={value} is not allowed: expected a value in [0, 1]")
         self.backbone = backbone
         self.projector = mlp(backbone.num_features, list(projector_hidden_dims), projector_dim,
                              batch_norm=projector_batch_norm)
-        self.key_backbone = copy.deepcopy(backbone)  # a copy, not shared storage (RINCE pitfall 8)
-        self.key_projector = copy.deepcopy(self.projector)
-        for p in self.key_parameters():
-            p.requires_grad_(False)
+        self.key_encoder = MomentumEncoder(backbone, self.projector, momentum, momentum_final, shuffle_bn)
+        accept_old_key_names(self)
         self.sampler = sampler
         self.temperature = float(temperature)
-        self.momentum, self.momentum_final = float(momentum), float(momentum_final)
-        self.symmetric, self.shuffle_bn = symmetric, shuffle_bn
+        self.symmetric = symmetric
         if not isinstance(mask_same_image, bool):
             raise ValueError(f"method.mask_same_image={mask_same_image!r} is not allowed: expected true or false")
         self.mask_same_image = mask_same_image
         self.queue = FeatureQueue(queue_size, projector_dim)
-        self._pending: tuple[torch.Tensor, ...] | None = None  # keys, labels[, indices]: pushed after the step
 
     def key_parameters(self):
-        return [*self.key_backbone.parameters(), *self.key_projector.parameters()]
+        return list(self.key_encoder.parameters())
 
     def query_parameters(self):
         return [*self.backbone.parameters(), *self.projector.parameters()]
 
-    @torch.no_grad()
     def keys(self, x: torch.Tensor) -> torch.Tensor:
-        if self.shuffle_bn:
-            x, order = batch_shuffle(x)
-        k = F.normalize(self.key_projector(self.key_backbone(x)).float(), dim=1)
-        return batch_unshuffle(k, order) if self.shuffle_bn else k
+        return self.key_encoder(x)
 
     def candidate_mask(self, indices: torch.Tensor | None) -> torch.Tensor | None:
         """(A, K) bool, False on the queue rows of each anchor's own image (``mask_same_image``); None
@@ -110,7 +106,7 @@ class MoCo(ContrastiveMethod):
         q1 = F.normalize(self.projector(h1).float(), dim=1)
         k2 = self.keys(x2)
         # The queue itself, not a copy: this step's keys are pushed after backward and the optimizer step
-        # (on_train_step_end), so the loss sees the queue as it was; a write before backward would trip
+        # (after_step), so the loss sees the queue as it was; a write before backward would trip
         # autograd's version check rather than pass silently.
         candidates, candidate_labels = self.queue.embeddings, self.queue.labels
         mask = self.candidate_mask(indices)  # both views of an image share its index: one mask serves both
@@ -129,24 +125,21 @@ class MoCo(ContrastiveMethod):
             features, keys = torch.cat([h1, h2]), torch.cat([k2, k1])
             labels = labels.repeat(2)
             key_indices = None if indices is None else indices.repeat(2)
-        if self.training:  # enqueued after the optimizer step, so the loss saw the old queue
+        memory = None
+        if self.training:  # enqueued after the optimizer step (after_step), so the loss saw the old queue
             if key_indices is None:
                 key_indices = torch.full_like(labels, -1)
             # Labels and indices travel in one all-gather: (n, 2) rows, rank-major like the keys.
             tags = gather_no_grad(torch.stack([labels, key_indices.to(labels)], dim=1))
-            self._pending = (gather_no_grad(keys), tags[:, 0], tags[:, 1])
-        return MethodOutput(loss=loss, features=features.detach(), feature_labels=labels, stats=stats)
+            memory = (gather_no_grad(keys), tags[:, 0], tags[:, 1])
+        return MethodOutput(loss=loss, features=features.detach(), feature_labels=labels, stats=stats,
+                            memory=memory)
 
     def momentum_at(self, step: int, total_steps: int) -> float:
-        progress = min(1.0, step / max(1, total_steps))
-        return self.momentum_final - (self.momentum_final - self.momentum) * (math.cos(math.pi * progress) + 1) / 2
+        return self.key_encoder.momentum_at(step, total_steps)
 
     @torch.no_grad()
-    def on_train_step_end(self, step: int, total_steps: int) -> None:
-        m = self.momentum_at(step, total_steps)
-        keys, query = self.key_parameters(), self.query_parameters()
-        torch._foreach_mul_(keys, m)
-        torch._foreach_add_(keys, query, alpha=1 - m)
-        if self._pending is not None:
-            self.queue.push(*self._pending)
-            self._pending = None
+    def after_step(self, memory: tuple[torch.Tensor, ...] | None, step: int, total_steps: int) -> None:
+        self.key_encoder.update(self.query_parameters(), step, total_steps)
+        if memory is not None:
+            self.queue.push(*memory)

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cl_suite.engine.distributed import gather_no_grad, gather_with_grad, get_rank
+from cl_suite.distributed import gather_no_grad, gather_with_grad, get_rank
 from cl_suite.losses import in_batch_negatives
 from cl_suite.methods.base import ContrastiveMethod, MethodOutput
 from cl_suite.methods.queue import FeatureQueue
@@ -17,7 +17,8 @@ from cl_suite.samplers.base import NegativeSampler
 class LookedUpPositiveCLR(ContrastiveMethod):
     """Two views, projections ``z`` and predictions ``p = h(z)``; ``lookup(z)`` gives a constant positive.
 
-    The loss is METHODS.md 4.1 (NNCLR eq. 1 with the prediction head):
+    The loss is NNCLR's (Dwibedi et al. 2021, eq. 1) with the prediction head, as the reference
+    (mwritescode/nnclr-cifar100, ``src/utils/training/loss.py``) computes it:
 
         L = 1/2 l(NN(z2), p1) + 1/2 l(NN(z1), p2),
         l(nn, p) = -1/B sum_i log exp(nn_i . p_i / t) / sum_k exp(nn_i . p_k / t)   (unit vectors)
@@ -28,6 +29,15 @@ class LookedUpPositiveCLR(ContrastiveMethod):
     No gradient reaches the memory (the lookup is a constant); it flows through the predictions only.
     The backbone runs once per view (BN statistics over B images, as in the reference).
     """
+
+    @classmethod
+    def candidates_per_anchor(cls, method_cfg, batch_size: int, dataset_size: int | None = None) -> int:
+        """The predictions of the other view's B-1 other images."""
+        return batch_size - 1
+
+    @classmethod
+    def candidates_source(cls, method_cfg, batch_size: int, dataset_size: int | None = None) -> str:
+        return f"method={cls.__name__} with trainer.batch_size={batch_size} (the other view's B-1 predictions)"
 
     def __init__(self, backbone: nn.Module, sampler: NegativeSampler, temperature: float,
                  projector_hidden_dims: list[int] | tuple[int, ...], projector_dim: int,
@@ -40,7 +50,6 @@ class LookedUpPositiveCLR(ContrastiveMethod):
         self.temperature = float(temperature)
         self.projector = mlp(backbone.num_features, list(projector_hidden_dims), projector_dim, last_batch_norm=True)
         self.predictor = mlp(projector_dim, list(predictor_hidden_dims), projector_dim)
-        self._pending: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def lookup(self, z: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """(n, d) unit-norm positives for the raw projections ``z`` (no grad), and detached stats."""
@@ -65,10 +74,11 @@ class LookedUpPositiveCLR(ContrastiveMethod):
         stats = {k: (out1.stats[k] + out2.stats[k]) / 2 for k in out1.stats}
         if self.record_diagnostics:
             stats.update(lookup_stats)
+        memory = None
         if self.training:  # the memory is written after the optimizer step, from view 1 (as the reference)
-            self._pending = (gather_no_grad(z1.detach()), gather_no_grad(labels))
+            memory = (gather_no_grad(z1.detach()), gather_no_grad(labels))
         return MethodOutput(loss=(out1.loss + out2.loss) / 2, features=torch.cat([h1, h2]).detach(),
-                            feature_labels=labels.repeat(2), stats=stats)
+                            feature_labels=labels.repeat(2), stats=stats, memory=memory)
 
     def _contrast(self, neighbours: torch.Tensor, predictions: torch.Tensor, labels: torch.Tensor):
         p = F.normalize(predictions.float(), dim=1)
@@ -80,10 +90,9 @@ class LookedUpPositiveCLR(ContrastiveMethod):
                             candidate_labels=gather_no_grad(labels))
 
     @torch.no_grad()
-    def on_train_step_end(self, step: int, total_steps: int) -> None:
-        if self._pending is not None:
-            self.update_memory(*self._pending, step=step)
-            self._pending = None
+    def after_step(self, memory: tuple[torch.Tensor, ...] | None, step: int, total_steps: int) -> None:
+        if memory is not None:
+            self.update_memory(*memory, step=step)
 
 
 class SupportSet(FeatureQueue):
@@ -122,11 +131,12 @@ class SupportSet(FeatureQueue):
 
 class NNCLR(LookedUpPositiveCLR):
     """The positive is the nearest neighbour (cosine) of the projection in a support set: a FIFO queue of
-    raw view-1 projections of past batches (METHODS.md 4.1; the queue is a buffer, so it is in the
-    checkpoint). The returned neighbour is the normalised queue row.
+    raw view-1 projections of past batches (as the reference's ``support_set.py``; the queue is a buffer,
+    so it is in the checkpoint). The returned neighbour is the normalised queue row.
 
     ``neighbours=k > 1``: a neighbour drawn uniformly among the top k (NNCLR sec. 4.5, "sampling from
-    the top-k"). Deviation from the reference, which starts from ``randn`` rows (pitfall 4): rows
+    the top-k"). Deviation from the reference, which starts from ``randn`` rows (random neighbours
+    until the queue has filled): rows
     never written are never neighbours, and before the first write the positive is the view's own
     projection (so the first step is SimCLR with a predictor, not a random target).
     The stat ``nnclr/neighbour_same_class`` is how often the neighbour has the anchor's label.

@@ -1,5 +1,6 @@
-"""RINCE: Ranking Info Noise Contrastive Estimation (Hoffmann et al., AAAI 2022), the CIFAR setting of
-METHODS.md section 5: a MoCo-style key encoder and a labelled memory bank, positives in ranks."""
+"""RINCE: Ranking Info Noise Contrastive Estimation (Hoffmann et al., AAAI 2022), the CIFAR-100 setting of
+its reference code (boschresearch/rince, branch ``cifar``): a MoCo-style key encoder and a labelled memory
+bank, positives in ranks."""
 from __future__ import annotations
 
 import math
@@ -8,10 +9,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cl_suite.engine.distributed import gather_no_grad
-from cl_suite.methods.base import MethodOutput
-from cl_suite.methods.moco import MoCo
-from cl_suite.samplers.uniform import UniformSampler
+from cl_suite.distributed import gather_no_grad
+from cl_suite.methods.base import ContrastiveMethod, MethodOutput
+from cl_suite.methods.momentum import MomentumEncoder, accept_old_key_names
+from cl_suite.methods.queue import FeatureQueue
+from cl_suite.models.heads import mlp
 
 VARIANTS = ("in", "out", "out_in")
 # A finite stand-in for -inf in masked logits: exp() of it is exactly 0 in fp32, and unlike -inf it
@@ -21,7 +23,7 @@ MASKED = -1.0e9
 
 def ranked_infonce_loss(own_logit: torch.Tensor, bank_logits: torch.Tensor, rank_masks: list[torch.Tensor],
                         temperatures: list[float], forms: list[str], min_ratio: float = 1e-7) -> torch.Tensor:
-    """RINCE (METHODS.md 5.2): the mean over ranks r of
+    """RINCE (Hoffmann et al. 2022; the reference's ``losses.py``): the mean over ranks r of
 
         in:   l_r = -log( sum_{p in P_r} e_p / (sum_{p in P_r} e_p + sum_{n in N_r} e_n) ), mean over rows
         out:  l_r = -log( e_p / (e_p + sum_{n in N_r} e_n) ),                    mean over (row, p) pairs
@@ -31,7 +33,8 @@ def ranked_infonce_loss(own_logit: torch.Tensor, bank_logits: torch.Tensor, rank
     bank's positives of rank r. The negatives of rank r are the bank entries in no mask of ranks 1..r
     (so lower ranks are negatives of higher ones, never the reverse). As in the reference, rows (in) or
     pairs (out) whose positive probability is <= ``min_ratio`` are dropped: rows with no positive of
-    that rank, and extremely hard positives (METHODS.md 5.8.6); a rank with nothing left adds 0.
+    that rank, and extremely hard positives (which get no gradient, as in the reference); a rank with
+    nothing left adds 0.
     """
     with torch.autocast(device_type=bank_logits.device.type, enabled=False):
         own_logit, bank_logits = own_logit.float(), bank_logits.float()
@@ -52,11 +55,11 @@ def ranked_infonce_loss(own_logit: torch.Tensor, bank_logits: torch.Tensor, rank
         return torch.stack(terms).mean()
 
 
-class RINCE(MoCo):
+class RINCE(ContrastiveMethod):
     """Anchors are the query encoder's view-1 embeddings; the bank holds past keys of the momentum
     encoder with their fine labels (MoCo's queue, ``bank_size`` rows, random with label -1 at start).
 
-    Ranks (METHODS.md 5.1-5.3), with per-rank temperatures t_r = t_min + (1 - s_r)(t_max - t_min)
+    Ranks (the reference's ``get_similar_labels``), with per-rank temperatures t_r = t_min + (1 - s_r)(t_max - t_min)
     (``dynamic_temperature=false``: t_min for every rank; the reference always uses the dynamic one):
       rank 1 (similarity ``rank_similarities[0]``): the own key and bank entries of the same class;
       rank 2 (``rank_similarities[1]``, optional): bank entries of the same superclass (the data set's
@@ -65,7 +68,7 @@ class RINCE(MoCo):
       positives are same class plus same superclass; false (its ``imagenet100`` branch): superclass
       siblings only. Either way rank 2's negatives are the other superclasses.
     ``variant``: in (every rank "in"), out, or out_in (rank 1 out, later ranks in; the reference's
-    README command for it trains RINCE-in by a flag bug, METHODS.md 5.8.1).
+    README command for it passes ``--mixed_out_in_log``, which only renames the run: it trains RINCE-in).
     One rank with t_min = t_max is SupCon with a memory bank (the paper's SCL-in/out); with no label
     shared with the bank it is MoCo's InfoNCE. The key encoder is an EMA of the parameters (m=0.99),
     its BN buffers its own, with no shuffle BN by default (as the reference).
@@ -91,10 +94,13 @@ class RINCE(MoCo):
                              "decreasing values in [0, 1] (same class, then same superclass), e.g. [1.0, 0.75]")
         if isinstance(bank_size, bool) or not isinstance(bank_size, int) or bank_size < 1:
             raise ValueError(f"method.bank_size={bank_size!r} is not allowed: expected an integer >= 1")
-        super().__init__(backbone, UniformSampler(), temperature=temperature_min,
-                         projector_hidden_dims=projector_hidden_dims, projector_dim=projector_dim,
-                         projector_batch_norm=projector_batch_norm, queue_size=bank_size, momentum=momentum,
-                         momentum_final=momentum, symmetric=False, shuffle_bn=shuffle_bn)
+        super().__init__()
+        self.backbone = backbone
+        self.projector = mlp(backbone.num_features, list(projector_hidden_dims), projector_dim,
+                             batch_norm=projector_batch_norm)
+        self.key_encoder = MomentumEncoder(backbone, self.projector, momentum, momentum, shuffle_bn)
+        accept_old_key_names(self)
+        self.queue = FeatureQueue(bank_size, projector_dim, key="method.bank_size")
         spread = temperature_max - temperature_min if dynamic_temperature else 0.0
         self.temperatures = [temperature_min + (1 - s) * spread for s in sims]
         self.forms = ["out" if variant == "out" or (variant == "out_in" and r == 0) else "in" for r in range(len(sims))]
@@ -139,13 +145,21 @@ class RINCE(MoCo):
         x1, x2 = views
         h1 = self.backbone(x1)
         q = F.normalize(self.projector(h1).float(), dim=1)
-        k = self.keys(x2)
+        k = self.key_encoder(x2)
         bank, bank_labels = self.queue.embeddings, self.queue.labels  # no copy: written after the step, as MoCo
         with torch.autocast(device_type=q.device.type, enabled=False):
             own, bank_logits = (q * k).sum(dim=1), q @ bank.float().T
         masks = self.rank_masks(labels, bank_labels)
         loss = ranked_infonce_loss(own, bank_logits, masks, self.temperatures, self.forms)
-        if self.training:  # enqueued after the optimizer step, as MoCo
-            self._pending = (gather_no_grad(k), gather_no_grad(labels))
+        memory = (gather_no_grad(k), gather_no_grad(labels)) if self.training else None  # enqueued after the step
         stats = {f"rince/rank{r + 1}_bank_positives": m.sum(dim=1).float().mean() for r, m in enumerate(masks)}
-        return MethodOutput(loss=loss, features=h1.detach(), feature_labels=labels, stats=stats)
+        return MethodOutput(loss=loss, features=h1.detach(), feature_labels=labels, stats=stats, memory=memory)
+
+    def query_parameters(self):
+        return [*self.backbone.parameters(), *self.projector.parameters()]
+
+    @torch.no_grad()
+    def after_step(self, memory: tuple[torch.Tensor, ...] | None, step: int, total_steps: int) -> None:
+        self.key_encoder.update(self.query_parameters(), step, total_steps)
+        if memory is not None:
+            self.queue.push(*memory)

@@ -5,11 +5,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cl_suite.engine.distributed import gather_no_grad, gather_with_grad
+from cl_suite.distributed import gather_no_grad, gather_with_grad
 from cl_suite.losses import two_view_contrast
 from cl_suite.methods.base import ContrastiveMethod, MethodOutput
 from cl_suite.models.heads import mlp
-from cl_suite.samplers.base import NegativeSampler
+from cl_suite.samplers.base import NegativeSampler, config_value
 
 
 SIMCLR_FORMS = ("nt_xent", "ring_code")
@@ -33,6 +33,17 @@ class SimCLR(ContrastiveMethod):
     ``concat_views``: one backbone call on both views (BN statistics over 2B images, as in the SimCLR
     TF code) or one call per view (over B images, as DCL/HCL/NNCLR do). The choice changes results.
     """
+
+    @classmethod
+    def candidates_per_anchor(cls, method_cfg, batch_size: int, dataset_size: int | None = None) -> int:
+        """2B-2 in-batch views (nt_xent); all 2B views with ``form=ring_code``."""
+        return 2 * batch_size if config_value(cls, method_cfg, "form") == "ring_code" else 2 * batch_size - 2
+
+    @classmethod
+    def candidates_source(cls, method_cfg, batch_size: int, dataset_size: int | None = None) -> str:
+        if config_value(cls, method_cfg, "form") == "ring_code":
+            return f"method={cls.__name__} (form=ring_code) with trainer.batch_size={batch_size} (all 2B views)"
+        return f"method={cls.__name__} with trainer.batch_size={batch_size} (2B-2 in-batch views)"
 
     def __init__(
         self,

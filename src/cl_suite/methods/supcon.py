@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from cl_suite.engine.distributed import gather_no_grad, gather_with_grad, get_rank
+from cl_suite.distributed import gather_no_grad, gather_with_grad, get_rank
 from cl_suite.losses import in_batch_negatives
 from cl_suite.methods.base import ContrastiveMethod, MethodOutput
 from cl_suite.methods.queue import FeatureQueue
@@ -60,7 +60,6 @@ class SupCon(ContrastiveMethod):
         self.projector = mlp(backbone.num_features, list(projector_hidden_dims), projector_dim,
                              batch_norm=projector_batch_norm)
         self.bank = FeatureQueue(bank_size, projector_dim, key="method.bank_size") if bank_size else None
-        self._pending: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def forward(self, views: tuple[torch.Tensor, torch.Tensor], labels: torch.Tensor,
                 indices: torch.Tensor | None = None) -> MethodOutput:
@@ -75,13 +74,13 @@ class SupCon(ContrastiveMethod):
             mask = torch.cat([mask, self.bank.valid_rows().expand(2 * b, -1)], dim=1)
         loss, positives = supervised_contrastive_loss(z, candidates, view_labels, candidate_labels, mask,
                                                       self.temperature)
-        if self.training and self.bank is not None:
-            self._pending = (gather_no_grad(z[:b].detach()), gather_no_grad(labels))
+        memory = None
+        if self.training and self.bank is not None:  # the bank moves after the optimizer step
+            memory = (gather_no_grad(z[:b].detach()), gather_no_grad(labels))
         return MethodOutput(loss=loss, features=h.detach(), feature_labels=view_labels,
-                            stats={"supcon/positives_per_anchor": positives.detach()})
+                            stats={"supcon/positives_per_anchor": positives.detach()}, memory=memory)
 
     @torch.no_grad()
-    def on_train_step_end(self, step: int, total_steps: int) -> None:
-        if self._pending is not None:
-            self.bank.push(*self._pending)
-            self._pending = None
+    def after_step(self, memory: tuple[torch.Tensor, ...] | None, step: int, total_steps: int) -> None:
+        if memory is not None:
+            self.bank.push(*memory)

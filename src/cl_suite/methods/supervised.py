@@ -11,7 +11,8 @@ from cl_suite.methods.base import ContrastiveMethod, MethodOutput
 class Supervised(ContrastiveMethod):
     """A linear classifier on the backbone, trained with cross-entropy on both augmented views (the
     same two-view pipeline as the contrastive methods, so only the objective differs; RINCE's CE
-    baseline, METHODS.md 5.5). Evaluated like every method: kNN and linear probe on frozen features.
+    baseline, the reference's ``main_ce.py``). Evaluated like every method: kNN and linear probe on frozen
+    features.
     """
 
     needs_labels = True

@@ -13,13 +13,25 @@ candidate, so no sampler can drop it.
 """
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 HISTOGRAM_BINS = 50  # similarity histograms over [-1, 1]
+
+
+def config_value(target: type, node: Any, key: str) -> Any:
+    """The value ``node`` (a config group: a DictConfig or mapping) sets for ``key``, or else the default of
+    ``target``'s constructor argument ``key``: what the object built from ``node`` would get. For the
+    start-up declarations (``NegativeSampler.check_candidates``, ``ContrastiveMethod.candidates_per_anchor``),
+    which read a group's config before anything is built."""
+    if key in node:
+        return node[key]
+    return inspect.signature(target).parameters[key].default
 
 
 @dataclass
@@ -72,6 +84,15 @@ class NegativeSampler(nn.Module):
     other steps ``stats`` is empty and the loss and its gradient are the same. Outside the loop it
     stays True. Under ``torch.compile`` the flag is a guarded module attribute: two graphs, one per value.
     """
+
+    @classmethod
+    def check_candidates(cls, sampler_cfg: Any, count: int, source: str) -> None:
+        """The start-up check of this sampler against the ``count`` candidate negatives each anchor has
+        (the method's ``ContrastiveMethod.candidates_per_anchor``; ``source`` says where they come from, in
+        words, for the message): raise ``ConfigError`` naming the sampler key, its value and what would
+        work. Called with the sampler group's config (``sampler_cfg``), before anything is built, once
+        with the config alone and again once the data set's size is known. The default accepts any
+        count >= 1: every candidate can be used."""
 
     def __init__(self) -> None:
         super().__init__()

@@ -18,7 +18,8 @@ def debiased_log_mass(log_sum: torch.Tensor, ctx: Contrast, tau_plus: float) -> 
     """``log N_g`` with N_g = max((R - tau_plus * N * P) / (1 - tau_plus), N * exp(-1/t)).
 
     ``log_sum`` is log R, the (possibly re-weighted) sum over the N unmasked candidates of
-    exp(s/t); P = exp(s_pos/t). DCL eq. (see METHODS.md 2.1): the clamp acts on the sum-scale N_g and
+    exp(s/t); P = exp(s_pos/t). The debiased estimator of Chuang et al. (NeurIPS 2020) as chingyaoc/DCL
+    ``main.py`` computes it, with one positive (M = 1): the clamp acts on the sum-scale N_g and
     its floor N e^{-1/t} is the smallest value the sum can take (all cosines -1). Computed in log space:
     log(R - c P) = log R + log(1 - exp(log(c P) - log R)), clamped below at log N - 1/t.
     """

@@ -4,8 +4,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from cl_suite.engine.distributed import get_rank, get_world_size
-from cl_suite.samplers.base import Contrast, NegativeSampler, NegativeTerm
+from cl_suite.distributed import get_rank, get_world_size
+from cl_suite.errors import ConfigError
+from cl_suite.samplers.base import Contrast, NegativeSampler, NegativeTerm, config_value
 
 
 class MixingSampler(NegativeSampler):
@@ -47,6 +48,15 @@ class MixingSampler(NegativeSampler):
         self.n_hard, self.s1, self.s2 = n_hard, s1, s2
         self.start_epoch1, self.start_epoch2 = float(start_epoch1), float(start_epoch2)
         self._checked_counts = False
+
+    @classmethod
+    def check_candidates(cls, sampler_cfg, count: int, source: str) -> None:
+        """Mixing (s1 or s2 > 0) draws from each anchor's ``n_hard`` hardest candidates: it needs that many."""
+        n_hard = config_value(cls, sampler_cfg, "n_hard")
+        mixes = config_value(cls, sampler_cfg, "s1") or config_value(cls, sampler_cfg, "s2")
+        if mixes and n_hard > count:
+            raise ConfigError(f"sampler.n_hard={n_hard} is larger than the {count} candidate negatives per anchor of "
+                              f"{source}: lower sampler.n_hard or use more candidates")
 
     def negative_term(self, ctx: Contrast) -> NegativeTerm:
         real = (ctx.cand_sim / ctx.temperature).masked_fill(~ctx.mask, float("-inf"))

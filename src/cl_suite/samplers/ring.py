@@ -32,7 +32,8 @@ import math
 
 import torch
 
-from cl_suite.samplers.base import Contrast, NegativeSampler, NegativeTerm
+from cl_suite.errors import ConfigError
+from cl_suite.samplers.base import Contrast, NegativeSampler, NegativeTerm, config_value
 
 ANNEAL_SCHEDULES = ("linear", "step", "exponential")
 ANNEAL_START = 1.0  # the code's init_thres: annealing starts from the whole candidate pool
@@ -153,6 +154,18 @@ class RingSampler(NegativeSampler):
         self.anneal_step_size = float(anneal_step_size)
         self.anneal_decay = float(anneal_decay)
         self._checked_counts = False
+
+    @classmethod
+    def check_candidates(cls, sampler_cfg, count: int, source: str) -> None:
+        """The ring (at its final, narrowest outer fraction: annealing only widens it) must keep at least
+        one of the ``count`` candidates: ``ring_width`` >= 1."""
+        outer = config_value(cls, sampler_cfg, "outer_fraction")
+        inner = config_value(cls, sampler_cfg, "inner_fraction")
+        if ring_width(outer, inner, count) < 1:
+            raise ConfigError(f"sampler.outer_fraction={outer} and sampler.inner_fraction={inner} keep no negative "
+                              f"out of the {count} candidates of {source} (the ring keeps ranks floor(l floor(u m)) "
+                              ".. floor(u m) - 1): raise the outer fraction, lower the inner one or use more "
+                              "candidates")
 
     def current_outer_fraction(self) -> float:
         if self.anneal is None:  # not reading the step keeps torch.compile from guarding on it

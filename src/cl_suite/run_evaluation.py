@@ -12,13 +12,13 @@ import torch
 from hydra._internal.utils import _locate  # what instantiate uses to find a _target_ (get_object also logs)
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from cl_suite.distributed import resolve_device
 from cl_suite.engine import checkpoint as ckpt
 from cl_suite.engine.build import (UNIFORM_SAMPLER, DatasetFacts, build_augment_config, build_dataset, build_logger,
                                    build_method)
+from cl_suite.engine.other_datasets import dataset_names, load_other_dataset, ood_augment_config, set_root
 from cl_suite.engine.probe import OnlineProbe
-from cl_suite.engine.trainer import resolve_device
 from cl_suite.engine.validation import ConfigError, validate_evaluate_config, validate_evaluation_against_data
-from cl_suite.eval.other_datasets import dataset_names, load_other_dataset, ood_augment_config, set_root
 from cl_suite.eval.protocols import (check_protocols, encode_split, encode_splits, knn_metrics, linear_metrics,
                                      online_probe_metrics, ood_protocol_metrics, retrieval_protocol_metrics,
                                      transfer_protocol_metrics)
@@ -270,8 +270,9 @@ def evaluate_run(cfg: DictConfig) -> dict[str, Any]:
         "datasets": {"ood": ood_names, "transfer": transfer_names}, "protocols": results})
     ckpt.write_json(eval_json, result)
 
-    wandb_cfg = _wandb_logger_config(train_cfg.logger)
-    if state is not None and cfg.wandb and state.get("wandb_run_id") and wandb_cfg is not None:
+    # An exported backbone (state None) has no run, so no wandb run to write into.
+    wandb_cfg = _wandb_logger_config(train_cfg.logger) if state is not None and cfg.wandb else None
+    if wandb_cfg is not None and state.get("wandb_run_id"):
         logger = build_logger(wandb_cfg, str(run_dir), train_cfg, run_id=state["wandb_run_id"])
         try:
             logger.log_summary({f"eval/{k}": v for k, v in result["metrics"].items()})

@@ -1,4 +1,5 @@
-"""Process-group helpers. Everything is a no-op in a single process, so the loop has one code path.
+"""Process-group helpers and each process's device. Everything is a no-op in a single process, so the
+loop has one code path.
 
 Launch with ``torchrun``: it sets RANK/WORLD_SIZE/LOCAL_RANK, which ``init_distributed`` reads.
 """
@@ -25,6 +26,19 @@ def get_world_size() -> int:
 
 def is_main_process() -> bool:
     return get_rank() == 0
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> cuda if available, else cpu; under torchrun, a process's cuda is its own GPU."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError(f"trainer.device={name!r} but CUDA is not available; use trainer.device=cpu or auto")
+        if get_world_size() > 1:  # torchrun: one GPU per process
+            device = torch.device("cuda", torch.cuda.current_device())
+    return device
 
 
 def _export_slurm_task_environment() -> None:

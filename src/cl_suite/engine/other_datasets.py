@@ -12,7 +12,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from cl_suite.data.augment import AugmentConfig
 from cl_suite.data.types import ImageDataset
 from cl_suite.engine.build import build_augment_config, build_dataset
-from cl_suite.engine.validation import ConfigError
+from cl_suite.errors import ConfigError
 from cl_suite.paths import CONF_DIR
 
 
