@@ -16,6 +16,7 @@ ROOT_PACKAGE = "cl_suite"
 # Top-level modules (cl_suite/<name>.py) are packages of their own here.
 LAYERS: list[tuple[str, ...]] = [
     ("cl_suite", "conf", "errors", "paths", "distributed", "resolvers", "sweeps"),  # base: no cl_suite imports
+    ("objectives",),  # the equations: pure functions of tensors
     ("data", "models", "samplers"),
     ("losses",),
     ("methods",),

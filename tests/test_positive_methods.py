@@ -17,8 +17,7 @@ from cl_suite.engine.trainer import train
 from cl_suite.engine.validation import ConfigError
 from cl_suite.methods import KMCLR, NNCLR, RINCE, MoCo, SimCLR, SupCon
 from cl_suite.methods.kmclr import OnlineKMeans
-from cl_suite.methods.rince import ranked_infonce_loss
-from cl_suite.methods.supcon import supervised_contrastive_loss
+from cl_suite.objectives import ranked_infonce_loss, supervised_contrastive_loss
 from cl_suite.models import SmallConvNet
 from cl_suite.samplers import UniformSampler
 from helpers import compose_train, tiny_overrides

@@ -15,8 +15,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from cl_suite.methods import InstanceRecognition
+from cl_suite.objectives import ring_borders
 from cl_suite.samplers import Contrast, RingSampler, UniformSampler
-from cl_suite.samplers.ring import anneal_outer_fraction, ring_borders
+from cl_suite.samplers.ring import anneal_outer_fraction
 from helpers import RawFeatures, compose_train, simclr_on_raw_embeddings
 
 T = 0.07

@@ -11,6 +11,7 @@ from cl_suite.losses import in_batch_negatives
 from cl_suite.methods.base import ContrastiveMethod, MethodOutput
 from cl_suite.methods.queue import FeatureQueue
 from cl_suite.models.heads import mlp
+from cl_suite.objectives import nearest_neighbours
 from cl_suite.samplers.base import NegativeSampler
 
 
@@ -139,7 +140,8 @@ class NNCLR(LookedUpPositiveCLR):
     until the queue has filled): rows
     never written are never neighbours, and before the first write the positive is the view's own
     projection (so the first step is SimCLR with a predictor, not a random target).
-    The stat ``nnclr/neighbour_same_class`` is how often the neighbour has the anchor's label.
+    The stat ``nnclr/neighbour_same_class`` is how often the neighbour has the anchor's label. The
+    selection NN(z, Q) is ``cl_suite.objectives.nearest_neighbours``.
     """
 
     def __init__(self, backbone: nn.Module, sampler: NegativeSampler, temperature: float = 0.1,
@@ -155,11 +157,9 @@ class NNCLR(LookedUpPositiveCLR):
     def lookup(self, z: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         z = F.normalize(z, dim=1)
         support = self.support_set.normalised.float()  # normalised at push time, not every step
-        sim = (z @ support.T).masked_fill(~self.support_set.valid_rows(), float("-inf"))
         k = min(self.neighbours, len(self.support_set))
-        top = sim.topk(k, dim=1).indices  # (n, k)
-        pick = torch.randint(k, (z.shape[0], 1), device=z.device) if k > 1 else torch.zeros_like(top[:, :1])
-        index = top.gather(1, pick).squeeze(1)
+        pick = torch.randint(k, (z.shape[0], 1), device=z.device) if k > 1 else None  # one of the top k
+        index = nearest_neighbours(z, support, self.support_set.valid_rows(), k, pick)
         empty = self.support_set.filled == 0
         positives = torch.where(empty, z, support[index])
         if not self.record_diagnostics:

@@ -3,8 +3,6 @@ its reference code (boschresearch/rince, branch ``cifar``): a MoCo-style key enc
 bank, positives in ranks."""
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -14,45 +12,9 @@ from cl_suite.methods.base import ContrastiveMethod, MethodOutput
 from cl_suite.methods.momentum import MomentumEncoder, accept_old_key_names
 from cl_suite.methods.queue import FeatureQueue
 from cl_suite.models.heads import mlp
+from cl_suite.objectives import ranked_infonce_loss
 
 VARIANTS = ("in", "out", "out_in")
-# A finite stand-in for -inf in masked logits: exp() of it is exactly 0 in fp32, and unlike -inf it
-# keeps logsumexp and its gradient finite on rows with nothing unmasked (those rows are then dropped).
-MASKED = -1.0e9
-
-
-def ranked_infonce_loss(own_logit: torch.Tensor, bank_logits: torch.Tensor, rank_masks: list[torch.Tensor],
-                        temperatures: list[float], forms: list[str], min_ratio: float = 1e-7) -> torch.Tensor:
-    """RINCE (Hoffmann et al. 2022; the reference's ``losses.py``): the mean over ranks r of
-
-        in:   l_r = -log( sum_{p in P_r} e_p / (sum_{p in P_r} e_p + sum_{n in N_r} e_n) ), mean over rows
-        out:  l_r = -log( e_p / (e_p + sum_{n in N_r} e_n) ),                    mean over (row, p) pairs
-
-    with e_j = exp(s_j / t_r). ``own_logit`` (n,) is the cosine of each anchor to its own key (a rank-1
-    positive only); ``bank_logits`` (n, K) the cosines to the bank; ``rank_masks[r]`` (n, K) marks the
-    bank's positives of rank r. The negatives of rank r are the bank entries in no mask of ranks 1..r
-    (so lower ranks are negatives of higher ones, never the reverse). As in the reference, rows (in) or
-    pairs (out) whose positive probability is <= ``min_ratio`` are dropped: rows with no positive of
-    that rank, and extremely hard positives (which get no gradient, as in the reference); a rank with
-    nothing left adds 0.
-    """
-    with torch.autocast(device_type=bank_logits.device.type, enabled=False):
-        own_logit, bank_logits = own_logit.float(), bank_logits.float()
-        seen = torch.zeros_like(rank_masks[0])
-        terms = []
-        for r, (mask, t, form) in enumerate(zip(rank_masks, temperatures, forms)):
-            seen = seen | mask
-            pos = (bank_logits / t).masked_fill(~mask, MASKED)
-            if r == 0:
-                pos = torch.cat([own_logit[:, None] / t, pos], dim=1)
-            log_neg = torch.logsumexp((bank_logits / t).masked_fill(seen, MASKED), dim=1)
-            if form == "in":
-                losses = F.softplus(log_neg - torch.logsumexp(pos, dim=1))
-            else:
-                losses = F.softplus(log_neg[:, None] - pos)
-            valid = losses < -math.log(min_ratio)
-            terms.append(torch.where(valid, losses, 0.0).sum() / valid.sum().clamp(min=1))
-        return torch.stack(terms).mean()
 
 
 class RINCE(ContrastiveMethod):
@@ -71,7 +33,8 @@ class RINCE(ContrastiveMethod):
     README command for it passes ``--mixed_out_in_log``, which only renames the run: it trains RINCE-in).
     One rank with t_min = t_max is SupCon with a memory bank (the paper's SCL-in/out); with no label
     shared with the bank it is MoCo's InfoNCE. The key encoder is an EMA of the parameters (m=0.99),
-    its BN buffers its own, with no shuffle BN by default (as the reference).
+    its BN buffers its own, with no shuffle BN by default (as the reference). The loss is
+    ``cl_suite.objectives.ranked_infonce_loss``.
     """
 
     needs_labels = True

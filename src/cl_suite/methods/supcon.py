@@ -10,29 +10,7 @@ from cl_suite.methods.base import ContrastiveMethod, MethodOutput
 from cl_suite.methods.queue import FeatureQueue
 from cl_suite.methods.simclr import embed_two_views
 from cl_suite.models.heads import mlp
-
-
-def supervised_contrastive_loss(anchors: torch.Tensor, candidates: torch.Tensor, anchor_labels: torch.Tensor,
-                                candidate_labels: torch.Tensor, contrast_mask: torch.Tensor,
-                                temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """SupCon's L_out (Khosla et al. eq. 2), in fp32 log-space:
-
-        L = mean_i  -1/|P(i)| sum_{p in P(i)} log( exp(z_i.z_p/t) / sum_{a in A(i)} exp(z_i.z_a/t) )
-
-    ``contrast_mask`` (n, M) is A(i): the candidates anchor i is contrasted with (not itself, not an
-    empty bank row); P(i) are those of them with the anchor's label. Anchors without any positive are
-    left out of the mean. Returns the loss and the mean |P(i)| (a diagnostic).
-    """
-    with torch.autocast(device_type=anchors.device.type, enabled=False):
-        logits = (anchors.float() @ candidates.float().T) / temperature
-        logits = logits.masked_fill(~contrast_mask, float("-inf"))
-        log_prob = logits - torch.logsumexp(logits, dim=1, keepdim=True)
-        positive = contrast_mask & (candidate_labels[None, :] == anchor_labels[:, None])
-        count = positive.sum(dim=1)
-        per_anchor = -torch.where(positive, log_prob, 0.0).sum(dim=1) / count.clamp(min=1)
-        has_positive = count > 0
-        loss = (per_anchor * has_positive).sum() / has_positive.sum().clamp(min=1)
-    return loss, count.float().mean()
+from cl_suite.objectives import supervised_contrastive_loss
 
 
 class SupCon(ContrastiveMethod):
@@ -41,7 +19,8 @@ class SupCon(ContrastiveMethod):
     memory bank of detached projections of past batches with their labels (more positives per anchor
     at small batch sizes; 0 = the paper's batch-only loss). With all labels distinct it is SimCLR's
     NT-Xent. Khosla's code also scales the loss by t / base_t (0.07 / 0.07 = 1 in the paper); here the
-    loss is the equation as written. Needs a label for every pre-training image.
+    loss is the equation as written (``cl_suite.objectives.supervised_contrastive_loss``, L_out). Needs a
+    label for every pre-training image.
     """
 
     needs_labels = True

@@ -8,8 +8,9 @@ knows about the other. All samplers write the loss per anchor as
 
 and differ only in the negative mass ``N_a`` (InfoNCE: the sum over candidates; DCL: debiased; ...).
 A sampler returns ``log N_a`` (``NegativeTerm``), and the shared code evaluates
-``softplus(log N_a - log P_a)``, which is exact also when the loss is tiny. The positive is never a
-candidate, so no sampler can drop it.
+``softplus(log N_a - log P_a)`` (``cl_suite.objectives.infonce_from_log_mass``), which is exact also when
+the loss is tiny. The positive is never a candidate, so no sampler can drop it. The equations themselves
+live in ``cl_suite.objectives``; a sampler holds the settings, the random draws and the diagnostics.
 """
 from __future__ import annotations
 
@@ -18,8 +19,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from cl_suite.objectives import infonce_from_log_mass
 
 HISTOGRAM_BINS = 50  # similarity histograms over [-1, 1]
 
@@ -127,7 +129,7 @@ class NegativeSampler(nn.Module):
             ctx = Contrast(anchors, candidates, pos_sim, cand_sim, candidate_mask, float(temperature),
                            with_diagnostics=self.record_diagnostics)
             term = self.negative_term(ctx)
-            loss = F.softplus(term.log_mass - pos_sim / temperature).mean()
+            loss = infonce_from_log_mass(pos_sim, term.log_mass, temperature)
         if not self.record_diagnostics:
             return SamplerOutput(loss=loss)
         stats = diagnostics(ctx, term, anchor_labels, candidate_labels)

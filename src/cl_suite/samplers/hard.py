@@ -5,8 +5,9 @@ import math
 
 import torch
 
+from cl_suite.objectives import hard_log_mass, hard_weights
 from cl_suite.samplers.base import Contrast, NegativeSampler, NegativeTerm
-from cl_suite.samplers.debiased import check_tau_plus, debiased_log_mass
+from cl_suite.samplers.debiased import check_tau_plus
 
 ANNEAL_SCHEDULES = ("down",)
 ANNEAL_LEVELS = 9  # beta takes the values linspace(beta, 0, 9), as in the authors' code
@@ -38,6 +39,7 @@ class HardSampler(NegativeSampler):
     **mean** over the anchor's candidates (so R stays on the scale of the plain sum; the authors
     confirmed the code, not the appendix pseudo-code, in joshr17/HCL #1 and #5), and they are not
     detached. beta multiplies s/t, as in the authors' code. beta = 0 is DCL; beta = tau_plus = 0 is InfoNCE.
+    The estimator is ``cl_suite.objectives.hard_log_mass``.
 
     ``anneal="down"``: the beta schedule of the ``--anneal down`` option of the authors' code (joshr17/HCL,
     ``image/main.py``): beta steps down per whole epoch through
@@ -84,20 +86,11 @@ class HardSampler(NegativeSampler):
 
     def negative_term(self, ctx: Contrast) -> NegativeTerm:
         beta = self.current_beta()
-        logits = ctx.cand_sim / ctx.temperature
-
-        def masked(x):  # mask after scaling: beta = 0 times -inf would be NaN
-            return x.masked_fill(~ctx.mask, float("-inf"))
-
-        n = ctx.mask.sum(dim=1)
-        # log R = LSE((1 + beta) s/t) - LSE(beta s/t) + log N   (sum w n / ((1/N) sum w))
-        log_r = (torch.logsumexp(masked((1 + beta) * logits), dim=1)
-                 - torch.logsumexp(masked(beta * logits), dim=1) + torch.log(n.to(logits.dtype)))
-        log_mass = debiased_log_mass(log_r, ctx, self.tau_plus)
+        log_mass = hard_log_mass(ctx.cand_sim, ctx.mask, ctx.pos_sim, ctx.temperature, beta, self.tau_plus)
         if not ctx.with_diagnostics:
             return NegativeTerm(log_mass=log_mass)
         # Normalised weights, read by the diagnostics only: another (A, M) pass, so only when they are recorded.
-        weights = torch.softmax(masked(beta * logits.detach()), dim=1)
+        weights = hard_weights(ctx.cand_sim.detach(), ctx.mask, ctx.temperature, beta)
         # torch.full launches a fill kernel; torch.tensor(beta, device=cuda) would copy from the host and sync.
         return NegativeTerm(log_mass=log_mass, weights=weights,
-                            extra_stats={"hard/beta": torch.full((), beta, device=logits.device)})
+                            extra_stats={"hard/beta": torch.full((), beta, device=ctx.cand_sim.device)})

@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from cl_suite.distributed import get_rank, get_world_size
 from cl_suite.errors import ConfigError
+from cl_suite.objectives import hardest_candidates, mixing_log_mass, mixing_synthetics
 from cl_suite.samplers.base import Contrast, NegativeSampler, NegativeTerm, config_value
 
 
@@ -59,10 +59,9 @@ class MixingSampler(NegativeSampler):
                               f"{source}: lower sampler.n_hard or use more candidates")
 
     def negative_term(self, ctx: Contrast) -> NegativeTerm:
-        real = (ctx.cand_sim / ctx.temperature).masked_fill(~ctx.mask, float("-inf"))
         s1 = self.s1 if self.epoch >= self.start_epoch1 else 0
         s2 = self.s2 if self.epoch >= self.start_epoch2 else 0
-        parts = [real]
+        synthetics = []
         if s1 or s2:
             if not self._checked_counts:  # one host sync, on the first batch that mixes
                 fewest = int(ctx.mask.sum(dim=1).min())
@@ -70,29 +69,23 @@ class MixingSampler(NegativeSampler):
                     raise ValueError(f"sampler.n_hard={self.n_hard} is larger than the {fewest} candidates an "
                                      "anchor has: lower it or use more candidates")
                 self._checked_counts = True
-            # Gradient only through the anchor: the synthetics come back detached.
-            parts += [torch.einsum("ad,asd->as", ctx.anchors, h) / ctx.temperature
-                      for h in self.synthetic_negatives(ctx, s1, s2)]
-        log_mass = torch.logsumexp(torch.cat(parts, dim=1), dim=1)
+            synthetics = self.synthetic_negatives(ctx, s1, s2)
+        # Gradient only through the anchor: the synthetics are detached.
+        log_mass = mixing_log_mass(ctx.cand_sim, ctx.mask, ctx.anchors, synthetics, ctx.temperature)
         if not ctx.with_diagnostics:
             return NegativeTerm(log_mass=log_mass)
         # torch.full is a device fill; torch.tensor(x, device=cuda) would copy from the host every step.
         return NegativeTerm(log_mass=log_mass,
-                            extra_stats={"mixing/synthetic": torch.full((), float(s1 + s2), device=real.device)})
+                            extra_stats={"mixing/synthetic": torch.full((), float(s1 + s2), device=log_mass.device)})
 
     def synthetic_negatives(self, ctx: Contrast, s1: int, s2: int) -> list[torch.Tensor]:
         """The anchors' synthetic negatives, detached and L2-normalised: [type 1 (A, s1, D), type 2 (A, s2, D)]
         (a type with no synthetics is left out). The draws use torch's global generator on the anchors'
         device in a fixed order: type-1 indices i, j, then alpha; type-2 indices, then beta."""
-        anchors = ctx.anchors.detach()
-        n_anchors, dev = anchors.shape[0], anchors.device
+        n_anchors, dev = ctx.anchors.shape[0], ctx.anchors.device
         # Per-anchor hardest set on detached similarities; masked candidates (the anchor itself, its positive,
-        # same-image queue entries) sit at -inf so they are never mixed. topk returns -inf entries only when
-        # an anchor has fewer than n_hard unmasked candidates: those slots repeat its hardest one (column 0,
-        # as topk sorts), without a host sync.
-        top = ctx.cand_sim.detach().masked_fill(~ctx.mask, float("-inf")).topk(self.n_hard, dim=1)
-        hardest = torch.where(torch.isfinite(top.values), top.indices, top.indices[:, :1])
-        hard = ctx.candidates.detach()[hardest]  # (A, n_hard, D)
+        # same-image queue entries) are never in it.
+        hard = ctx.candidates.detach()[hardest_candidates(ctx.cand_sim, ctx.mask, self.n_hard)]  # (A, n_hard, D)
 
         # Draws for the anchors of every process, this process keeping its block: all processes consume
         # the (identically seeded) global generator alike, and W processes x A anchors get the numbers of
@@ -103,18 +96,14 @@ class MixingSampler(NegativeSampler):
         def uniform(count: int, high: float) -> torch.Tensor:  # (A, count, 1) ~ U[0, high)
             return high * torch.rand(world * n_anchors, count, 1, device=dev)[local]
 
-        def pick(count: int) -> torch.Tensor:  # (A, count, D): hard candidates drawn uniformly with replacement
-            idx = torch.randint(self.n_hard, (world * n_anchors, count), device=dev)[local]
-            return hard.gather(1, idx[..., None].expand(-1, -1, hard.shape[-1]))
+        def indices(count: int) -> torch.Tensor:  # (A, count): hard-set slots drawn uniformly with replacement
+            return torch.randint(self.n_hard, (world * n_anchors, count), device=dev)[local]
 
-        synthetics = []
-        with torch.no_grad():
-            if s1:  # h = normalize(alpha c_i + (1 - alpha) c_j), alpha ~ U[0, 1)
-                first, second = pick(s1), pick(s1)
-                alpha = uniform(s1, 1.0)
-                synthetics.append(F.normalize(alpha * first + (1 - alpha) * second, dim=-1))
-            if s2:  # h' = normalize(beta sg(a) + (1 - beta) c_j), beta ~ U[0, 0.5): the anchor weighs < 1/2
-                other = pick(s2)
-                beta = uniform(s2, 0.5)
-                synthetics.append(F.normalize(beta * anchors[:, None, :] + (1 - beta) * other, dim=-1))
-        return synthetics
+        pairs = anchor_mixes = None
+        if s1:  # alpha ~ U[0, 1)
+            first, second = indices(s1), indices(s1)
+            pairs = (first, second, uniform(s1, 1.0))
+        if s2:  # beta ~ U[0, 0.5): the anchor weighs < 1/2
+            other = indices(s2)
+            anchor_mixes = (other, uniform(s2, 0.5))
+        return mixing_synthetics(ctx.anchors, hard, pairs, anchor_mixes)

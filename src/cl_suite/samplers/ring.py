@@ -25,6 +25,10 @@ Two estimators of the negative mass (the loss is -log P / (P + N) with the posit
 The outer fraction can be annealed from 1 (every candidate) down to u, as the code's threshold policies
 do, indexed by the optimizer step s with A = int(anneal_epochs * steps_per_epoch) annealing steps
 (``anneal_outer_fraction``); the inner fraction stays constant, as in the code.
+
+The rank window, the draws' mapping to ranks and the negative mass are ``ring_borders``,
+``ring_selection`` and ``ring_log_mass`` of ``cl_suite.objectives``; this module holds the settings, the
+annealing, the random draws and the diagnostics.
 """
 from __future__ import annotations
 
@@ -33,33 +37,11 @@ import math
 import torch
 
 from cl_suite.errors import ConfigError
+from cl_suite.objectives import ring_log_mass, ring_selection, ring_width
 from cl_suite.samplers.base import Contrast, NegativeSampler, NegativeTerm, config_value
 
 ANNEAL_SCHEDULES = ("linear", "step", "exponential")
 ANNEAL_START = 1.0  # the code's init_thres: annealing starts from the whole candidate pool
-
-
-def ring_borders(outer_fraction: float, inner_fraction: float, count: int) -> tuple[int, int]:
-    """(I, O) for one candidate count: the ring keeps descending ranks I .. O-1. The outer ball is clipped
-    to the pool (a step schedule can ask for u slightly above 1, which the code's slicing clips)."""
-    outer = min(int(outer_fraction * count), count)
-    return int(inner_fraction * outer), outer
-
-
-def ring_width(outer_fraction: float, inner_fraction: float, count: int) -> int:
-    """How many candidates the ring keeps out of ``count``."""
-    inner, outer = ring_borders(outer_fraction, inner_fraction, count)
-    return outer - inner
-
-
-def ring_borders_per_anchor(outer_fraction: float, inner_fraction: float,
-                            counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``ring_borders`` for a (A,) tensor of candidate counts, on device. float64 products truncated
-    toward zero are bit-identical to Python's ``int(u * m)``."""
-    m = counts.double()
-    outer = torch.minimum(torch.floor(outer_fraction * m), m)
-    inner = torch.floor(inner_fraction * outer)
-    return inner.long(), outer.long()
 
 
 def anneal_outer_fraction(schedule: str | None, final: float, step: int, anneal_steps: int,
@@ -95,21 +77,6 @@ def anneal_outer_fraction(schedule: str | None, final: float, step: int, anneal_
     if schedule == "exponential":
         return (ANNEAL_START - final) * math.exp(-decay * step) + final
     raise ValueError(f"sampler.anneal={schedule!r} is not allowed: expected null or one of {', '.join(ANNEAL_SCHEDULES)}")
-
-
-def ring_positions(inner: torch.Tensor, outer: torch.Tensor, max_outer: int) -> torch.Tensor:
-    """(A, max_outer) bool: which of the ``max_outer`` best ranks of each anchor lie in its ring."""
-    ranks = torch.arange(max_outer, device=inner.device)
-    return (ranks[None, :] >= inner[:, None]) & (ranks[None, :] < outer[:, None])
-
-
-def resampled_ranks(inner: torch.Tensor, outer: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
-    """Ranks drawn uniformly with replacement from each anchor's ring: I + floor(U (O - I)) for the given
-    (A, k) uniforms in [0, 1) (the caller draws them, so a test can replay the draws)."""
-    width = (outer - inner).to(uniforms.dtype)
-    offsets = torch.floor(uniforms * width[:, None]).long()
-    # U < 1, but U * width can round up to width: stay inside the ring.
-    return inner[:, None] + torch.minimum(offsets, (outer - inner - 1).clamp(min=0)[:, None])
 
 
 class RingSampler(NegativeSampler):
@@ -197,37 +164,27 @@ class RingSampler(NegativeSampler):
         return self._ring_term(ctx, self.current_outer_fraction())
 
     def _ring_term(self, ctx: Contrast, outer_fraction: float) -> NegativeTerm:
-        n_anchors, n_cand = ctx.cand_sim.shape
-        counts = ctx.mask.sum(dim=1)  # (A,) candidates of each anchor
         if not self._checked_counts:
-            self._check_counts(counts)
-        inner, outer = ring_borders_per_anchor(outer_fraction, self.inner_fraction, counts)
-        # The ball of the largest count holds every anchor's ball; masked (-inf) candidates rank last.
-        max_outer = min(int(outer_fraction * n_cand), n_cand)
-        sim = ctx.cand_sim.detach().masked_fill(~ctx.mask, float("-inf"))
-        best = sim.topk(max_outer, dim=1, sorted=True).indices  # (A, max_outer) candidate index by rank
-        logits = ctx.cand_sim / ctx.temperature
-        if self.num_samples is None:
-            in_ring = ring_positions(inner, outer, max_outer)
-            ranked_logits = logits.gather(1, best).masked_fill(~in_ring, float("-inf"))
-            log_mass = torch.logsumexp(ranked_logits, dim=1)
-            if not ctx.with_diagnostics:
-                return NegativeTerm(log_mass=log_mass)
-            weights = torch.zeros_like(ctx.mask).scatter_(1, best, in_ring).float()
+            self._check_counts(ctx.mask.sum(dim=1))
+        uniforms = None
+        if self.num_samples is not None:
+            uniforms = torch.rand(ctx.cand_sim.shape[0], self.num_samples, device=ctx.cand_sim.device,
+                                  dtype=torch.float64)
+        selection = ring_selection(ctx.cand_sim, ctx.mask, outer_fraction, self.inner_fraction, uniforms)
+        log_mass = ring_log_mass(ctx.cand_sim, selection, ctx.temperature)
+        if not ctx.with_diagnostics:  # the weights and stats below are read by the diagnostics only
+            return NegativeTerm(log_mass=log_mass)
+        if selection.keep is not None:
+            weights = torch.zeros_like(ctx.mask).scatter_(1, selection.index, selection.keep).float()
         else:
-            uniforms = torch.rand(n_anchors, self.num_samples, device=logits.device, dtype=torch.float64)
-            drawn = best.gather(1, resampled_ranks(inner, outer, uniforms))  # (A, k) candidate indices
-            log_mass = torch.logsumexp(logits.gather(1, drawn), dim=1)
-            if not ctx.with_diagnostics:  # the weights and stats below are read by the diagnostics only
-                return NegativeTerm(log_mass=log_mass)
-            weights = torch.zeros_like(logits, dtype=torch.float32).scatter_add_(
-                1, drawn, torch.ones_like(drawn, dtype=torch.float32))
-        width = (outer - inner).float()
+            weights = torch.zeros_like(ctx.cand_sim, dtype=torch.float32).scatter_add_(
+                1, selection.index, torch.ones_like(selection.index, dtype=torch.float32))
+        width = (selection.outer - selection.inner).float()
         return NegativeTerm(
             log_mass=log_mass,
             weights=weights,
-            extra_stats={"ring/kept_fraction": (width / counts.clamp(min=1)).mean(),
+            extra_stats={"ring/kept_fraction": (width / selection.counts.clamp(min=1)).mean(),
                          "ring/width": width.mean(),
                          # torch.full is a device fill; torch.tensor(x, device=cuda) would copy from the host
-                         "ring/outer_fraction": torch.full((), outer_fraction, device=logits.device)},
+                         "ring/outer_fraction": torch.full((), outer_fraction, device=ctx.cand_sim.device)},
         )

@@ -1,8 +1,7 @@
 """Uniform negatives: InfoNCE (Oord et al. 2018) / NT-Xent (SimCLR, Chen et al. 2020, eq. 1)."""
 from __future__ import annotations
 
-import torch
-
+from cl_suite.objectives import infonce_log_mass
 from cl_suite.samplers.base import Contrast, NegativeSampler, NegativeTerm
 
 
@@ -14,5 +13,4 @@ class UniformSampler(NegativeSampler):
     """
 
     def negative_term(self, ctx: Contrast) -> NegativeTerm:
-        logits = (ctx.cand_sim / ctx.temperature).masked_fill(~ctx.mask, float("-inf"))
-        return NegativeTerm(log_mass=torch.logsumexp(logits, dim=1))
+        return NegativeTerm(log_mass=infonce_log_mass(ctx.cand_sim, ctx.mask, ctx.temperature))
