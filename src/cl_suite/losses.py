@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cl_suite.distributed import gather_no_grad, gather_with_grad, get_rank
+from cl_suite.objectives import checked_temperature
 from cl_suite.samplers.base import NegativeSampler, SamplerOutput
 from cl_suite.samplers.uniform import UniformSampler
 
@@ -75,11 +76,9 @@ class ContrastiveLoss(nn.Module):
 
     def __init__(self, sampler: NegativeSampler | None = None, temperature: float = 0.5, diagnostics: bool = False):
         super().__init__()
-        if not temperature > 0:
-            raise ValueError(f"temperature={temperature} must be > 0")
         self.sampler = sampler if sampler is not None else UniformSampler()
         self.sampler.record_diagnostics = diagnostics
-        self.temperature = float(temperature)
+        self.temperature = checked_temperature(temperature, key="temperature")
         self.last_stats: dict[str, torch.Tensor] = {}
 
     def forward(self, z1: torch.Tensor, z2: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:

@@ -29,6 +29,14 @@ MASKED = -1.0e9
 
 # --------------------------------------------------------------------------------------------- InfoNCE
 
+
+def checked_temperature(temperature: float, key: str = "method.temperature") -> float:
+    """A softmax temperature as a float; refused (naming ``key``) unless > 0. Every loss here divides
+    similarities by it."""
+    if not temperature > 0:
+        raise ValueError(f"{key}={temperature} must be > 0")
+    return float(temperature)
+
 def infonce_from_log_mass(pos_sim: torch.Tensor, log_neg_mass: torch.Tensor, temperature: float) -> torch.Tensor:
     """InfoNCE (van den Oord, Li, Vinyals 2018, "Representation Learning with Contrastive Predictive
     Coding", eq. 4) for one positive and a negative mass ``N_a`` given as its log, averaged over anchors:

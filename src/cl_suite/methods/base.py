@@ -5,9 +5,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from cl_suite.samplers.base import NegativeSampler
+
+
+def unit_projection(projector: nn.Module, features: torch.Tensor) -> torch.Tensor:
+    """The L2-normalised projections every contrastive loss here compares, in fp32 (also under autocast:
+    the losses are computed in fp32)."""
+    return F.normalize(projector(features).float(), dim=1)
 
 
 @dataclass

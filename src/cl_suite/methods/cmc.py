@@ -14,9 +14,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from cl_suite.distributed import gather_no_grad
-from cl_suite.methods.base import ContrastiveMethod, MethodOutput
+from cl_suite.methods.base import ContrastiveMethod, MethodOutput, unit_projection
 from cl_suite.methods.memory_bank import MemoryBank
 from cl_suite.models.heads import mlp
+from cl_suite.objectives import checked_temperature
 from cl_suite.samplers.base import Contrast, NegativeSampler, NegativeTerm, config_value, diagnostics
 from cl_suite.samplers.uniform import UniformSampler
 
@@ -135,8 +136,6 @@ class CMC(ContrastiveMethod):
                              "(binary noise-contrastive estimation, Pn = 1/N), there is no negative term for a "
                              "sampler to shape; allowed: sampler=uniform with method.criterion=nce, or "
                              "method.criterion=softmax")
-        if not temperature > 0:
-            raise ValueError(f"method.temperature={temperature} must be > 0")
         if not (isinstance(num_negatives, int) and num_negatives >= 1):
             raise ValueError(f"method.num_negatives={num_negatives} is not allowed: expected an integer >= 1")
         if len(mean) != 3 or len(std) != 3:
@@ -148,7 +147,7 @@ class CMC(ContrastiveMethod):
                     batch_norm=False)
         self.l_projector, self.ab_projector = mlp(**head), mlp(**head)
         self.sampler = sampler
-        self.temperature, self.num_negatives = float(temperature), num_negatives
+        self.temperature, self.num_negatives = checked_temperature(temperature), num_negatives
         self.register_buffer("rgb_mean", torch.tensor(mean).view(1, 3, 1, 1))
         self.register_buffer("rgb_std", torch.tensor(std).view(1, 3, 1, 1))
         # The Lab constants on the model's device, so that a step copies nothing from the host; not
@@ -184,8 +183,8 @@ class CMC(ContrastiveMethod):
     def forward(self, views: tuple[torch.Tensor, torch.Tensor], labels: torch.Tensor,
                 indices: torch.Tensor) -> MethodOutput:
         h_l, h_ab = self._lab_features(views[0])
-        z_l = F.normalize(self.l_projector(h_l).float(), dim=1)
-        z_ab = F.normalize(self.ab_projector(h_ab).float(), dim=1)
+        z_l = unit_projection(self.l_projector, h_l)
+        z_ab = unit_projection(self.ab_projector, h_ab)
         drawn = self.bank_l.draw(self.num_negatives, z_l.device)  # the same rows of both banks
         if self.criterion == "nce":
             loss, stats = self._nce(z_l, z_ab, indices, drawn, labels)

@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from cl_suite.distributed import gather_no_grad
-from cl_suite.methods.base import ContrastiveMethod, MethodOutput
+from cl_suite.methods.base import ContrastiveMethod, MethodOutput, unit_projection
 from cl_suite.methods.memory_bank import MemoryBank
 from cl_suite.models.heads import mlp
+from cl_suite.objectives import checked_temperature
 from cl_suite.samplers.base import NegativeSampler, config_value
 
 
@@ -62,8 +62,6 @@ class InstanceRecognition(ContrastiveMethod):
         bank_momentum: float = 0.5,
     ):
         super().__init__()
-        if not temperature > 0:
-            raise ValueError(f"method.temperature={temperature} must be > 0")
         if num_negatives is not None and not (isinstance(num_negatives, int) and num_negatives >= 1):
             raise ValueError(f"method.num_negatives={num_negatives} is not allowed: expected an integer >= 1 "
                              "(rows drawn per step) or null (every bank row)")
@@ -71,14 +69,14 @@ class InstanceRecognition(ContrastiveMethod):
         self.projector = mlp(backbone.num_features, list(projector_hidden_dims), projector_dim,
                              batch_norm=projector_batch_norm)
         self.sampler = sampler
-        self.temperature = float(temperature)
+        self.temperature = checked_temperature(temperature)
         self.num_negatives = num_negatives
         self.bank = MemoryBank(num_samples, projector_dim, bank_momentum)
 
     def forward(self, views: tuple[torch.Tensor, torch.Tensor], labels: torch.Tensor,
                 indices: torch.Tensor) -> MethodOutput:
         h = self.backbone(views[0])
-        q = F.normalize(self.projector(h).float(), dim=1)
+        q = unit_projection(self.projector, h)
         rows = self.bank.embeddings
         if self.num_negatives is None:
             candidates, mask, candidate_labels = rows, None, self.bank.labels

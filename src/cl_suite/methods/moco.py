@@ -2,14 +2,14 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from cl_suite.distributed import gather_no_grad
-from cl_suite.methods.base import ContrastiveMethod, MethodOutput
+from cl_suite.methods.base import ContrastiveMethod, MethodOutput, unit_projection
 from cl_suite.methods.momentum import MomentumEncoder, accept_old_key_names
 from cl_suite.methods.queue import FeatureQueue
 from cl_suite.models.heads import mlp
+from cl_suite.objectives import checked_temperature
 from cl_suite.samplers.base import NegativeSampler, config_value
 
 
@@ -65,15 +65,13 @@ class MoCo(ContrastiveMethod):
         mask_same_image: bool = False,
     ):
         super().__init__()
-        if not temperature > 0:
-            raise ValueError(f"method.temperature={temperature} must be > 0")
         self.backbone = backbone
         self.projector = mlp(backbone.num_features, list(projector_hidden_dims), projector_dim,
                              batch_norm=projector_batch_norm)
         self.key_encoder = MomentumEncoder(backbone, self.projector, momentum, momentum_final, shuffle_bn)
         accept_old_key_names(self)
         self.sampler = sampler
-        self.temperature = float(temperature)
+        self.temperature = checked_temperature(temperature)
         self.symmetric = symmetric
         if not isinstance(mask_same_image, bool):
             raise ValueError(f"method.mask_same_image={mask_same_image!r} is not allowed: expected true or false")
@@ -103,7 +101,7 @@ class MoCo(ContrastiveMethod):
                 indices: torch.Tensor | None = None) -> MethodOutput:
         x1, x2 = views
         h1 = self.backbone(x1)
-        q1 = F.normalize(self.projector(h1).float(), dim=1)
+        q1 = unit_projection(self.projector, h1)
         k2 = self.keys(x2)
         # The queue itself, not a copy: this step's keys are pushed after backward and the optimizer step
         # (after_step), so the loss sees the queue as it was; a write before backward would trip
@@ -116,7 +114,7 @@ class MoCo(ContrastiveMethod):
         key_indices = indices
         if self.symmetric:
             h2 = self.backbone(x2)
-            q2 = F.normalize(self.projector(h2).float(), dim=1)
+            q2 = unit_projection(self.projector, h2)
             k1 = self.keys(x1)
             out2 = self.sampler(anchors=q2, positives=k1, candidates=candidates, candidate_mask=mask,
                                 temperature=self.temperature, anchor_labels=labels,

@@ -7,9 +7,9 @@ import copy
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from cl_suite.methods.base import unit_projection
 from cl_suite.distributed import batch_shuffle, batch_unshuffle
 
 
@@ -44,7 +44,7 @@ class MomentumEncoder(nn.Module):
         """L2-normalised fp32 keys of ``x``."""
         if self.shuffle_bn:
             x, order = batch_shuffle(x)
-        k = F.normalize(self.projector(self.backbone(x)).float(), dim=1)
+        k = unit_projection(self.projector, self.backbone(x))
         return batch_unshuffle(k, order) if self.shuffle_bn else k
 
     def momentum_at(self, step: int, total_steps: int) -> float:

@@ -11,7 +11,7 @@ from cl_suite.losses import in_batch_negatives
 from cl_suite.methods.base import ContrastiveMethod, MethodOutput
 from cl_suite.methods.queue import FeatureQueue
 from cl_suite.models.heads import mlp
-from cl_suite.objectives import nearest_neighbours
+from cl_suite.objectives import checked_temperature, nearest_neighbours
 from cl_suite.samplers.base import NegativeSampler
 
 
@@ -44,11 +44,9 @@ class LookedUpPositiveCLR(ContrastiveMethod):
                  projector_hidden_dims: list[int] | tuple[int, ...], projector_dim: int,
                  predictor_hidden_dims: list[int] | tuple[int, ...]):
         super().__init__()
-        if not temperature > 0:
-            raise ValueError(f"method.temperature={temperature} must be > 0")
         self.backbone = backbone
         self.sampler = sampler
-        self.temperature = float(temperature)
+        self.temperature = checked_temperature(temperature)
         self.projector = mlp(backbone.num_features, list(projector_hidden_dims), projector_dim, last_batch_norm=True)
         self.predictor = mlp(projector_dim, list(predictor_hidden_dims), projector_dim)
 

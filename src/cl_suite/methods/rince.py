@@ -4,11 +4,10 @@ bank, positives in ranks."""
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from cl_suite.distributed import gather_no_grad
-from cl_suite.methods.base import ContrastiveMethod, MethodOutput
+from cl_suite.methods.base import ContrastiveMethod, MethodOutput, unit_projection
 from cl_suite.methods.momentum import MomentumEncoder, accept_old_key_names
 from cl_suite.methods.queue import FeatureQueue
 from cl_suite.models.heads import mlp
@@ -107,7 +106,7 @@ class RINCE(ContrastiveMethod):
                 indices: torch.Tensor | None = None) -> MethodOutput:
         x1, x2 = views
         h1 = self.backbone(x1)
-        q = F.normalize(self.projector(h1).float(), dim=1)
+        q = unit_projection(self.projector, h1)
         k = self.key_encoder(x2)
         bank, bank_labels = self.queue.embeddings, self.queue.labels  # no copy: written after the step, as MoCo
         with torch.autocast(device_type=q.device.type, enabled=False):

@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from cl_suite.distributed import gather_no_grad, gather_with_grad
 from cl_suite.losses import two_view_contrast
-from cl_suite.methods.base import ContrastiveMethod, MethodOutput
+from cl_suite.methods.base import ContrastiveMethod, MethodOutput, unit_projection
 from cl_suite.models.heads import mlp
+from cl_suite.objectives import checked_temperature
 from cl_suite.samplers.base import NegativeSampler, config_value
 
 
@@ -57,14 +57,12 @@ class SimCLR(ContrastiveMethod):
         form: str = "nt_xent",
     ):
         super().__init__()
-        if not temperature > 0:
-            raise ValueError(f"method.temperature={temperature} must be > 0")
         if form not in SIMCLR_FORMS:
             raise ValueError(f"method.form={form!r} is not allowed: expected one of {', '.join(SIMCLR_FORMS)}")
         self.form = form
         self.backbone = backbone
         self.sampler = sampler
-        self.temperature = float(temperature)
+        self.temperature = checked_temperature(temperature)
         self.concat_views = concat_views
         self.projector = mlp(backbone.num_features, list(projector_hidden_dims), projector_dim,
                              batch_norm=projector_batch_norm)
@@ -90,4 +88,4 @@ def embed_two_views(backbone: nn.Module, projector: nn.Module, views: tuple[torc
     rows first. ``concat_views``: one backbone call on both views (BN statistics over 2b images)."""
     x1, x2 = views
     h = backbone(torch.cat([x1, x2])) if concat_views else torch.cat([backbone(x1), backbone(x2)])
-    return h, F.normalize(projector(h).float(), dim=1)
+    return h, unit_projection(projector, h)

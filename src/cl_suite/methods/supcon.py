@@ -10,7 +10,7 @@ from cl_suite.methods.base import ContrastiveMethod, MethodOutput
 from cl_suite.methods.queue import FeatureQueue
 from cl_suite.methods.simclr import embed_two_views
 from cl_suite.models.heads import mlp
-from cl_suite.objectives import supervised_contrastive_loss
+from cl_suite.objectives import checked_temperature, supervised_contrastive_loss
 
 
 class SupCon(ContrastiveMethod):
@@ -29,12 +29,10 @@ class SupCon(ContrastiveMethod):
                  projector_hidden_dims: list[int] | tuple[int, ...] = (2048,), projector_dim: int = 128,
                  projector_batch_norm: bool = True, concat_views: bool = False, bank_size: int = 0):
         super().__init__()
-        if not temperature > 0:
-            raise ValueError(f"method.temperature={temperature} must be > 0")
         if isinstance(bank_size, bool) or not isinstance(bank_size, int) or bank_size < 0:
             raise ValueError(f"method.bank_size={bank_size!r} is not allowed: expected an integer >= 0 (0 = no bank)")
         self.backbone = backbone
-        self.temperature = float(temperature)
+        self.temperature = checked_temperature(temperature)
         self.concat_views = concat_views
         self.projector = mlp(backbone.num_features, list(projector_hidden_dims), projector_dim,
                              batch_norm=projector_batch_norm)
