@@ -27,6 +27,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
 
+from tables import markdown_table  # noqa: F401  (re-exported: the scripts call common.markdown_table)
 import cl_suite.resolvers  # noqa: F401  (registers ${cl_suite.run_stamp:} as train.py does)
 from cl_suite.distributed import resolve_device
 from cl_suite.engine.trainer import Trainer, autocast
@@ -227,18 +228,6 @@ def header(title: str, device: torch.device, note: str = "") -> str:
         lines[-1] += " " + note
     lines[-1] += f" Contention check: {contention()}."
     return "\n".join(lines) + "\n"
-
-
-def markdown_table(columns: list[str], rows: list[list[object]]) -> str:
-    """A Markdown table; the first column left-aligned, the others right-aligned."""
-    cells = [[str(c) for c in columns]] + [[str(c) for c in row] for row in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
-
-    def line(row: list[str]) -> str:
-        return "| " + " | ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))) + " |"
-
-    rule = "| " + " | ".join(("-" * w) if i == 0 else ("-" * (w - 1) + ":") for i, w in enumerate(widths)) + " |"
-    return "\n".join([line(cells[0]), rule, *map(line, cells[1:])])
 
 
 # SimCLR on a CIFAR ResNet-18 at 32x32 (3x3/1 stem, no max-pool): 0.555 GMACs = 1.11 GFLOPs forward

@@ -16,6 +16,8 @@ ROOT = Path(__file__).resolve().parents[2]
 CONF = ROOT / "src" / "cl_suite" / "conf"  # (the checkout's conf/ links here)
 sys.path.insert(0, str(ROOT / "bench"))  # bench/common.py as ``common``
 
+from tables import markdown_table as table  # noqa: E402  (torch-free: this stage process stays light)
+
 DRY = os.environ.get("GPU_CHECK_DRY", "0") not in ("", "0")
 WORK = Path(os.environ.get("GPU_CHECK_WORK") or "/tmp/gpu_check_work")
 # Absolute time (time.time()) by which the stage must have finished; the shell passes it in.
@@ -76,16 +78,3 @@ class Section:
 
     def headline(self, text: str) -> None:
         (WORK / f"{self.stage}.headline").write_text(text.strip().replace("|", "/") + "\n")
-
-
-def table(columns: list[str], rows: list[list[object]]) -> str:
-    """A Markdown table as bench/common.py's ``markdown_table`` (first column left-aligned), without
-    importing torch (the correctness stage's own process stays light)."""
-    cells = [[str(c) for c in columns]] + [[str(c) for c in row] for row in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
-
-    def line(row: list[str]) -> str:
-        return "| " + " | ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))) + " |"
-
-    rule = "| " + " | ".join(("-" * w) if i == 0 else ("-" * (w - 1) + ":") for i, w in enumerate(widths)) + " |"
-    return "\n".join([line(cells[0]), rule, *map(line, cells[1:])])
