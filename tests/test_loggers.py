@@ -53,7 +53,7 @@ def test_wandb_and_csv_at_once_log_each_number_once_and_end_with_the_final_numbe
     assert {"diag/sim/positive_mean", "diag/sim/negative_mean", "diag/negatives/effective"} <= keys
     recorded = {k.split("/_type")[0].rsplit("/values")[0].rsplit("/bins")[0] for k in keys}
     in_metrics = {k for r in metrics["epochs"] for k in r} | {f"final/{k}" for k in metrics["final"]}
-    assert recorded ^ in_metrics == {"train/loss"}  # the log steps' loss; everything else is in metrics.json
+    assert recorded ^ in_metrics == {"train/loss", "lr", "images_per_s"}  # the log steps; the rest is in metrics.json
     rows = [row for row in run["history"] if "diag/sim/positive_mean" in row]
     assert [row["diag/sim/positive_mean"] for row in rows] == pytest.approx(
         [r["diag/sim/positive_mean"] for r in metrics["epochs"]])
@@ -138,7 +138,48 @@ def test_the_sync_hint_of_a_resumed_offline_run_names_every_folder_in_order(tmp_
     if wandb_cli.is_file():  # the command as printed runs: wandb lists each run log it would upload
         dry = command.replace("wandb sync ", f"{shlex.quote(str(wandb_cli))} sync --dry-run ")
         out = subprocess.run(["bash", "-c", dry], capture_output=True, text=True, timeout=300)
-        assert out.returncode == 0 and all(f"{f}/run-{run_id}.wandb" in out.stdout + out.stderr for f in folders), out
+        # (wandb prints each path relative to the working directory)
+        assert out.returncode == 0 and all(f"{f.name}/run-{run_id}.wandb" in out.stdout + out.stderr for f in folders), out
+
+
+def test_a_resumed_csv_run_drops_the_rows_a_killed_run_logged_past_its_checkpoint(tmp_path):
+    overrides = NO_LOGGER + ["logger=csv", "trainer.log_every_steps=1", "trainer.eval_every_epochs=0",
+                             "evaluation.linear.epochs=1"]
+    train(compose_train(overrides + ["trainer.max_steps=2"], tmp_path))
+    path = tmp_path / "metrics.csv"
+    first = read_metrics_csv(path)
+    assert {int(r["step"]) for r in first} == {1, 2}
+    # What a run killed after its step-2 checkpoint leaves: rows of steps 3 and 4, and a torn last line.
+    with path.open("a", newline="") as f:
+        f.write("3,train/loss,999\n4,train/loss,999\n4,train/lo")
+    train(compose_train(overrides + ["trainer.max_steps=4"], tmp_path))  # resume=auto from step 2
+    rows = read_metrics_csv(path)
+    assert rows[:len(first)] == first  # the rows up to the checkpoint, untouched
+    pairs = [(r["step"], r["key"]) for r in rows]
+    assert len(pairs) == len(set(pairs))  # every (step, key) once
+    loss = {int(r["step"]): float(r["value"]) for r in rows if r["key"] == "train/loss"}
+    assert sorted(loss) == [1, 2, 3, 4] and 999 not in loss.values()
+    assert not path.with_name("metrics.csv.tmp").exists()
+
+
+def test_a_resumed_tensorboard_run_purges_the_events_past_its_checkpoint(tmp_path):
+    pytest.importorskip("tensorboard", reason="the optional [tensorboard] extra")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from torch.utils.tensorboard import SummaryWriter
+
+    overrides = NO_LOGGER + ["logger=tensorboard", "trainer.log_every_steps=1", "trainer.eval_every_epochs=0",
+                             "evaluation.linear.epochs=1"]
+    train(compose_train(overrides + ["trainer.max_steps=2"], tmp_path))
+    killed = SummaryWriter(log_dir=str(tmp_path / "tensorboard"))  # a killed run's events past step 2
+    for step in (3, 4):
+        killed.add_scalar("train/loss", 999.0, step)
+    killed.close()
+    time.sleep(1.1)  # event files are named by the second they were opened, and read in name order
+    train(compose_train(overrides + ["trainer.max_steps=4"], tmp_path))
+    events = EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"scalars": 0})
+    events.Reload()
+    points = events.Scalars("train/loss")
+    assert [p.step for p in points] == [1, 2, 3, 4] and 999.0 not in [p.value for p in points]
 
 
 def test_offline_run_folders_sorts_resumes_by_time_then_suffix(tmp_path):

@@ -559,3 +559,31 @@ def test_optuna_sweeper_config_composes_with_the_search_space():
     assert sweeper._target_.endswith("OptunaSweeper") and sweeper.direction == "maximize"
     assert sweeper.sampler._target_ == "optuna.samplers.TPESampler"
     assert dict(sweeper.params) == {"sampler.tau_plus": "interval(0.0, 0.2)", "sampler.beta": "interval(0.0, 2.0)"}
+
+
+@pytest.mark.slow
+def test_an_optuna_search_runs_its_trials_and_the_report_reads_them(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason="the optional [optuna] extra")
+    import yaml
+
+    from helpers import run_cli
+
+    sweep = tmp_path / "sweep"
+    proc = run_cli("train.py", ["-m", "method=hcl", "hydra/sweeper=tau_plus_beta", "hydra.sweeper.n_trials=3",
+                                "debug=fast", "logger=none", f"hydra.sweep.dir={sweep}"], timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    finals, searched = [], []
+    for job in ("0", "1", "2"):
+        metrics = json.loads((sweep / job / "metrics.json").read_text())
+        finals.append(metrics["final"]["linear/top1"])
+        overrides = yaml.safe_load((sweep / job / ".hydra" / "overrides.yaml").read_text())
+        values = dict(o.split("=", 1) for o in overrides if o.startswith("sampler."))
+        searched.append((float(values["sampler.tau_plus"]), float(values["sampler.beta"])))
+        sampler = yaml.safe_load((sweep / job / ".hydra" / "config.yaml").read_text())["sampler"]
+        assert (sampler["tau_plus"], sampler["beta"]) == searched[-1]  # the trial trained with what was asked
+    assert all(0 <= tau <= 0.2 and 0 <= beta <= 2 for tau, beta in searched) and len(set(searched)) == 3
+    best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    assert best["best_value"] == pytest.approx(max(finals))  # the objective is train.py's final linear top-1
+    assert report_main([str(sweep)]) == 0
+    rows = list(csv.DictReader((sweep / "report.csv").open()))
+    assert len(rows) == 3 and {"sampler.tau_plus", "sampler.beta"} <= set(rows[0])

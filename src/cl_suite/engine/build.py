@@ -114,11 +114,14 @@ def build_method(cfg: DictConfig, facts: DatasetFacts) -> ContrastiveMethod:
     return instantiate_unwrapped(cfg.method, backbone=backbone, _convert_="all", **extra)
 
 
-def build_logger(cfg: DictConfig, run_dir: str, run_config: DictConfig, run_id: str | None = None):
-    """The ``logger`` group, given the run's resolved config as plain data.
+def build_logger(cfg: DictConfig, run_dir: str, run_config: DictConfig, run_id: str | None = None,
+                 resume_step: int | None = None):
+    """The ``logger`` group, given the run's resolved config as plain data (the constructor arguments are
+    NullLogger's: ``resume_step`` is the step a resumed run continues from, None for a fresh run).
 
     ``_recursive_=False`` and ``_convert_="all"``: the run config's own ``_target_`` nodes must reach the
     logger as data, not be instantiated, and as plain dicts (wandb cannot serialise DictConfig).
     """
-    return instantiate(cfg, run_dir=run_dir, run_id=run_id, run_config=OmegaConf.to_container(run_config, resolve=True),
+    return instantiate(cfg, run_dir=run_dir, run_id=run_id, resume_step=resume_step,
+                       run_config=OmegaConf.to_container(run_config, resolve=True),
                        _recursive_=False, _convert_="all")

@@ -10,19 +10,40 @@ from pathlib import Path
 from typing import Any
 
 from cl_suite.engine.diagnostics import is_histogram
-from cl_suite.errors import UserError
+from cl_suite.errors import ConfigError, UserError
 
 
 class LoggerUnavailable(UserError, ImportError):
     """A logger whose optional package is not installed; the message says what to install."""
 
 
+# What the loop gives every logger's constructor (NullLogger's docstring says what each one is).
+LOGGER_ARGUMENTS = ("run_dir", "run_config", "run_id", "resume_step")
+
+
+def check_logger_config(cfg, key: str = "logger") -> None:
+    """Start-up validation of one logger config: its class's own ``check_config(cfg, key)``, where it has
+    one (a logger class without it is only checked for its constructor arguments)."""
+    from hydra.utils import get_class
+
+    check = getattr(get_class(cfg._target_), "check_config", None)
+    if check is not None:
+        check(cfg, key)
+
+
 class NullLogger:
-    """``logger=none``: logs nothing (``metrics.json`` and the console still get every number)."""
+    """``logger=none``: logs nothing (``metrics.json`` and the console still get every number).
+
+    The interface every logger has. It is built with ``run_dir``, ``run_config`` (the resolved config as
+    plain data), ``run_id`` (the id a resumed run had, or None) and ``resume_step`` (the optimizer step of
+    the checkpoint a run resumes from, or None for a fresh run: rows a killed run logged past it are logged
+    again by the resumed run, so a logger that can forget them does).
+    """
 
     wants_media = False  # callers skip work (e.g. encoding an embedding snapshot) whose only use is media
 
-    def __init__(self, run_dir: str | None = None, run_config: dict | None = None, run_id: str | None = None):
+    def __init__(self, run_dir: str | None = None, run_config: dict | None = None, run_id: str | None = None,
+                 resume_step: int | None = None):
         self.run_id = run_id
 
     def log(self, metrics: dict[str, Any], step: int) -> None:
@@ -87,6 +108,13 @@ def run_summary(history: dict) -> dict[str, Any]:
     return out
 
 
+def _int_or_none(text: str) -> int | None:
+    try:
+        return int(text)
+    except ValueError:
+        return None
+
+
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
@@ -132,7 +160,10 @@ class WandbLogger:
 
     def __init__(self, run_dir: str, run_config: dict, project: str = "cl_suite", entity: str | None = None,
                  mode: str = "auto", group: str | None = None, job_type: str | None = None,
-                 tags: list[str] | None = None, name: str | None = None, run_id: str | None = None):
+                 tags: list[str] | None = None, name: str | None = None, run_id: str | None = None,
+                 resume_step: int | None = None):
+        # resume_step is not needed: wandb drops a logged step below the run's last one (with a warning),
+        # so the steps a killed run logged past its checkpoint keep their first values.
         import wandb
 
         from cl_suite.sweeps import current_sweep_job
@@ -161,6 +192,13 @@ class WandbLogger:
             folders = offline_run_folders(folder.parent, self.run_id) or [folder]
             parts = f" (its {len(folders)} offline folders, in order)" if len(folders) > 1 else ""
             print(f"wandb is offline; upload the run later{parts} with: {wandb_sync_command(folders)}")
+
+    @classmethod
+    def check_config(cls, cfg, key: str) -> None:
+        if "mode" in cfg and cfg.mode not in WANDB_MODES:
+            raise ConfigError(f"{key}.mode={cfg.mode!r} is not one of {WANDB_MODES}")
+        if "project" in cfg and not (isinstance(cfg.project, str) and cfg.project):
+            raise ConfigError(f"{key}.project={cfg.project!r} is not allowed: expected a non-empty name")
 
     def log(self, metrics: dict[str, Any], step: int) -> None:
         self._run.log({k: self._histogram(v) if is_histogram(v) else v for k, v in metrics.items()}, step=step)
@@ -205,11 +243,12 @@ class CSVLogger:
 
     The long format, not one column per key: the keys differ from row to row (a log step has the loss,
     an epoch record the evaluations and diagnostics), so a wide file would have to be rewritten whenever
-    a new key appears; this one is only ever appended to, each call flushed, so a killed run keeps every
-    row it logged and a resumed run appends to the same file (steps after the resumed checkpoint then
-    appear twice: the later row is the resumed run's). Histograms and media are not written (metrics.json
-    has the histograms). Wide table: ``pd.read_csv(f).pivot_table(index="step", columns="key",
-    values="value", aggfunc="last")``.
+    a new key appears; this one is only appended to, each call flushed, so a killed run keeps every row
+    it logged. A resumed run first drops the rows past its checkpoint's step (the file is rewritten to a
+    temporary file and renamed over, so a crash leaves the old file or the new one), then appends: every
+    (step, key) appears once. A torn last line of a killed run is dropped with them. Histograms and media
+    are not written (metrics.json has the histograms). Wide table:
+    ``pd.read_csv(f).pivot_table(index="step", columns="key", values="value")``.
     """
 
     wants_media = False
@@ -217,18 +256,38 @@ class CSVLogger:
     COLUMNS = ("step", "key", "value")
 
     def __init__(self, run_dir: str, run_config: dict | None = None, run_id: str | None = None,
-                 filename: str = FILENAME):
+                 resume_step: int | None = None, filename: str = FILENAME):
         import csv
 
         self.run_id = run_id
         self.path = Path(run_dir) / filename
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if resume_step is not None and self.path.is_file():
+            self._keep_rows_up_to(resume_step)
         new = not self.path.is_file() or self.path.stat().st_size == 0
         self._file = self.path.open("a", newline="", encoding="utf-8")
         self._writer = csv.writer(self._file)
         if new:
             self._writer.writerow(self.COLUMNS)
             self._file.flush()
+
+    def _keep_rows_up_to(self, step: int) -> None:
+        """Rewrite the file with its header and the rows of steps <= ``step``; a row that does not parse as
+        ``int step, key, value`` (the torn last line of a killed run) goes too."""
+        import csv
+
+        with self.path.open(newline="", encoding="utf-8") as f:
+            rows = list(csv.reader(f))
+        kept = [row for row in rows[1:] if len(row) == len(self.COLUMNS) and _int_or_none(row[0]) is not None
+                and _int_or_none(row[0]) <= step]
+        temporary = self.path.with_name(self.path.name + ".tmp")
+        with temporary.open("w", newline="", encoding="utf-8") as f:
+            writer = csv.writer(f)
+            writer.writerow(self.COLUMNS)
+            writer.writerows(kept)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temporary, self.path)
 
     def log(self, metrics: dict[str, Any], step: int) -> None:
         rows = [(step, key, value) for key, value in metrics.items() if _is_number(value) or isinstance(value, bool)]
@@ -266,25 +325,32 @@ class TensorBoardLogger:
     Scalars by their keys (``train/loss``, ``knn/top1``, ``diag/sim/positive_mean`` ...) against the
     optimizer step, diagnostics histograms as TensorBoard histograms, the embedding snapshot in the
     projector (its top principal components, labelled). A resumed run adds an event file to the same
-    folder; TensorBoard shows both.
+    folder and purges the events past its checkpoint's step (SummaryWriter's ``purge_step``), so
+    TensorBoard shows each step once.
     """
 
     wants_media = True
 
     def __init__(self, run_dir: str, run_config: dict | None = None, run_id: str | None = None,
-                 subdir: str = "tensorboard"):
+                 resume_step: int | None = None, subdir: str = "tensorboard"):
         if not tensorboard_available():
             raise LoggerUnavailable(TENSORBOARD_HINT)
         from torch.utils.tensorboard import SummaryWriter
 
         self.run_id = run_id
         self.log_dir = Path(run_dir) / subdir
-        self._writer = SummaryWriter(log_dir=str(self.log_dir))
+        purge = None if resume_step is None else resume_step + 1  # events at steps >= purge are hidden
+        self._writer = SummaryWriter(log_dir=str(self.log_dir), purge_step=purge)
         self._step = 0
-        if run_config is not None:  # the resolved config, readable in the TEXT tab
+        if run_config is not None and resume_step is None:  # the resolved config, readable in the TEXT tab
             import json
 
             self._writer.add_text("config", "```\n" + json.dumps(run_config, indent=2, default=str) + "\n```", 0)
+
+    @classmethod
+    def check_config(cls, cfg, key: str) -> None:
+        if not tensorboard_available():
+            raise ConfigError(TENSORBOARD_HINT)
 
     def log(self, metrics: dict[str, Any], step: int) -> None:
         self._step = step
@@ -338,7 +404,7 @@ class MultiLogger:
     """
 
     def __init__(self, loggers: dict, run_dir: str, run_config: dict | None = None, run_id: str | None = None,
-                 group: str | None = None):
+                 resume_step: int | None = None, group: str | None = None):
         from hydra.utils import instantiate
 
         self.loggers: dict[str, Any] = {}
@@ -347,12 +413,26 @@ class MultiLogger:
                 if group is not None and "group" in cfg:
                     cfg = {**cfg, "group": group}
                 self.loggers[name] = instantiate(cfg, run_dir=run_dir, run_config=run_config, run_id=run_id,
-                                                 _recursive_=False, _convert_="all")
+                                                 resume_step=resume_step, _recursive_=False, _convert_="all")
         except BaseException as err:
             self.finish(exit_code_of(err))  # the ones already started (a wandb run) must not stay open
             raise
         self.run_id = next((lg.run_id for lg in self.loggers.values() if getattr(lg, "run_id", None)), run_id)
         self.wants_media = any(getattr(lg, "wants_media", False) for lg in self.loggers.values())
+
+    @classmethod
+    def check_config(cls, cfg, key: str) -> None:
+        """Each logger of the mapping, its constructor arguments included (the group's own argument check
+        stops at this class's ``loggers`` mapping)."""
+        from cl_suite.engine.config_arguments import ArgumentError, check_group_arguments
+
+        for name in cfg.get("loggers") or {}:
+            child = cfg.loggers[name]
+            try:
+                check_group_arguments(f"{key}.loggers.{name}", child, injected=LOGGER_ARGUMENTS)
+            except ArgumentError as err:
+                raise ConfigError(str(err)) from None
+            check_logger_config(child, f"{key}.loggers.{name}")
 
     def log(self, metrics: dict[str, Any], step: int) -> None:
         for lg in self.loggers.values():

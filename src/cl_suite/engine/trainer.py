@@ -270,7 +270,8 @@ class Trainer:
             check_room_for_checkpoint(folder if folder.is_dir() else self.run_dir, state_bytes)
         self.logger = NullLogger()
         if self.main:
-            self.logger = build_logger(cfg.logger, str(self.run_dir), cfg, run_id=wandb_id)
+            self.logger = build_logger(cfg.logger, str(self.run_dir), cfg, run_id=wandb_id,
+                                       resume_step=self.step if checkpoint else None)
 
     # ---- the run ----
     def fit(self) -> dict[str, Any] | None:
@@ -391,8 +392,9 @@ class Trainer:
         bar.close()
         seconds = time.perf_counter() - start
         record = {"epoch": epoch + 1, "step": self.step, "train/epoch_loss": (loss_sum / max(steps, 1)).item(),
-                  "lr": self.optimizer.param_groups[0]["lr"], "epoch_time_s": seconds,
-                  "images_per_s": steps * t.batch_size / seconds}
+                  # train/epoch_*: not the log step's lr/images_per_s, logged at the same step with other values
+                  "train/epoch_lr": self.optimizer.param_groups[0]["lr"], "epoch_time_s": seconds,
+                  "train/epoch_images_per_s": steps * t.batch_size / seconds}
         record.update({f"online_probe/train_{k}": v for k, v in self.probe_accuracy.compute().items()})
         self._epoch_progress = {
             "epoch": epoch, "loss_sum": loss_sum.detach().cpu(), "steps": steps, "seconds": seconds,

@@ -28,7 +28,7 @@ from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
 from cl_suite.engine.config_arguments import ArgumentError, check_group_arguments, value_fits
-from cl_suite.engine.logger import WANDB_MODES
+from cl_suite.engine.logger import LOGGER_ARGUMENTS, check_logger_config
 from cl_suite.engine.numerics import MODES as NONFINITE_MODES
 from cl_suite.engine.precision import PRECISION_DTYPES
 from cl_suite.errors import ConfigError
@@ -201,7 +201,7 @@ def validate_train_config(cfg: DictConfig) -> AugmentConfig:
     _check_method_sizes(cfg.method)
     _check_optimizer(cfg.optimizer)
     _check_scheduler(cfg)
-    _check_logger(cfg.logger)
+    check_logger_config(cfg.logger)
     _check_backbone_input_size(cfg)
     _check_candidate_count(cfg)
     return augment
@@ -366,7 +366,7 @@ def _check_group_signatures(cfg: DictConfig) -> None:
     check_group_arguments("method", cfg.method, injected=injected)
     check_group_arguments("optimizer", cfg.optimizer, injected=("params",), suite_keys=SUITE_KEYS)
     check_group_arguments("scheduler", cfg.scheduler, injected=("optimizer", "steps_per_epoch", "total_steps"))
-    check_group_arguments("logger", cfg.logger, injected=("run_dir", "run_config", "run_id"))
+    check_group_arguments("logger", cfg.logger, injected=LOGGER_ARGUMENTS)
 
 
 def _check_dataset(d: DictConfig) -> AugmentConfig:
@@ -453,57 +453,12 @@ def _check_scheduler(cfg: DictConfig) -> None:
         _number(s, "scheduler.min_lr_ratio", 0.0, 1.0, low_open=False)
 
 
-def _check_logger(lg: DictConfig, key: str = "logger") -> None:
-    """wandb's mode and project; tensorboard installed for ``logger=tensorboard``; and each logger of
-    ``logger=many``, its arguments included (the group's signature check stops at MultiLogger's mapping)."""
-    kind = _target_class(lg)
-    if kind == "MultiLogger":
-        for name in lg.get("loggers") or {}:
-            child = lg.loggers[name]
-            try:
-                check_group_arguments(f"{key}.loggers.{name}", child, injected=("run_dir", "run_config", "run_id"))
-            except ArgumentError as err:
-                raise ConfigError(str(err)) from None
-            _check_logger(child, f"{key}.loggers.{name}")
-        return
-    if kind == "TensorBoardLogger":
-        from cl_suite.engine.logger import TENSORBOARD_HINT, tensorboard_available
-
-        if not tensorboard_available():
-            raise ConfigError(TENSORBOARD_HINT)
-    if "mode" in lg:
-        _choice(lg, f"{key}.mode", WANDB_MODES)
-    if "project" in lg and not (isinstance(lg.project, str) and lg.project):
-        raise ConfigError(f"{key}.project={lg.project!r} is not allowed: expected a non-empty name")
-
-
-def _target_class(node: DictConfig) -> str:
-    return str(node.get("_target_", "")).rsplit(".", 1)[-1]
-
-
 def _check_backbone_input_size(cfg: DictConfig) -> None:
-    """The training crop must survive the backbone's downsampling, or fit a fixed-size model."""
-    crop = cfg.dataset.augment.crop_size
-    backbone = cfg.backbone
-    kind = _target_class(backbone)
-    if kind == "SmallConvNet":
-        stages = len(backbone.widths)
-        needed = 2 ** (stages - 1)  # every stage after the first halves the map (2x2 max-pool)
-        if crop < needed:
-            raise ConfigError(
-                f"dataset.augment.crop_size={crop} is too small for backbone.widths={list(backbone.widths)}: "
-                f"{stages} stages halve the image {stages - 1} times, which needs crops of at least {needed} px; "
-                "use fewer stages or larger crops")
-    elif kind == "TimmBackbone" and "img_size" not in backbone:
-        import timm
-
-        pretrained = timm.models.get_pretrained_cfg(backbone.name) if timm.is_model(backbone.name) else None
-        size = getattr(pretrained, "input_size", None)
-        if pretrained is not None and getattr(pretrained, "fixed_input_size", False) and size and size[-1] != crop:
-            raise ConfigError(
-                f"backbone.name={backbone.name!r} takes {size[-1]}x{size[-1]} inputs only, but "
-                f"dataset.augment.crop_size={crop}: set +backbone.img_size={crop} (timm resizes the position "
-                f"embedding) or dataset.augment.crop_size={size[-1]}")
+    """The training crop must survive the backbone's downsampling, or fit a fixed-size model: the
+    backbone class's own ``check_input_size`` (models/backbones.py), where it has one."""
+    check = getattr(get_class(cfg.backbone._target_), "check_input_size", None)
+    if check is not None:
+        check(cfg.backbone, cfg.dataset.augment.crop_size)
 
 
 def _argument_takes_null(node: DictConfig, key: str) -> bool:

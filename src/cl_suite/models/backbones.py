@@ -1,7 +1,10 @@
 """Encoders that map an image batch to one feature vector per image.
 
 Every backbone here is an ``nn.Module`` with a ``num_features`` attribute and
-``forward(x: (N, C, H, W)) -> (N, num_features)``; methods add their own heads on top.
+``forward(x: (N, C, H, W)) -> (N, num_features)``; methods add their own heads on top. A backbone may
+also have a classmethod ``check_input_size(cfg, crop_size)`` that start-up validation calls with the
+``backbone`` config group and the training crop, to refuse a crop the model cannot take before any data
+loads (a backbone without one is not checked).
 """
 from __future__ import annotations
 
@@ -9,6 +12,8 @@ import os
 
 import torch
 from torch import nn
+
+from cl_suite.errors import ConfigError
 
 
 def _use_cifar_stem(model: nn.Module) -> None:
@@ -76,6 +81,22 @@ class TimmBackbone(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x).flatten(1)
 
+    @classmethod
+    def check_input_size(cls, cfg, crop_size: int) -> None:
+        """A model whose pretrained config fixes its input size (ViTs: position embeddings) takes only that
+        size, unless ``img_size`` is given (timm then resizes the position embedding)."""
+        if "img_size" in cfg:
+            return
+        import timm
+
+        pretrained = timm.models.get_pretrained_cfg(cfg.name) if timm.is_model(cfg.name) else None
+        size = getattr(pretrained, "input_size", None)
+        if pretrained is not None and getattr(pretrained, "fixed_input_size", False) and size and size[-1] != crop_size:
+            raise ConfigError(
+                f"backbone.name={cfg.name!r} takes {size[-1]}x{size[-1]} inputs only, but "
+                f"dataset.augment.crop_size={crop_size}: set +backbone.img_size={crop_size} (timm resizes the "
+                f"position embedding) or dataset.augment.crop_size={size[-1]}")
+
 
 class SmallConvNet(nn.Module):
     """A few conv-BN-ReLU blocks with pooling: trains at hundreds of images/s on a CPU.
@@ -101,3 +122,14 @@ class SmallConvNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
+
+    @classmethod
+    def check_input_size(cls, cfg, crop_size: int) -> None:
+        """Every stage after the first halves the map (2x2 max-pool): the crop must survive them."""
+        stages = len(cfg.widths)
+        needed = 2 ** (stages - 1)
+        if crop_size < needed:
+            raise ConfigError(
+                f"dataset.augment.crop_size={crop_size} is too small for backbone.widths={list(cfg.widths)}: "
+                f"{stages} stages halve the image {stages - 1} times, which needs crops of at least {needed} px; "
+                "use fewer stages or larger crops")

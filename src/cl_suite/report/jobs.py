@@ -245,13 +245,18 @@ def _compute_metrics(history: dict, job: Job) -> dict[str, float]:
         if isinstance(processes, int) and not isinstance(processes, bool) and processes >= 1:
             job.processes = processes
         return out
-    epochs = [e for e in history.get("epochs") or [] if isinstance(e, dict)
-              and _is_number(e.get("epoch_time_s")) and _is_number(e.get("images_per_s"))]
-    seconds = sum(e["epoch_time_s"] for e in epochs)
+    epochs = [(e["epoch_time_s"], _epoch_throughput(e)) for e in history.get("epochs") or [] if isinstance(e, dict)
+              and _is_number(e.get("epoch_time_s")) and _is_number(_epoch_throughput(e))]
+    seconds = sum(time for time, _ in epochs)
     if seconds > 0:
         out["time/wall_s"] = seconds
-        out["time/images_per_s"] = sum(e["epoch_time_s"] * e["images_per_s"] for e in epochs) / seconds
+        out["time/images_per_s"] = sum(time * rate for time, rate in epochs) / seconds
     return out
+
+
+def _epoch_throughput(record: dict):
+    """An epoch record's images/s: ``train/epoch_images_per_s``, or ``images_per_s`` in older runs."""
+    return record.get("train/epoch_images_per_s", record.get("images_per_s"))
 
 
 def missing_grid_points(sweep_dir: Path, jobs: list[Job]) -> list[Job]:

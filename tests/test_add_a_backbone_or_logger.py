@@ -1,0 +1,110 @@
+"""A new backbone or logger is one file too: start-up validation calls the class's own check
+(``check_input_size(cfg, crop_size)`` of a backbone, ``check_config(cfg, key)`` of a logger) and names
+neither class. The classes are written into a module in ``tmp_path`` (on ``sys.path`` for the test only)."""
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+
+from cl_suite.engine.trainer import train
+from cl_suite.engine.validation import ConfigError, validate_train_config
+from helpers import TINY, compose_train
+
+MODULE = "cl_suite_test_added_parts"
+
+SOURCE = '''
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from cl_suite.errors import ConfigError
+
+
+class PatchNet(nn.Module):
+    """Non-overlapping ``patch`` x ``patch`` patches, embedded and averaged."""
+
+    @classmethod
+    def check_input_size(cls, cfg, crop_size):
+        if crop_size % cfg.patch:
+            raise ConfigError(f"dataset.augment.crop_size={crop_size} is not a multiple of backbone.patch={cfg.patch}")
+
+    def __init__(self, patch: int = 4, width: int = 16):
+        super().__init__()
+        self.embed = nn.Conv2d(3, width, patch, stride=patch)
+        self.num_features = width
+
+    def forward(self, x):
+        return self.embed(x).mean(dim=(2, 3))
+
+
+class JsonLinesLogger:
+    """One JSON line per log call, into ``<run dir>/<filename>``."""
+
+    wants_media = False
+
+    @classmethod
+    def check_config(cls, cfg, key):
+        if not str(cfg.filename).endswith(".jsonl"):
+            raise ConfigError(f"{key}.filename={cfg.filename!r} must end in .jsonl")
+
+    def __init__(self, run_dir, run_config=None, run_id=None, resume_step=None, filename="log.jsonl"):
+        self.run_id = run_id
+        self.file = (Path(run_dir) / filename).open("a")
+        self.file.write(json.dumps({"resume_step": resume_step}) + "\\n")
+
+    def log(self, metrics, step):
+        numbers = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+        self.file.write(json.dumps({"step": step, **numbers}) + "\\n")
+
+    def log_summary(self, metrics):
+        pass
+
+    def log_embeddings(self, key, features, labels, class_names=None):
+        pass
+
+    def finish(self, exit_code=0):
+        self.file.close()
+'''
+
+BACKBONE = [f"backbone._target_={MODULE}.PatchNet", "~backbone.widths", "+backbone.patch=4"]
+LOGGER = [f"logger._target_={MODULE}.JsonLinesLogger", "+logger.filename=log.jsonl"]
+
+
+@pytest.fixture
+def new_parts(tmp_path, monkeypatch):
+    (tmp_path / f"{MODULE}.py").write_text(SOURCE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield tmp_path
+    sys.modules.pop(MODULE, None)
+
+
+def test_the_backbones_own_input_size_check_refuses_a_crop_it_cannot_take(new_parts):
+    crop = compose_train(TINY + BACKBONE).dataset.augment.crop_size
+    validate_train_config(compose_train(TINY + BACKBONE))
+    with pytest.raises(ConfigError, match=rf"^dataset\.augment\.crop_size={crop} is not a multiple of backbone\.patch=5$"):
+        validate_train_config(compose_train(TINY + BACKBONE[:2] + ["+backbone.patch=5"]))
+
+
+def test_the_loggers_own_check_runs_alone_and_inside_logger_many(new_parts):
+    with pytest.raises(ConfigError, match=r"^logger\.filename='log\.txt' must end in \.jsonl$"):
+        validate_train_config(compose_train(TINY + LOGGER[:1] + ["+logger.filename=log.txt"]))
+    many = ["logger=many", "logger/loggers=[csv]", f"+logger.loggers.mine._target_={MODULE}.JsonLinesLogger",
+            "+logger.loggers.mine.filename=log.txt"]
+    with pytest.raises(ConfigError, match=r"^logger\.loggers\.mine\.filename='log\.txt' must end in \.jsonl$"):
+        validate_train_config(compose_train([o for o in TINY if not o.startswith("logger")] + many))
+
+
+def test_a_run_with_both_trains_logs_and_tells_a_resumed_logger_its_step(new_parts):
+    run = new_parts / "run"
+    overrides = TINY + BACKBONE + LOGGER + ["trainer.log_every_steps=1", "evaluation.linear.epochs=1"]
+    train(compose_train(overrides + ["trainer.max_steps=2"], run))
+    train(compose_train(overrides + ["trainer.max_steps=3"], run))  # resume=auto from step 2
+    lines = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    starts = [line["resume_step"] for line in lines if "resume_step" in line]
+    assert starts == [None, 2]
+    steps = [line["step"] for line in lines if "train/loss" in line]
+    assert steps == [1, 2, 3]
