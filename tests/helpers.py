@@ -2,6 +2,7 @@
 several test modules (and the torchrun scripts) build on."""
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -38,6 +39,18 @@ def compose_train(overrides: list[str], output_dir: Path | None = None) -> DictC
     with open_dict(cfg):
         cfg.paths.output_dir = str(output_dir) if output_dir else "/nonexistent-output-dir"
     return cfg
+
+
+@contextlib.contextmanager
+def user_module(folder: Path, monkeypatch, name: str, source: str):
+    """``source`` as the module ``name`` in ``folder``, importable inside the block only: what a user's own
+    file of classes is (``_target_=<name>.<Class>``), without touching the suite."""
+    (folder / f"{name}.py").write_text(source)
+    monkeypatch.syspath_prepend(str(folder))
+    try:
+        yield folder
+    finally:
+        sys.modules.pop(name, None)
 
 
 def run_cli(script: str, args: list[str], timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:

@@ -4,13 +4,12 @@ neither class. The classes are written into a module in ``tmp_path`` (on ``sys.p
 from __future__ import annotations
 
 import json
-import sys
 
 import pytest
 
 from cl_suite.engine.trainer import train
 from cl_suite.engine.validation import ConfigError, validate_train_config
-from helpers import TINY, compose_train
+from helpers import TINY, compose_train, user_module
 
 MODULE = "cl_suite_test_added_parts"
 
@@ -76,10 +75,8 @@ LOGGER = [f"logger._target_={MODULE}.JsonLinesLogger", "+logger.filename=log.jso
 
 @pytest.fixture
 def new_parts(tmp_path, monkeypatch):
-    (tmp_path / f"{MODULE}.py").write_text(SOURCE)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    yield tmp_path
-    sys.modules.pop(MODULE, None)
+    with user_module(tmp_path, monkeypatch, MODULE, SOURCE) as folder:
+        yield folder
 
 
 def test_the_backbones_own_input_size_check_refuses_a_crop_it_cannot_take(new_parts):

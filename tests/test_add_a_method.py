@@ -11,7 +11,6 @@ for the new method); nothing else.
 from __future__ import annotations
 
 import shutil
-import sys
 import textwrap
 
 import pytest
@@ -22,7 +21,7 @@ from cl_suite.engine.checkpoint import load_checkpoint
 from cl_suite.engine.trainer import train
 from cl_suite.engine.validation import ConfigError, validate_train_config
 from cl_suite.samplers import MixingSampler, RingSampler
-from helpers import CONF, TINY, compose_train
+from helpers import CONF, TINY, compose_train, user_module
 
 MODULE = "cl_suite_test_added_method"
 
@@ -83,10 +82,8 @@ TARGET = [f"method._target_={MODULE}.CrossViewCLR", "~method.form", "~method.con
 @pytest.fixture
 def new_method(tmp_path, monkeypatch):
     """The module file, importable for this test only."""
-    (tmp_path / f"{MODULE}.py").write_text(SOURCE)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    yield tmp_path
-    sys.modules.pop(MODULE, None)
+    with user_module(tmp_path, monkeypatch, MODULE, SOURCE) as folder:
+        yield folder
 
 
 def test_a_new_method_validates_trains_and_checkpoints(new_method):
