@@ -39,7 +39,7 @@ def main() -> None:
     section.add(f"{common.describe_device(torch.device('cuda' if cuda else 'cpu'))}, torch {torch.__version__}. "
                 f"Each run: `{' '.join(common_overrides)}` + `method=<m>` (default SGD, lr scaled to the batch, "
                 f"warm-up + cosine); test-split top-1 %.")
-    columns = ["method", "epochs", "train s", "images/s", "final loss", "kNN top-1", "linear top-1"]
+    columns = ["method", "epochs", "train s", "images/s (last epoch)", "final loss", "kNN top-1", "linear top-1"]
     rows: list[list[object]] = []
     for method in args.methods:
         run_dir = Path(common.temp_dir()) / method
@@ -49,7 +49,7 @@ def main() -> None:
         seconds = time.perf_counter() - start
         epochs = json.loads((run_dir / "metrics.json").read_text())["epochs"]
         train_s = sum(e["epoch_time_s"] for e in epochs)
-        rows.append([method, len(epochs), f"{train_s:.1f}", f"{epochs[-1]['images_per_s']:,.0f}",
+        rows.append([method, len(epochs), f"{train_s:.1f}", f"{epochs[-1]['train/epoch_images_per_s']:,.0f}",
                      f"{epochs[-1]['train/epoch_loss']:.3f}", f"{final['knn/top1']:.2f}", f"{final['linear/top1']:.2f}"])
         section.parts[2:] = [_shared.table(columns, rows) + "\n"]
         section.flush()
