@@ -28,7 +28,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
 
 from tables import markdown_table  # noqa: F401  (re-exported: the scripts call common.markdown_table)
-import cl_suite.resolvers  # noqa: F401  (registers ${cl_suite.run_stamp:} as train.py does)
+import cl_suite.resolvers  # noqa: F401  (registers ${cl_suite.run_folder:} as train.py does)
 from cl_suite.distributed import resolve_device
 from cl_suite.engine.trainer import Trainer, autocast
 from cl_suite.engine.validation import validate_train_config

@@ -1,8 +1,10 @@
 """Every option of every config group composes with the defaults and instantiates (Hydra compose API)."""
 import dataclasses
+import re
 
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
 from hydra.utils import get_class, get_method, instantiate
 from omegaconf import OmegaConf
 
@@ -131,3 +133,23 @@ def test_a_queue_sized_sampler_on_batch_candidates_is_a_clear_error():
     x = torch.randn(40, 3, 8, 8)
     with pytest.raises(ValueError, match="sampler.n_hard=1024 is larger than the 78 candidates"):
         build_method(cfg, FACTS)((x, x), labels=torch.arange(40), indices=torch.arange(40))
+
+
+@pytest.mark.parametrize("env, pattern", [
+    ({}, r"\d{4}-\d\d-\d\d/\d\d-\d\d-\d\d\.\d{6}"),
+    ({"TORCHELASTIC_RUN_ID": "none"}, r"\d{4}-\d\d-\d\d/\d\d-\d\d-\d\d\.\d{6}"),  # torchrun without an id
+    ({"TORCHELASTIC_RUN_ID": "abc"}, r"\d{4}-\d\d-\d\d/torchrun-abc"),
+    ({"WANDB_SWEEP_ID": "sw", "WANDB_RUN_ID": "r1", "TORCHELASTIC_RUN_ID": "abc"}, r"wandb-sweep-sw/r1"),
+    ({"WANDB_RUN_ID": "r1"}, r"\d{4}-\d\d-\d\d/\d\d-\d\d-\d\d\.\d{6}"),  # a resumed wandb run is no sweep
+])
+def test_the_run_folder_under_outputs(monkeypatch, env, pattern):
+    from cl_suite.resolvers import run_folder
+
+    for key in ("TORCHELASTIC_RUN_ID", "WANDB_SWEEP_ID", "WANDB_RUN_ID"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    assert re.fullmatch(pattern, run_folder())
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):  # train.yaml's hydra.run.dir uses it
+        cfg = compose(config_name="train", return_hydra_config=True)
+    assert re.fullmatch("outputs/" + pattern, cfg.hydra.run.dir)

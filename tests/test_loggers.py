@@ -271,3 +271,49 @@ def test_evaluate_finds_the_wandb_run_of_a_run_that_logged_to_several_loggers():
     assert _wandb_logger_config(compose_train(NO_LOGGER + ["logger=wandb"]).logger) is not None
     assert _wandb_logger_config(compose_train(NO_LOGGER + ["logger=many", "logger/loggers=[csv]"]).logger) is None
     assert _wandb_logger_config(compose_train(NO_LOGGER + ["logger=csv"]).logger) is None
+
+
+@pytest.mark.slow
+def test_a_wandb_sweep_agent_run_of_the_documented_sweep(tmp_path):
+    """multirun/wandb_sweep.yaml as `wandb agent` runs it, without a server: the agent's command list,
+    with its macros filled by wandb's own argument builder (``create_sweep_command_args``) and the
+    agent's substitution (a ``${name}`` item becomes that list), in the agent's environment (sweep id,
+    run id, the parameter file); debug=fast keeps it short and offline mode writes the run log."""
+    import yaml
+    from wandb.sdk.launch.sweeps.utils import create_sweep_command_args
+    from wandb.sdk.lib import config_util
+
+    spec = yaml.safe_load((ROOT / "multirun" / "wandb_sweep.yaml").read_text())
+    params = spec["parameters"]
+    chosen = {"sampler.tau_plus": 0.05, "sampler.beta": 0.5}
+    assert set(chosen) == set(params) and all(params[k]["min"] <= v <= params[k]["max"] for k, v in chosen.items())
+    command = {"args": {key: {"value": value} for key, value in chosen.items()}, "program": spec["program"]}
+    macros = {**create_sweep_command_args(command), "env": ["/usr/bin/env"], "interpreter": [sys.executable],
+              "program": [str(ROOT / spec["program"])]}
+    argv = []
+    for item in spec["command"]:
+        argv += macros[item[2:-1]] if item.startswith("${") else [item]
+    argv.insert(argv.index("method=hcl") + 1, "debug=fast")
+    run_id, sweep_id = "agentrun1", "sweep01"
+    param_file = tmp_path / "wandb" / f"sweep-{sweep_id}" / f"config-{run_id}.yaml"
+    param_file.parent.mkdir(parents=True)
+    config_util.save_config_file_from_dict(str(param_file), command["args"])
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SWEEP_ID": sweep_id, "WANDB_RUN_ID": run_id,
+           "WANDB_SWEEP_PARAM_PATH": str(param_file), "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
+    proc = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    run_dir = tmp_path / "outputs" / f"wandb-sweep-{sweep_id}" / run_id  # the sweep's folder, the dashboard's run
+    resolved = yaml.safe_load((run_dir / ".hydra" / "config.yaml").read_text())
+    assert (resolved["sampler"]["tau_plus"], resolved["sampler"]["beta"]) == (0.05, 0.5)
+    assert resolved["method"]["_target_"].endswith("SimCLR") and resolved["sampler"]["_target_"].endswith("HardSampler")
+    final = json.loads((run_dir / "metrics.json").read_text())["final"]
+    run = run_contents(wandb_log(run_dir))
+    assert wandb_log(run_dir).name == f"run-{run_id}.wandb" and run["exit_code"] == 0
+    assert run["summary"]["linear/top1"] == pytest.approx(final["linear/top1"])  # the sweep's metric
+    # The agent's flat key and the run's own config, which trained with it
+    assert run["config"]["sampler.tau_plus"] == 0.05 and run["config"]["sampler"]["tau_plus"] == 0.05
+    from cl_suite.report.__main__ import main as report_main
+
+    assert report_main([str(run_dir.parent)]) == 0  # the trials' folder reads as a sweep
+    assert (run_dir.parent / "report.md").is_file()

@@ -43,7 +43,7 @@ def compose(overrides: list[str], output_dir: str):
     from hydra import compose as hydra_compose, initialize_config_dir
     from omegaconf import open_dict
 
-    import cl_suite.resolvers  # noqa: F401  (registers ${cl_suite.run_stamp:} as train.py does)
+    import cl_suite.resolvers  # noqa: F401  (registers ${cl_suite.run_folder:} as train.py does)
 
     with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
         cfg = hydra_compose(config_name="train", overrides=[*QUIET, *overrides])

@@ -8,21 +8,29 @@ from datetime import datetime
 from omegaconf import OmegaConf
 
 
-def run_stamp() -> str:
-    """Name of a run's output folder: the torchrun id when launched by torchrun, else the time.
+def run_folder() -> str:
+    """A run's output folder under ``outputs/``: ``<date>/<time>`` (microseconds), or for the runs of a
+    W&B sweep agent ``wandb-sweep-<sweep id>/<run id>``, or under torchrun ``<date>/torchrun-<id>``.
 
+    A W&B agent (``wandb agent``) sets WANDB_SWEEP_ID and WANDB_RUN_ID for each run it starts: the
+    trials of one sweep share a folder (``python -m cl_suite.report outputs/wandb-sweep-<id>`` reads
+    them), each named by the dashboard's run, and a run id started again resumes from its checkpoint.
     Every torchrun process resolves the config on its own; ``${now:...}`` could differ between them
-    across a second boundary and scatter one run over several folders. TORCHELASTIC_RUN_ID is the
-    same in every process of one launch.
+    across a second boundary and scatter one run over several folders. TORCHELASTIC_RUN_ID (and the
+    agent's ids, inherited) are the same in every process of one launch.
     """
+    sweep, wandb_run = os.environ.get("WANDB_SWEEP_ID"), os.environ.get("WANDB_RUN_ID")
+    if sweep and wandb_run:
+        return f"wandb-sweep-{sweep}/{wandb_run}"
+    now = datetime.now()
     run_id = os.environ.get("TORCHELASTIC_RUN_ID")
     if run_id and run_id != "none":
-        return f"torchrun-{run_id}"
-    return datetime.now().strftime("%H-%M-%S.%f")
+        return f"{now:%Y-%m-%d}/torchrun-{run_id}"
+    return f"{now:%Y-%m-%d}/{now:%H-%M-%S.%f}"
 
 
-if not OmegaConf.has_resolver("cl_suite.run_stamp"):
-    OmegaConf.register_new_resolver("cl_suite.run_stamp", run_stamp, use_cache=True)
+if not OmegaConf.has_resolver("cl_suite.run_folder"):
+    OmegaConf.register_new_resolver("cl_suite.run_folder", run_folder, use_cache=True)
 
 
 def evaluate_dir(run: str | None, checkpoint: str) -> str:
