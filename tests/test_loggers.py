@@ -162,6 +162,20 @@ def test_a_resumed_csv_run_drops_the_rows_a_killed_run_logged_past_its_checkpoin
     assert not path.with_name("metrics.csv.tmp").exists()
 
 
+def test_a_corrupted_metrics_csv_loses_its_bad_rows_not_the_resume(tmp_path):
+    from cl_suite.engine.logger import CSVLogger
+
+    path = tmp_path / "metrics.csv"
+    good = [["1", "train/loss", "2.5"], ["1", "flag", "True"], ["2", "train/loss", "2.25"]]
+    path.write_bytes(b"step,key,value\n" + b"".join(",".join(r).encode() + b"\n" for r in good)
+                     + b"2,bad,\xff\xfe\n2,nul\x00,1\n2,\"unclosed,1\n3,train/loss,9\nxx,train/loss,1\n2,a,b,c\n\n2,train/lr,nan")
+    logger = CSVLogger(str(tmp_path), resume_step=2)
+    logger.log({"train/loss": 2.0}, step=3)
+    logger.finish()
+    rows = read_metrics_csv(path)
+    assert [[r["step"], r["key"], r["value"]] for r in rows] == good + [["2", "train/lr", "nan"], ["3", "train/loss", "2.0"]]
+
+
 def test_a_resumed_tensorboard_run_purges_the_events_past_its_checkpoint(tmp_path):
     pytest.importorskip("tensorboard", reason="the optional [tensorboard] extra")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

@@ -115,6 +115,13 @@ def _int_or_none(text: str) -> int | None:
         return None
 
 
+def _float_or_none(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
@@ -272,14 +279,25 @@ class CSVLogger:
             self._file.flush()
 
     def _keep_rows_up_to(self, step: int) -> None:
-        """Rewrite the file with its header and the rows of steps <= ``step``; a row that does not parse as
-        ``int step, key, value`` (the torn last line of a killed run) goes too."""
+        """Rewrite the file with its header and the rows of steps <= ``step``. The file is the killed run's
+        output, so anything may be in it: a row that does not parse as ``int step, key, number`` (the torn
+        last line, bytes that are no UTF-8, a NUL) is dropped, never the resume."""
         import csv
 
-        with self.path.open(newline="", encoding="utf-8") as f:
-            rows = list(csv.reader(f))
-        kept = [row for row in rows[1:] if len(row) == len(self.COLUMNS) and _int_or_none(row[0]) is not None
-                and _int_or_none(row[0]) <= step]
+        kept = []
+        # One line at a time (the writer never writes a field across lines, and an unclosed quote must
+        # not swallow the rows after it); a line with a NUL or bytes that are no UTF-8 is corrupted.
+        for line in self.path.read_bytes().decode("utf-8", errors="replace").splitlines():
+            if "\0" in line or "\ufffd" in line:
+                continue
+            try:
+                (row,) = csv.reader([line])
+            except (csv.Error, ValueError):  # malformed, or no row at all
+                continue
+            # (the header row's step is no number, so it goes too and is written anew)
+            if len(row) == len(self.COLUMNS) and _int_or_none(row[0]) is not None and _int_or_none(row[0]) <= step \
+                    and (_float_or_none(row[2]) is not None or row[2] in ("True", "False")):
+                kept.append(row)
         temporary = self.path.with_name(self.path.name + ".tmp")
         with temporary.open("w", newline="", encoding="utf-8") as f:
             writer = csv.writer(f)
