@@ -28,7 +28,9 @@ class StepProfiler:
         # start-up cost stays out of the recorded steps; ``wait`` steps before it are not traced at all.
         plan = schedule(wait=max(warmup - 1, 0), warmup=min(warmup, 1), active=steps, repeat=1)
         self.recorded = 0
-        self.prof = profile(activities=activities, schedule=plan, on_trace_ready=self._write)
+        # acc_events: one cycle (repeat=1), so keeping events "across cycles" changes nothing; without it
+        # torch warns at start that events of earlier cycles are cleared.
+        self.prof = profile(activities=activities, schedule=plan, on_trace_ready=self._write, acc_events=True)
         self.prof.start()
         self.seen = 0
 
