@@ -99,7 +99,7 @@ def main() -> None:
         for s in (sampler, uniform):  # as the training loop sets them on a (non-)recording step
             s.set_progress(0, 1, record_diagnostics=args.with_diagnostics)
         row = [sampler_name]
-        for setting, (candidates, in_batch) in settings.items():
+        for candidates, in_batch in settings.values():
             mask = None
             if in_batch:  # SimCLR: drop self and the positive (the other view) from the candidates
                 n = candidates.shape[0]

@@ -3,7 +3,6 @@ summary, exit code, the sync hint of a resumed run), metrics.csv, TensorBoard ev
 once (logger=many), and the wandb group of a sweep recipe (multirun/study.sh, with a stub Python)."""
 import csv
 import json
-import math
 import os
 import re
 import shlex

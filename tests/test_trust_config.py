@@ -113,7 +113,7 @@ def test_best_metric_must_be_a_metric_the_run_measures():
 
 @pytest.mark.parametrize("value", ["-5", "1.5", "many"])
 def test_embedding_snapshot_is_a_count(value):
-    with pytest.raises(ConfigError, match=rf"evaluation\.embedding_snapshot=.* expected an integer >= 0"):
+    with pytest.raises(ConfigError, match=r"evaluation\.embedding_snapshot=.* expected an integer >= 0"):
         validate_train_config(compose_train(TINY + [f"evaluation.embedding_snapshot={value}"]))
 
 

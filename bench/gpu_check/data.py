@@ -50,7 +50,7 @@ def tiny_tree_synthetic(dest: Path) -> int:
     rng = np.random.default_rng(0)
     count = 0
     for split, per_class in TINY_PER_CLASS.items():
-        for label, name in enumerate(CLASSES):
+        for name in CLASSES:
             folder = dest / split / name
             folder.mkdir(parents=True, exist_ok=True)
             base = rng.integers(0, 256, size=3)

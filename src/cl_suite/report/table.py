@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from cl_suite.report.jobs import Job, is_ignored
-from cl_suite.report.stats import BASELINE, Comparison, baseline_comparison, compare
+from cl_suite.report.stats import Comparison, baseline_comparison, compare
 
 DEFAULT_METRICS = ("linear/top1", "knn/top1")
 
