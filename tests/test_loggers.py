@@ -161,6 +161,15 @@ def test_a_resumed_csv_run_drops_the_rows_a_killed_run_logged_past_its_checkpoin
     assert not path.with_name("metrics.csv.tmp").exists()
 
 
+def test_a_finished_csv_run_started_again_writes_its_final_rows_once(tmp_path):
+    overrides = NO_LOGGER + ["logger=csv", "trainer.max_steps=2", "evaluation.linear.epochs=1"]
+    train(compose_train(overrides, tmp_path))
+    first = read_metrics_csv(tmp_path / "metrics.csv")
+    assert {r["key"] for r in first} >= {"final/linear/top1", "final/knn/top1"}
+    train(compose_train(overrides, tmp_path))  # the same command again: resumes at step 2, evaluates again
+    assert read_metrics_csv(tmp_path / "metrics.csv") == first
+
+
 def test_a_corrupted_metrics_csv_loses_its_bad_rows_not_the_resume(tmp_path):
     from cl_suite.engine.logger import CSVLogger
 

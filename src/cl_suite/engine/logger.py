@@ -253,7 +253,8 @@ class CSVLogger:
     a new key appears; this one is only appended to, each call flushed, so a killed run keeps every row
     it logged. A resumed run first drops the rows past its checkpoint's step (the file is rewritten to a
     temporary file and renamed over, so a crash leaves the old file or the new one), then appends: every
-    (step, key) appears once. A torn last line of a killed run is dropped with them. Histograms and media
+    (step, key) appears once. A key already written at the checkpoint's step is not written again (a
+    finished run started again evaluates again at its last step: the first final rows stay). A torn last line of a killed run is dropped with them. Histograms and media
     are not written (metrics.json has the histograms). Wide table:
     ``pd.read_csv(f).pivot_table(index="step", columns="key", values="value")``.
     """
@@ -269,8 +270,9 @@ class CSVLogger:
         self.run_id = run_id
         self.path = Path(run_dir) / filename
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._resume_step, self._written_at_resume_step = resume_step, set()
         if resume_step is not None and self.path.is_file():
-            self._keep_rows_up_to(resume_step)
+            self._written_at_resume_step = self._keep_rows_up_to(resume_step)
         new = not self.path.is_file() or self.path.stat().st_size == 0
         self._file = self.path.open("a", newline="", encoding="utf-8")
         self._writer = csv.writer(self._file)
@@ -278,8 +280,9 @@ class CSVLogger:
             self._writer.writerow(self.COLUMNS)
             self._file.flush()
 
-    def _keep_rows_up_to(self, step: int) -> None:
-        """Rewrite the file with its header and the rows of steps <= ``step``. The file is the killed run's
+    def _keep_rows_up_to(self, step: int) -> set[str]:
+        """Rewrite the file with its header and the rows of steps <= ``step``; return the keys of the rows
+        at ``step``. The file is the killed run's
         output, so anything may be in it: a row that does not parse as ``int step, key, number`` (the torn
         last line, bytes that are no UTF-8, a NUL) is dropped, never the resume."""
         import csv
@@ -306,9 +309,12 @@ class CSVLogger:
             f.flush()
             os.fsync(f.fileno())
         os.replace(temporary, self.path)
+        return {key for row_step, key, _ in kept if int(row_step) == step}
 
     def log(self, metrics: dict[str, Any], step: int) -> None:
         rows = [(step, key, value) for key, value in metrics.items() if _is_number(value) or isinstance(value, bool)]
+        if step == self._resume_step:
+            rows = [row for row in rows if row[1] not in self._written_at_resume_step]
         if rows and self._file is not None:
             self._writer.writerows(rows)
             self._file.flush()
