@@ -171,6 +171,8 @@ BAD_OVERRIDES = [
     ("evaluation.linear.lr=inf", "evaluation.linear.lr=inf"),
     ("evaluation.knn.temperature=inf", "evaluation.knn.temperature=inf"),
     ("+evaluation.knn.kk=5", "evaluation.knn.kk=5"),  # a + key nothing reads is refused, not ignored
+    ("evaluation.lowshot.fractions=[0.01,2]", "evaluation.lowshot.fractions=[0.01, 2]"),
+    ("evaluation.lowshot.fractions=0.1", "evaluation.lowshot.fractions=0.1"),  # a list, not a number
     # trainer and top level
     ("trainer.epochs=ten", "trainer.epochs='ten'"),
     ("trainer.keep_last_checkpoints=0", "trainer.keep_last_checkpoints=0"),

@@ -406,3 +406,75 @@ def test_evaluate_explains_dataset_root_overrides_instead_of_a_struct_error():
     hint = misplaced_dataset_override(["run=outputs/x", "protocol=ood", "ood_dataset=imagefolder", "dataset.root=/d"])
     assert hint.startswith("error: dataset.root=/d is not an evaluate.py setting") and "ood_root=<dir>" in hint
     assert misplaced_dataset_override(["checkpoint=b.pt", "dataset=cifar10", "dataset.root=/d"]) is None
+
+
+@pytest.mark.parametrize("count, fraction, kept", [
+    (60, 0.01, 1),     # 0.6 -> 1
+    (50, 0.01, 1),     # 0.5: halves round up
+    (149, 0.01, 1),    # 1.49 -> 1
+    (150, 0.01, 2),    # 1.5 -> 2
+    (5000, 0.1, 500),  # CIFAR-10's 10%
+    (100, 0.29, 29),   # 0.29 * 100 is 28.999999999999996 in double precision: nearest, not truncated
+    (7, 0.01, 1),      # every class keeps at least one image
+    (0, 0.5, 0),       # an empty class keeps none
+    (13, 1.0, 13),
+])
+def test_lowshot_images_per_class_rounding(count, fraction, kept):
+    from cl_suite.eval.lowshot import images_per_class
+
+    assert images_per_class(count, fraction) == kept
+
+
+def test_lowshot_subset_is_class_balanced_seeded_and_skips_unlabelled():
+    from cl_suite.eval.lowshot import class_balanced_subset, fraction_tag, images_per_class
+
+    labels = torch.tensor([0] * 120 + [1] * 35 + [-1] * 50 + [2] * 9)[torch.randperm(214, generator=torch.Generator().manual_seed(3))]
+    index = class_balanced_subset(labels, 0.1, seed=0)
+    assert index.tolist() == sorted(set(index.tolist()))  # ascending, no image twice
+    picked = labels[index]
+    assert (picked >= 0).all()
+    assert [int((picked == c).sum()) for c in range(3)] == [images_per_class(n, 0.1) for n in (120, 35, 9)] == [12, 4, 1]
+    assert torch.equal(index, class_balanced_subset(labels, 0.1, seed=0))  # the same images for every run
+    assert not torch.equal(index, class_balanced_subset(labels, 0.1, seed=1))
+    assert class_balanced_subset(labels, 1.0, seed=5).tolist() == torch.nonzero(labels >= 0).flatten().tolist()
+    assert [fraction_tag(f) for f in (0.01, 0.1, 0.005, 1.0)] == ["1pct", "10pct", "0.5pct", "100pct"]
+
+
+def test_evaluate_lowshot_at_fraction_one_is_the_linear_and_knn_protocols(tmp_path):
+    """protocol=lowshot through evaluate.py's entry on a real tiny run: the whole train split (fraction 1)
+    gives exactly the linear probe's and kNN's numbers; 10% of digits (about 14 images per class) fits
+    its own probe; a kNN k above a subset's size is refused naming both settings."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from cl_suite.engine.trainer import train
+    from cl_suite.engine.validation import ConfigError
+    from cl_suite.run_evaluation import evaluate_run
+    from helpers import CONF, TINY, compose_train
+
+    run = tmp_path / "run"
+    train_cfg = compose_train(TINY + ["trainer.max_steps=2", "trainer.eval_at_init=false",
+                                      "evaluation.linear.epochs=1"], run)
+    train(train_cfg)
+    (run / ".hydra").mkdir()
+    OmegaConf.save(train_cfg, run / ".hydra" / "config.yaml")
+
+    def evaluate(*overrides):
+        with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
+            cfg = compose(config_name="evaluate", overrides=[f"run={run}", "evaluation.linear.epochs=3", *overrides])
+        return evaluate_run(cfg)
+
+    result = evaluate("protocol=[linear,knn,lowshot]", "evaluation.lowshot.fractions=[1.0,0.1]")
+    full, low = result["metrics"], result["protocols"]["lowshot"]
+    assert set(low) == {f"lowshot/{tag}/{p}_top{k}" for tag in ("100pct", "10pct") for p in ("linear", "knn")
+                        for k in (1, 5)}
+    for k in (1, 5):
+        assert low[f"lowshot/100pct/linear_top{k}"] == full[f"linear/top{k}"]
+        assert low[f"lowshot/100pct/knn_top{k}"] == full[f"knn/top{k}"]
+    assert 0 <= low["lowshot/10pct/linear_top1"] <= 100
+    with pytest.raises(ConfigError, match=r"evaluation\.knn\.k=20 is larger than the 10 images of the "
+                                          r"evaluation\.lowshot\.fractions=0\.001 subset of dataset=digits"):
+        evaluate("protocol=lowshot", "evaluation.lowshot.fractions=[0.001]")
+    for bad in ("[0]", "[1.5]", "[]", "[0.1,0.1]"):
+        with pytest.raises(ConfigError, match=r"evaluation\.lowshot\.fractions=.* expected a non-empty list"):
+            evaluate("protocol=lowshot", f"evaluation.lowshot.fractions={bad}")

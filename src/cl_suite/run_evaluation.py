@@ -20,8 +20,8 @@ from cl_suite.engine.other_datasets import dataset_names, load_other_dataset, oo
 from cl_suite.engine.probe import OnlineProbe
 from cl_suite.engine.validation import ConfigError, validate_evaluate_config, validate_evaluation_against_data
 from cl_suite.eval.protocols import (check_protocols, encode_split, encode_splits, knn_metrics, linear_metrics,
-                                     online_probe_metrics, ood_protocol_metrics, retrieval_protocol_metrics,
-                                     transfer_protocol_metrics)
+                                     lowshot_protocol_metrics, online_probe_metrics, ood_protocol_metrics,
+                                     retrieval_protocol_metrics, transfer_protocol_metrics)
 
 
 # Classes outside cl_suite that the suite's own config groups name (conf/optimizer): the only library
@@ -263,6 +263,8 @@ def evaluate_run(cfg: DictConfig) -> dict[str, Any]:
                                                       "transfer_root")
                 results["transfer"].update(transfer_protocol_metrics(encode(other, other_aug), other.num_classes,
                                                                      name, ev, cfg.seed))
+        elif protocol == "lowshot":
+            results["lowshot"] = lowshot_protocol_metrics(feats, data.num_classes, ev, cfg.seed)
 
     result = _merge_with_previous(eval_json, {
         "checkpoint": str(path), "epoch": epoch, "step": step,

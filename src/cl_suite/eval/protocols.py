@@ -17,10 +17,11 @@ from cl_suite.data.types import ImageDataset, ImageSplit
 from cl_suite.eval.features import extract_features
 from cl_suite.eval.knn import knn_class_scores, topk_accuracy
 from cl_suite.eval.linear import train_linear_classifier
+from cl_suite.eval.lowshot import class_balanced_subset, fraction_tag
 from cl_suite.eval.ood import OOD_SCORES, class_gaussian_ood_score, knn_ood_score, ood_detection_metrics
 from cl_suite.eval.retrieval import retrieval_metrics
 
-PROTOCOLS = ("linear", "knn", "retrieval", "ood", "transfer")
+PROTOCOLS = ("linear", "knn", "retrieval", "ood", "transfer", "lowshot")
 
 
 @dataclass
@@ -79,6 +80,23 @@ def linear_metrics(feats: SplitFeatures, num_classes: int, cfg: DictConfig, seed
                                      momentum=cfg.momentum, weight_decay=cfg.weight_decay,
                                      standardize=cfg.standardize, seed=seed)
     return {f"{prefix}{k}": v for k, v in result.items()}
+
+
+def lowshot_protocol_metrics(feats: SplitFeatures, num_classes: int, cfg: DictConfig,
+                             seed: int) -> dict[str, float]:
+    """For each fraction of ``evaluation.lowshot.fractions``: the linear probe (``evaluation.linear``) and
+    kNN (``evaluation.knn``) fitted on a class-balanced subset of the labelled train features
+    (``eval.lowshot``; drawn with ``seed``), scored on the whole test split:
+    ``lowshot/<tag>/linear_top1`` ... ``lowshot/<tag>/knn_top5`` (tag ``1pct`` for 0.01)."""
+    out: dict[str, float] = {}
+    for fraction in cfg.lowshot.fractions:
+        index = class_balanced_subset(feats.train_labels, float(fraction), seed).to(feats.train.device)
+        subset = SplitFeatures(feats.train[index], feats.train_labels[index], feats.test, feats.test_labels,
+                               None, None, encode_flipped_train=lambda index=index: feats.flipped_train()[index])
+        tag = f"lowshot/{fraction_tag(float(fraction))}"
+        out.update(linear_metrics(subset, num_classes, cfg.linear, seed, prefix=f"{tag}/linear_"))
+        out.update({f"{tag}/knn_{k.split('/', 1)[1]}": v for k, v in knn_metrics(subset, num_classes, cfg.knn).items()})
+    return out
 
 
 def online_probe_metrics(probe: torch.nn.Module, feats: SplitFeatures) -> dict[str, float]:
