@@ -41,6 +41,27 @@ def compose_train(overrides: list[str], output_dir: Path | None = None) -> DictC
     return cfg
 
 
+def trained_run(run: Path, overrides: list[str]) -> dict:
+    """A tiny run trained in process into ``run`` (TINY + ``overrides``, no evaluation at step 0), with the
+    ``.hydra/config.yaml`` that train.py's Hydra writes and evaluate.py reads; returns its final numbers."""
+    from cl_suite.engine.trainer import train
+
+    train_cfg = compose_train(TINY + ["trainer.eval_at_init=false", *overrides], run)
+    final = train(train_cfg)
+    (run / ".hydra").mkdir()
+    OmegaConf.save(train_cfg, run / ".hydra" / "config.yaml")
+    return final
+
+
+def evaluate_in_process(run: Path, *overrides: str) -> dict:
+    """evaluate.py's entry (``run_evaluation.evaluate_run``) on ``run`` with the real evaluate config."""
+    from cl_suite.run_evaluation import evaluate_run
+
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
+        cfg = compose(config_name="evaluate", overrides=[f"run={run}", *overrides])
+    return evaluate_run(cfg)
+
+
 @contextlib.contextmanager
 def user_module(folder: Path, monkeypatch, name: str, source: str):
     """``source`` as the module ``name`` in ``folder``, importable inside the block only: what a user's own

@@ -290,25 +290,14 @@ def test_evaluate_run_runs_every_protocol_into_eval_json_and_the_report_reads_it
     transfer against the synthetic data set, which adds to eval.json instead of replacing it."""
     import json
 
-    from hydra import compose, initialize_config_dir
-
-    from cl_suite.engine.trainer import train
-    from cl_suite.run_evaluation import evaluate_run
     from cl_suite.report.jobs import read_job
-    from helpers import CONF, TINY, compose_train
-
-    from omegaconf import OmegaConf
+    from helpers import evaluate_in_process, trained_run
 
     run = tmp_path / "run"
-    train_cfg = compose_train(TINY + ["trainer.max_steps=4", "trainer.eval_at_init=false"], run)
-    final = train(train_cfg)
-    (run / ".hydra").mkdir()
-    OmegaConf.save(train_cfg, run / ".hydra" / "config.yaml")  # what train.py's Hydra writes
+    final = trained_run(run, ["trainer.max_steps=4"])
 
     def evaluate(*overrides):
-        with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
-            cfg = compose(config_name="evaluate", overrides=[f"run={run}", "evaluation.linear.epochs=5", *overrides])
-        return evaluate_run(cfg)
+        return evaluate_in_process(run, "evaluation.linear.epochs=5", *overrides)
 
     first = evaluate()
     assert list(first["protocols"]) == ["linear", "knn", "retrieval"]
@@ -362,14 +351,11 @@ def test_ood_on_a_plain_folder_of_images_and_roots_that_name_their_setting(tmp_p
     val/images) through ood_dataset=image_files ood_root=<dir>; roots for data sets that read no files
     are refused naming the setting."""
     import numpy as np
-    from hydra import compose, initialize_config_dir
-    from omegaconf import OmegaConf
     from PIL import Image
 
     from cl_suite.engine.trainer import train
     from cl_suite.engine.validation import ConfigError
-    from cl_suite.run_evaluation import evaluate_run
-    from helpers import CONF, TINY, compose_train
+    from helpers import TINY, compose_train, evaluate_in_process, trained_run
 
     folder = tmp_path / "tiny-imagenet" / "val" / "images"
     folder.mkdir(parents=True)
@@ -377,15 +363,10 @@ def test_ood_on_a_plain_folder_of_images_and_roots_that_name_their_setting(tmp_p
     for i in range(12):
         Image.fromarray(rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)).save(folder / f"val_{i}.JPEG")
     run = tmp_path / "run"
-    train_cfg = compose_train(TINY + ["trainer.max_steps=2", "trainer.eval_at_init=false"], run)
-    train(train_cfg)
-    (run / ".hydra").mkdir()
-    OmegaConf.save(train_cfg, run / ".hydra" / "config.yaml")
+    trained_run(run, ["trainer.max_steps=2"])
 
     def evaluate(*overrides):
-        with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
-            cfg = compose(config_name="evaluate", overrides=[f"run={run}", "wandb=false", *overrides])
-        return evaluate_run(cfg)
+        return evaluate_in_process(run, "wandb=false", *overrides)
 
     result = evaluate("protocol=ood", "ood_dataset=image_files", f"ood_root={tmp_path / 'tiny-imagenet' / 'val'}")
     ood = result["protocols"]["ood"]
@@ -444,25 +425,14 @@ def test_evaluate_lowshot_at_fraction_one_is_the_linear_and_knn_protocols(tmp_pa
     """protocol=lowshot through evaluate.py's entry on a real tiny run: the whole train split (fraction 1)
     gives exactly the linear probe's and kNN's numbers; 10% of digits (about 14 images per class) fits
     its own probe; a kNN k above a subset's size is refused naming both settings."""
-    from hydra import compose, initialize_config_dir
-    from omegaconf import OmegaConf
-
-    from cl_suite.engine.trainer import train
     from cl_suite.engine.validation import ConfigError
-    from cl_suite.run_evaluation import evaluate_run
-    from helpers import CONF, TINY, compose_train
+    from helpers import evaluate_in_process, trained_run
 
     run = tmp_path / "run"
-    train_cfg = compose_train(TINY + ["trainer.max_steps=2", "trainer.eval_at_init=false",
-                                      "evaluation.linear.epochs=1"], run)
-    train(train_cfg)
-    (run / ".hydra").mkdir()
-    OmegaConf.save(train_cfg, run / ".hydra" / "config.yaml")
+    trained_run(run, ["trainer.max_steps=2", "evaluation.linear.epochs=1"])
 
     def evaluate(*overrides):
-        with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
-            cfg = compose(config_name="evaluate", overrides=[f"run={run}", "evaluation.linear.epochs=3", *overrides])
-        return evaluate_run(cfg)
+        return evaluate_in_process(run, "evaluation.linear.epochs=3", *overrides)
 
     result = evaluate("protocol=[linear,knn,lowshot]", "evaluation.lowshot.fractions=[1.0,0.1]")
     full, low = result["metrics"], result["protocols"]["lowshot"]

@@ -151,15 +151,11 @@ def test_knn_refuses_more_neighbours_than_labelled_images():
 
 
 def test_evaluate_refuses_a_k_larger_than_the_labelled_images_before_encoding(tmp_path, monkeypatch):
-    from cl_suite.engine.trainer import train
     from cl_suite import run_evaluation
+    from helpers import trained_run
 
     run = tmp_path / "run"
-    train_cfg = compose_train(TINY + ["trainer.max_steps=1", "trainer.eval_at_init=false",
-                                      "evaluation.linear.epochs=1"], run)
-    train(train_cfg)
-    (run / ".hydra").mkdir()
-    OmegaConf.save(train_cfg, run / ".hydra" / "config.yaml")
+    trained_run(run, ["trainer.max_steps=1", "evaluation.linear.epochs=1"])
 
     def no_encoding(*args, **kwargs):
         raise AssertionError("features were extracted before the k was checked")
