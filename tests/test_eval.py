@@ -424,7 +424,7 @@ def test_lowshot_subset_is_class_balanced_seeded_and_skips_unlabelled():
 def test_evaluate_lowshot_at_fraction_one_is_the_linear_and_knn_protocols(tmp_path):
     """protocol=lowshot through evaluate.py's entry on a real tiny run: the whole train split (fraction 1)
     gives exactly the linear probe's and kNN's numbers; 10% of digits (about 14 images per class) fits
-    its own probe; a kNN k above a subset's size is refused naming both settings."""
+    its own probe; a subset smaller than the kNN's k votes with all its images and records that k."""
     from cl_suite.engine.validation import ConfigError
     from helpers import evaluate_in_process, trained_run
 
@@ -437,14 +437,15 @@ def test_evaluate_lowshot_at_fraction_one_is_the_linear_and_knn_protocols(tmp_pa
     result = evaluate("protocol=[linear,knn,lowshot]", "evaluation.lowshot.fractions=[1.0,0.1]")
     full, low = result["metrics"], result["protocols"]["lowshot"]
     assert set(low) == {f"lowshot/{tag}/{p}_top{k}" for tag in ("100pct", "10pct") for p in ("linear", "knn")
-                        for k in (1, 5)}
+                        for k in (1, 5)} | {"lowshot/100pct/knn_k", "lowshot/10pct/knn_k"}
     for k in (1, 5):
         assert low[f"lowshot/100pct/linear_top{k}"] == full[f"linear/top{k}"]
         assert low[f"lowshot/100pct/knn_top{k}"] == full[f"knn/top{k}"]
+    assert low["lowshot/100pct/knn_k"] == low["lowshot/10pct/knn_k"] == 20  # evaluation.knn.k
     assert 0 <= low["lowshot/10pct/linear_top1"] <= 100
-    with pytest.raises(ConfigError, match=r"evaluation\.knn\.k=20 is larger than the 10 images of the "
-                                          r"evaluation\.lowshot\.fractions=0\.001 subset of dataset=digits"):
-        evaluate("protocol=lowshot", "evaluation.lowshot.fractions=[0.001]")
+    # 0.1% of digits keeps one image per class: kNN votes with those 10, and says so
+    tiny = evaluate("protocol=lowshot", "evaluation.lowshot.fractions=[0.001]")["protocols"]["lowshot"]
+    assert tiny["lowshot/0.1pct/knn_k"] == 10 and 0 <= tiny["lowshot/0.1pct/knn_top1"] <= 100
     for bad in ("[0]", "[1.5]", "[]", "[0.1,0.1]"):
         with pytest.raises(ConfigError, match=r"evaluation\.lowshot\.fractions=.* expected a non-empty list"):
             evaluate("protocol=lowshot", f"evaluation.lowshot.fractions={bad}")

@@ -517,16 +517,6 @@ def _check_neighbour_counts(e: DictConfig, data, protocols) -> None:
     if "knn" in protocols and e.knn.k > labelled:
         raise ConfigError(f"evaluation.knn.k={e.knn.k} is larger than the {labelled} labelled training images of "
                           f"dataset={data.name}: expected an integer in [1, {labelled}]; lower it")
-    if "lowshot" in protocols:
-        from cl_suite.eval.lowshot import images_per_class
-
-        counts = torch.bincount(data.train.labels[data.train.labels >= 0]).tolist()
-        for fraction in e.lowshot.fractions:
-            kept = sum(images_per_class(c, float(fraction)) for c in counts)
-            if e.knn.k > kept:
-                raise ConfigError(f"evaluation.knn.k={e.knn.k} is larger than the {kept} images of the "
-                                  f"evaluation.lowshot.fractions={fraction} subset of dataset={data.name}: lower "
-                                  f"the k (kNN over the subset needs k <= {kept}) or raise the fraction")
     if "ood" in protocols and e.ood.score == "knn" and e.ood.k > len(data.train):
         raise ConfigError(f"evaluation.ood.k={e.ood.k} is larger than the {len(data.train)} training images of "
                           f"dataset={data.name}: expected an integer in [1, {len(data.train)}]; lower it")

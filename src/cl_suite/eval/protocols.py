@@ -87,7 +87,8 @@ def lowshot_protocol_metrics(feats: SplitFeatures, num_classes: int, cfg: DictCo
     """For each fraction of ``evaluation.lowshot.fractions``: the linear probe (``evaluation.linear``) and
     kNN (``evaluation.knn``) fitted on a class-balanced subset of the labelled train features
     (``eval.lowshot``; drawn with ``seed``), scored on the whole test split:
-    ``lowshot/<tag>/linear_top1`` ... ``lowshot/<tag>/knn_top5`` (tag ``1pct`` for 0.01)."""
+    ``lowshot/<tag>/linear_top1`` ... ``lowshot/<tag>/knn_top5`` (tag ``1pct`` for 0.01). A subset smaller
+    than ``evaluation.knn.k`` votes with all its images; the k used is recorded as ``lowshot/<tag>/knn_k``."""
     out: dict[str, float] = {}
     for fraction in cfg.lowshot.fractions:
         index = class_balanced_subset(feats.train_labels, float(fraction), seed).to(feats.train.device)
@@ -95,7 +96,10 @@ def lowshot_protocol_metrics(feats: SplitFeatures, num_classes: int, cfg: DictCo
                                None, None, encode_flipped_train=lambda index=index: feats.flipped_train()[index])
         tag = f"lowshot/{fraction_tag(float(fraction))}"
         out.update(linear_metrics(subset, num_classes, cfg.linear, seed, prefix=f"{tag}/linear_"))
-        out.update({f"{tag}/knn_{k.split('/', 1)[1]}": v for k, v in knn_metrics(subset, num_classes, cfg.knn).items()})
+        knn_cfg = {"k": min(int(cfg.knn.k), len(index)), "temperature": cfg.knn.temperature}
+        out.update({f"{tag}/knn_{k.split('/', 1)[1]}": v
+                    for k, v in knn_metrics(subset, num_classes, DictConfig(knn_cfg)).items()})
+        out[f"{tag}/knn_k"] = float(knn_cfg["k"])
     return out
 
 
