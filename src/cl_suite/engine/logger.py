@@ -251,11 +251,11 @@ class CSVLogger:
     The long format, not one column per key: the keys differ from row to row (a log step has the loss,
     an epoch record the evaluations and diagnostics), so a wide file would have to be rewritten whenever
     a new key appears; this one is only appended to, each call flushed, so a killed run keeps every row
-    it logged. A resumed run first drops the rows past its checkpoint's step (the file is rewritten to a
-    temporary file and renamed over, so a crash leaves the old file or the new one), then appends: every
-    (step, key) appears once. A key already written at the checkpoint's step is not written again (a
-    finished run started again evaluates again at its last step: the first final rows stay). A torn last line of a killed run is dropped with them. Histograms and media
-    are not written (metrics.json has the histograms). Wide table:
+    it logged. A resumed run first drops the rows past its checkpoint's step and any corrupted line (the
+    file is rewritten to a temporary file and renamed over, so a crash leaves the old file or the new
+    one), then appends: every (step, key) appears once. A key already written at the checkpoint's step is
+    not written again (a finished run started again evaluates again at its last step: the first final
+    rows stay). Histograms and media are not written (metrics.json has the histograms). Wide table:
     ``pd.read_csv(f).pivot_table(index="step", columns="key", values="value")``.
     """
 
@@ -282,9 +282,9 @@ class CSVLogger:
 
     def _keep_rows_up_to(self, step: int) -> set[str]:
         """Rewrite the file with its header and the rows of steps <= ``step``; return the keys of the rows
-        at ``step``. The file is the killed run's
-        output, so anything may be in it: a row that does not parse as ``int step, key, number`` (the torn
-        last line, bytes that are no UTF-8, a NUL) is dropped, never the resume."""
+        at ``step``. The file is the killed run's output, so anything may be in it: a row that does not
+        parse as ``int step, key, number`` (the torn last line, bytes that are no UTF-8, a NUL) is
+        dropped, never the resume."""
         import csv
 
         kept = []
