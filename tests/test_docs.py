@@ -1,7 +1,7 @@
 """The command lines the READMEs show compose and pass start-up validation: a renamed key, group or
 option in the code fails here instead of in a reader's terminal. Every `python train.py ...`,
-`python evaluate.py ...` and `torchrun ... train.py ...` line of README.md and multirun/README.md (code
-blocks and inline code) is taken as written; a sweep (`-m`) is expanded as Hydra's basic sweeper does and
+`python evaluate.py ...` and `torchrun ... train.py ...` line of the READMEs (code blocks and inline
+code) and of the config files' header comments is taken as written; a sweep (`-m`) is expanded as Hydra's basic sweeper does and
 its first job is checked. A placeholder (`run=<run dir>`) becomes a plain word: what is checked is the
 config, not a run folder."""
 from __future__ import annotations
@@ -17,7 +17,10 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from cl_suite.engine.validation import validate_evaluate_config, validate_train_config
 from helpers import CONF, ROOT
 
-DOCS = ("README.md", "multirun/README.md")
+# The READMEs, and the usage lines in the headers of the config files and sweep recipes.
+DOCS = ("README.md", "multirun/README.md", "ARCHITECTURE.md",
+        *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "src" / "cl_suite" / "conf").rglob("*.yaml")),
+        *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "multirun").glob("*.yaml")))
 COMMAND = re.compile(r"(?:^|`|\s)((?:\S*python\S*|torchrun)\s[^`#]*?\b(train|evaluate)\.py(?:\s[^`#]*)?)(?=`|#|$)")
 
 
