@@ -204,6 +204,21 @@ def test_a_resumed_tensorboard_run_purges_the_events_past_its_checkpoint(tmp_pat
     assert [p.step for p in points] == [1, 2, 3, 4] and 999.0 not in [p.value for p in points]
 
 
+def test_wandb_logger_skips_a_step_below_the_runs_last_one_quietly(tmp_path, monkeypatch, capsys):
+    from cl_suite.engine.logger import WandbLogger
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "false")
+    logger = WandbLogger(str(tmp_path), {"seed": 0})
+    logger.log({"train/loss": 1.0}, step=7)
+    logger.log({"train/loss": 9.0}, step=5)  # what a resumed run re-logs: wandb would drop it, with a warning
+    logger.log({"lr": 0.1}, step=7)  # the same step again is one row
+    logger.finish()
+    rows = run_contents(wandb_log(tmp_path))["history"]
+    assert [(row["_step"], row.get("train/loss"), row.get("lr")) for row in rows] == [(7, 1.0, 0.1)]
+    assert "less than the current step" not in capsys.readouterr().err
+
+
 def test_offline_run_folders_sorts_resumes_by_time_then_suffix(tmp_path):
     for name in ("offline-run-20260102_000000-abc", "offline-run-20260101_000000-abc-1",
                  "offline-run-20260101_000000-abc", "offline-run-20260101_000000-abcd", "run-20260101_000000-abc"):

@@ -169,8 +169,8 @@ class WandbLogger:
                  mode: str = "auto", group: str | None = None, job_type: str | None = None,
                  tags: list[str] | None = None, name: str | None = None, run_id: str | None = None,
                  resume_step: int | None = None):
-        # resume_step is not needed: wandb drops a logged step below the run's last one (with a warning),
-        # so the steps a killed run logged past its checkpoint keep their first values.
+        # resume_step is not needed: wandb keeps the steps a killed run logged past its checkpoint, and
+        # ``log`` skips a step below the run's last one, as wandb would (without its warning per call).
         import wandb
 
         from cl_suite.sweeps import current_sweep_job
@@ -208,6 +208,8 @@ class WandbLogger:
             raise ConfigError(f"{key}.project={cfg.project!r} is not allowed: expected a non-empty name")
 
     def log(self, metrics: dict[str, Any], step: int) -> None:
+        if step < self._run.step:  # a resumed run's steps up to its last logged one: wandb would drop them
+            return
         self._run.log({k: self._histogram(v) if is_histogram(v) else v for k, v in metrics.items()}, step=step)
 
     @staticmethod
