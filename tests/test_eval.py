@@ -1,6 +1,7 @@
 """Evaluation protocols against independent (slow, brute-force or sklearn) computations: kNN, top-k
 accuracy, the cached-feature linear probe, retrieval (mAP, P@k, R@k) and OOD detection (AUROC, FPR@95)."""
 import math
+import statistics
 import subprocess
 import sys
 
@@ -421,11 +422,13 @@ def test_lowshot_subset_is_class_balanced_seeded_and_skips_unlabelled():
     assert [fraction_tag(f) for f in (0.01, 0.1, 0.005, 1.0)] == ["1pct", "10pct", "0.5pct", "100pct"]
 
 
-def test_evaluate_lowshot_at_fraction_one_is_the_linear_and_knn_protocols(tmp_path):
+def test_evaluate_lowshot_at_fraction_one_is_the_linear_and_knn_protocols(tmp_path, monkeypatch):
     """protocol=lowshot through evaluate.py's entry on a real tiny run: the whole train split (fraction 1)
     gives exactly the linear probe's and kNN's numbers; 10% of digits (about 14 images per class) fits
-    its own probe; a subset smaller than the kNN's k votes with all its images and records that k."""
+    its own probe; a subset smaller than the kNN's k votes with all its images and records that k;
+    several draws give the mean and sample std of the single draws."""
     from cl_suite.engine.validation import ConfigError
+    from cl_suite.eval import protocols
     from helpers import evaluate_in_process, trained_run
 
     run = tmp_path / "run"
@@ -446,6 +449,23 @@ def test_evaluate_lowshot_at_fraction_one_is_the_linear_and_knn_protocols(tmp_pa
     # 0.1% of digits keeps one image per class: kNN votes with those 10, and says so
     tiny = evaluate("protocol=lowshot", "evaluation.lowshot.fractions=[0.001]")["protocols"]["lowshot"]
     assert tiny["lowshot/0.1pct/knn_k"] == 10 and 0 <= tiny["lowshot/0.1pct/knn_top1"] <= 100
+    # Three draws: the mean (and sample std) of single-draw evaluations on the subsets of seeds 0, 1, 2
+    # (the probe's own seed stays evaluate.py's seed, 0)
+    three = evaluate("protocol=lowshot", "evaluation.lowshot.fractions=[0.1]", "evaluation.lowshot.draws=3")
+    three = three["protocols"]["lowshot"]
+    real, singles = protocols.class_balanced_subset, []
+    for draw in range(3):
+        monkeypatch.setattr(protocols, "class_balanced_subset",
+                            lambda labels, fraction, seed, draw=draw: real(labels, fraction, draw))
+        singles.append(evaluate("protocol=lowshot", "evaluation.lowshot.fractions=[0.1]")["protocols"]["lowshot"])
+    monkeypatch.undo()
+    for key in ("lowshot/10pct/linear_top1", "lowshot/10pct/knn_top1"):
+        values = [single[key] for single in singles]
+        assert three[key] == pytest.approx(sum(values) / 3)
+        assert three[f"{key}_std"] == pytest.approx(statistics.stdev(values))
+    assert len({tuple(real(torch.arange(10).repeat(20), 0.1, d).tolist()) for d in range(3)}) == 3  # 3 subsets
+    with pytest.raises(ConfigError, match=r"evaluation\.lowshot\.draws=0"):
+        evaluate("protocol=lowshot", "evaluation.lowshot.draws=0")
     for bad in ("[0]", "[1.5]", "[]", "[0.1,0.1]"):
         with pytest.raises(ConfigError, match=r"evaluation\.lowshot\.fractions=.* expected a non-empty list"):
             evaluate("protocol=lowshot", f"evaluation.lowshot.fractions={bad}")

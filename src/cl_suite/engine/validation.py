@@ -353,6 +353,8 @@ def _check_evaluation(e: DictConfig) -> None:
                 or len(set(fractions)) != len(fractions):
             raise ConfigError(f"evaluation.lowshot.fractions={fractions!r} is not allowed: expected a non-empty "
                               "list of distinct numbers in (0, 1], e.g. [0.01, 0.1]")
+        if "draws" in e.lowshot:
+            _int(e.lowshot, "evaluation.lowshot.draws", 1)
     if "ood" in e:
         from cl_suite.eval.protocols import OOD_SCORES
 

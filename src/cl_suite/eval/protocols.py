@@ -6,6 +6,7 @@ detection share one pass over the data. Only ``ood`` and ``transfer`` encode a s
 """
 from __future__ import annotations
 
+import statistics
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -86,20 +87,31 @@ def lowshot_protocol_metrics(feats: SplitFeatures, num_classes: int, cfg: DictCo
                              seed: int) -> dict[str, float]:
     """For each fraction of ``evaluation.lowshot.fractions``: the linear probe (``evaluation.linear``) and
     kNN (``evaluation.knn``) fitted on a class-balanced subset of the labelled train features
-    (``eval.lowshot``; drawn with ``seed``), scored on the whole test split:
-    ``lowshot/<tag>/linear_top1`` ... ``lowshot/<tag>/knn_top5`` (tag ``1pct`` for 0.01). A subset smaller
-    than ``evaluation.knn.k`` votes with all its images; the k used is recorded as ``lowshot/<tag>/knn_k``."""
+    (``eval.lowshot``), scored on the whole test split: ``lowshot/<tag>/linear_top1`` ...
+    ``lowshot/<tag>/knn_top5`` (tag ``1pct`` for 0.01). With ``evaluation.lowshot.draws`` = n, n subsets
+    (drawn with ``seed``, ``seed + 1``, ...; the probe's own seed stays ``seed``) and each number is the
+    mean over them, with its sample standard deviation as ``<key>_std`` when n > 1. A subset smaller than
+    ``evaluation.knn.k`` votes with all its images; the k used is recorded as ``lowshot/<tag>/knn_k``."""
     out: dict[str, float] = {}
+    draws = int(cfg.lowshot.get("draws", 1))
     for fraction in cfg.lowshot.fractions:
-        index = class_balanced_subset(feats.train_labels, float(fraction), seed).to(feats.train.device)
-        subset = SplitFeatures(feats.train[index], feats.train_labels[index], feats.test, feats.test_labels,
-                               None, None, encode_flipped_train=lambda index=index: feats.flipped_train()[index])
         tag = f"lowshot/{fraction_tag(float(fraction))}"
-        out.update(linear_metrics(subset, num_classes, cfg.linear, seed, prefix=f"{tag}/linear_"))
-        knn_cfg = {"k": min(int(cfg.knn.k), len(index)), "temperature": cfg.knn.temperature}
-        out.update({f"{tag}/knn_{k.split('/', 1)[1]}": v
-                    for k, v in knn_metrics(subset, num_classes, DictConfig(knn_cfg)).items()})
-        out[f"{tag}/knn_k"] = float(knn_cfg["k"])
+        per_draw: list[dict[str, float]] = []
+        for draw in range(draws):
+            index = class_balanced_subset(feats.train_labels, float(fraction), seed + draw).to(feats.train.device)
+            subset = SplitFeatures(feats.train[index], feats.train_labels[index], feats.test, feats.test_labels,
+                                   None, None, encode_flipped_train=lambda index=index: feats.flipped_train()[index])
+            numbers = linear_metrics(subset, num_classes, cfg.linear, seed, prefix=f"{tag}/linear_")
+            knn_cfg = {"k": min(int(cfg.knn.k), len(index)), "temperature": cfg.knn.temperature}
+            numbers.update({f"{tag}/knn_{k.split('/', 1)[1]}": v
+                            for k, v in knn_metrics(subset, num_classes, DictConfig(knn_cfg)).items()})
+            per_draw.append(numbers)
+        for key in per_draw[0]:
+            values = [numbers[key] for numbers in per_draw]
+            out[key] = statistics.fmean(values)
+            if draws > 1:
+                out[f"{key}_std"] = statistics.stdev(values)
+        out[f"{tag}/knn_k"] = float(knn_cfg["k"])  # the same for every draw: the subsets have one size
     return out
 
 
