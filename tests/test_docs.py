@@ -1,9 +1,10 @@
-"""The command lines the READMEs show compose and pass start-up validation: a renamed key, group or
-option in the code fails here instead of in a reader's terminal. Every `python train.py ...`,
-`python evaluate.py ...` and `torchrun ... train.py ...` line of the READMEs (code blocks and inline
-code) and of the config files' header comments is taken as written; a sweep (`-m`) is expanded as Hydra's basic sweeper does and
-its first job is checked. A placeholder (`run=<run dir>`) becomes a plain word: what is checked is the
-config, not a run folder."""
+"""The command lines the docs show work as written: a renamed key, group, option or flag fails here
+instead of in a reader's terminal. Every `python train.py ...`, `python evaluate.py ...` and
+`torchrun ... train.py ...` line of the READMEs, ARCHITECTURE.md and the config and sweep files' header
+comments (code blocks and inline code) composes and passes start-up validation; a sweep (`-m`) is
+expanded as Hydra's basic sweeper does and its first job is checked. Every documented
+`python -m cl_suite.report|export` line with arguments parses. A placeholder (`run=<run dir>`) becomes a
+plain word: what is checked is the command, not a run folder."""
 from __future__ import annotations
 
 import re
@@ -39,11 +40,39 @@ def documented_commands() -> list[tuple[str, str, list[str]]]:
 
 
 COMMANDS = documented_commands()
+MODULE = re.compile(r"(?:^|`|\s)\S*python\S*\s+-m\s+cl_suite\.(report|export)\s+([^`#]+)")
+
+
+def documented_module_commands() -> list[tuple[str, str, list[str]]]:
+    """(where, module, arguments) of every documented ``python -m cl_suite.report|export`` line with
+    arguments (a bare mention in a sentence has none)."""
+    found = []
+    for doc in DOCS:
+        text = (ROOT / doc).read_text(encoding="utf-8").replace("\\\n", " ")
+        for number, line in enumerate(text.splitlines(), 1):
+            for match in MODULE.finditer(line):
+                arguments = shlex.split(re.sub(r"<[^<>]+>", "placeholder", match.group(2)))
+                found.append((f"{doc}:{number}", match.group(1), arguments))
+    return found
+
+
+MODULE_COMMANDS = documented_module_commands()
 
 
 def test_the_readmes_show_commands_of_both_entry_points():
     scripts = [script for _, script, _ in COMMANDS]
     assert scripts.count("train") >= 15 and scripts.count("evaluate") >= 8
+    modules = [module for _, module, _ in MODULE_COMMANDS]
+    assert modules.count("report") >= 8 and modules.count("export") >= 4
+
+
+@pytest.mark.parametrize("where, module, arguments", MODULE_COMMANDS, ids=[c[0] for c in MODULE_COMMANDS])
+def test_a_documented_report_or_export_command_parses(where, module, arguments):
+    from cl_suite.export.__main__ import argument_parser as export_parser
+    from cl_suite.report.__main__ import argument_parser as report_parser
+
+    parser = {"report": report_parser, "export": export_parser}[module]()
+    parser.parse_args(arguments)  # argparse exits (a test error) on an unknown option or a bad choice
 
 
 def first_job(arguments: list[str]) -> list[str]:

@@ -9,7 +9,8 @@ from cl_suite.errors import UserError
 from cl_suite.export import FORMATS, export_backbone, sidecar_path
 
 
-def main(argv: list[str] | None = None) -> int:
+def argument_parser() -> argparse.ArgumentParser:
+    """The command line of ``python -m cl_suite.export`` (tests/test_docs.py parses the documented ones)."""
     parser = argparse.ArgumentParser(prog="python -m cl_suite.export", description=__doc__)
     parser.add_argument("source",
                         help="a run dir of train.py (its checkpoints/<checkpoint>.pt) or a checkpoint .pt file")
@@ -21,6 +22,11 @@ def main(argv: list[str] | None = None) -> int:
                                       "the .json beside it")
     parser.add_argument("--checkpoint", help="with a run dir: which of its checkpoints/ (last, best, step_<n>; "
                                              "default last)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argument_parser()
     args = parser.parse_args(argv)
     try:
         out, header = export_backbone(args.source, args.fmt, args.out, args.checkpoint)

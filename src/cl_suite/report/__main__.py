@@ -12,7 +12,8 @@ from cl_suite.report.table import (BaselineError, default_metrics, fixed_setting
                                    write_tables)
 
 
-def main(argv: list[str] | None = None) -> int:
+def argument_parser() -> argparse.ArgumentParser:
+    """The command line of ``python -m cl_suite.report`` (tests/test_docs.py parses the documented ones)."""
     parser = argparse.ArgumentParser(prog="python -m cl_suite.report", description=__doc__)
     parser.add_argument("sweep_dir", type=Path, help="a Hydra multirun dir (or a folder of them)")
     parser.add_argument("--metric", action="append", dest="metrics",
@@ -23,6 +24,11 @@ def main(argv: list[str] | None = None) -> int:
                              "it, e.g. --baseline method=simclr sampler.tau_plus=0 (after the sweep dir; default: "
                              "the first configuration of the grid)")
     parser.add_argument("--seed-key", default="seed", help="the override that only repeats a configuration")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argument_parser()
     args = parser.parse_args(argv)
 
     jobs = collect_jobs(args.sweep_dir)
