@@ -69,8 +69,8 @@ def _evaluate(cfg: DictConfig) -> None:
     print(f"{result['checkpoint']} (epoch {result['epoch']}, step {result['step']})")
     for protocol, metrics in result["protocols"].items():
         print(protocol)
-        for key, value in metrics.items():  # percentages, but a count (lowshot's knn_k) prints as one
-            print(f"  {key:<36}{int(value):8d}" if key.endswith("/knn_k") else f"  {key:<36}{value:8.2f}")
+        for key, value in metrics.items():
+            print(f"  {key:<36}{value:8.2f}")
 
 
 def misplaced_dataset_override(argv: list[str]) -> str | None:

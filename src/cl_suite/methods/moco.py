@@ -6,7 +6,7 @@ from torch import nn
 
 from cl_suite.distributed import gather_no_grad
 from cl_suite.methods.base import ContrastiveMethod, MethodOutput, unit_projection
-from cl_suite.methods.momentum import MomentumEncoder, accept_old_key_names
+from cl_suite.methods.momentum import attach_key_encoder
 from cl_suite.methods.queue import FeatureQueue
 from cl_suite.models.heads import mlp
 from cl_suite.objectives import checked_temperature
@@ -68,8 +68,7 @@ class MoCo(ContrastiveMethod):
         self.backbone = backbone
         self.projector = mlp(backbone.num_features, list(projector_hidden_dims), projector_dim,
                              batch_norm=projector_batch_norm)
-        self.key_encoder = MomentumEncoder(backbone, self.projector, momentum, momentum_final, shuffle_bn)
-        accept_old_key_names(self)
+        attach_key_encoder(self, momentum, momentum_final, shuffle_bn)
         self.sampler = sampler
         self.temperature = checked_temperature(temperature)
         self.symmetric = symmetric

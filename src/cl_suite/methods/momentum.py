@@ -22,8 +22,8 @@ class MomentumEncoder(nn.Module):
     train mode, as in MoCo. ``shuffle_bn``: under DDP the key batch is shuffled across processes before
     the key encoder (MoCo sec. 3.3), so BN statistics cannot reveal which key belongs to which query.
 
-    A method that holds one as ``key_encoder`` calls :func:`accept_old_key_names` on itself, so that its
-    state dicts from before this component (``key_backbone.*``, ``key_projector.*``) still load.
+    A method gets one with :func:`attach_key_encoder`, which also lets its state dicts from before this
+    component (``key_backbone.*``, ``key_projector.*``) load.
     """
 
     def __init__(self, backbone: nn.Module, projector: nn.Module, momentum: float, momentum_final: float,
@@ -60,9 +60,11 @@ class MomentumEncoder(nn.Module):
         torch._foreach_add_(keys, query_parameters, alpha=1 - m)
 
 
-def accept_old_key_names(method: nn.Module) -> None:
-    """Load ``key_backbone.*``/``key_projector.*`` entries (the method's own key copies, as state dicts
-    were written before) into ``key_encoder.backbone.*``/``key_encoder.projector.*``."""
+def attach_key_encoder(method: nn.Module, momentum: float, momentum_final: float, shuffle_bn: bool) -> None:
+    """``method.key_encoder``: the momentum copy of ``method.backbone`` and ``method.projector``; state
+    dicts written before this component, with ``key_backbone.*``/``key_projector.*`` entries, load into
+    ``key_encoder.backbone.*``/``key_encoder.projector.*``."""
+    method.key_encoder = MomentumEncoder(method.backbone, method.projector, momentum, momentum_final, shuffle_bn)
     method._register_load_state_dict_pre_hook(_rename_old_keys)
 
 

@@ -8,7 +8,7 @@ from torch import nn
 
 from cl_suite.distributed import gather_no_grad
 from cl_suite.methods.base import ContrastiveMethod, MethodOutput, unit_projection
-from cl_suite.methods.momentum import MomentumEncoder, accept_old_key_names
+from cl_suite.methods.momentum import attach_key_encoder
 from cl_suite.methods.queue import FeatureQueue
 from cl_suite.models.heads import mlp
 from cl_suite.objectives import ranked_infonce_loss
@@ -60,8 +60,7 @@ class RINCE(ContrastiveMethod):
         self.backbone = backbone
         self.projector = mlp(backbone.num_features, list(projector_hidden_dims), projector_dim,
                              batch_norm=projector_batch_norm)
-        self.key_encoder = MomentumEncoder(backbone, self.projector, momentum, momentum, shuffle_bn)
-        accept_old_key_names(self)
+        attach_key_encoder(self, momentum, momentum, shuffle_bn)
         self.queue = FeatureQueue(bank_size, projector_dim, key="method.bank_size")
         spread = temperature_max - temperature_min if dynamic_temperature else 0.0
         self.temperatures = [temperature_min + (1 - s) * spread for s in sims]
