@@ -1,19 +1,33 @@
 """One full training step (method + online probe) of SimCLR, MoCo, IR, CMC, SupCon (with a bank) and
-RINCE, on 1 process (python) or 2 (torchrun).
+RINCE, and two of NNCLR and KMCLR (the second step looks its positives up in what the first one wrote),
+on 1 process (python) or 2 (torchrun).
 
-The models have no BatchNorm (whose statistics are per process by design), so W processes x B/W images
-must give the same updated parameters as 1 process x B: global negatives through the all-gather, DDP
-averaging of the method's and the probe's gradients, the momentum updates, and queues and banks that
-hold every process's embeddings (IR/CMC draw their bank rows from the identically seeded generator). Writes each model's state after the step to argv[1].
+The models have no BatchNorm (whose statistics are per process by design; NNCLR's and KMCLR's heads
+have theirs replaced by identities), so W processes x B/W images must give the same updated parameters
+as 1 process x B: global negatives through the all-gather, DDP averaging of the method's and the probe's
+gradients, the momentum updates, and queues, banks, support sets and k-means prototypes that hold every
+process's embeddings (IR/CMC draw their bank rows from the identically seeded generator). Writes each
+model's state after its last step to argv[1].
 """
 import sys
 
 import torch
 
 from cl_suite.distributed import cleanup_distributed, get_rank, get_world_size, init_distributed
-from cl_suite.methods import CMC, RINCE, InstanceRecognition, MoCo, SimCLR, SupCon
+from torch import nn
+
+from cl_suite.methods import CMC, KMCLR, NNCLR, RINCE, InstanceRecognition, MoCo, SimCLR, SupCon
 from cl_suite.samplers import UniformSampler
 from helpers import LinearBackbone, one_step
+
+
+def without_batch_norm(method):
+    """``method`` with every BatchNorm1d of its heads replaced by an identity."""
+    for module in list(method.modules()):
+        for name, child in module.named_children():
+            if isinstance(child, nn.BatchNorm1d):
+                setattr(module, name, nn.Identity())
+    return method
 
 
 def main(out_path: str) -> None:
@@ -39,11 +53,18 @@ def main(out_path: str) -> None:
     supcon = SupCon(LinearBackbone(), temperature=0.3, bank_size=12, **head)
     torch.manual_seed(6)
     rince = RINCE(LinearBackbone(), class_groups=[[0, 1], [2]], bank_size=12, **head)
+    nn_heads = dict(projector_hidden_dims=[16], projector_dim=6, predictor_hidden_dims=[8])
+    torch.manual_seed(8)
+    nnclr = without_batch_norm(NNCLR(LinearBackbone(), UniformSampler(), temperature=0.3, support_set_size=12,
+                                     **nn_heads))
+    torch.manual_seed(9)
+    kmclr = without_batch_norm(KMCLR(LinearBackbone(), UniformSampler(), steps_per_epoch=1, temperature=0.3,
+                                     num_prototypes=4, **nn_heads))
     states = {}
-    for name, method in [("simclr", simclr), ("moco", moco), ("ir", ir), ("cmc", cmc), ("supcon", supcon),
-                         ("rince", rince)]:
+    for name, method, steps in [("simclr", simclr, 1), ("moco", moco, 1), ("ir", ir, 1), ("cmc", cmc, 1),
+                                ("supcon", supcon, 1), ("rince", rince, 1), ("nnclr", nnclr, 2), ("kmclr", kmclr, 2)]:
         torch.manual_seed(7)  # the same generator state on every process, as the trainer's seeding gives
-        states[name] = one_step(method, x1, x2, labels, rank, world)
+        states[name] = one_step(method, x1, x2, labels, rank, world, steps)
     if rank == 0:
         torch.save(states, out_path)
     cleanup_distributed()

@@ -145,9 +145,9 @@ class LinearBackbone(nn.Module):
         return torch.relu(self.linear(x.flatten(1)))
 
 
-def one_step(method, x1, x2, labels, rank, world):
-    """One training step of ``method`` + online probe on this process's share of the global batch (DDP when
-    ``world`` > 1); returns the model's state after the step."""
+def one_step(method, x1, x2, labels, rank, world, steps=1):
+    """``steps`` training steps (the same batch each time) of ``method`` + online probe on this process's
+    share of the global batch (DDP when ``world`` > 1); returns the model's state after the last step."""
     from torch.nn.parallel import DistributedDataParallel
 
     from cl_suite.engine.pretrainer import Pretrainer
@@ -157,8 +157,10 @@ def one_step(method, x1, x2, labels, rank, world):
     train_model = DistributedDataParallel(model) if world > 1 else model
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
     local = slice(rank * len(x1) // world, (rank + 1) * len(x1) // world)
-    out, probe_loss, _ = train_model((x1[local], x2[local]), labels[local], torch.arange(len(x1))[local])
-    (out.loss + probe_loss).backward()
-    opt.step()
-    method.after_step(out.memory, 0, 10)
+    for step in range(steps):
+        opt.zero_grad()
+        out, probe_loss, _ = train_model((x1[local], x2[local]), labels[local], torch.arange(len(x1))[local])
+        (out.loss + probe_loss).backward()
+        opt.step()
+        method.after_step(out.memory, step, 10)
     return {k: v.detach().clone() for k, v in model.state_dict().items()}

@@ -43,16 +43,18 @@ def test_every_sampler_on_two_processes_equals_one_process(tmp_path):
 @pytest.mark.slow
 def test_full_training_step_on_two_processes_equals_one_process(tmp_path):
     """Method and online-probe parameters after one step, MoCo's and RINCE's key encoders and queues (the
-    keys of both processes, in global batch order), IR's and CMC's banks, SupCon's bank; tolerance 1e-6
+    keys of both processes, in global batch order), IR's and CMC's banks, SupCon's bank; after two steps
+    NNCLR's support set and KMCLR's prototypes and the parameters trained on their look-ups; tolerance 1e-6
     (float32 summation order)."""
     one, two = one_and_two_processes("ddp_train_step_script.py", tmp_path)
-    assert set(one) == {"simclr", "moco", "ir", "cmc", "supcon", "rince"}
+    assert set(one) == {"simclr", "moco", "ir", "cmc", "supcon", "rince", "nnclr", "kmclr"}
     for name in one:
         for key in one[name]:
             torch.testing.assert_close(two[name][key], one[name][key], rtol=1e-6, atol=1e-6, msg=f"{name} {key}")
         assert {k.split(".")[0] for k in one[name]} == {"method", "probe"}
     assert int(one["moco"]["method.queue.ptr"]) == 8
     assert torch.equal(one["moco"]["method.queue.labels"][:8], torch.arange(8) % 3)
+    assert int(one["nnclr"]["method.support_set.ptr"]) == 16 % 12  # both steps' 8 projections, FIFO of 12
 
 
 @pytest.mark.slow
