@@ -125,27 +125,73 @@ def test_online_kmeans_equals_sklearn_partial_fit():
         np.testing.assert_allclose(km.counts.numpy(), ref._counts)
 
 
-def test_kmeans_prototypes_move_toward_their_points_and_dead_ones_are_reassigned():
+def test_kmeans_prototypes_move_toward_their_points_and_dead_ones_are_reassigned_on_the_10th_step():
     torch.manual_seed(0)
     km = OnlineKMeans(num_prototypes=4, dim=2, reset_interval=None, reassignment_ratio=0.5)
     km.centres.copy_(torch.tensor([[0.0, 0.0], [10.0, 10.0], [20.0, 20.0], [30.0, 30.0]]))
-    x = torch.tensor([[1.0, 1.0]] * 40)  # 40 points = 10 K: a reassignment is due
+    x = torch.tensor([[1.0, 1.0]] * 40)
     before = km.centres.clone()
-    km.step(x, 0)
+    for step in range(9):  # sklearn's counter: + min(1024, K) = 4 per step, due at 10 K = 40
+        km.step(x, step)
     assert (km.centres[0] - x[0]).norm() < (before[0] - x[0]).norm()  # moved toward its points
-    # the 3 unused centres had count 1 < 0.5 * 41: they jump onto batch points
+    torch.testing.assert_close(km.centres[1:], before[1:])  # not due yet, whatever the batch size
+    km.step(x, 9)
+    # the 3 unused centres had count 1 < 0.5 * 361: they jump onto batch points
     assert all(torch.equal(km.centres[j], x[0]) for j in (1, 2, 3))
     assert float(km.counts[1]) == float(km.counts[0])  # the smallest count of the kept ones
 
 
-def test_kmeans_reset_restarts_from_the_latest_points():
+def test_kmeans_reset_restarts_from_the_latest_points_on_every_rth_step():
     km = OnlineKMeans(num_prototypes=4, dim=2, reset_interval=2, reassignment_ratio=0.0)
-    for step in range(2):
-        km.step(torch.randn(2, 2), step)
+    km.step(torch.randn(2, 2), 0)
     x = torch.randn(2, 2)
-    km.step(x, 2)  # reset (centres = the FIFO incl. x), then one update on x
+    km.step(x, 1)  # the 2nd step: reset (centres = the FIFO incl. x), then one update on x
     assert torch.equal(km.recent[2:], x)
     assert float(km.counts.sum()) == 4 + 2
+
+
+def reference_kmclr_kmeans(init_values: np.ndarray, reset_interval: int, reassignment_ratio: float):
+    """A transcription of how mwritescode/nnclr-cifar100 (src/models/kmclr.py) drives sklearn: a
+    MiniBatchKMeans fitted on its initial points, a step counter starting at 1, and per training step:
+    the batch's view-1 projections pushed into the FIFO ``init_values``, on every step that is a
+    multiple of the reset interval a new MiniBatchKMeans fitted on ``init_values``, then one
+    ``partial_fit`` on the batch. (The reference's k-means++ init on K points picks those K points in
+    a random order; ``init=`` the points gives the same centres in their order.) Yields the object
+    after each step."""
+    def fresh():
+        km = MiniBatchKMeans(n_clusters=len(init_values), init=init_values.copy(), n_init=1,
+                             reassignment_ratio=reassignment_ratio, random_state=0)
+        return km.partial_fit(init_values)
+
+    kmeans, counter = fresh(), 1
+    while True:
+        batch = yield kmeans
+        b = len(batch)
+        init_values[:-b], init_values[-b:] = init_values[b:].copy(), batch
+        if counter % reset_interval == 0:
+            kmeans = fresh()
+        kmeans.partial_fit(batch)
+        counter += 1
+
+
+def test_online_kmeans_resets_and_counts_as_the_reference_drives_sklearn():
+    """Centres and counts step by step with resets (reassignment off), and with reassignment on the
+    counter that decides when one is due (the reassigned centres depend on random draws, which differ)."""
+    torch.manual_seed(0)
+    for ratio in (0.0, 0.01):
+        km = OnlineKMeans(num_prototypes=6, dim=3, reset_interval=4, reassignment_ratio=ratio)
+        reference = reference_kmclr_kmeans(km.recent.double().numpy().copy(), 4, ratio)
+        next(reference)
+        for step in range(25):
+            x = torch.randn(2, 3) + 0.1 * step
+            km.step(x, step)
+            ref = reference.send(x.double().numpy())
+            if ratio == 0.0:
+                np.testing.assert_allclose(km.centres.numpy(), ref.cluster_centers_, rtol=1e-5, atol=1e-5,
+                                           err_msg=f"step {step}")
+                np.testing.assert_array_equal(km.counts.numpy(), ref._counts)
+            else:
+                assert int(km.since_reassign) == ref._n_since_last_reassign, f"step {step}"
 
 
 def test_kmclr_positive_is_the_nearest_prototype_and_usage_is_logged():

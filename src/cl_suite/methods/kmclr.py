@@ -11,6 +11,7 @@ from torch import nn
 from cl_suite.methods.nnclr import LookedUpPositiveCLR
 from cl_suite.samplers.base import NegativeSampler
 
+SKLEARN_BATCH_SIZE = 1024  # MiniBatchKMeans' default batch_size (sklearn >= 1.0), which the reference keeps
 
 class OnlineKMeans(nn.Module):
     """Mini-batch k-means with scikit-learn's ``MiniBatchKMeans.partial_fit`` update, on the device.
@@ -22,11 +23,17 @@ class OnlineKMeans(nn.Module):
       and moves each centre to the running mean of everything it was ever assigned,
       ``c <- (c n + sum x) / (n + m)``, ``n <- n + m`` (sklearn's count-based step sizes).
     * Random reassignment (sklearn, ``reassignment_ratio``): when a centre has never been assigned
-      anything, or every ``10 K`` points, centres whose count is below ``ratio * max(count)`` jump to
-      random points of the batch (at most half the batch, the lowest counts first) and get the smallest
-      remaining count, so they are not reassigned again at once.
-    * ``recent`` (K, d): a FIFO of the latest projections (the reference's ``init_values``); every
-      ``reset_interval`` steps the k-means restarts from it (centres = those points, counts 1: what
+      anything, or once sklearn's counter reaches ``10 K``, centres whose count is below
+      ``ratio * max(count)`` jump to random points of the batch (at most half the batch, the lowest
+      counts first) and get the smallest remaining count, so they are not reassigned again at once.
+      The counter is sklearn's as the reference drives it: each ``partial_fit`` adds sklearn's
+      ``_batch_size``, which is fixed at the object's first call (on the K initial points) to
+      min(1024, K), whatever the real batch; so with K <= 1024 a reassignment is due on every 10th step
+      (K = 400, batch 64: steps 10, 20, ...; counting the real points would make it every 63rd step).
+      A reset starts a new counter, as the reference's new ``MiniBatchKMeans`` does.
+    * ``recent`` (K, d): a FIFO of the latest projections (the reference's ``init_values``); on every
+      ``reset_interval``-th step (1-based, as the reference's step counter: 0-based steps R-1, 2R-1, ...)
+      the k-means restarts from it (centres = those points, the current batch included, counts 1: what
       sklearn's k-means++ on K points with K clusters gives), against drift of the embedding space.
 
     Everything runs on the device with no host synchronisation: the decisions are tensors used in
@@ -60,13 +67,15 @@ class OnlineKMeans(nn.Module):
 
     @torch.no_grad()
     def step(self, x: torch.Tensor, step: int) -> None:
-        """One ``partial_fit`` on the batch ``x`` (the same on every DDP process: ``x`` is all-gathered)."""
+        """One ``partial_fit`` on the batch ``x`` (the same on every DDP process: ``x`` is all-gathered) at the
+        0-based optimizer ``step``."""
         x = x.float()
         generator = torch.Generator(device=x.device).manual_seed(step)  # the same draws on every process
         self._remember(x, generator)
-        if self.reset_interval is not None and step > 0 and step % self.reset_interval == 0:
+        if self.reset_interval is not None and (step + 1) % self.reset_interval == 0:
             self.centres.copy_(self.recent)
             self.counts.fill_(1.0)
+            self.since_reassign.zero_()
         nearest = self.assign(x)
         k = self.num_prototypes
         added = torch.zeros(k, dtype=self.counts.dtype, device=x.device).index_add_(0, nearest, torch.ones_like(
@@ -89,7 +98,7 @@ class OnlineKMeans(nn.Module):
         if self.reassignment_ratio == 0:
             return
         k, b = self.num_prototypes, x.shape[0]
-        self.since_reassign += b
+        self.since_reassign += min(SKLEARN_BATCH_SIZE, k)  # sklearn's _batch_size (class docstring)
         due = (self.counts == 0).any() | (self.since_reassign >= 10 * k)
         rank = torch.empty(k, dtype=torch.long, device=x.device)
         rank[self.counts.argsort()] = torch.arange(k, device=x.device)  # 0 = lowest count
