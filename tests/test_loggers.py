@@ -204,6 +204,44 @@ def test_a_resumed_tensorboard_run_purges_the_events_past_its_checkpoint(tmp_pat
     assert [p.step for p in points] == [1, 2, 3, 4] and 999.0 not in [p.value for p in points]
 
 
+def test_a_resumed_tensorboard_logger_writes_only_the_keys_not_yet_shown_at_its_checkpoint_step(tmp_path):
+    pytest.importorskip("tensorboard", reason="the optional [tensorboard] extra")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from cl_suite.engine.logger import TensorBoardLogger
+
+    first = TensorBoardLogger(str(tmp_path))
+    first.log({"train/loss": 1.0, "diag/hist/negative": {"counts": [1, 2], "range": [-1, 1]}}, step=5)
+    first.finish()
+    time.sleep(1.1)  # event files are named by the second they were opened, and read in name order
+    resumed = TensorBoardLogger(str(tmp_path), resume_step=5)
+    resumed.log({"train/loss": 7.0, "final/linear/top1": 50.0,  # at the checkpoint's step: only the new key
+                 "diag/hist/negative": {"counts": [3, 3], "range": [-1, 1]}}, step=5)
+    resumed.log({"train/loss": 2.0}, step=6)
+    resumed.finish()
+    events = EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"scalars": 0, "histograms": 0})
+    events.Reload()
+    assert [(p.step, p.value) for p in events.Scalars("train/loss")] == [(5, 1.0), (6, 2.0)]
+    assert [(p.step, p.value) for p in events.Scalars("final/linear/top1")] == [(5, 50.0)]
+    assert [p.histogram_value.num for p in events.Histograms("diag/hist/negative")] == [3]
+
+
+def test_a_finished_tensorboard_run_started_again_shows_its_final_numbers_once(tmp_path):
+    pytest.importorskip("tensorboard", reason="the optional [tensorboard] extra")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = compose_train(NO_LOGGER + ["logger=tensorboard", "trainer.max_steps=2", "evaluation.linear.epochs=1",
+                                     "evaluation.embedding_snapshot=50"], tmp_path)
+    train(cfg)
+    time.sleep(1.1)
+    train(cfg)  # resumes at its last step: evaluates and logs the final numbers again
+    events = EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"scalars": 0})
+    events.Reload()
+    assert [p.step for p in events.Scalars("final/linear/top1")] == [2]
+    assert [p.step for p in events.Scalars("final/knn/top1")] == [2]
+    assert (tmp_path / "tensorboard" / "projector_config.pbtxt").read_text().count("embeddings {") == 1
+
+
 def test_wandb_logger_skips_a_step_below_the_runs_last_one_quietly(tmp_path, monkeypatch, capsys):
     from cl_suite.engine.logger import WandbLogger
 

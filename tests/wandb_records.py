@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 from pathlib import Path
 
 _HEADER = 7
@@ -46,16 +47,29 @@ def read_records(path: Path) -> list:
     return records
 
 
+def finished_records(path: Path, wait_s: float = 60.0) -> list:
+    """The records of a run that has ended (``run.finish`` returned, or its process exited): wandb's
+    service writes the offline file after ``finish`` returns (on a busy machine the file was seen holding
+    only its header right after the call, and complete a second later), so wait up to ``wait_s`` seconds
+    for the exit record. A run that never wrote one (killed) gives what is there after the wait."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        records = read_records(path)
+        if any(r.WhichOneof("record_type") == "exit" for r in records) or time.monotonic() > deadline:
+            return records
+        time.sleep(0.2)
+
+
 def run_contents(path: Path) -> dict:
     """``{"group", "job_type", "config": {key: value}, "summary": {key: value}, "history": [{key: value}],
-    "exit_code"}`` of one run log.
+    "exit_code"}`` of one run log, of a run that has ended (``finished_records``).
 
     Config, summary and history items hold JSON values; nested keys (``nested_key``) are joined with
     ``/``, as the wandb UI shows them. Later records win, as in the run. ``history`` has one dict per
     history row (``_step`` is the step a row was logged at); ``exit_code`` is None until the run finished.
     """
     out: dict = {"group": None, "job_type": None, "config": {}, "summary": {}, "history": [], "exit_code": None}
-    for record in read_records(path):
+    for record in finished_records(path):
         kind = record.WhichOneof("record_type")
         if kind == "exit":
             out["exit_code"] = record.exit.exit_code

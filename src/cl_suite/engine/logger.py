@@ -344,6 +344,20 @@ TENSORBOARD_HINT = ("logger=tensorboard needs the tensorboard package, which is 
                     "tensorboard --logdir <run dir or sweep dir>")
 
 
+def tags_shown_at(log_dir: Path, step: int) -> set[str]:
+    """The scalar and histogram keys the event files under ``log_dir`` show at ``step``, as TensorBoard
+    reads them (the purges of earlier resumes applied). Reads every event once: done at a resume only."""
+    if not log_dir.is_dir():
+        return set()
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(log_dir), size_guidance={"scalars": 0, "histograms": 0})
+    events.Reload()
+    tags = events.Tags()
+    return ({tag for tag in tags["scalars"] if any(e.step == step for e in events.Scalars(tag))}
+            | {tag for tag in tags["histograms"] if any(e.step == step for e in events.Histograms(tag))})
+
+
 class TensorBoardLogger:
     """``logger=tensorboard``: TensorBoard event files under ``<run dir>/<subdir>`` (torch's SummaryWriter;
     needs the optional ``tensorboard`` package: ``pip install -e ".[tensorboard]"``).
@@ -351,8 +365,10 @@ class TensorBoardLogger:
     Scalars by their keys (``train/loss``, ``knn/top1``, ``diag/sim/positive_mean`` ...) against the
     optimizer step, diagnostics histograms as TensorBoard histograms, the embedding snapshot in the
     projector (its top principal components, labelled). A resumed run adds an event file to the same
-    folder and purges the events past its checkpoint's step (SummaryWriter's ``purge_step``), so
-    TensorBoard shows each step once.
+    folder and purges the events past its checkpoint's step (SummaryWriter's ``purge_step``), and it does
+    not write again a key TensorBoard already shows at the checkpoint's step (a finished run started
+    again evaluates again there; a run stopped during its final evaluation has no final keys yet), so
+    TensorBoard shows every (step, key) once.
     """
 
     wants_media = True
@@ -366,6 +382,8 @@ class TensorBoardLogger:
         self.run_id = run_id
         self.log_dir = Path(run_dir) / subdir
         purge = None if resume_step is None else resume_step + 1  # events at steps >= purge are hidden
+        self._resume_step = resume_step
+        self._shown_at_resume = set() if resume_step is None else tags_shown_at(self.log_dir, resume_step)
         self._writer = SummaryWriter(log_dir=str(self.log_dir), purge_step=purge)
         self._step = 0
         if run_config is not None and resume_step is None:  # the resolved config, readable in the TEXT tab
@@ -381,6 +399,8 @@ class TensorBoardLogger:
     def log(self, metrics: dict[str, Any], step: int) -> None:
         self._step = step
         for key, value in metrics.items():
+            if step == self._resume_step and key in self._shown_at_resume:
+                continue
             if is_histogram(value):
                 self._histogram(key, value, step)
             elif _is_number(value) and math.isfinite(value):
@@ -408,10 +428,13 @@ class TensorBoardLogger:
     def log_embeddings(self, key: str, features, labels, class_names: list[str] | None = None) -> None:
         from cl_suite.engine.embedding_snapshot import principal_components
 
+        tag = key.replace("/", "_")
+        if (self.log_dir / str(self._step).zfill(5) / tag).is_dir():  # SummaryWriter's folder for this step
+            return  # written before this run was resumed at its last step: a second copy would be listed twice
         coords = principal_components(features, SNAPSHOT_COMPONENTS)
         labels = labels.cpu().tolist()
         names = [class_names[y] if class_names and 0 <= y < len(class_names) else str(y) for y in labels]
-        self._writer.add_embedding(coords, metadata=names, tag=key.replace("/", "_"), global_step=self._step)
+        self._writer.add_embedding(coords, metadata=names, tag=tag, global_step=self._step)
         self._writer.flush()
 
     def finish(self, exit_code: int = 0) -> None:
