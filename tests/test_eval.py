@@ -7,6 +7,7 @@ import sys
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from cl_suite.eval.knn import knn_class_scores, topk_accuracy
 from cl_suite.eval.linear import train_linear_classifier
@@ -136,9 +137,43 @@ def test_retrieval_matches_brute_force_on_random_features():
     fast = retrieval_metrics(queries, q_labels, database, db_labels, ks=(1, 3, 10), chunk_size=4)
     keep = db_labels >= 0
     slow = retrieval_slow(queries, q_labels, database[keep], db_labels[keep], (1, 3, 10))
+    fast.pop("rince_AP")  # tested against the RINCE code below
     assert fast.keys() == slow.keys()
     for key in slow:
         assert math.isclose(fast[key], slow[key], abs_tol=1e-4), (key, fast[key], slow[key])
+
+
+def rince_precision_recall_ap(test_features, train_features, test_labels, train_labels) -> float:
+    """A transcription of ``precision_recall`` in boschresearch/rince (branch cifar) ``retrieval.py``, in
+    float64: a 0/1 matrix of the ranked database's labels matching the query's, precision and recall of
+    the top i averaged over queries for each i, AP = sum over i >= 2 of (R_i - R_{i-1}) P_i."""
+    n_pos = (test_labels[:, None] == train_labels[None, :]).sum(1).double()
+    sim = test_features.double() @ train_features.double().T
+    k = len(train_labels)
+    topk = sim.topk(k).indices
+    acc_mat = torch.zeros(len(test_labels), k, dtype=torch.float64)
+    for i in range(k):
+        acc_mat[:, i] = (test_labels == train_labels[topk[:, i]]).double()
+    precisions, recalls = [], []
+    for i in range(1, k + 1):
+        n_correct = acc_mat[:, :i].sum(1)
+        precisions.append((n_correct / i).mean())
+        recalls.append((n_correct / n_pos).mean())
+    p, r = torch.stack(precisions), torch.stack(recalls)
+    return float(((r[1:] - r[:-1]) * p[1:]).sum())
+
+
+def test_rince_ap_matches_a_transcription_of_the_rince_code_and_differs_from_the_map():
+    from cl_suite.eval.retrieval import retrieval_metrics
+
+    torch.manual_seed(1)
+    database, db_labels = torch.randn(60, 6), torch.arange(60) % 5
+    queries, q_labels = torch.randn(17, 6), torch.randint(0, 5, (17,))
+    out = retrieval_metrics(queries, q_labels, database, db_labels, ks=(1,), chunk_size=5)
+    expected = 100 * rince_precision_recall_ap(F.normalize(queries, dim=1), F.normalize(database, dim=1),
+                                               q_labels, db_labels)
+    assert out["rince_AP"] == pytest.approx(expected, rel=1e-6)
+    assert abs(out["rince_AP"] - out["mAP"]) > 0.5  # another number: the AP of the mean curve
 
 
 def test_retrieval_of_perfectly_clustered_features_is_perfect():
@@ -148,7 +183,9 @@ def test_retrieval_of_perfectly_clustered_features_is_perfect():
     labels = torch.arange(3).repeat_interleave(6)
     features = centres[labels] + 0.01 * torch.randn(18, 3)
     out = retrieval_metrics(features, labels, features, labels, ks=(1, 5))
+    rince_ap = out.pop("rince_AP")  # the code's sum leaves out the first rank: 1 - 1/6 of the curve
     assert out == {"mAP": 100.0, "P@1": 100.0, "P@5": 100.0, "R@1": 100.0, "R@5": 100.0}
+    assert rince_ap == pytest.approx(100 * 5 / 6)
 
 
 def test_ood_auroc_and_fpr95_match_sklearn_and_separable_scores_give_100():
@@ -307,7 +344,7 @@ def test_evaluate_run_runs_every_protocol_into_eval_json_and_the_report_reads_it
     retrieval = first["protocols"]["retrieval"]
     # digits have coarse labels (three stroke families), so retrieval is also scored at that level
     assert set(retrieval) == {f"retrieval/{level}{name}" for level in ("", "coarse/")
-                              for name in ("mAP", *(f"{m}@{k}" for m in "PR" for k in (1, 5, 10, 20)))}
+                              for name in ("mAP", "rince_AP", *(f"{m}@{k}" for m in "PR" for k in (1, 5, 10, 20)))}
     assert math.isclose(retrieval["retrieval/R@1"], retrieval["retrieval/P@1"], abs_tol=1e-4)  # 1 item: hit = precision
 
     second = evaluate("protocol=[ood,transfer]", "ood_dataset=synthetic", "transfer_dataset=synthetic",

@@ -21,9 +21,10 @@ def annealed_beta(beta: float, epoch: int, total_epochs: int) -> float:
     of those values is beta itself, so beta first drops after epoch 2 floor(E / 9), and reaches 0 after
     epoch 9 floor(E / 9): for E = 400 the 1-based epochs 1-88 use beta, 89-132 use 7/8 beta, ...,
     353-396 use beta / 8 and 397-400 use 0. In 0-based epochs i, beta is linspace(beta, 0, 9)[k - 1]
-    after k = floor(i / floor(E / 9)) >= 1 changes. Where E holds a 10th multiple of floor(E / 9) (short
-    runs: E = 17 or 20), the authors' code stops after that epoch with an exhausted iterator; here beta
-    stays 0 to the end. E < 9 (a period of 0 epochs) is refused.
+    after k = floor(i / floor(E / 9)) >= 1 changes. Where E holds a 10th multiple of floor(E / 9), i.e.
+    10 floor(E / 9) <= E (E = 10-17, 20-26, 30-35, 40-44, 50-53, 60-62, 70, 71 and 80), the authors' code
+    stops after that epoch with an exhausted iterator; here beta stays 0 to the end. E < 9 (a period of
+    0 epochs) is refused.
     """
     period = total_epochs // ANNEAL_LEVELS
     level = min(max(epoch // period - 1, 0), ANNEAL_LEVELS - 1)
