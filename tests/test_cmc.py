@@ -18,6 +18,27 @@ def test_rgb_to_lab_matches_reference_colours(rgb, lab):
     torch.testing.assert_close(got, torch.tensor(lab), atol=0.02, rtol=0)
 
 
+def skimage_rgb2lab(rgb):
+    """A transcription of scikit-image's ``color.rgb2lab`` (what the CMC code calls) in float64: sRGB
+    linearised, ``xyz_from_rgb``, divided by ``illuminants["D65"]["2"]``, then ``xyz2lab``."""
+    rgb = torch.as_tensor(rgb, dtype=torch.float64)
+    linear = torch.where(rgb > 0.04045, ((rgb + 0.055) / 1.055) ** 2.4, rgb / 12.92)
+    xyz_from_rgb = torch.tensor([[0.412453, 0.357580, 0.180423], [0.212671, 0.715160, 0.072169],
+                                 [0.019334, 0.119193, 0.950227]], dtype=torch.float64)
+    xyz = (xyz_from_rgb @ linear) / torch.tensor([0.95047, 1.0, 1.08883], dtype=torch.float64)
+    f = torch.where(xyz > 0.008856, xyz ** (1 / 3), 7.787 * xyz + 16 / 116)
+    return torch.stack([116 * f[1] - 16, 500 * (f[0] - f[1]), 200 * (f[1] - f[2])])
+
+
+def test_rgb_to_lab_is_skimages_rgb2lab_white_point_included():
+    colours = torch.rand(50, 3, generator=torch.Generator().manual_seed(0))
+    colours[0] = 1.0  # white: a = -0.0025 with skimage's white point, 0 with the matrix's own
+    got = rgb_to_lab(colours.view(50, 3, 1, 1)).view(50, 3).double()
+    expected = torch.stack([skimage_rgb2lab(c) for c in colours])
+    torch.testing.assert_close(got, expected, atol=2e-4, rtol=0)
+    assert got[0, 1] == pytest.approx(-0.0025, abs=2e-4)
+
+
 def make(num_samples=8, **kwargs):
     torch.manual_seed(0)
     return CMC(SmallConvNet(widths=[4]), RecordingSampler(), num_samples=num_samples, mean=[0.5] * 3,

@@ -24,11 +24,14 @@ from cl_suite.samplers.uniform import UniformSampler
 CRITERIA = ("softmax", "nce")
 NCE_EPS = 1e-7  # CMC's NCE criterion adds it to both denominators (cmc_nce_loss)
 
-# CIE Lab of sRGB (D65 white). The CMC code rescales L to [-1, 1] and a, b by the ranges sRGB reaches.
+# CIE Lab of sRGB as the CMC code gets it (``skimage.color.rgb2lab`` in its dataset.py): skimage's
+# ``xyz_from_rgb`` and its D65 (2 degree) white point, which is not the RGB matrix's own white (its row
+# sums, 0.950456 / 1 / 1.088754, OpenCV's), so pure white has a = -0.0025 there, as here. The CMC code
+# rescales L to [-1, 1] and a, b by the ranges sRGB reaches.
 _RGB_TO_XYZ = torch.tensor([[0.412453, 0.357580, 0.180423],
                             [0.212671, 0.715160, 0.072169],
                             [0.019334, 0.119193, 0.950227]])
-_D65_WHITE = torch.tensor([0.950456, 1.0, 1.088754])
+_D65_WHITE = torch.tensor([0.95047, 1.0, 1.08883])
 _LAB_MEAN = torch.tensor([50.0, (-86.183 + 98.233) / 2, (-107.857 + 94.478) / 2])
 _LAB_HALF_RANGE = torch.tensor([50.0, (86.183 + 98.233) / 2, (107.857 + 94.478) / 2])
 
