@@ -11,8 +11,17 @@ shift
 python=${PYTHON:-python}
 stamp=$(date +%Y-%m-%d_%H-%M-%S)  # once: the same for every job of this sweep
 dir=${SWEEP_DIR:-multirun/$study/$stamp}
+# The wandb group, for the loggers that have one (wandb, the default, and many): logger=csv|tensorboard|none
+# have no group setting, and a later argument wins over an earlier one.
+group=("logger.group=$study-$stamp")
+for arg in "$@"; do
+    case $arg in
+        logger=wandb | logger=many) group=("logger.group=$study-$stamp") ;;
+        logger=*) group=() ;;
+    esac
+done
 # published=null: a recipe's published number (experiment=...) belongs to its own setting, not to a grid around it.
-"$python" train.py -m logger.group="$study-$stamp" "hydra.sweep.dir=$dir" published=null "$@"
+"$python" train.py -m "${group[@]}" "hydra.sweep.dir=$dir" published=null "$@"
 status=$?
 if ! "$python" -m cl_suite.report "$dir" && [ "$status" -eq 0 ]; then
     status=1

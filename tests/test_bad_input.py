@@ -75,6 +75,39 @@ def test_a_sweep_job_with_a_bad_setting_prints_its_message_without_a_traceback(t
     assert "Traceback" not in proc.stderr, proc.stderr
 
 
+@pytest.mark.slow
+def test_missing_paths_and_bad_evaluate_settings_print_one_error_line_and_create_nothing(tmp_path):
+    """A mistyped run folder, checkpoint or protocol reads like every other user error (no traceback), and
+    evaluate.py's log does not create the folder a typo names nor land in a folder that is not a run."""
+    typo, not_a_run = tmp_path / "no_such_run", tmp_path / "src_like"
+    not_a_run.mkdir()
+    cases = [
+        ("evaluate.py", [f"run={typo}"], f"error: run='{typo}' has no .hydra/config.yaml"),
+        ("evaluate.py", [f"run={not_a_run}"], f"error: run='{not_a_run}' has no .hydra/config.yaml"),
+        ("evaluate.py", ["protocol=foo", f"run={typo}"], "error: protocol=['foo'] is not allowed"),
+        ("evaluate.py", ["protocol=ood", f"run={typo}"], "error: protocol=ood needs ood_dataset="),
+        ("train.py", [f"resume={typo}.pt", "logger=none", f"hydra.run.dir={tmp_path / 'run'}"],
+         f"error: resume='{typo}.pt': no such checkpoint file or run dir"),
+    ]
+    for script, args, message in cases:
+        proc = run_cli(script, args, env={"HYDRA_FULL_ERROR": ""})
+        assert proc.returncode == 1 and message in proc.stderr, (args, proc.stderr[-2000:])
+        assert "Traceback" not in proc.stderr, proc.stderr
+    assert not typo.exists() and list(not_a_run.iterdir()) == []
+
+
+def test_evaluate_names_its_own_setting_for_a_missing_ood_data_set(tmp_path):
+    from helpers import evaluate_in_process, trained_run
+
+    run = tmp_path / "run"
+    trained_run(run, ["trainer.max_steps=1", "trainer.eval_at_init=false"])
+    with pytest.raises(DatasetNotFoundError) as err:
+        evaluate_in_process(run, "protocol=ood", "ood_dataset=cifar10", f"ood_root={tmp_path / 'nowhere'}")
+    message = str(err.value)
+    assert f"ood_root={tmp_path / 'nowhere'}" in message and "then pass ood_root=<dir>" in message
+    assert "dataset.root=" not in message.replace("dataset.root=<dir> debug=fast", "")
+
+
 def test_a_constructor_refusing_a_value_is_a_config_error_and_other_errors_keep_their_traceback(monkeypatch):
     from cl_suite.engine.validation import ConfigError
     from cl_suite.errors import UserError, user_errors_without_traceback

@@ -8,9 +8,11 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
+from hydra import compose, initialize_config_dir
 
 from cl_suite.eval.knn import knn_class_scores, topk_accuracy
 from cl_suite.eval.linear import train_linear_classifier
+from helpers import CONF
 
 
 def knn_slow(train, train_y, test, num_classes, k, t):
@@ -355,9 +357,57 @@ def test_evaluate_run_runs_every_protocol_into_eval_json_and_the_report_reads_it
     assert set(second["protocols"]["transfer"]) == {f"transfer/synthetic/{p}_top{k}" for p in ("linear", "knn")
                                                     for k in (1, 5)}
     on_disk = json.loads((run / "eval.json").read_text())
-    assert on_disk["protocols"] == second["protocols"] and on_disk["datasets"]["ood"] == ["synthetic"]
+    assert on_disk["protocols"] == second["protocols"] and on_disk["settings"]["ood"]["ood_dataset"] == ["synthetic"]
+    # each protocol keeps the settings it ran with: the first call's linear probe had 5 epochs, OOD used gmm
+    assert on_disk["settings"]["linear"]["evaluation"]["linear"]["epochs"] == 5
+    assert on_disk["settings"]["ood"]["evaluation"]["ood"]["score"] == "gmm"
+    assert "ood_dataset" not in on_disk["settings"]["linear"]
     job = read_job(run, tmp_path)
     assert job.ok and job.metrics["eval/ood/synthetic/auroc"] == ood["ood/synthetic/auroc"]
+
+    # best.pt is last.pt here (one hard-linked file): the same checkpoint, so the same file, merged
+    assert set(evaluate("checkpoint=best", "protocol=knn")["protocols"]) == set(second["protocols"])
+    import shutil
+
+    shutil.copy(run / "checkpoints" / "last.pt", run / "checkpoints" / "other.pt")  # another file
+    other = evaluate("checkpoint=other", "protocol=knn")  # its own file: eval.json stays the last checkpoint's
+    assert set(json.loads((run / "eval.json").read_text())["protocols"]) == set(second["protocols"])
+    assert json.loads((run / "eval_other.json").read_text())["protocols"] == other["protocols"] and list(
+        other["protocols"]) == ["knn"]
+
+
+def test_an_exported_backbone_evaluated_on_another_data_set_does_not_keep_the_first_data_sets_numbers(tmp_path):
+    import json
+
+    from cl_suite.export import export_backbone
+    from cl_suite.run_evaluation import evaluate_run
+    from helpers import trained_run
+
+    run = tmp_path / "run"
+    trained_run(run, ["trainer.max_steps=2"])
+    out, _ = export_backbone(run)
+
+    def evaluate(*overrides):
+        with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
+            cfg = compose(config_name="evaluate", overrides=[f"checkpoint={out}", "evaluation.linear.epochs=1",
+                                                             *overrides])
+        return evaluate_run(cfg)
+
+    evaluate("protocol=[knn,linear]")
+    second = evaluate("protocol=knn", "dataset=synthetic")
+    on_disk = json.loads(out.with_name(f"{out.stem}.eval.json").read_text())
+    assert list(second["protocols"]) == ["knn"] and on_disk["protocols"] == second["protocols"]
+    assert on_disk["dataset"] == "synthetic" and "linear/top1" not in on_disk["metrics"]
+
+
+def test_a_damaged_eval_json_is_replaced_not_merged(tmp_path):
+    from cl_suite.run_evaluation import _merge_with_previous
+
+    path = tmp_path / "eval.json"
+    path.write_bytes(b'{"step": 2, "protocols": {"knn": {"knn/top1": 1')  # cut short
+    result = _merge_with_previous(path, {"step": 2, "checkpoint": "c", "dataset": "digits",
+                                         "protocols": {"linear": {"linear/top1": 50.0}}, "settings": {"linear": {}}})
+    assert result["metrics"] == {"linear/top1": 50.0}
 
 
 def test_evaluate_ignores_the_trained_sampler_so_renamed_sampler_settings_still_evaluate(tmp_path):

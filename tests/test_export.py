@@ -70,7 +70,7 @@ def test_state_dict_export_round_trips_through_load_backbone(small_run, capsys):
     run_dir, _ = small_run
     assert export_main([str(run_dir)]) == 0
     out = run_dir / "backbone_state_dict.pt"
-    assert f'load:  cl_suite.export.load_backbone("{out.name}")' in capsys.readouterr().out
+    assert f'load:  cl_suite.export.load_backbone("{out}")' in capsys.readouterr().out  # runs from here
     raw = torch.load(out, weights_only=True)  # plain tensors and python types only
     header = raw["header"]
     assert raw["format"] == "cl_suite.backbone" and set(raw["state_dict"]) == set(suite_backbone(run_dir).state_dict())

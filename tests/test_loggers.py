@@ -305,7 +305,7 @@ def test_many_finishes_the_loggers_it_started_when_a_later_one_fails(tmp_path, m
     assert finished == [1]
 
 
-def _study_invocation(tmp_path, env_extra=None) -> list[str]:
+def _study_invocation(tmp_path, env_extra=None, args=("seed=0,1",)) -> list[str]:
     """Run multirun/study.sh with PYTHON set to a stub that records its arguments; return train.py's."""
     stub, record = tmp_path / "python", tmp_path / "calls.txt"
     stub.write_text(f'#!/usr/bin/env bash\nprintf "%s\\n" "$@" "--" >> {shlex.quote(str(record))}\n')
@@ -314,7 +314,7 @@ def _study_invocation(tmp_path, env_extra=None) -> list[str]:
     env = {**os.environ, "PYTHON": str(stub)}
     env.pop("SWEEP_DIR", None)
     env.update(env_extra or {})
-    proc = subprocess.run(["bash", str(ROOT / "multirun" / "study.sh"), "tiny_study", "seed=0,1"], env=env,
+    proc = subprocess.run(["bash", str(ROOT / "multirun" / "study.sh"), "tiny_study", *args], env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     calls = record.read_text().split("--\n")
@@ -334,6 +334,16 @@ def test_each_study_invocation_gets_its_own_wandb_group(tmp_path):
     assert f"hydra.sweep.dir={tmp_path / 'sweep'}" in second
     (other,) = [a.split("=", 1)[1] for a in second if a.startswith("logger.group=")]
     assert other.startswith("tiny_study-") and other != group
+
+
+@pytest.mark.parametrize("logger, grouped", [("csv", False), ("none", False), ("tensorboard", False),
+                                             ("many", True), ("wandb", True)])
+def test_a_study_sets_a_wandb_group_only_for_loggers_that_have_one(tmp_path, logger, grouped):
+    args = _study_invocation(tmp_path, args=(f"logger={logger}", "seed=0,1"))
+    assert any(a.startswith("logger.group=") for a in args) == grouped
+    overrides = [a for a in args[2:] if not a.startswith(("hydra.", "seed="))]
+    cfg = compose_train(overrides, tmp_path)  # what the sweep's first job composes: no "not in struct"
+    assert cfg.logger.get("group") is None or cfg.logger.group.startswith("tiny_study-")
 
 
 def test_evaluate_finds_the_wandb_run_of_a_run_that_logged_to_several_loggers():

@@ -363,25 +363,31 @@ def test_folder_of_sweeps_reads_the_method_from_the_resolved_config(tmp_path):
     # The method is swept (an override in one sweep, a default in the other); the sampler only follows it;
     # paths, logger group/name and the run dirs differ in every job but are no settings; the seed replicates.
     assert params == ["method", "sampler.tau_plus"]
-    assert [(r.values["method"], r.values["sampler.tau_plus"], len(r.jobs)) for r in rows] == [
-        ("simclr", None, 2), ("dcl", 0.1, 4), ("dcl", 0, 2)]  # dcl 0.1: both sweeps' jobs, one configuration
+    # dcl 0.1: one configuration, each seed once. method=dcl's default tau_plus is 0.1, so the second
+    # sweep's seed 0 repeats the first's (the more recent is used) and its seed 1, never run, the first's.
+    assert [(r.values["method"], r.values["sampler.tau_plus"], [j.name for j in r.jobs]) for r in rows] == [
+        ("simclr", None, ["2026-11-23/14-00-00/0", "2026-11-23/14-00-00/1"]),
+        ("dcl", 0.1, ["2026-11-24/09-30-00/2", "2026-11-23/14-00-00/3"]),
+        ("dcl", 0, ["2026-11-24/09-30-00/0", "2026-11-24/09-30-00/1"])]
 
     assert report_main([str(tmp_path)]) == 0
     csv_rows = read_csv(tmp_path / "report.csv")
     assert [(r["method"], r["sampler.tau_plus"], r["jobs_total"]) for r in csv_rows] == [
-        ("simclr", "", "2"), ("dcl", "0.1", "4"), ("dcl", "0", "2")]
+        ("simclr", "", "2"), ("dcl", "0.1", "2"), ("dcl", "0", "2")]
     markdown = (tmp_path / "report.md").read_text()
     assert "| simclr | - (baseline) | 2 | 2/2 | 80.15 ± 0.21 |" in markdown
     assert "| dcl | 0 | 2 | 2/2 | 81.15 ± 0.21 |" in markdown
     assert "None" not in markdown.split("## Fixed settings")[0]
-    assert [j["job"] for j in read_csv(tmp_path / "report_jobs.csv")][-1] == "2026-11-24/09-30-00/3 (no dir)"
+    assert [(j["job"], j["status"]) for j in read_csv(tmp_path / "report_jobs.csv")][-2:] == [
+        ("2026-11-23/14-00-00/2", "repeat"), ("2026-11-24/09-30-00/3 (no dir)", "repeat")]
+    assert "| 2026-11-24/09-30-00/3 (no dir) | not run | 2026-11-23/14-00-00/3 |" in markdown
 
     # What the plots are given: the method on the x axis (never None), tau_plus without SimCLR.
     assert {x for points in series("method", params, rows, "linear/top1").values() for x, *_ in points} == {
         "simclr", "dcl"}
     by_tau = series("sampler.tau_plus", params, rows, "linear/top1")
     assert list(by_tau) == ["dcl"]
-    assert [p[:2] for p in by_tau["dcl"]] == [(0, pytest.approx(81.15)), (0.1, pytest.approx(82.1))]
+    assert [p[:2] for p in by_tau["dcl"]] == [(0, pytest.approx(81.15)), (0.1, pytest.approx(82.15))]
     fig, axes, _ = build_figure("method", params, rows, ["linear/top1"], fixed_settings(jobs, params))
     try:
         fig.canvas.draw()
@@ -426,13 +432,22 @@ def test_single_seed_sweeps_never_bold(tmp_path):
     rows = read_csv(single / "report.csv")
     assert [r["linear/top1 best"] for r in rows] == ["False", "True", "False"]
     assert "**" not in (single / "report.md").read_text().split("## ")[0].split("| method")[1]
-    # The same single-seed sweep run twice into one folder: two jobs per configuration, but one seed, so
-    # identical numbers (a zero-width interval) must not pass for certainty.
+    # The same single-seed sweep run twice into one folder: the second only repeats the first (same
+    # settings, same seed), so each configuration still has one job and one seed, never an interval.
     twice = tmp_path / "twice"
     for stamp in ("10-00-00", "11-00-00"):
         (twice / stamp).mkdir(parents=True)
         write_sweep(twice / stamp, {"simclr": [70.0], "dcl": [90.0]})
     _, rows = summarize(collect_jobs(twice), ["linear/top1"])
+    assert [[j.name for j in r.jobs] for r in rows] == [["11-00-00/0"], ["11-00-00/1"]]
+    assert rows[1].best == {"linear/top1"} and rows[1].comparisons["linear/top1"].verdict == "n/a (1 seed)"
+    assert all(r.bold == set() for r in rows)
+    # Jobs whose settings are not all known are never taken for repeats: the same seed twice in a row
+    # still must not pass for certainty (identical numbers, a zero-width interval).
+    jobs = collect_jobs(twice)
+    for job in jobs:
+        job.settings_complete = False
+    _, rows = summarize(jobs, ["linear/top1"])
     assert [len(r.jobs) for r in rows] == [2, 2] and rows[1].best == {"linear/top1"}
     assert rows[1].comparisons["linear/top1"].verdict == "better"  # the statistics alone would back it
     assert all(r.bold == set() for r in rows)
@@ -587,3 +602,125 @@ def test_an_optuna_search_runs_its_trials_and_the_report_reads_them(tmp_path):
     assert report_main([str(sweep)]) == 0
     rows = list(csv.DictReader((sweep / "report.csv").open()))
     assert len(rows) == 3 and {"sampler.tau_plus", "sampler.beta"} <= set(rows[0])
+
+
+def test_list_valued_settings_are_grouped_compared_and_plotted(tmp_path, capsys):
+    """A sweep of a list-valued setting (``'method.projector_hidden_dims=[64],[128]'``) and, in the same
+    folder, runs with a nested list the others lack (``method.class_groups=[[0, 1], [2, 3]]``): lists
+    group, compare, name a baseline, plot and print like any other value (they crashed the report)."""
+    from cl_suite.report import collect_jobs
+    from cl_suite.report.plots import build_figure, series, x_values
+
+    runs = [([64], None), ([128], None), ([64], [[0, 1], [2, 3]])]
+    for number, ((dims, groups), seed) in enumerate([(r, s) for r in runs for s in (0, 1)]):
+        overrides = {"method.projector_hidden_dims": dims, "optimizer.betas": [0.9, 0.999], "seed": seed}
+        if groups is not None:
+            overrides["method.class_groups"] = groups
+        write_run(tmp_path, str(number), overrides, {"linear/top1": 80.0 + dims[0] / 64 + 2 * number + seed})
+    params, rows = summarize(collect_jobs(tmp_path), ["linear/top1"])
+    assert params == ["method.projector_hidden_dims", "method.class_groups"]
+    assert [len(r.jobs) for r in rows] == [2, 2, 2]
+    assert x_values(rows, "method.projector_hidden_dims") == [(64,), (128,)]
+    assert list(series("method.projector_hidden_dims", params, rows, "linear/top1")) == [
+        "simclr, no method.class_groups", "simclr, method.class_groups=[[0, 1], [2, 3]]"]
+    fig, axes, _ = build_figure("method.projector_hidden_dims", params, rows, ["linear/top1"])
+    try:
+        fig.canvas.draw()
+        assert [t.get_text() for t in axes[0].get_xticklabels()] == ["[64]", "[128]"]
+    finally:
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
+
+    assert report_main([str(tmp_path), "--baseline", "method.class_groups=[[0,1],[2,3]]"]) == 0
+    csv_rows = read_csv(tmp_path / "report.csv")
+    assert [(r["method.projector_hidden_dims"], r["method.class_groups"], r["baseline"]) for r in csv_rows] == [
+        ("[64]", "", "False"), ("[128]", "", "False"), ("[64]", "[[0, 1], [2, 3]]", "True")]
+    assert csv_rows[0]["linear/top1 test"] == "paired" and csv_rows[0]["linear/top1 n_pairs"] == "2"
+    markdown = (tmp_path / "report.md").read_text()
+    assert "| [128] | - | 2 | 2/2 | 87.50 ± 2.12 |" in markdown
+    assert "| [64] | [[0, 1], [2, 3]] (baseline) | 2 | 2/2 | **90.50 ± 2.12** |" in markdown
+    assert "| [64] | - | linear/top1 | -8.00 |" in markdown
+    assert "- optimizer.betas: `[0.9, 0.999]`\n" in markdown  # the same list in every job: a fixed setting
+    assert "(64,)" not in markdown and "[64]" in capsys.readouterr().out
+    jobs = read_csv(tmp_path / "report_jobs.csv")
+    assert [j["method.projector_hidden_dims"] for j in jobs] == ["[64]", "[64]", "[128]", "[128]", "[64]", "[64]"]
+    for name in ("report_method.projector_hidden_dims.png", "report_method.class_groups.png"):
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_list_valued_overrides_of_hand_made_jobs():
+    jobs = [Job(str(i), {"dims": dims, "seed": seed}, metrics={"acc": 80.0 + i})
+            for i, (dims, seed) in enumerate([([64], 0), ([64], 1), ([128, 64], 0), ([128, 64], 1)])]
+    params, rows = summarize(jobs, ["acc"])
+    from cl_suite.report.plots import x_values
+
+    assert params == ["dims"] and [r.label(params) for r in rows] == ["dims=[64]", "dims=[128, 64]"]
+    assert x_values(rows, "dims") == [(64,), (128, 64)]
+    assert rows[1].comparisons["acc"].test == "paired"
+
+
+@pytest.mark.parametrize("asked, named", [
+    (["foo/bar"], "--metric foo/bar: no job has this metric"),
+    (["linear/top1", "linaer/top1"], "--metric linaer/top1: no job has this metric (did you mean linear/top1?)"),
+    (["foo/bar", "eval/x"], "--metric foo/bar, eval/x: no job has these metrics"),
+])
+def test_a_metric_no_job_has_is_an_error_naming_it_and_the_metrics_there_are(tmp_path, capsys, asked, named):
+    write_sweep(tmp_path, {"simclr": BASE[:2], "dcl": BETTER[:2]})
+    with pytest.raises(SystemExit) as exit_:
+        report_main([str(tmp_path), *[a for metric in asked for a in ("--metric", metric)]])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert named in err and "the jobs have: linear/top1" in err
+    assert not (tmp_path / "report.md").exists() and not (tmp_path / "report.csv").exists()
+
+
+def test_a_sweep_run_twice_into_one_folder_counts_each_seed_once(tmp_path, capsys):
+    """The same ``method=simclr,dcl seed=0,1`` sweep run twice under multirun/: each (configuration, seed)
+    is one run, not two. The most recent ok job of each is used (the older sweep's DCL seed 1, whose rerun
+    crashed); the others are left out with a warning, and listed."""
+    import time
+
+    older, newer = tmp_path / "multirun" / "2026-11-23" / "14-00-00", tmp_path / "multirun" / "2026-11-24" / "09-00-00"
+    for sweep in (older, newer):
+        sweep.mkdir(parents=True)
+    write_sweep(older, {"simclr": [70.0, 71.0], "dcl": [60.0, 84.0]})
+    write_sweep(newer, {"simclr": BASE[:2], "dcl": [81.0, 0.0]})
+    (newer / "3" / "metrics.json").unlink()  # the rerun of dcl seed 1 crashed
+    for run in older.iterdir():  # finished a day before the rerun
+        for path in (run / "metrics.json", run / ".hydra" / "config.yaml"):
+            if path.is_file():
+                os.utime(path, (time.time() - 86400,) * 2)
+    assert report_main([str(tmp_path)]) == 0
+    err = capsys.readouterr().err
+    assert ("warning: left out 4 jobs that repeat a run with the same settings and seed (3 in "
+            f"{older}, 1 in {newer})") in err
+    rows = {r["method"]: r for r in read_csv(tmp_path / "report.csv")}
+    assert [(r["seeds"], r["jobs_total"]) for r in rows.values()] == [("2", "2"), ("2", "2")]
+    assert float(rows["simclr"]["linear/top1 mean"]) == pytest.approx((BASE[0] + BASE[1]) / 2)
+    assert float(rows["dcl"]["linear/top1 mean"]) == pytest.approx((81.0 + 84.0) / 2)
+    assert (rows["dcl"]["linear/top1 test"], rows["dcl"]["linear/top1 n_pairs"]) == ("paired", "2")
+    markdown = (tmp_path / "report.md").read_text()
+    assert markdown.startswith(f"# Sweep report: {tmp_path}\n\n4 jobs: 4 ok, 0 failed or not run; 4 repeats left out")
+    assert "- seeds: 0, 1\n" in markdown and "## Failed jobs" not in markdown
+    repeats = markdown.split("## Repeats left out")[1].split("\n## ")[0]
+    assert "| multirun/2026-11-23/14-00-00/0 | ok | multirun/2026-11-24/09-00-00/0 |" in repeats
+    assert "| multirun/2026-11-24/09-00-00/3 | failed | multirun/2026-11-23/14-00-00/3 |" in repeats
+    jobs = {j["job"]: j for j in read_csv(tmp_path / "report_jobs.csv")}
+    assert len(jobs) == 8 and sorted(j["status"] for j in jobs.values()).count("repeat") == 4
+    assert jobs["multirun/2026-11-23/14-00-00/3"]["status"] == "ok"
+    assert jobs["multirun/2026-11-24/09-00-00/3"]["reason"] == (
+        "failed; same settings and seed as multirun/2026-11-23/14-00-00/3, which is used")
+
+
+def test_eval_json_counts_only_when_written_at_the_runs_final_step(tmp_path):
+    """evaluate.py on a run still training describes an earlier checkpoint: not the run's eval/* numbers."""
+    from cl_suite.report.jobs import read_job
+
+    run = write_run(tmp_path, "0", {"method": "simclr", "seed": 0}, {"linear/top1": 50.0, "step": 10})
+    (run / "eval.json").write_text(json.dumps({"step": 5, "metrics": {"knn/top1": 40.0}}))
+    assert "eval/knn/top1" not in read_job(run, tmp_path).metrics
+    (run / "eval.json").write_text(json.dumps({"step": 10, "metrics": {"knn/top1": 45.0}}))
+    assert read_job(run, tmp_path).metrics["eval/knn/top1"] == 45.0
+    (run / "eval.json").write_text('{"step": 10, "metrics": {"knn/top1": 4')  # cut short: ignored, not raised
+    assert "eval/knn/top1" not in read_job(run, tmp_path).metrics

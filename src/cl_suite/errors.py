@@ -22,6 +22,11 @@ class ConfigError(UserError, ValueError):
     """A config value that cannot work. The message names the key."""
 
 
+class MissingPathError(UserError, FileNotFoundError):
+    """A file or folder named on the command line (a run dir, a checkpoint, a sweep dir) that does not
+    exist or is not what the setting expects. The message names the setting and the path."""
+
+
 def _compact_error(message: str) -> Exception:
     # Hydra prints a CompactHydraException's text alone (no traceback), in single runs and for the
     # failed job of a sweep, and exits with status 1. Imported here: this module stays import-light.

@@ -36,11 +36,15 @@ if not OmegaConf.has_resolver("cl_suite.run_folder"):
 def evaluate_dir(run: str | None, checkpoint: str) -> str:
     """evaluate.py's output folder: the run dir, or (no ``run=``: an exported backbone file) the file's folder.
 
-    Without a run dir or a file, a scratch folder: evaluate.py then stops with its own message (an error
-    raised here would reach the user as a resolver traceback), and Hydra's log lands nowhere it matters.
+    Without a run dir (a folder holding ``.hydra/config.yaml``) or a file, a scratch folder: evaluate.py
+    then stops with its own message (an error raised here would reach the user as a resolver traceback),
+    and Hydra's log lands nowhere it matters: a mistyped ``run=`` creates no folder and writes no log
+    into the folder it names.
     """
     if run is not None:
-        return str(run)
+        if os.path.isfile(os.path.join(os.path.expanduser(str(run)), ".hydra", "config.yaml")):
+            return str(run)
+        return os.path.join(tempfile.gettempdir(), "cl_suite_evaluate")
     path = os.path.abspath(os.path.expanduser(str(checkpoint)))
     if not os.path.isfile(path):
         return os.path.join(tempfile.gettempdir(), "cl_suite_evaluate")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -14,11 +15,13 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from cl_suite.distributed import resolve_device
 from cl_suite.engine import checkpoint as ckpt
-from cl_suite.engine.build import (UNIFORM_SAMPLER, DatasetFacts, build_augment_config, build_dataset, build_logger,
+from cl_suite.engine.build import (UNIFORM_SAMPLER, DatasetFacts, build_augment_config, build_logger,
                                    build_method)
-from cl_suite.engine.other_datasets import dataset_names, load_other_dataset, ood_augment_config, set_root
+from cl_suite.engine.other_datasets import (build_dataset_for_evaluation, dataset_names, load_other_dataset,
+                                            ood_augment_config, set_root)
 from cl_suite.engine.probe import OnlineProbe
 from cl_suite.engine.validation import ConfigError, validate_evaluate_config, validate_evaluation_against_data
+from cl_suite.errors import MissingPathError
 from cl_suite.eval.protocols import (check_protocols, encode_split, encode_splits, knn_metrics, linear_metrics,
                                      lowshot_protocol_metrics, online_probe_metrics, ood_protocol_metrics,
                                      retrieval_protocol_metrics, transfer_protocol_metrics)
@@ -43,7 +46,8 @@ def load_run_config(run_dir: Path) -> DictConfig:
     shared outputs folder), and its config is instantiated."""
     path = run_dir / ".hydra" / "config.yaml"
     if not path.is_file():
-        raise FileNotFoundError(f"run={str(run_dir)!r} has no .hydra/config.yaml: pass the directory train.py wrote")
+        raise MissingPathError(f"run={str(run_dir)!r} has no .hydra/config.yaml: pass the folder of one run that "
+                               "train.py wrote (outputs/<date>/<time>, or one job's folder of a sweep)")
     cfg = OmegaConf.load(path)  # YAML safe loading: tags cannot build Python objects
     check_run_config(cfg, path)
     cfg.paths.output_dir = str(run_dir)  # was ${hydra:runtime.output_dir} of the training job
@@ -179,16 +183,21 @@ def find_checkpoint(run_dir: Path, name: str) -> Path:
     path = run_dir / ckpt.CHECKPOINT_DIR / f"{name}.pt"
     if not path.is_file():
         available = sorted(p.stem for p in (run_dir / ckpt.CHECKPOINT_DIR).glob("*.pt"))
-        raise FileNotFoundError(f"checkpoint={name!r}: {path} does not exist; available: {available}")
+        hint = f"available: {available}" if available else (
+            "the run saved no checkpoint (trainer.save_checkpoints=false, e.g. debug=fast)")
+        raise MissingPathError(f"checkpoint={name!r}: {path} does not exist; {hint}")
     return path
 
 
 def evaluate_run(cfg: DictConfig) -> dict[str, Any]:
-    """Run ``cfg.protocol`` on the run's checkpoint; write ``<run>/eval.json`` and the wandb summary.
+    """Run ``cfg.protocol`` on the run's checkpoint; write ``<run>/eval.json`` (``eval_json_path``: the
+    newest checkpoint's; ``eval_best.json`` for ``checkpoint=best`` ...) and the wandb summary.
 
-    ``eval.json`` holds ``protocols`` (each protocol's metrics) and ``metrics`` (all of them, flat).
-    Protocols evaluated earlier on the same checkpoint step and not re-run now are kept, so
-    ``protocol=ood`` after ``protocol=[linear,knn]`` adds to the file instead of replacing it.
+    The file holds the checkpoint, its step and epoch, the data set, ``protocols`` (each protocol's
+    metrics), ``settings`` (per protocol, the evaluation settings, seed and OOD/transfer data sets that
+    produced them) and ``metrics`` (all numbers, flat). Protocols evaluated earlier on the same
+    checkpoint, step and data set and not re-run now are kept with their settings, so ``protocol=ood``
+    after ``protocol=[linear,knn]`` adds to the file instead of replacing it.
 
     Without ``run``, ``checkpoint`` is a backbone file of ``python -m cl_suite.export`` (see
     ``exported_backbone``): the same protocols (the linear one without the online probe, which is not
@@ -213,10 +222,10 @@ def evaluate_run(cfg: DictConfig) -> dict[str, Any]:
         run_dir = Path(cfg.run)
         train_cfg = load_run_config(run_dir)
         path = find_checkpoint(run_dir, cfg.checkpoint)
-        state, eval_json = _load_training_checkpoint(path, device), run_dir / "eval.json"
+        state, eval_json = _load_training_checkpoint(path, device), eval_json_path(run_dir, path)
     set_root(train_cfg.dataset, cfg.dataset_root, "dataset_root")
 
-    data = build_dataset(train_cfg.dataset)
+    data = build_dataset_for_evaluation(train_cfg.dataset, "dataset_root", train_cfg.dataset.get("name"))
     validate_evaluation_against_data(cfg, data, protocols)
     aug_cfg = build_augment_config(train_cfg.dataset)
     if state is None:
@@ -266,10 +275,12 @@ def evaluate_run(cfg: DictConfig) -> dict[str, Any]:
         elif protocol == "lowshot":
             results["lowshot"] = lowshot_protocol_metrics(feats, data.num_classes, ev, cfg.seed)
 
+    evaluation = OmegaConf.to_container(ev, resolve=True)
+    other_data = {"ood": {"ood_dataset": ood_names}, "transfer": {"transfer_dataset": transfer_names}}
+    settings = {p: {"evaluation": evaluation, "seed": cfg.seed, **other_data.get(p, {})} for p in results}
     result = _merge_with_previous(eval_json, {
-        "checkpoint": str(path), "epoch": epoch, "step": step,
-        "evaluation": OmegaConf.to_container(ev, resolve=True),
-        "datasets": {"ood": ood_names, "transfer": transfer_names}, "protocols": results})
+        "checkpoint": str(path), "epoch": epoch, "step": step, "dataset": train_cfg.dataset.get("name"),
+        "protocols": results, "settings": settings})
     ckpt.write_json(eval_json, result)
 
     # An exported backbone (state None) has no run, so no wandb run to write into.
@@ -277,7 +288,8 @@ def evaluate_run(cfg: DictConfig) -> dict[str, Any]:
     if wandb_cfg is not None and state.get("wandb_run_id"):
         logger = build_logger(wandb_cfg, str(run_dir), train_cfg, run_id=state["wandb_run_id"])
         try:
-            logger.log_summary({f"eval/{k}": v for k, v in result["metrics"].items()})
+            prefix = "eval" if eval_json.name == EVAL_JSON else f"eval_{path.stem}"  # eval_best/...
+            logger.log_summary({f"{prefix}/{k}": v for k, v in result["metrics"].items()})
         finally:
             logger.finish()
     return result
@@ -343,11 +355,43 @@ def exported_backbone(cfg: DictConfig):
     return path, export, config
 
 
+EVAL_JSON = "eval.json"
+
+
+def eval_json_path(run_dir: Path, checkpoint: Path) -> Path:
+    """Where a run's evaluation goes: ``eval.json`` for its newest checkpoint (``last``, or the step file
+    ``last.pt`` links to), the numbers the report shows beside the run's final ones; ``eval_<name>.json``
+    for any other (``eval_best.json``), so that evaluating ``best.pt`` never stands in for the last
+    epoch's numbers."""
+    last = run_dir / ckpt.CHECKPOINT_DIR / ckpt.LAST
+    if last.is_file() and os.path.samefile(checkpoint, last):
+        return run_dir / EVAL_JSON
+    return run_dir / f"eval_{checkpoint.stem}.json"
+
+
+def _same_file(a: Any, b: str) -> bool:
+    if a == b:
+        return True
+    try:
+        return isinstance(a, str) and os.path.samefile(a, b)
+    except OSError:  # one of them is gone
+        return False
+
+
 def _merge_with_previous(path: Path, result: dict[str, Any]) -> dict[str, Any]:
-    """Keep the protocols of an earlier ``eval.json`` of the same checkpoint step that were not re-run."""
+    """Keep the protocols (with the settings each ran with) of an earlier evaluation file of the same
+    checkpoint, step and data set that were not re-run now; anything else in it is replaced."""
     if path.is_file():
-        previous = json.loads(path.read_text())
-        if previous.get("step") == result["step"] and previous.get("checkpoint") == result["checkpoint"]:
-            result["protocols"] = {**previous.get("protocols", {}), **result["protocols"]}
+        try:
+            previous = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            previous = {}  # a damaged file: replaced, never half-used
+        same = all(previous.get(k) == result[k] for k in ("step", "dataset")) and _same_file(
+            previous.get("checkpoint"), result["checkpoint"])  # best.pt may be last.pt's hard link
+        if same and isinstance(previous.get("protocols"), dict) and isinstance(previous.get("settings"), dict):
+            kept = {p: m for p, m in previous["protocols"].items() if p not in result["protocols"]
+                    and isinstance(previous["settings"].get(p), dict)}  # files before settings: not kept
+            result["protocols"] = {**kept, **result["protocols"]}
+            result["settings"] = {**{p: previous["settings"][p] for p in kept}, **result["settings"]}
     result["metrics"] = {k: v for metrics in result["protocols"].values() for k, v in metrics.items()}
     return result

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from cl_suite.errors import UserError
+from cl_suite.errors import MissingPathError, UserError
 
 CHECKPOINT_DIR = "checkpoints"
 LAST = "last.pt"
@@ -241,11 +241,11 @@ def resolve_checkpoint(resume: str | Path) -> Path:
     if path.is_dir():
         candidate = path / CHECKPOINT_DIR / LAST
         if not candidate.is_file():
-            raise FileNotFoundError(f"resume={str(resume)!r} is a directory without {CHECKPOINT_DIR}/{LAST}: "
-                                    "pass a run dir that saved a checkpoint, or a .pt file")
+            raise MissingPathError(f"resume={str(resume)!r} is a directory without {CHECKPOINT_DIR}/{LAST}: "
+                                   "pass a run dir that saved a checkpoint, or a .pt file")
         return candidate
     if not path.is_file():
-        raise FileNotFoundError(f"resume={str(resume)!r}: no such checkpoint file or run dir")
+        raise MissingPathError(f"resume={str(resume)!r}: no such checkpoint file or run dir")
     return path
 
 

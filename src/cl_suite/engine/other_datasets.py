@@ -10,7 +10,7 @@ import dataclasses
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from cl_suite.data.augment import AugmentConfig
-from cl_suite.data.types import ImageDataset
+from cl_suite.data.types import DatasetNotFoundError, ImageDataset
 from cl_suite.engine.build import build_augment_config, build_dataset
 from cl_suite.errors import ConfigError
 from cl_suite.paths import CONF_DIR
@@ -24,7 +24,7 @@ def dataset_names(value, key: str) -> list[str]:
     names = [value] if isinstance(value, str) else list(value) if isinstance(value, (list, ListConfig)) else None
     available = sorted(p.stem for p in (CONF_DIR / "dataset").glob("*.yaml"))
     if names is None or any(not isinstance(n, str) or n not in available for n in names):
-        raise ValueError(f"{key}={value!r} is not allowed: expected a conf/dataset option (or a list of them), "
+        raise ConfigError(f"{key}={value!r} is not allowed: expected a conf/dataset option (or a list of them), "
                          f"one of {available}")
     return names
 
@@ -56,7 +56,22 @@ def load_other_dataset(name: str, run_cfg: DictConfig, input_size: int, root: st
     them with the pre-training statistics (``ood_augment_config``).
     """
     cfg = dataset_config(name, run_cfg, root, key)
-    return build_dataset(cfg), dataclasses.replace(build_augment_config(cfg), crop_size=input_size)
+    return build_dataset_for_evaluation(cfg, key, name), dataclasses.replace(build_augment_config(cfg),
+                                                                             crop_size=input_size)
+
+
+def build_dataset_for_evaluation(cfg: DictConfig, key: str, name: str) -> ImageDataset:
+    """``build_dataset``, whose not-found message speaks evaluate.py's language: there the data set's folder
+    is the ``key`` setting (``dataset_root``, ``ood_root``, ``transfer_root``), not ``dataset.root``, and
+    nothing downloads it."""
+    try:
+        return build_dataset(cfg)
+    except DatasetNotFoundError as err:
+        text = str(err).replace("dataset.root=", f"{key}=").replace(
+            "run once with dataset.download=true on a machine with internet access (it downloads to dataset.root)",
+            f"download it once on a machine with internet access (python train.py dataset={name} "
+            f"dataset.download=true dataset.root=<dir> debug=fast), then pass {key}=<dir>")
+        raise DatasetNotFoundError(text) from None
 
 
 def ood_augment_config(in_distribution: AugmentConfig, ood: AugmentConfig) -> AugmentConfig:

@@ -253,7 +253,11 @@ def _check_trainer(cfg: DictConfig) -> None:
     _int(cfg, "seed", 0, maximum=MAX_SEED)
     _check_device(t, "trainer.device")
     if t.threads != "auto":
-        _int(t, "trainer.threads", 1)
+        try:
+            _int(t, "trainer.threads", 1)
+        except ConfigError:
+            raise ConfigError(f"trainer.threads={t.threads!r} is not allowed: expected auto (the cores free of "
+                              "other work) or an integer >= 1") from None
     for key in ("eval_at_init", "compile", "sync_batchnorm", "data_on_device", "progress_bar", "save_checkpoints"):
         _bool(t, f"trainer.{key}")
     _choice(t, "trainer.precision", tuple(PRECISION_DTYPES))

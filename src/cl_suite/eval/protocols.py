@@ -15,6 +15,7 @@ from omegaconf import DictConfig
 
 from cl_suite.data.augment import AugmentConfig, eval_transform
 from cl_suite.data.types import ImageDataset, ImageSplit
+from cl_suite.errors import ConfigError
 from cl_suite.eval.features import extract_features
 from cl_suite.eval.knn import knn_class_scores, topk_accuracy
 from cl_suite.eval.linear import train_linear_classifier
@@ -140,7 +141,7 @@ def ood_scores(feats: SplitFeatures, images_features: torch.Tensor, cfg: DictCon
         return knn_ood_score(feats.train, images_features, k=cfg.k)
     if cfg.score == "gmm":
         return class_gaussian_ood_score(feats.train, feats.train_labels, images_features, reg_covar=cfg.reg_covar)
-    raise ValueError(f"evaluation.ood.score={cfg.score!r} is not one of {OOD_SCORES}")
+    raise ConfigError(f"evaluation.ood.score={cfg.score!r} is not one of {OOD_SCORES}")
 
 
 def ood_protocol_metrics(feats: SplitFeatures, ood_test_features: torch.Tensor, ood_name: str,
@@ -163,10 +164,10 @@ def check_protocols(protocols, ood_datasets: list[str], transfer_datasets: list[
     names = [protocols] if isinstance(protocols, str) else list(protocols)
     unknown = [p for p in names if p not in PROTOCOLS]
     if unknown or not names:
-        raise ValueError(f"protocol={names} is not allowed: choose one or more of {list(PROTOCOLS)}, "
+        raise ConfigError(f"protocol={names} is not allowed: choose one or more of {list(PROTOCOLS)}, "
                          f"e.g. protocol=[linear,knn,retrieval]")
     if "ood" in names and not ood_datasets:
-        raise ValueError("protocol=ood needs ood_dataset=<a conf/dataset option>, e.g. ood_dataset=cifar10")
+        raise ConfigError("protocol=ood needs ood_dataset=<a conf/dataset option>, e.g. ood_dataset=cifar10")
     if "transfer" in names and not transfer_datasets:
-        raise ValueError("protocol=transfer needs transfer_dataset=<a conf/dataset option>, e.g. transfer_dataset=cifar10")
+        raise ConfigError("protocol=transfer needs transfer_dataset=<a conf/dataset option>, e.g. transfer_dataset=cifar10")
     return list(dict.fromkeys(names))

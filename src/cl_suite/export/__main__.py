@@ -41,7 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     inputs = header["input"]
     print(f"input: {inputs['size']}x{inputs['size']} images, normalised with mean {inputs['mean']}, "
           f"std {inputs['std']}")
-    print(f"load:  {header['load']}")
+    # The header's line names the file beside it; from here, the file is where it was written.
+    print("load:  " + header["load"].replace(f'"{out.name}"', f'"{out}"'))
     return 0
 
 

@@ -35,14 +35,18 @@ class Job:
     # point that never ran and has no twin: its overrides and what its whole sweep shares).
     settings_complete: bool = True
     run_dir: Path | None = None
+    # When the run last wrote its record (mtime of metrics.json, else of .hydra/config.yaml; None: no run
+    # dir): which of two repeats of one run is the more recent (drop_repeats).
+    finished: float | None = None
 
     @property
     def ok(self) -> bool:
         return self.status == "ok"
 
     def value(self, key: str) -> Any:
-        """The job's value of a setting (None: the job's config has no such key)."""
-        return self.settings[key] if key in self.settings else self.overrides.get(key)
+        """The job's value of a setting (None: the job's config has no such key), ``canonical``: a list
+        is a tuple, so every value can key a dict or a set."""
+        return canonical(self.settings[key] if key in self.settings else self.overrides.get(key))
 
     def keys(self) -> list[str]:
         """Its settings in a readable order: the command line's keys first, then the config's."""
@@ -94,14 +98,25 @@ def is_ignored(key: str) -> bool:
     return leaf in IGNORED_LEAVES or leaf.endswith(IGNORED_LEAF_SUFFIXES)
 
 
+class FrozenDict(dict):
+    """A mapping inside a setting's value (``[{name: crop}]``): hashable like the tuples that lists
+    become, so the report can group and compare it; never changed once made."""
+
+    def __hash__(self) -> int:  # type: ignore[override]
+        return hash(frozenset(self.items()))
+
+
 def canonical(value: Any) -> Any:
-    """One spelling per value, so 0 (an override) and 0.0 (a config default) are the same setting."""
+    """One spelling per value, so 0 (an override) and 0.0 (a config default) are the same setting, and a
+    hashable one: a list (``method.projector_hidden_dims=[64]``, nested ``[[0, 1], [2, 3]]``) becomes a
+    tuple and a mapping a ``FrozenDict``, so list-valued settings group, compare and plot like any other
+    (``table.format_value`` shows them as the command line writes them, ``[64]``)."""
     if isinstance(value, float) and math.isfinite(value) and value.is_integer():
         return int(value)
     if isinstance(value, (list, tuple)):
-        return [canonical(v) for v in value]
+        return tuple(canonical(v) for v in value)
     if isinstance(value, dict):
-        return {k: canonical(v) for k, v in value.items()}
+        return FrozenDict((k, canonical(v)) for k, v in value.items())
     return value
 
 
@@ -164,6 +179,8 @@ def read_job(run_dir: Path, sweep_dir: Path) -> Job:
     job.settings = job_settings(config, choices, overrides)
     job.settings_complete = not problem
     metrics_path = run_dir / "metrics.json"
+    record = metrics_path if metrics_path.is_file() else run_dir / ".hydra" / "config.yaml"
+    job.finished = record.stat().st_mtime
     if not metrics_path.is_file():
         job.status, job.reason = "failed", "no metrics.json (crashed before its first checkpoint)"
         return job
@@ -176,11 +193,24 @@ def read_job(run_dir: Path, sweep_dir: Path) -> Job:
         return job
     job.metrics = {k: float(v) for k, v in final.items() if _is_number(v)}
     job.metrics.update(_compute_metrics(history, job))
-    eval_path = run_dir / "eval.json"
-    if eval_path.is_file():
-        evaluated = json.loads(eval_path.read_text()).get("metrics", {})
-        job.metrics.update({f"eval/{k}": float(v) for k, v in evaluated.items() if _is_number(v)})
+    job.metrics.update(_final_evaluation(run_dir / "eval.json", final.get("step")))
     return job
+
+
+def _final_evaluation(path: Path, final_step: Any) -> dict[str, float]:
+    """evaluate.py's numbers of the run's final checkpoint as ``eval/<key>``: its ``eval.json`` (the
+    newest checkpoint's), used only when it was written at the final step (evaluated while the run was
+    still training, it describes an earlier checkpoint) and when it is readable JSON."""
+    if not path.is_file():
+        return {}
+    try:
+        evaluated = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return {}
+    if not isinstance(evaluated, dict) or evaluated.get("step") != final_step:
+        return {}
+    metrics = evaluated.get("metrics") if isinstance(evaluated.get("metrics"), dict) else {}
+    return {f"eval/{k}": float(v) for k, v in metrics.items() if _is_number(v)}
 
 
 PUBLISHED_KEYS = ("value", "metric", "protocol", "source")
@@ -257,6 +287,50 @@ def _compute_metrics(history: dict, job: Job) -> dict[str, float]:
 def _epoch_throughput(record: dict):
     """An epoch record's images/s: ``train/epoch_images_per_s``, or ``images_per_s`` in older runs."""
     return record.get("train/epoch_images_per_s", record.get("images_per_s"))
+
+
+# Which of two repeats of one run is used: an ok job before a failed one before a grid point that never ran.
+STATUS_RANK = {"ok": 2, "failed": 1, "not run": 0}
+
+
+def run_signature(job: Job, seed_key: str = "seed") -> str | None:
+    """What makes two jobs repeats of one run: the same settings (``Job.settings``, IGNORED_KEYS left
+    out: run dirs, logger names) and the same seed. None (never a repeat) for a job without a seed (its
+    runs are random, so independent) or whose settings are not all known."""
+    if not job.settings_complete or job.value(seed_key) is None:
+        return None
+    values = {k: job.value(k) for k in [*job.keys(), seed_key]}
+    return repr(sorted((k, v) for k, v in values.items() if v is not None))  # None: as a missing key
+
+
+def drop_repeats(jobs: list[Job], seed_key: str = "seed") -> tuple[list[Job], list[tuple[Job, Job]]]:
+    """``(jobs, [(left out, the job used instead)])``: one job per (settings, seed). A folder holding the
+    same sweep twice (rerun into multirun/) has each seed twice; counting both would double ``n``,
+    shrink the std and break the seed pairing of the comparison, though the second run only repeats the
+    first. Used: the ok job before a failed one before a grid point that never ran, then the most recent
+    (``Job.finished``, then the later folder). The job used takes the place of the first of its repeats, so
+    the configurations keep the order of the grid (its first is the default baseline)."""
+    used: dict[str, tuple[tuple, Job]] = {}
+    for index, job in enumerate(jobs):
+        signature = run_signature(job, seed_key)
+        if signature is None:
+            continue
+        rank = (STATUS_RANK.get(job.status, 0), -math.inf if job.finished is None else job.finished, index)
+        if signature not in used or rank > used[signature][0]:
+            used[signature] = (rank, job)
+    kept, left_out, placed = [], [], set()
+    for job in jobs:
+        signature = run_signature(job, seed_key)
+        if signature is None:
+            kept.append(job)
+            continue
+        instead = used[signature][1]
+        if signature not in placed:
+            placed.add(signature)
+            kept.append(instead)
+        if instead is not job:
+            left_out.append((job, instead))
+    return kept, left_out
 
 
 def missing_grid_points(sweep_dir: Path, jobs: list[Job]) -> list[Job]:

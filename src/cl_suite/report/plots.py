@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 
 from cl_suite.report.stats import mean_halfwidth
-from cl_suite.report.table import ConfigRow
+from cl_suite.report.table import ConfigRow, format_value
 
 # Metrics in percent in this suite (accuracies, retrieval mAP / P@k / R@k, OOD AUROC / FPR); losses are not.
 PERCENT_MARKERS = ("top1", "top5", "map", "p@", "r@", "auroc", "fpr")
@@ -36,8 +36,8 @@ def _is_numeric(values: list) -> bool:
 
 
 def _line_label(row: ConfigRow, others: list[str], method: str | None) -> str:
-    parts = [str(row.values[k]) if k == "method" else f"no {k}" if row.values[k] is None else f"{k}={row.values[k]}"
-             for k in others]
+    parts = [format_value(row.values[k]) if k == "method" else f"no {k}" if row.values[k] is None
+             else f"{k}={format_value(row.values[k])}" for k in others]
     if "method" not in others and method:
         parts.insert(0, method)
     return ", ".join(parts) or "all jobs"
@@ -73,7 +73,8 @@ def _with_value(rows: list[ConfigRow], param: str) -> list[ConfigRow]:
 
 
 def x_values(rows: list[ConfigRow], param: str) -> list:
-    """The x axis: the parameter's values, sorted when they are numbers, else in the table's order."""
+    """The x axis: the parameter's values (hashable: a list is a tuple, ``jobs.canonical``), sorted when
+    they are numbers, else in the table's order."""
     xs = list(dict.fromkeys(row.values[param] for row in _with_value(rows, param)))
     return sorted(xs) if _is_numeric(xs) else xs
 
@@ -120,7 +121,7 @@ def build_figure(param: str, params: list[str], rows: list[ConfigRow], metrics: 
         ax.set_xlabel(param)
         ax.set_ylabel(axis_label(metric))
         if not numeric:
-            ax.set_xticks(range(len(order)), [str(x) for x in order])
+            ax.set_xticks(range(len(order)), [format_value(x) for x in order])
         ax.grid(alpha=0.3)
     entries: dict = {}
     for ax in axes[0]:  # every line once, also one that only some panels have

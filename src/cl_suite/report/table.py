@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cl_suite.report.jobs import Job, is_ignored
+from cl_suite.errors import UserError
+from cl_suite.report.jobs import Job, canonical, drop_repeats, is_ignored
 from cl_suite.report.stats import Comparison, baseline_comparison, compare
 
 DEFAULT_METRICS = ("linear/top1", "knn/top1")
@@ -110,11 +111,11 @@ def fixed_settings(jobs: list[Job], params: list[str], seed_key: str = "seed") -
         values = {repr(job.value(key)) for job in knowing}
         if len(values) == 1 and knowing[0].value(key) is not None:
             unknown = len(jobs) - len(knowing)  # an unreadable config.yaml, a grid point that never ran
-            out.append((key, _fmt_value(knowing[0].value(key)), f"unknown for {unknown} jobs" if unknown else ""))
+            out.append((key, format_value(knowing[0].value(key)), f"unknown for {unknown} jobs" if unknown else ""))
     seeds = job_seeds(jobs, seed_key)
     if seeds:
         name = "seeds" if seed_key == "seed" else f"{seed_key} (replicates)"
-        out.append((name, ", ".join(_fmt_value(s) for s in seeds), ""))
+        out.append((name, ", ".join(format_value(s) for s in seeds), ""))
     return out
 
 
@@ -135,8 +136,31 @@ def default_metrics(jobs: list[Job]) -> list[str]:
     return metrics + [m for m in dict.fromkeys(published) if m in present and m not in metrics]
 
 
-class BaselineError(ValueError):
+class BaselineError(UserError, ValueError):
     """``--baseline`` names no configuration of the sweep, or more than one."""
+
+
+class MetricError(UserError, ValueError):
+    """``--metric`` names a metric that no job has (a typo would otherwise be a column of ``-``)."""
+
+
+def check_metrics(jobs: list[Job], metrics: list[str]) -> None:
+    """Raise ``MetricError`` for a metric that no job has, naming the ones they have (the closest first).
+    Not when no job has any metric (every job failed or never ran): the report still lists them."""
+    import difflib
+
+    present = list(dict.fromkeys(k for job in jobs for k in job.metrics))
+    missing = [m for m in metrics if m not in present]
+    if not present or not missing:
+        return
+    ordered = list(dict.fromkeys([*default_metrics(jobs), *present]))
+    close = list(dict.fromkeys(c for m in missing for c in difflib.get_close_matches(m, present, n=2)))
+    shown = list(dict.fromkeys([*close, *ordered]))[:12]
+    more = f" (and {len(ordered) - len(shown)} more)" if len(ordered) > len(shown) else ""
+    hint = f" (did you mean {' or '.join(close)}?)" if close else ""
+    these = "this metric" if len(missing) == 1 else "these metrics"
+    raise MetricError(f"--metric {', '.join(missing)}: no job has {these}{hint}; the jobs have: "
+                      f"{', '.join(shown)}{more}")
 
 
 @dataclass
@@ -165,18 +189,21 @@ class ConfigRow:
         return [job for job in self.jobs if job.ok]
 
     def label(self, params: list[str]) -> str:
-        return " ".join(f"{k}={_fmt_value(self.values[k])}" for k in params) or "(all jobs)"
+        return " ".join(f"{k}={format_value(self.values[k])}" for k in params) or "(all jobs)"
 
 
 def summarize(jobs: list[Job], metrics: list[str], seed_key: str = "seed",
               baseline: list[str] | None = None) -> tuple[list[str], list[ConfigRow]]:
     """``(swept parameters, rows)``: jobs grouped by their swept values, statistics over the ok jobs,
-    each row compared with the baseline row (``select_baseline``) on every metric.
+    each row compared with the baseline row (``select_baseline``) on every metric. Repeats of one run
+    (same settings and seed, ``jobs.drop_repeats``) count once; a metric no job has is a ``MetricError``.
 
     std is the sample standard deviation (n - 1), NaN for a single seed. ``best`` marks the best mean
     of each metric (highest; lowest for losses and FPR; ties mark every tied row), ``bold`` the best
     means that the comparison with the baseline supports (``mark_best``).
     """
+    jobs = drop_repeats(jobs, seed_key)[0]
+    check_metrics(jobs, metrics)
     params = swept_parameters(jobs, seed_key)
     rows: dict[str, ConfigRow] = {}
     for job in jobs:
@@ -217,8 +244,9 @@ def mark_best(rows: list[ConfigRow], metric: str, seed_key: str = "seed") -> Non
     """Bold a best mean only when the comparison with the baseline backs it: a configuration whose
     verdict is "better", or the baseline itself when every other configuration is "worse". Never with
     a single configuration (nothing to be best against), and never for a configuration or against a
-    baseline with fewer than two distinct seeds: a single-seed sweep (or the same seed run twice, by two
-    sweeps in one folder) has no spread to tell a difference from noise."""
+    baseline with fewer than two distinct seeds: a single-seed sweep (or the same seed run twice, by jobs
+    whose settings are not all known, so not taken for repeats) has no spread to tell a difference from
+    noise."""
     having = [row for row in rows if metric in row.stats]
     if len(having) < 2:
         return
@@ -243,8 +271,9 @@ def distinct_seeds(row: ConfigRow, metric: str, seed_key: str) -> int:
 
 
 def seed_values(row: ConfigRow, metric: str, seed_key: str) -> dict:
-    """``{seed: value}`` of the row's ok jobs. A job without a seed, or whose seed repeats in the row (a
-    folder holding two sweeps), is keyed by its name, so it is never paired with another row's job."""
+    """``{seed: value}`` of the row's ok jobs. A job without a seed, or whose seed repeats in the row (jobs
+    whose settings are not all known: an unreadable config.yaml), is keyed by its name, so it is never
+    paired with another row's job."""
     seeds = [job.value(seed_key) for job in row.ok_jobs]
     out = {}
     for job, seed in zip(row.ok_jobs, seeds):
@@ -274,11 +303,11 @@ def select_baseline(params: list[str], rows: list[ConfigRow], spec: list[str] | 
             raise BaselineError(f"--baseline {pair}: {key!r} is not a swept parameter of this sweep (swept: {swept}); "
                                 f"the configurations are: {available}")
         try:
-            typed = override_values([f"{key}={raw}"]).get(key, raw)
+            typed = canonical(override_values([f"{key}={raw}"]).get(key, raw))  # [64]: a tuple, as the rows
         except Exception:  # noqa: BLE001 - not in Hydra's grammar: compare as text
             typed = raw
         wanted[key] = (typed, raw.strip())
-    matches = [row for row in rows if all(row.values[k] == typed or _fmt_value(row.values[k]) == raw
+    matches = [row for row in rows if all(row.values[k] == typed or format_value(row.values[k]) == raw
                                           for k, (typed, raw) in wanted.items())]
     named = " ".join(spec)
     if not matches:
@@ -310,11 +339,33 @@ def _summarize_published(row: ConfigRow) -> None:
         row.published_note = f"the jobs of this configuration name {len(blocks)} different published numbers"
 
 
-def _fmt_value(value: Any) -> str:
-    """A setting's value in a cell; ``-`` where a configuration has no such setting (tau_plus of SimCLR)."""
+def format_value(value: Any) -> str:
+    """A setting's value in a cell; ``-`` where a configuration has no such setting (tau_plus of SimCLR).
+    A list (a tuple here, ``jobs.canonical``) or mapping as the command line writes it: ``[64, 128]``,
+    ``[[0, 1], [2, 3]]``, ``{name: crop}``, never Python's ``(64,)``."""
     if value is None:
         return "-"
-    return f"{value:g}" if isinstance(value, float) else str(value)
+    return _spelled(value)
+
+
+def _spelled(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_spelled(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {_spelled(v)}" for k, v in value.items()) + "}"
+    return str(value)
+
+
+def _csv_value(value: Any) -> Any:
+    """A setting's value in a CSV cell: empty where unset, a list or mapping as ``format_value`` spells it,
+    a number as it is."""
+    if value is None:
+        return ""
+    return format_value(value) if isinstance(value, (list, tuple, dict)) else value
 
 
 def _fmt_stat(stat: tuple[float, float, int] | None) -> str:
@@ -365,7 +416,7 @@ def markdown_table(params: list[str], rows: list[ConfigRow], metrics: list[str])
     header += ["images/s", "hours / run"] if compute else []
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
-        cells = [_fmt_value(row.values[p]) for p in params] + [str(len(row.ok_jobs)), _jobs_cell(row)]
+        cells = [format_value(row.values[p]) for p in params] + [str(len(row.ok_jobs)), _jobs_cell(row)]
         if row.is_baseline and params and len(rows) > 1:
             cells[len(params) - 1] += " (baseline)"
         for metric in metrics:
@@ -396,7 +447,7 @@ def comparison_table(params: list[str], rows: list[ConfigRow], metrics: list[str
             if c is None:
                 continue
             interval = f"[{c.low:+.2f}, {c.high:+.2f}]" if c.has_interval else "-"
-            lines.append("| " + " | ".join([*[_fmt_value(row.values[p]) for p in params], metric, _fmt_signed(c.diff),
+            lines.append("| " + " | ".join([*[format_value(row.values[p]) for p in params], metric, _fmt_signed(c.diff),
                                             interval, c.describe(), c.verdict]) + " |")
     return "\n".join(lines)
 
@@ -409,14 +460,24 @@ STATISTICS_TEXT = (
     "`within noise` when it contains 0, `n/a (1 seed)` when there are not enough seeds for an interval.")
 
 
+REPEATS_TEXT = (
+    "Jobs with the same settings and seed as another job repeat one run (e.g. the same sweep run twice "
+    "into one folder), so each (configuration, seed) counts once, as one job: an ok one before a failed one, "
+    "then the most recent (its metrics.json written last, then the later folder). Left out:")
+
+
 def markdown_report(sweep_dir: Path, jobs: list[Job], params: list[str], rows: list[ConfigRow],
-                    metrics: list[str], plots: list[Path], seed_key: str = "seed") -> str:
+                    metrics: list[str], plots: list[Path], seed_key: str = "seed",
+                    repeats: list[tuple[Job, Job]] | None = None) -> str:
+    """``report.md``. ``jobs``: those the table counts; ``repeats``: ``(left out, used instead)`` of
+    ``jobs.drop_repeats``, listed in a section of their own."""
     failed = [job for job in jobs if not job.ok]
     base = next((row for row in rows if row.is_baseline), None)
+    left_out = f"; {len(repeats)} repeats left out (below)" if repeats else ""
     parts = [
         f"# Sweep report: {sweep_dir}",
         "",
-        f"{len(jobs)} jobs: {len(jobs) - len(failed)} ok, {len(failed)} failed or not run. "
+        f"{len(jobs)} jobs: {len(jobs) - len(failed)} ok, {len(failed)} failed or not run{left_out}. "
         f"Swept: {', '.join(params) or '(nothing but seeds)'} (the settings that differ between jobs, read "
         "from each job's resolved config and group choices, whatever set them). Cells: mean ± sample std "
         "over the ok jobs (seeds) of a configuration; `seeds` = its ok jobs. **Bold** = the best mean of a "
@@ -463,8 +524,12 @@ def markdown_report(sweep_dir: Path, jobs: list[Job], params: list[str], rows: l
     if failed:
         parts += ["", "## Failed jobs", "", "| job | status | swept values | reason |", "|---|---|---|---|"]
         for job in failed:
-            swept = " ".join(f"{k}={_fmt_value(job.value(k))}" for k in [*params, seed_key] if job.value(k) is not None)
+            swept = " ".join(f"{k}={format_value(job.value(k))}" for k in [*params, seed_key]
+                             if job.value(k) is not None)
             parts.append(f"| {job.name} | {job.status} | `{swept}` | {job.reason} |")
+    if repeats:
+        parts += ["", "## Repeats left out", "", REPEATS_TEXT, "", "| job | status | used instead |", "|---|---|---|"]
+        parts += [f"| {job.name} | {job.status} | {used.name} |" for job, used in repeats]
     if plots:
         parts += ["", "## Plots", "", "Error bars: the 95% t-interval of the mean over seeds.", ""]
         parts += [f"![{p.stem}]({p.name})" for p in plots]
@@ -475,11 +540,14 @@ COMPARISON_COLUMNS = ("diff", "ci_low", "ci_high", "verdict", "n_pairs", "test")
 
 
 def write_tables(sweep_dir: Path, jobs: list[Job], params: list[str], rows: list[ConfigRow], metrics: list[str],
-                 plots: list[Path], seed_key: str = "seed") -> dict[str, Path]:
-    """Write ``report.md``, ``report.csv`` (one row per configuration) and ``report_jobs.csv`` (one per job)."""
+                 plots: list[Path], seed_key: str = "seed",
+                 repeats: list[tuple[Job, Job]] | None = None) -> dict[str, Path]:
+    """Write ``report.md``, ``report.csv`` (one row per configuration) and ``report_jobs.csv`` (one per job;
+    the ``repeats`` left out after the others, status ``repeat``)."""
+    repeats = repeats or []
     paths = {"markdown": sweep_dir / "report.md", "csv": sweep_dir / "report.csv",
              "jobs_csv": sweep_dir / "report_jobs.csv"}
-    paths["markdown"].write_text(markdown_report(sweep_dir, jobs, params, rows, metrics, plots, seed_key))
+    paths["markdown"].write_text(markdown_report(sweep_dir, jobs, params, rows, metrics, plots, seed_key, repeats))
     with paths["csv"].open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow([*params, "baseline", "seeds", "jobs_ok", "jobs_total", "failed_jobs",
@@ -497,20 +565,22 @@ def write_tables(sweep_dir: Path, jobs: list[Job], params: list[str], rows: list
                 pub = row.published["value"] if row.published and row.published["metric"] == metric else ""
                 stats += [mean, std, n, metric in row.best, *compared, pub]
             pub = row.published or {}
-            writer.writerow([*[row.values[p] for p in params], row.is_baseline, len(row.ok_jobs),
+            writer.writerow([*[_csv_value(row.values[p]) for p in params], row.is_baseline, len(row.ok_jobs),
                              len(row.jobs) - len(row.failed), len(row.jobs), " ".join(job.name for job in row.failed),
                              *stats, pub.get("metric", ""), pub.get("protocol", ""), pub.get("source", ""),
                              row.images_per_s, row.hours, row.hours_unit])
-    keys = list(dict.fromkeys([*params, seed_key, *(k for job in jobs for k in job.overrides)]))
+    listed = [(job, job.status, job.reason) for job in jobs]
+    listed += [(job, "repeat", f"{job.status}; same settings and seed as {used.name}, which is used")
+               for job, used in repeats]
+    keys = list(dict.fromkeys([*params, seed_key, *(k for job, _, _ in listed for k in job.overrides)]))
     compute = ["time/wall_s", "time/images_per_s"]
     with paths["jobs_csv"].open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["job", "status", "reason", *keys, *metrics, *[c for c in compute if c not in metrics],
                          "device", "processes", "published_value", "published_metric", "published_problem"])
-        for job in jobs:
+        for job, status, reason in listed:
             pub = job.published or {}
-            writer.writerow([job.name, job.status, job.reason,
-                             *["" if job.value(k) is None else job.value(k) for k in keys],
+            writer.writerow([job.name, status, reason, *[_csv_value(job.value(k)) for k in keys],
                              *[job.metrics.get(m, "") for m in metrics],
                              *[job.metrics.get(c, "") for c in compute if c not in metrics],
                              job.device or "", job.processes or "", pub.get("value", ""), pub.get("metric", ""),
