@@ -95,6 +95,8 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=2, help="timed passes of the batched pipeline")
     p.add_argument("--workers", type=int, nargs="+", default=[0, 2])
     args = p.parse_args()
+    if args.pil_images < 2:
+        p.error("--pil-images must be at least 2 (the first DataLoader batch is not timed)")
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     rng = np.random.default_rng(0)
@@ -118,8 +120,11 @@ def main() -> None:
     if device.type == "cpu" and threads > 1:
         rows.append((f"batched TwoViewAugment, batch {args.batch}, cpu, 1 thread", args.images,
                      bench_batched(nchw, args.batch, args.repeats)))
+    # DataLoader batches of 256 (fewer when --pil-images is small, so that a batch after the untimed first
+    # one is left to time).
+    pil_batch = min(256, args.pil_images // 2)
     for w in args.workers:
-        rate = bench_pil(hwc[: args.pil_images], args.size, w, batch=256)
+        rate = bench_pil(hwc[: args.pil_images], args.size, w, batch=pil_batch)
         rows.append((f"torchvision PIL pipeline, DataLoader {w} workers", args.pil_images, rate))
 
     print(f"| {'pipeline':<52} | {'images':>6} | {'images/s':>9} | {'batched/this':>12} |")

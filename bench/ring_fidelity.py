@@ -20,8 +20,8 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from helpers import RawFeatures, simclr_on_raw_embeddings  # noqa: E402
 from test_ring import authors_ir_ring, authors_moco_ring, authors_simclr_ring, unit  # noqa: E402
-from test_simclr_loss import _Features, simclr_on_raw_embeddings  # noqa: E402
 
 from cl_suite.methods import InstanceRecognition  # noqa: E402
 from cl_suite.samplers import Contrast, RingSampler  # noqa: E402
@@ -57,7 +57,7 @@ def simclr_ring(batch: int, u: float, l: float) -> tuple[float, float]:
 
 
 def ir_ring(batch: int, bank_size: int, u: float, l: float, samples: int) -> tuple[float, float]:
-    method = InstanceRecognition(_Features(128), RingSampler(u, l, num_samples=samples), num_samples=bank_size,
+    method = InstanceRecognition(RawFeatures(128), RingSampler(u, l, num_samples=samples), num_samples=bank_size,
                                  temperature=T, num_negatives=None)
     method.projector = nn.Identity()
     bank = method.bank.embeddings.clone()
