@@ -1,0 +1,39 @@
+"""Every benchmark script still runs (the slow tier): bench/ is not imported by the suite, so an API change
+would otherwise break a script unnoticed until someone needs its numbers. Smallest sizes; the numbers
+themselves are not checked (benchmarks are not tests). bench/gpu_check.sh has its own dry run
+(tests/test_gpu_check.py)."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+from helpers import ROOT
+
+SMALLEST = {
+    "augment_throughput.py": ["--images", "64", "--pil-images", "8", "--batch", "32", "--repeats", "1",
+                              "--workers", "0"],
+    "ddp_scaling.py": ["--batch", "16", "--iters", "1", "--warmup", "1"],
+    "diagnostics_cost.py": ["--batches", "64", "--iters", "2", "--rounds", "1"],
+    "framework_cost.py": ["--methods", "simclr", "moco", "--iters", "1", "--rounds", "1"],
+    "precision.py": ["--batch", "8", "--iters", "1", "--warmup", "1", "--rounds", "1"],
+    "ring_fidelity.py": [],
+    "sampler_cost.py": ["--iters", "1", "--rounds", "1"],  # batch 128: MoCHi's n_hard=128 needs the candidates
+    "startup.py": ["--pairs", "1"],
+    "step_overhead.py": ["--runs", "small_convnet:32", "resnet18:16", "--iters", "1", "--warmup", "1"],
+}
+MODULES = {"common.py", "tables.py"}  # imported by the scripts, not run
+
+
+def test_every_bench_script_is_listed():
+    assert {p.name for p in (ROOT / "bench").glob("*.py")} == set(SMALLEST) | MODULES
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", sorted(SMALLEST))
+def test_bench_script_runs_at_its_smallest_size(script):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": f"{ROOT / 'src'}:{ROOT / 'tests'}"}
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / script), *SMALLEST[script]], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "|" in proc.stdout  # a table was printed
