@@ -51,3 +51,13 @@ def test_small_convnet_and_mlp_shapes():
     head = mlp(16, [32], 8, last_batch_norm=True)
     assert head(torch.randn(4, 16)).shape == (4, 8) and isinstance(head[-1], nn.BatchNorm1d)
     assert isinstance(mlp(16, [], 8)[0], nn.Linear)
+
+
+@pytest.mark.parametrize("key, value", [("pretrained", True),
+                                        ("pretrained_cfg_overlay", {"url": "http://example.invalid/w.pth"}),
+                                        ("checkpoint_path", "/etc/passwd")])
+def test_timm_backbone_never_downloads_or_reads_weights_itself(key, value):
+    """A run config (or a user) can pass timm any argument: the ones through which timm would fetch or read
+    weights are refused; a local file goes through backbone.pretrained_file."""
+    with pytest.raises(ValueError, match=f"backbone.{key}=.* weights are never downloaded"):
+        TimmBackbone("test_resnet", **{key: value})

@@ -144,8 +144,8 @@ def test_checkpoints_are_plain_data_and_checkpoints_of_the_earlier_format_still_
     ("dataset", {"_target_": "subprocess.getoutput", "cmd": "touch {marker}"},
      "dataset._target_: 'subprocess.getoutput' is not one of the suite's own targets"),
     # A cl_suite prefix is not enough: Hydra would walk through a module's imports to os.system.
-    ("dataset", {"_target_": "cl_suite.engine.checkpoint.os.system", "command": "touch {marker}"},
-     "dataset._target_: 'cl_suite.engine.checkpoint.os.system' is not a class or function of the suite"),
+    ("dataset", {"_target_": "cl_suite.data.cifar.os.system", "command": "touch {marker}"},
+     "dataset._target_: 'cl_suite.data.cifar.os.system' is not a class or function of the suite"),
     # A resolver that builds a node (with its own _target_) when the config is resolved.
     ("dataset", "${{oc.create:{{_target_: subprocess.getoutput, cmd: 'touch {marker}'}}}}",
      "dataset: \"${oc.create:"),
@@ -158,6 +158,16 @@ def test_checkpoints_are_plain_data_and_checkpoints_of_the_earlier_format_still_
     ("backbone", {"_target_": "cl_suite.models.SmallConvNet",
                   "widths": [8, {"_target_": "subprocess.getoutput", "_args_": ["touch {marker}"]}]},
      "backbone.widths[1]._target_: 'subprocess.getoutput'"),
+    # The suite's own classes, but as another object's argument: a CSVLogger would write {marker}.
+    ("backbone", {"_target_": "cl_suite.models.SmallConvNet",
+                  "in_channels": {"_target_": "cl_suite.engine.logger.CSVLogger", "run_dir": "{marker}",
+                                  "filename": "x.csv"}},
+     "backbone.in_channels._target_: 'cl_suite.engine.logger.CSVLogger' is not at the top of a config group"),
+    # ... or in another group's slot
+    ("dataset", {"_target_": "cl_suite.engine.logger.CSVLogger", "run_dir": "{marker}"},
+     "dataset._target_: 'cl_suite.engine.logger.CSVLogger' is not allowed there (only cl_suite.data.*)"),
+    ("backbone", {"_target_": "torch.optim.SGD", "params": []},
+     "backbone._target_: 'torch.optim.SGD' is not allowed there"),
 ])
 def test_run_config_naming_foreign_code_is_refused_before_anything_is_instantiated(finished_run, tmp_path, key,
                                                                                       value, named):
@@ -187,10 +197,18 @@ def with_marker(value, marker: Path):
 
 
 def test_every_target_of_the_suites_own_configs_is_allowed():
-    """The allow-list is not stale: each _target_ under conf/ passes, so real run folders evaluate."""
-    from cl_suite.run_evaluation import _target_problem
-    targets = {m for p in CONF.rglob("*.yaml") for m in re.findall(r"_target_:\s*([\w.]+)", p.read_text())}
-    assert len(targets) > 20 and {t: _target_problem(t) for t in targets if _target_problem(t)} == {}
+    """The allow-list is not stale: each _target_ under conf/ passes in its own group's slot, so real run
+    folders evaluate (conf/logger/loggers/* are the loggers of logger=many)."""
+    from cl_suite.run_evaluation import _target_problem, _target_slot
+    problems, checked = {}, 0
+    for path in CONF.rglob("*.yaml"):
+        group = path.relative_to(CONF).parts[0]
+        for target in re.findall(r"_target_:\s*([\w.]+)", path.read_text()):
+            slot = "logger.loggers.x._target_" if path.parent.name == "loggers" else f"{group}._target_"
+            allowed = _target_slot(slot)
+            problems[str(path)] = "no slot" if allowed is None else _target_problem(target, allowed)
+            checked += 1
+    assert checked > 20 and {k: v for k, v in problems.items() if v} == {}
 
 
 # ---- 3. checksums ----

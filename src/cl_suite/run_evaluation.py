@@ -34,6 +34,23 @@ LIBRARY_TARGETS = frozenset({"torch.optim.SGD", "torch.optim.AdamW"})
 # The suite's own targets: classes and functions defined in the packages its config groups draw from.
 SUITE_TARGET_MODULES = ("cl_suite.data", "cl_suite.methods", "cl_suite.models", "cl_suite.samplers",
                         "cl_suite.engine.logger", "cl_suite.engine.optim", "cl_suite.engine.schedule")
+# Where a run config may name a target, and from which of those packages: the top of each config group,
+# what engine/build.py instantiates (and each logger of logger=many). A _target_ anywhere else, inside a
+# group's arguments, would have instantiate build that object too (a CSVLogger given as a backbone's
+# argument writes a file wherever the config says): refused, even for the suite's own classes.
+TARGET_SLOTS = {"dataset": ("cl_suite.data",), "backbone": ("cl_suite.models",), "method": ("cl_suite.methods",),
+                "sampler": ("cl_suite.samplers",), "optimizer": ("cl_suite.engine.optim", *LIBRARY_TARGETS),
+                "scheduler": ("cl_suite.engine.schedule",), "logger": ("cl_suite.engine.logger",)}
+
+
+def _target_slot(key_path: str) -> tuple[str, ...] | None:
+    """The targets allowed at ``key_path`` (``backbone._target_``, ``logger.loggers.csv._target_``), or None."""
+    parts = key_path.split(".")
+    if len(parts) == 2 and parts[0] in TARGET_SLOTS:
+        return TARGET_SLOTS[parts[0]]
+    if len(parts) == 4 and parts[:2] == ["logger", "loggers"]:
+        return TARGET_SLOTS["logger"]
+    return None
 # Resolvers an interpolation in a run config may call: they only read (the environment, other keys,
 # Hydra's own settings, the clock). oc.decode and oc.create are not among them: they build new config
 # nodes from a string when resolved, which could carry a _target_ that the check below never saw.
@@ -85,7 +102,12 @@ def check_run_config(cfg: DictConfig, path: Path) -> None:
 
 
 def _check_target(key_path: str, value: Any, problems: dict[str, str]) -> None:
-    problem = _target_problem(value)
+    allowed = _target_slot(key_path)
+    if allowed is None:
+        problem = (f"is not at the top of a config group: a _target_ may only be {', '.join(f'{g}._target_' for g in TARGET_SLOTS)} "
+                   "or logger.loggers.<name>._target_")
+    else:
+        problem = _target_problem(value, allowed)
     if problem:
         problems.setdefault(key_path, f"{key_path}: {value!r} {problem}")
 
@@ -146,16 +168,19 @@ def _check_resolved(cfg: DictConfig, problems: dict[str, str]) -> None:
             stack.append((value, key_path))
 
 
-def _target_problem(target: Any) -> str | None:
-    """None if ``target`` may be instantiated, else why not."""
+def _target_problem(target: Any, allowed: tuple[str, ...]) -> str | None:
+    """None if ``target`` may be instantiated where ``allowed`` (packages, or exact library names) applies,
+    else why not."""
     if not isinstance(target, str):
         return "is not a dotted name"
     if "${" in target:
         return "is an interpolation: a _target_ must be written out"
     if target in LIBRARY_TARGETS:
-        return None
+        return None if target in allowed else f"is not allowed there (only {', '.join(allowed)})"
     if not target.startswith("cl_suite."):
         return "is not one of the suite's own targets nor an allowed library class"
+    if not any(target.startswith(package + ".") for package in allowed):
+        return f"is not allowed there (only {', '.join(p + '.*' for p in allowed)})"
     try:
         obj = _locate(target)  # imports cl_suite modules only: every candidate module is under cl_suite.
     except Exception:
@@ -170,9 +195,13 @@ def _target_problem(target: Any) -> str | None:
 def encoder_only(train_cfg: DictConfig) -> DictConfig:
     """The run's config with the uniform sampler in place of the trained one: evaluation only encodes,
     samplers hold no state (nothing of theirs is in a checkpoint), and so a run folder stays readable
-    when a sampler's settings are renamed (the ring's percentiles became fractions)."""
+    when a sampler's settings are renamed (the ring's percentiles became fractions). A backbone's
+    ``pretrained_file`` is dropped: the checkpoint holds the weights, and the run folder may come from
+    anyone."""
     cfg = train_cfg.copy()
     cfg.sampler = OmegaConf.create({"_target_": UNIFORM_SAMPLER})
+    if "pretrained_file" in cfg.backbone:  # the checkpoint's weights replace it; never read a file it names
+        cfg.backbone.pretrained_file = None
     return cfg
 
 

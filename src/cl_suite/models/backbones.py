@@ -50,6 +50,10 @@ class CifarResNet(nn.Module):
         return self.net(x).flatten(1)
 
 
+# timm.create_model arguments through which timm itself would download or read weights.
+WEIGHT_SOURCE_KEYS = ("pretrained", "pretrained_cfg", "pretrained_cfg_overlay", "checkpoint_path")
+
+
 class TimmBackbone(nn.Module):
     """Any ``timm`` model by name, as a pooled feature extractor (``num_classes=0``).
 
@@ -61,6 +65,10 @@ class TimmBackbone(nn.Module):
         super().__init__()
         import timm  # imported here: timm costs seconds at import and most runs do not need it
 
+        sources = [k for k in WEIGHT_SOURCE_KEYS if k in kwargs]
+        if sources:  # timm would download (pretrained, a URL or hub id in an overlay) or read a file itself
+            raise ValueError(f"backbone.{sources[0]}={kwargs[sources[0]]!r:.80} is not allowed: weights are never "
+                             "downloaded; pass a local file with backbone.pretrained_file=<path>")
         if not timm.is_model(name):
             raise ValueError(
                 f"backbone.name={name!r} is not a timm model; list them with "
