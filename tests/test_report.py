@@ -724,3 +724,22 @@ def test_eval_json_counts_only_when_written_at_the_runs_final_step(tmp_path):
     assert read_job(run, tmp_path).metrics["eval/knn/top1"] == 45.0
     (run / "eval.json").write_text('{"step": 10, "metrics": {"knn/top1": 4')  # cut short: ignored, not raised
     assert "eval/knn/top1" not in read_job(run, tmp_path).metrics
+
+
+def test_report_files_replace_planted_links_and_job_names_cannot_start_a_line(tmp_path):
+    """A sweep folder from someone else: a link at report.md must not make the report write its target
+    (a .pth file would run at Python's next start), and a job folder named with a newline stays one line."""
+    from cl_suite.report.__main__ import main
+
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    write_run(sweep, "0", {"method": "simclr", "seed": 0}, {"linear/top1": 50.0})
+    write_run(sweep, "1\nimport os; os.system('x') #", {"method": "simclr", "seed": 1}, {"linear/top1": 52.0})
+    victim = tmp_path / "evil.pth"
+    (sweep / "report.md").symlink_to(victim)
+    (sweep / "report_jobs.csv").symlink_to(tmp_path / "other.pth")
+    assert main([str(sweep)]) == 0
+    assert not victim.exists() and not (tmp_path / "other.pth").exists()
+    assert not (sweep / "report.md").is_symlink()
+    jobs = (sweep / "report_jobs.csv").read_text()
+    assert "1\\x0aimport os" in jobs and not any(line.startswith("import os") for line in jobs.splitlines())

@@ -166,3 +166,22 @@ def test_evaluate_refuses_a_k_larger_than_the_labelled_images_before_encoding(tm
     with pytest.raises(ConfigError, match=r"evaluation\.knn\.k=5000 is larger than the 1437 labelled"):
         run_evaluation.evaluate_run(cfg)
     assert not (run / "eval.json").exists()
+
+
+@pytest.mark.parametrize("name", ["evaluate.log", "wandb"])
+def test_evaluate_refuses_a_run_folder_with_a_planted_link_where_it_writes(tmp_path, name):
+    """A run folder from someone else: evaluate.py's log (or wandb's files) must not follow a link to
+    another file; the folder is refused and the link's target is never touched."""
+    from cl_suite.resolvers import evaluate_dir
+    from cl_suite.run_evaluation import load_run_config
+
+    run = tmp_path / "run"
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "config.yaml").write_text("seed: 0\n")
+    target = tmp_path / "victim"
+    target.write_text("precious\n")
+    (run / name).symlink_to(target)
+    assert evaluate_dir(str(run), "last") != str(run) or name != "evaluate.log"  # Hydra's log goes elsewhere
+    with pytest.raises(ConfigError, match=f"{name} is a symbolic link"):
+        load_run_config(run)
+    assert target.read_text() == "precious\n"

@@ -42,7 +42,11 @@ def evaluate_dir(run: str | None, checkpoint: str) -> str:
     into the folder it names.
     """
     if run is not None:
-        if os.path.isfile(os.path.join(os.path.expanduser(str(run)), ".hydra", "config.yaml")):
+        folder = os.path.expanduser(str(run))
+        # A run folder may come from anyone: Hydra's log file handler would follow a planted
+        # evaluate.log link and append to its target; evaluate.py refuses such a folder itself.
+        if os.path.isfile(os.path.join(folder, ".hydra", "config.yaml")) and not os.path.islink(
+                os.path.join(folder, "evaluate.log")):
             return str(run)
         return os.path.join(tempfile.gettempdir(), "cl_suite_evaluate")
     path = os.path.abspath(os.path.expanduser(str(checkpoint)))

@@ -58,10 +58,21 @@ SAFE_RESOLVERS = frozenset({"oc.env", "oc.select", "oc.deprecated", "oc.dict.key
                             "now"})
 
 
+# What evaluate.py writes into a run folder by appending or by a library that follows links: a link there
+# (planted in a run folder from someone else) would make it write to the link's target.
+WRITTEN_IN_RUN = ("evaluate.log", "wandb")
+
+
 def load_run_config(run_dir: Path) -> DictConfig:
     """``<run>/.hydra/config.yaml``, after ``check_run_config``: a run folder can come from anyone (a
-    shared outputs folder), and its config is instantiated."""
+    shared outputs folder), and its config is instantiated. A run folder where a file evaluate.py writes
+    is a symbolic link (``WRITTEN_IN_RUN``) is refused."""
     path = run_dir / ".hydra" / "config.yaml"
+    links = [name for name in WRITTEN_IN_RUN if (run_dir / name).is_symlink()]
+    if links:
+        raise ConfigError(f"run={str(run_dir)!r}: {', '.join(links)} is a symbolic link (to "
+                          f"{os.readlink(run_dir / links[0])!r}); refused: evaluate.py writes there, and would write "
+                          "to the link's target. Delete the link if the folder is yours")
     if not path.is_file():
         raise MissingPathError(f"run={str(run_dir)!r} has no .hydra/config.yaml: pass the folder of one run that "
                                "train.py wrote (outputs/<date>/<time>, or one job's folder of a sweep)")

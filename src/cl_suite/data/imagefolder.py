@@ -38,6 +38,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 import tempfile
 import warnings
 import zlib
@@ -67,13 +68,18 @@ class UnreadableImageError(UserError, OSError):
 
 def shown_path(path: str | os.PathLike) -> str:
     """``path`` as text any terminal or log file can write: a name that is not valid UTF-8 (kept by
-    Python as lone surrogates) shows its raw bytes as ``\\xNN`` escapes instead of failing to encode."""
+    Python as lone surrogates) shows its raw bytes as ``\\xNN`` escapes instead of failing to encode, and
+    control characters (a newline in a file name) as ``\\xNN`` too, so that a name cannot start a line of
+    its own in a message or log."""
     text = os.fsdecode(path)
     try:
         text.encode("utf-8")
-        return text
     except UnicodeEncodeError:
-        return os.fsencode(text).decode("utf-8", "backslashreplace")
+        text = os.fsencode(text).decode("utf-8", "backslashreplace")
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 # 16/32-bit integer greyscale modes; PIL's convert() clips them at 255 instead of scaling.
@@ -286,16 +292,18 @@ def _load_cache(cache_file: Path, image_size: int, count: int, files_key: str) -
         # mmap: loading is instant and the pages are shared between processes reading the same cache.
         cached = torch.load(cache_file, map_location="cpu", weights_only=True, mmap=True)
     except Exception as err:  # a damaged cache is rebuilt, not fatal
-        warnings.warn(f"ignoring unreadable image cache {cache_file} ({err}); decoding again", stacklevel=4)
+        # The error's type only: torch's own text would advise weights_only=False, i.e. running the file's code.
+        warnings.warn(f"ignoring unreadable image cache {shown_path(cache_file)} ({type(err).__name__}); decoding "
+                      "again", stacklevel=4)
         return None
     expected = {"format": _CACHE_FORMAT, "image_size": image_size, "count": count, "files_key": files_key}
     if not isinstance(cached, dict) or any(cached.get(key) != value for key, value in expected.items()):
-        log.info("image cache %s is stale (files or settings changed); rebuilding", cache_file)
+        log.info("image cache %s is stale (files or settings changed); rebuilding", shown_path(cache_file))
         return None
     images = cached.get("images")
     if (not isinstance(images, torch.Tensor) or images.dtype != torch.uint8
             or tuple(images.shape) != (count, 3, image_size, image_size) or _pixels_crc(images) != cached.get("crc32")):
-        warnings.warn(f"ignoring damaged image cache {cache_file} (its pixels fail their checksum or shape); "
+        warnings.warn(f"ignoring damaged image cache {shown_path(cache_file)} (its pixels fail their checksum or shape); "
                       "decoding again", stacklevel=4)
         return None
     return images
@@ -365,7 +373,7 @@ def _split_of_files(root: Path, split_path: Path, split_dir: str, paths: list[st
         images = _load_cache(cache_file, image_size, len(paths), files_key)
     if images is None:
         log.info("decoding %d images from %s at %dx%d", len(paths), split_path, image_size, image_size)
-        images = _decode_all(paths, image_size, num_workers, what=f"{split_dir}/ ({len(paths)} images)")
+        images = _decode_all(paths, image_size, num_workers, what=f"{shown_path(split_dir)}/ ({len(paths)} images)")
         if cache:
             _save_cache(cache_file, images, image_size, files_key)
     return ImageSplit(labels=label_tensor, images=images)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,12 @@ class Job:
         without the key has the value None (tau_plus of SimCLR)."""
         return self.settings_complete or key in self.settings or key in self.overrides
 
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters (a newline in a folder name) as ``\\xNN``: a job's name goes into
+    tables, CSV files and messages, where it must not start a line of its own."""
+    return re.sub(r"[\x00-\x1f\x7f]", lambda m: f"\\x{ord(m.group()):02x}", text)
 
 def collect_jobs(sweep_dir: Path) -> list[Job]:
     """Every run dir under ``sweep_dir`` (any depth: a sweep, or a folder of sweeps), then the grid
@@ -172,7 +179,7 @@ def read_job(run_dir: Path, sweep_dir: Path) -> Job:
     overrides_path = run_dir / ".hydra" / "overrides.yaml"
     overrides = override_values([str(o) for o in _plain(overrides_path) or []]) if overrides_path.is_file() else {}
     choices = read_choices(run_dir / ".hydra" / "hydra.yaml")
-    job = Job(name=str(run_dir.relative_to(sweep_dir)) or ".", overrides=overrides,
+    job = Job(name=printable(str(run_dir.relative_to(sweep_dir))) or ".", overrides=overrides,
               choices={k: v for k, v in choices.items() if v is not None}, run_dir=run_dir)
     config, problem = load_config(run_dir / ".hydra" / "config.yaml")
     job.published, job.published_error = (None, problem) if problem else published_block(config)

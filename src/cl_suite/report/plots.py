@@ -8,6 +8,7 @@ import math
 import re
 from pathlib import Path
 
+from cl_suite.report.files import replaced_file
 from cl_suite.report.stats import mean_halfwidth
 from cl_suite.report.table import ConfigRow, format_value
 
@@ -146,7 +147,8 @@ def plot_parameter(sweep_dir: Path, param: str, params: list[str], rows: list[Co
     fig = built[0]
     try:
         path = Path(sweep_dir) / f"report_{re.sub(r'[^A-Za-z0-9_.-]+', '_', param)}.png"
-        fig.savefig(path, dpi=100, bbox_inches="tight")  # grown to hold the legend and the title
+        with replaced_file(path, "wb") as f:
+            fig.savefig(f, format="png", dpi=100, bbox_inches="tight")  # grown to hold the legend and the title
     finally:
         plt.close(fig)
     return path

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from cl_suite.errors import UserError
+from cl_suite.report.files import replaced_file
 from cl_suite.report.jobs import Job, canonical, drop_repeats, is_ignored
 from cl_suite.report.stats import Comparison, baseline_comparison, compare
 
@@ -547,8 +548,9 @@ def write_tables(sweep_dir: Path, jobs: list[Job], params: list[str], rows: list
     repeats = repeats or []
     paths = {"markdown": sweep_dir / "report.md", "csv": sweep_dir / "report.csv",
              "jobs_csv": sweep_dir / "report_jobs.csv"}
-    paths["markdown"].write_text(markdown_report(sweep_dir, jobs, params, rows, metrics, plots, seed_key, repeats))
-    with paths["csv"].open("w", newline="") as f:
+    with replaced_file(paths["markdown"]) as f:
+        f.write(markdown_report(sweep_dir, jobs, params, rows, metrics, plots, seed_key, repeats))
+    with replaced_file(paths["csv"]) as f:
         writer = csv.writer(f)
         writer.writerow([*params, "baseline", "seeds", "jobs_ok", "jobs_total", "failed_jobs",
                          *[f"{m} {s}" for m in metrics for s in ("mean", "std", "n", "best", *COMPARISON_COLUMNS,
@@ -574,7 +576,7 @@ def write_tables(sweep_dir: Path, jobs: list[Job], params: list[str], rows: list
                for job, used in repeats]
     keys = list(dict.fromkeys([*params, seed_key, *(k for job, _, _ in listed for k in job.overrides)]))
     compute = ["time/wall_s", "time/images_per_s"]
-    with paths["jobs_csv"].open("w", newline="") as f:
+    with replaced_file(paths["jobs_csv"]) as f:
         writer = csv.writer(f)
         writer.writerow(["job", "status", "reason", *keys, *metrics, *[c for c in compute if c not in metrics],
                          "device", "processes", "published_value", "published_metric", "published_problem"])
