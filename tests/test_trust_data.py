@@ -302,3 +302,37 @@ def test_cifar_pickle_cannot_run_code(tmp_path):
         load_cifar10(tmp_path)
     assert not marker.exists()
     assert "not a CIFAR" in str(info.value)
+
+
+class _Reduced:
+    """Pickles as the call ``reduced`` describes: how a crafted file is written with the pickle module."""
+
+    def __init__(self, *reduced):
+        self.reduced = reduced
+
+    def __reduce__(self):
+        return self.reduced
+
+
+def _forged_array(dtype_args, dtype_state, shape, data):
+    reconstruct = np.ndarray.__reduce__(np.zeros(1))[0]  # numpy's own _reconstruct, whatever its module
+    return _Reduced(reconstruct, (np.ndarray, (0,), b"b"),
+                    (1, shape, _Reduced(np.dtype, dtype_args, dtype_state), False, data))
+
+
+@pytest.mark.parametrize("array, named", [
+    # numpy's dtype.__setstate__ would take object fields flagged as none: the array's bytes became pointers
+    # (a segfault, or worse, when the pixels were checked)
+    (_forged_array(("V8", False, True), (3, "|", None, ("a",), {"a": (np.dtype("O"), 0)}, 8, 1, 0), (1, 3072),
+                   b"A" * 24576), "a numpy dtype 'V8'"),
+    (_forged_array(("u1", False, True), (3, "|", None, ("a",), {"a": ("x", 0)}, 8, 1, 0), (1, 3072),
+                   b"A" * 3072), "a numpy dtype state"),
+    # a shape that claims more than the file holds (stride tricks): a billion images from 3 kB
+    (_forged_array(("u1", False, True), (3, "|", None, None, None, -1, -1, 0), (10**9, 3072), b"A" * 3072),
+     "an array of shape"),
+])
+def test_cifar_pickle_with_forged_numpy_state_is_refused_before_numpy_sees_it(tmp_path, array, named):
+    folder = _cifar10(tmp_path)
+    _pickle(folder / "data_batch_2", {"data": array, "labels": [0]}, protocol=2)
+    with pytest.raises(CorruptDataError, match=f"data_batch_2: refused to unpickle: it holds {named}"):
+        load_cifar10(tmp_path)

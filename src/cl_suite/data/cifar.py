@@ -55,18 +55,103 @@ def missing_files_error(
     )
 
 
+class _PickledDtype:
+    """What a pickled ``numpy.dtype`` becomes: a fresh plain numeric dtype (bool, integer or float), never
+    the object itself. numpy's own ``dtype.__setstate__`` would take any state the file holds, such as
+    fields of dtype object with the flag that marks them cleared, and ``ndarray.__setstate__`` would then
+    read raw bytes of the file as object pointers."""
+
+    def __init__(self, spec: object, align: object = False, copy: object = False) -> None:
+        try:
+            dtype = np.dtype(spec) if isinstance(spec, str) else None
+        except TypeError:
+            dtype = None
+        if dtype is None or dtype.kind not in "biuf" or dtype.fields is not None or dtype.subdtype is not None:
+            raise _Refused(f"a numpy dtype {spec!r}")
+        self.dtype = dtype
+
+    def __setstate__(self, state: object) -> None:
+        # (version, byte order, subarray, names, fields, element size, alignment, flags[, metadata])
+        if not (isinstance(state, tuple) and len(state) >= 8 and state[1] in ("<", ">", "|", "=")
+                and state[2] is None and state[3] is None and state[4] is None):
+            raise _Refused(f"a numpy dtype state {state!r:.80}")
+        if state[1] in "<>" and self.dtype.itemsize > 1:
+            self.dtype = self.dtype.newbyteorder(state[1])
+
+
+class _PickledArray:
+    """What ``numpy.core.multiarray._reconstruct`` + the array's state become: ``array``, a copy of the
+    file's bytes as a numpy array of a ``_PickledDtype``, after checking that the bytes are exactly what
+    the shape and dtype need (a file cannot claim more images than it holds)."""
+
+    def __init__(self, subtype: object = None, shape: object = None, typecode: object = None) -> None:
+        if subtype is not _NDARRAY:
+            raise _Refused(f"an array of type {subtype!r:.60}")
+        self.array: np.ndarray | None = None
+
+    def __setstate__(self, state: object) -> None:
+        if isinstance(state, tuple) and len(state) == 5:
+            state = state[1:]  # (version, shape, dtype, fortran, data)
+        if not (isinstance(state, tuple) and len(state) == 4):
+            raise _Refused(f"an array state {state!r:.80}")
+        shape, dtype, fortran, data = state
+        self.array = _array_from_bytes(data, dtype, shape, "F" if fortran else "C")
+
+
+class _NDARRAY:
+    """Stands for ``numpy.ndarray`` in a pickle: only ever the subtype argument of ``_PickledArray``."""
+
+
+class _Refused(Exception):
+    """A pickle asks for a numpy object that CIFAR data never holds."""
+
+
+def _array_from_bytes(data: object, dtype: object, shape: object, order: object) -> np.ndarray:
+    if isinstance(data, str):
+        data = data.encode("latin1")  # Python 2 byte strings, decoded with latin1 by the unpickler
+    if isinstance(data, (bytearray, memoryview)):
+        data = bytes(data)
+    if not (isinstance(dtype, _PickledDtype) and isinstance(data, bytes) and order in ("C", "F")
+            and isinstance(shape, tuple) and all(isinstance(n, int) and n >= 0 for n in shape)):
+        raise _Refused("an array with that shape, dtype or data")
+    count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+    if count * dtype.dtype.itemsize != len(data):
+        raise _Refused(f"an array of shape {shape} with {len(data)} bytes of data")
+    return np.frombuffer(data, dtype=dtype.dtype).reshape(shape, order=order).copy()
+
+
+def _scalar(dtype: object, data: object = b"") -> object:
+    return _array_from_bytes(data, dtype, (), "C")[()]
+
+
+def _frombuffer(buffer: object, dtype: object, shape: object, order: object) -> np.ndarray:  # pickle protocol 5
+    return _array_from_bytes(buffer, dtype, shape, order)
+
+
 def _numpy_globals() -> dict[tuple[str, str], object]:
-    """The numpy callables a pickled array, scalar or dtype refers to, under numpy 1.x and 2.x module names."""
-    try:
-        from numpy._core import multiarray, numeric
-    except ImportError:  # numpy < 2
-        from numpy.core import multiarray, numeric
-    allowed: dict[tuple[str, str], object] = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype}
+    """The numpy callables a pickled array, scalar or dtype refers to, under numpy 1.x and 2.x module names,
+    mapped to the builders above: nothing from the file ever reaches numpy's own state setters."""
+    allowed: dict[tuple[str, str], object] = {("numpy", "ndarray"): _NDARRAY, ("numpy", "dtype"): _PickledDtype}
     for package in ("numpy.core", "numpy._core"):
-        allowed[(f"{package}.multiarray", "_reconstruct")] = multiarray._reconstruct
-        allowed[(f"{package}.multiarray", "scalar")] = multiarray.scalar
-        allowed[(f"{package}.numeric", "_frombuffer")] = numeric._frombuffer  # pickle protocol 5
+        allowed[(f"{package}.multiarray", "_reconstruct")] = _PickledArray
+        allowed[(f"{package}.multiarray", "scalar")] = _scalar
+        allowed[(f"{package}.numeric", "_frombuffer")] = _frombuffer
     return allowed
+
+
+def _built(value: object) -> object:
+    """``value`` with every ``_PickledArray`` replaced by its array (dicts and lists, as CIFAR files nest)."""
+    if isinstance(value, _PickledArray):
+        if value.array is None:
+            raise _Refused("an array without its data")
+        return value.array
+    if isinstance(value, dict):
+        return {k: _built(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_built(v) for v in value]
+    if isinstance(value, (_PickledDtype, _NDARRAY)) or value is _NDARRAY:
+        raise _Refused("a bare numpy dtype or type")
+    return value
 
 
 class RestrictedUnpickler(pickle.Unpickler):
@@ -100,9 +185,13 @@ class RestrictedUnpickler(pickle.Unpickler):
 def _unpickle(path: Path) -> dict:
     try:
         with open(path, "rb") as f:
-            content = RestrictedUnpickler(f, path).load()
+            content = _built(RestrictedUnpickler(f, path).load())
     except CorruptDataError:
         raise
+    except _Refused as err:
+        raise CorruptDataError(f"{path}: refused to unpickle: it holds {err}, which is not CIFAR data (numpy "
+                               "arrays of plain numbers, lists, dicts, strings). Replace the file with the official "
+                               "one (dataset.download=true)") from None
     except Exception as err:  # noqa: BLE001 - a damaged pickle raises many kinds of errors
         raise CorruptDataError(f"{path}: not a readable CIFAR pickle ({type(err).__name__}: {err}); the file is "
                                "damaged or not a CIFAR batch. Replace it (dataset.download=true)") from err
