@@ -299,3 +299,23 @@ def test_temporary_files_of_a_killed_save_are_removed_by_the_next_save(tmp_path)
     assert not orphans[0].exists() and not link.exists()
     assert in_progress.exists() and all(p.exists() for p in not_ours)
     assert ckpt.load_checkpoint(folder / "last.pt")["step"] == 2
+
+
+@pytest.mark.parametrize("change, named", [
+    (lambda s: s.pop("probe"), "'probe' is missing"),
+    (lambda s: s.update(step=-50), "its step -50 is not a whole number >= 0"),
+    (lambda s: s.update(step="abc"), "its step 'abc' is not a whole number >= 0"),
+    (lambda s: s["scheduler"].update(optimizer="hijacked"), "lr schedule state has keys this run's has not"),
+    (lambda s: s["optimizer"]["state"][0].update(momentum_buffer=torch.zeros(3, 3, 3)),
+     "optimizer state 'momentum_buffer' has shape (3, 3, 3)"),
+    (lambda s: s.update(rng={"torch": "nonsense"}), "random number generator state does not fit"),
+])
+def test_a_checkpoint_with_a_valid_checksum_but_an_unusable_state_is_refused(finished_run, tmp_path, change, named):
+    """Anyone can recompute the checksum: the structure is checked before any of it is applied."""
+    state = torch.load(finished_run / "checkpoints" / "last.pt", weights_only=True)
+    state.pop(ckpt.CHECKSUM)
+    change(state)
+    forged = tmp_path / "forged.pt"
+    ckpt.save_checkpoint(forged, state)  # a fresh, valid checksum
+    with pytest.raises(ckpt.CheckpointError, match=re.escape(named)):
+        train(compose_train(RUN + [f"resume={forged}"], tmp_path / "run"))

@@ -26,7 +26,7 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -287,6 +287,57 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
                               f"the file was not used.{_fallback_hint(path)}")
     state.pop(CHECKSUM, None)
     return state
+
+
+# What a training checkpoint holds besides its config: a checksum proves a file is intact, not that whoever
+# computed it wrote a usable state, so the structure is checked before any of it is applied.
+TRAINING_STATE_MAPPINGS = ("method", "probe", "optimizer", "probe_optimizer", "scheduler", "scaler", "history", "rng")
+
+
+def check_training_state(path: Path, state: dict[str, Any]) -> None:
+    """Refuse (``CheckpointError``, naming the file and the intact earlier checkpoints) a checkpoint whose
+    parts are missing or of the wrong kind, or whose step is not a whole number >= 0."""
+    problems = [f"'{key}' is missing" if key not in state else f"'{key}' is a {type(state[key]).__name__}, not a mapping"
+                for key in TRAINING_STATE_MAPPINGS if not isinstance(state.get(key), dict)]
+    step = state.get("step")
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        problems.append(f"its step {step!r:.40} is not a whole number >= 0")
+    history = state.get("history")
+    if isinstance(history, dict) and not isinstance(history.get("epochs", []), list):
+        problems.append("its history's 'epochs' is not a list")
+    if problems:
+        raise CheckpointError(f"checkpoint {str(path)!r} is not a usable training checkpoint: {'; '.join(problems)}"
+                              f"{_fallback_hint(path)}")
+
+
+def applied_or_explained(path: Path, what: str, apply: Callable[[], Any], saved: dict | None = None,
+                         fresh: dict | None = None) -> Any:
+    """``apply()`` (a ``load_state_dict`` of one part of a checkpoint); an error it raises on a state that
+    does not fit this run (a wrong shape, a missing key, a foreign type) becomes a ``CheckpointError``.
+    With ``saved`` and ``fresh`` (that part's state in the file and in this run) a key this run's state
+    does not have is refused first: an lr scheduler's ``load_state_dict`` sets any key as an attribute
+    (an ``optimizer`` key would replace its optimizer)."""
+    unknown = sorted(map(str, set(saved) - set(fresh))) if saved is not None and fresh is not None else []
+    if unknown:
+        raise CheckpointError(f"checkpoint {str(path)!r}: its {what} state has keys this run's has not: "
+                              f"{unknown[:5]}{_fallback_hint(path)}")
+    try:
+        return apply()
+    except (KeyError, ValueError, TypeError, RuntimeError, IndexError, AttributeError) as err:
+        raise CheckpointError(f"checkpoint {str(path)!r}: its {what} state does not fit this run "
+                              f"({type(err).__name__}: {str(err)[:200]}){_fallback_hint(path)}") from None
+
+
+def check_optimizer_state(path: Path, optimizer: torch.optim.Optimizer, what: str) -> None:
+    """Every tensor a restored ``optimizer`` keeps per parameter (momentum, Adam's moments) has that
+    parameter's shape, or is a scalar (a step count): a file with other shapes would fail at the first step."""
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            for key, value in optimizer.state.get(param, {}).items():
+                if isinstance(value, torch.Tensor) and value.dim() and value.shape != param.shape:
+                    raise CheckpointError(f"checkpoint {str(path)!r}: its {what} state {key!r} has shape "
+                                          f"{tuple(value.shape)} for a parameter of shape {tuple(param.shape)}"
+                                          f"{_fallback_hint(path)}")
 
 
 def _unreadable(path: Path, err: Exception, reason: str | None = None) -> CheckpointError:

@@ -556,16 +556,22 @@ class Trainer:
 
     def _restore(self, path: Path) -> str | None:
         state = ckpt.load_checkpoint(path, map_location=self.device)
+        ckpt.check_training_state(path, state)
         saved, current = state.get("config") or {}, OmegaConf.to_container(self.cfg, resolve=True)
         ckpt.check_same_model(path, saved, current)
         ckpt.load_state_or_explain(self.method, state["method"], path, "method", saved, current)
         ckpt.load_state_or_explain(self.probe, state["probe"], path, "online probe", saved, current)
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.probe_optimizer.load_state_dict(state["probe_optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
+        for what, part, key in [("optimizer", self.optimizer, "optimizer"),
+                                ("online probe's optimizer", self.probe_optimizer, "probe_optimizer"),
+                                ("lr schedule", self.scheduler, "scheduler"), ("AMP scaler", self.scaler, "scaler")]:
+            # The schedule's keys are checked first: LRScheduler.load_state_dict sets any key as an attribute.
+            # (The scaler's are not: a disabled scaler, e.g. an fp16 run resumed in fp32, has none and ignores them.)
+            known = (state[key], part.state_dict()) if key == "scheduler" else (None, None)
+            ckpt.applied_or_explained(path, what, lambda part=part, key=key: part.load_state_dict(state[key]), *known)
+        ckpt.check_optimizer_state(path, self.optimizer, "optimizer")
+        ckpt.check_optimizer_state(path, self.probe_optimizer, "online probe's optimizer")
         self.step, self.history = state["step"], state["history"]
-        set_rng_states(state["rng"])
+        ckpt.applied_or_explained(path, "random number generator", lambda: set_rng_states(state["rng"]))
         self.best = state.get("best", self.best)
         self.last_checkpoint, self._last_saved_step = path, self.step
         self.nonfinite.total_skipped = int(state.get("skipped_steps", 0))
