@@ -12,12 +12,12 @@ python=${PYTHON:-python}
 stamp=$(date +%Y-%m-%d_%H-%M-%S)  # once: the same for every job of this sweep
 dir=${SWEEP_DIR:-multirun/$study/$stamp}
 # The wandb group, for the loggers that have one (wandb, the default, and many): logger=csv|tensorboard|none
-# have no group setting, and a later argument wins over an earlier one.
+# and the debug modes (which select logger=none) have no group setting; a later argument wins.
 group=("logger.group=$study-$stamp")
 for arg in "$@"; do
     case $arg in
         logger=wandb | logger=many) group=("logger.group=$study-$stamp") ;;
-        logger=*) group=() ;;
+        logger=* | debug=*) group=() ;;
     esac
 done
 # published=null: a recipe's published number (experiment=...) belongs to its own setting, not to a grid around it.

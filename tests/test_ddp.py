@@ -74,3 +74,12 @@ def test_torchrun_training_writes_one_run_dir_one_checkpoint_one_wandb_run(tmp_p
     assert state["step"] == 4
     (wandb_run,) = (run / "wandb").glob("offline-run-*")  # rank 0 only
     assert wandb_run.name.endswith(state["wandb_run_id"])
+
+
+@pytest.mark.slow
+def test_a_global_batch_that_does_not_split_over_the_processes_is_one_error_line(tmp_path):
+    proc = torchrun(["train.py", "trainer.batch_size=63", "logger=none", "trainer.max_steps=1",
+                     f"hydra.run.dir={tmp_path / 'run'}"], timeout=600, env={"HYDRA_FULL_ERROR": ""})
+    assert proc.returncode != 0
+    assert "error: trainer.batch_size=63 is not allowed with 2 processes" in proc.stderr
+    assert "data/loader.py" not in proc.stderr  # refused before the data is read, not deep in the loader

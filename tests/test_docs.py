@@ -93,3 +93,14 @@ def test_a_documented_command_composes_and_validates(where, script, arguments):
         validate_train_config(cfg)
     else:
         validate_evaluate_config(cfg)
+
+
+def test_the_readmes_library_example_runs_as_printed():
+    """The "Use as a library" block, pasted into a fresh interpreter namespace (2 of its 200 steps)."""
+    text = (ROOT / "README.md").read_text()
+    (block,) = re.findall(r"```python\n(.*?)```", text.split("## Use as a library", 1)[1].split("\n## ", 1)[0],
+                          flags=re.S)
+    assert "range(200)" in block
+    namespace: dict = {}
+    exec(compile(block.replace("range(200)", "range(2)"), "README.md", "exec"), namespace)  # noqa: S102
+    assert namespace["loss"].ndim == 0 and namespace["step"] == 1

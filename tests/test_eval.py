@@ -361,7 +361,7 @@ def test_evaluate_run_runs_every_protocol_into_eval_json_and_the_report_reads_it
     # each protocol keeps the settings it ran with: the first call's linear probe had 5 epochs, OOD used gmm
     assert on_disk["settings"]["linear"]["evaluation"]["linear"]["epochs"] == 5
     assert on_disk["settings"]["ood"]["evaluation"]["ood"]["score"] == "gmm"
-    assert "ood_dataset" not in on_disk["settings"]["linear"]
+    assert "ood_dataset" not in on_disk["settings"]["linear"] and on_disk["settings"]["ood"]["ood_root"] is None
     job = read_job(run, tmp_path)
     assert job.ok and job.metrics["eval/ood/synthetic/auroc"] == ood["ood/synthetic/auroc"]
 

@@ -336,10 +336,11 @@ def test_each_study_invocation_gets_its_own_wandb_group(tmp_path):
     assert other.startswith("tiny_study-") and other != group
 
 
-@pytest.mark.parametrize("logger, grouped", [("csv", False), ("none", False), ("tensorboard", False),
-                                             ("many", True), ("wandb", True)])
+@pytest.mark.parametrize("logger, grouped", [("logger=csv", False), ("logger=none", False),
+                                             ("logger=tensorboard", False), ("logger=many", True),
+                                             ("logger=wandb", True), ("debug=fast", False), ("debug=overfit", False)])
 def test_a_study_sets_a_wandb_group_only_for_loggers_that_have_one(tmp_path, logger, grouped):
-    args = _study_invocation(tmp_path, args=(f"logger={logger}", "seed=0,1"))
+    args = _study_invocation(tmp_path, args=(logger, "seed=0,1"))
     assert any(a.startswith("logger.group=") for a in args) == grouped
     overrides = [a for a in args[2:] if not a.startswith(("hydra.", "seed="))]
     cfg = compose_train(overrides, tmp_path)  # what the sweep's first job composes: no "not in struct"
@@ -402,3 +403,16 @@ def test_a_wandb_sweep_agent_run_of_the_documented_sweep(tmp_path):
 
     assert report_main([str(run_dir.parent)]) == 0  # the trials' folder reads as a sweep
     assert (run_dir.parent / "report.md").is_file()
+
+
+def test_the_logged_lr_is_the_rate_of_the_step_just_taken(tmp_path):
+    """During the linear warm-up, step s (0-based) runs at base (s + 1) / W: the rows of steps 1, 2, 3 (steps
+    taken) hold the rates of steps 0, 1, 2, in the ratio 1 : 2 : 3 (the next step's rates would be 2 : 3 : 4)."""
+    cfg = compose_train(NO_LOGGER + ["logger=csv", "trainer.log_every_steps=1", "trainer.max_steps=3",
+                                     "trainer.epochs=4", "scheduler.warmup_epochs=2", "trainer.eval_at_init=false",
+                                     "evaluation.linear.epochs=1"], tmp_path)
+    train(cfg)
+    logged = [float(r["value"]) for r in read_metrics_csv(tmp_path / "metrics.csv") if r["key"] == "lr"]
+    assert [v / logged[0] for v in logged] == pytest.approx([1.0, 2.0, 3.0])
+    epoch_lr = json.loads((tmp_path / "metrics.json").read_text())["epochs"][-1]["train/epoch_lr"]
+    assert epoch_lr == pytest.approx(logged[-1])

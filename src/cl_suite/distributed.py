@@ -43,8 +43,11 @@ def resolve_device(name: str) -> torch.device:
 
 def _export_slurm_task_environment() -> None:
     """A SLURM job with several tasks (submitit launcher, tasks_per_node > 1) and no torchrun: derive
-    RANK/WORLD_SIZE/LOCAL_RANK/MASTER_ADDR/MASTER_PORT from the SLURM variables, as torchrun would."""
-    if "RANK" in os.environ or int(os.environ.get("SLURM_NTASKS", "1")) <= 1:
+    RANK/WORLD_SIZE/LOCAL_RANK/MASTER_ADDR/MASTER_PORT from the SLURM variables, as torchrun would. The
+    same for submitit's local launcher (``hydra/launcher=local``), whose tasks carry SUBMITIT_LOCAL_*
+    variables instead: without this, each of its tasks trained alone on the same run folder."""
+    tasks = max(int(os.environ.get("SLURM_NTASKS", "1")), int(os.environ.get("SUBMITIT_LOCAL_NTASKS", "1")))
+    if "RANK" in os.environ or tasks <= 1:
         return
     try:
         from submitit.helpers import TorchDistributedEnvironment

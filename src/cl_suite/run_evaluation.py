@@ -234,8 +234,8 @@ def evaluate_run(cfg: DictConfig) -> dict[str, Any]:
     newest checkpoint's; ``eval_best.json`` for ``checkpoint=best`` ...) and the wandb summary.
 
     The file holds the checkpoint, its step and epoch, the data set, ``protocols`` (each protocol's
-    metrics), ``settings`` (per protocol, the evaluation settings, seed and OOD/transfer data sets that
-    produced them) and ``metrics`` (all numbers, flat). Protocols evaluated earlier on the same
+    metrics), ``settings`` (per protocol, the evaluation settings, seed and data sets with their
+    ``*_root`` folders that produced them) and ``metrics`` (all numbers, flat). Protocols evaluated earlier on the same
     checkpoint, step and data set and not re-run now are kept with their settings, so ``protocol=ood``
     after ``protocol=[linear,knn]`` adds to the file instead of replacing it.
 
@@ -316,8 +316,10 @@ def evaluate_run(cfg: DictConfig) -> dict[str, Any]:
             results["lowshot"] = lowshot_protocol_metrics(feats, data.num_classes, ev, cfg.seed)
 
     evaluation = OmegaConf.to_container(ev, resolve=True)
-    other_data = {"ood": {"ood_dataset": ood_names}, "transfer": {"transfer_dataset": transfer_names}}
-    settings = {p: {"evaluation": evaluation, "seed": cfg.seed, **other_data.get(p, {})} for p in results}
+    other_data = {"ood": {"ood_dataset": ood_names, "ood_root": cfg.ood_root},
+                  "transfer": {"transfer_dataset": transfer_names, "transfer_root": cfg.transfer_root}}
+    settings = {p: {"evaluation": evaluation, "seed": cfg.seed, "dataset_root": cfg.dataset_root,
+                    **other_data.get(p, {})} for p in results}
     result = _merge_with_previous(eval_json, {
         "checkpoint": str(path), "epoch": epoch, "step": step, "dataset": train_cfg.dataset.get("name"),
         "protocols": results, "settings": settings})

@@ -154,6 +154,10 @@ def _train(cfg: DictConfig, device_type: str, run_log: RunLog, augment: AugmentC
         # run folder's lock is released after the last file of the run is written.
         init_distributed(device_type)
         teardown.callback(cleanup_distributed)
+        if cfg.trainer.batch_size % get_world_size():  # checked here: the process count is known from now on
+            raise ConfigError(f"trainer.batch_size={cfg.trainer.batch_size} is not allowed with {get_world_size()} "
+                              f"processes: the global batch is split evenly, so it must be a multiple of "
+                              f"{get_world_size()}")
         teardown.enter_context(own_run_folder(Path(cfg.paths.output_dir)))  # before the loop writes anything
         if is_main_process():
             save_hydra_record(Path(cfg.paths.output_dir), cfg)
@@ -250,6 +254,7 @@ class Trainer:
         self.nonfinite = NonFiniteGuard(t.nonfinite, device, self.world)
         self.max_skipped_fraction = float(t.max_skipped_fraction)
         self.stopped_in_final_evaluation = False
+        self.step_lr = self.optimizer.param_groups[0]["lr"]  # the learning rate of the last step taken (logged)
         self.profiler: StepProfiler | None = None  # trainer.profile_steps > 0, on the main process
         # The running sums of the current epoch (loss, probe accuracy, diagnostics, time) at the last
         # save inside an epoch, so a resumed epoch still gives one record of the whole epoch.
@@ -381,7 +386,7 @@ class Trainer:
                 # The diagnostics (out.stats) are logged once, averaged in the epoch record (diag/*), as in
                 # metrics.json: not also per step under their raw names.
                 metrics = {"train/loss": (window_loss / window_steps).item(),
-                           "lr": self.optimizer.param_groups[0]["lr"],
+                           "lr": self.step_lr,  # of the last step taken, not the next one
                            "images_per_s": window_steps * t.batch_size / elapsed}
                 self.logger.log(metrics, step=self.step)
                 bar.set_postfix(loss=f"{metrics['train/loss']:.3f}", img_s=f"{metrics['images_per_s']:.0f}")
@@ -393,7 +398,7 @@ class Trainer:
         seconds = time.perf_counter() - start
         record = {"epoch": epoch + 1, "step": self.step, "train/epoch_loss": (loss_sum / max(steps, 1)).item(),
                   # train/epoch_*: not the log step's lr/images_per_s, logged at the same step with other values
-                  "train/epoch_lr": self.optimizer.param_groups[0]["lr"], "epoch_time_s": seconds,
+                  "train/epoch_lr": self.step_lr, "epoch_time_s": seconds,
                   "train/epoch_images_per_s": steps * t.batch_size / seconds}
         record.update({f"online_probe/train_{k}": v for k, v in self.probe_accuracy.compute().items()})
         self._epoch_progress = {
@@ -443,6 +448,7 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.step(self.probe_optimizer)
         self.scaler.update()
+        self.step_lr = self.optimizer.param_groups[0]["lr"]  # the rate this step used (a float: no sync)
         self.scheduler.step()
         self.method.after_step(out.memory, self.step, self.schedule_steps)  # memory writes, momentum updates
         self.step += 1
@@ -455,6 +461,7 @@ class Trainer:
         self._print(f"step {self.step}: non-finite loss, update skipped (trainer.nonfinite=skip)")
         self.nonfinite.check_skipped_share(self.max_skipped_fraction, self.stop_step, self.step,
                                            self._last_checkpoint_text())
+        self.step_lr = self.optimizer.param_groups[0]["lr"]
         self.scheduler.step()
         self.step += 1
         return dataclasses.replace(out, loss=torch.zeros_like(out.loss.detach()), stats={},

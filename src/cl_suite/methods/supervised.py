@@ -31,6 +31,6 @@ class Supervised(ContrastiveMethod):
         targets = labels.repeat(2)
         logits = self.classifier(h).float()
         loss = F.cross_entropy(logits, targets, label_smoothing=self.label_smoothing)
-        accuracy = (logits.argmax(dim=1) == targets).float().mean()
+        accuracy = 100.0 * (logits.argmax(dim=1) == targets).float().mean()  # %, as every accuracy
         return MethodOutput(loss=loss, features=h.detach(), feature_labels=targets,
                             stats={"supervised/train_top1": accuracy.detach()})
