@@ -251,18 +251,21 @@ def test_baseline_with_two_swept_values(tmp_path):
 
 
 def test_published_number_next_to_the_measured_one(tmp_path):
-    write_sweep(tmp_path, {"dcl": [84.0, 84.5]}, config=PUBLISHED)
-    write_sweep(tmp_path, {"simclr": [83.0, 83.1]})  # no recipe: published: null
-    assert report_main([str(tmp_path), "--baseline", "method=simclr"]) == 0
+    for seed, value in enumerate([84.0, 84.5]):  # the recipe's runs: its method comes from the recipe
+        write_run(tmp_path, str(seed), {"experiment": "dcl_stl10", "seed": seed}, {"linear/top1": value},
+                  config=PUBLISHED, defaults={"method": "dcl"})
+    for seed, value in enumerate([83.0, 83.1]):  # a recipe without a number: published: null
+        write_run(tmp_path, str(2 + seed), {"experiment": "simclr_x", "seed": seed}, {"linear/top1": value})
+    assert report_main([str(tmp_path), "--baseline", "experiment=simclr_x"]) == 0
     markdown = (tmp_path / "report.md").read_text()
-    assert "| method | seeds | jobs ok | linear/top1 | linear/top1 published |" in markdown
-    assert "| dcl | 2 | 2/2 | 84.25 ± 0.35 | 84.26 [1] |" in markdown
-    assert "| simclr (baseline) | 2 | 2/2 | 83.05 ± 0.07 | - |" in markdown
+    assert "| experiment | seeds | jobs ok | linear/top1 | linear/top1 published |" in markdown
+    assert "| dcl_stl10 | 2 | 2/2 | 84.25 ± 0.35 | 84.26 [1] |" in markdown
+    assert "| simclr_x (baseline) | 2 | 2/2 | 83.05 ± 0.07 | - |" in markdown
     assert ("1. 84.26 linear/top1 — linear probe, 100 epochs, ResNet-18, CIFAR-10 test set; "
             "source: Chuang et al. 2020, Table 1") in markdown
-    rows = {r["method"]: r for r in read_csv(tmp_path / "report.csv")}
-    assert rows["dcl"]["linear/top1 published"] == "84.26" and rows["simclr"]["linear/top1 published"] == ""
-    assert rows["dcl"]["published_source"] == "Chuang et al. 2020, Table 1"
+    rows = {r["experiment"]: r for r in read_csv(tmp_path / "report.csv")}
+    assert rows["dcl_stl10"]["linear/top1 published"] == "84.26" and rows["simclr_x"]["linear/top1 published"] == ""
+    assert rows["dcl_stl10"]["published_source"] == "Chuang et al. 2020, Table 1"
 
 
 @pytest.mark.parametrize("block, problem", [
@@ -743,3 +746,16 @@ def test_report_files_replace_planted_links_and_job_names_cannot_start_a_line(tm
     assert not (sweep / "report.md").is_symlink()
     jobs = (sweep / "report_jobs.csv").read_text()
     assert "1\\x0aimport os" in jobs and not any(line.startswith("import os") for line in jobs.splitlines())
+
+
+def test_a_recipes_published_number_is_not_shown_for_a_run_that_changes_its_setting(tmp_path):
+    """experiment=<recipe> dataset=digits: the recipe's number belongs to another data set."""
+    from cl_suite.report.jobs import read_job
+
+    run = write_run(tmp_path, "0", {"experiment": "dcl_stl10", "dataset": "digits", "seed": 0},
+                    {"linear/top1": 40.0}, config=PUBLISHED, defaults={"method": "dcl"})
+    job = read_job(run, tmp_path)
+    assert job.published is None and "changes the recipe's setting (dataset=digits)" in job.published_error
+    kept = write_run(tmp_path, "1", {"experiment": "dcl_stl10", "dataset.root": "/data", "seed": 0},
+                     {"linear/top1": 84.0}, config=PUBLISHED, defaults={"method": "dcl"})
+    assert read_job(kept, tmp_path).published["value"] == 84.26  # where the data is does not change it

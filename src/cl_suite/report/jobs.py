@@ -175,6 +175,20 @@ def read_choices(hydra_path: Path) -> dict[str, str | None]:
     return {str(k): None if v is None else str(v) for k, v in choices.items() if not str(k).startswith("hydra")}
 
 
+# Command-line overrides after which a recipe's published number no longer describes the run: another data
+# set, model, objective, optimizer, schedule or length (study.sh sets published=null for its grids instead).
+SETTING_GROUPS = ("dataset", "backbone", "method", "sampler", "optimizer", "scheduler", "debug")
+SETTING_KEYS = ("trainer.epochs", "trainer.batch_size", "trainer.max_steps")
+
+
+def setting_changing_overrides(overrides: dict[str, Any]) -> list[str]:
+    """The overrides (``key=value``) of ``overrides`` that change what a recipe's published number measured;
+    ``dataset.root`` (where the data is) and the like do not."""
+    return [f"{k}={v}" for k, v in overrides.items()
+            if k.lstrip("+~") in SETTING_GROUPS or k.lstrip("+~") in SETTING_KEYS
+            or k.lstrip("+~").split(".")[0] in ("backbone", "method", "sampler", "optimizer")]
+
+
 def read_job(run_dir: Path, sweep_dir: Path) -> Job:
     overrides_path = run_dir / ".hydra" / "overrides.yaml"
     overrides = override_values([str(o) for o in _plain(overrides_path) or []]) if overrides_path.is_file() else {}
@@ -183,6 +197,10 @@ def read_job(run_dir: Path, sweep_dir: Path) -> Job:
               choices={k: v for k, v in choices.items() if v is not None}, run_dir=run_dir)
     config, problem = load_config(run_dir / ".hydra" / "config.yaml")
     job.published, job.published_error = (None, problem) if problem else published_block(config)
+    changed = setting_changing_overrides(overrides)
+    if job.published is not None and changed:
+        job.published, job.published_error = None, (f"the run changes the recipe's setting ({', '.join(changed)}), "
+                                                     "so the recipe's number is not its reference")
     job.settings = job_settings(config, choices, overrides)
     job.settings_complete = not problem
     metrics_path = run_dir / "metrics.json"
