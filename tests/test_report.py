@@ -759,3 +759,16 @@ def test_a_recipes_published_number_is_not_shown_for_a_run_that_changes_its_sett
     kept = write_run(tmp_path, "1", {"experiment": "dcl_stl10", "dataset.root": "/data", "seed": 0},
                      {"linear/top1": 84.0}, config=PUBLISHED, defaults={"method": "dcl"})
     assert read_job(kept, tmp_path).published["value"] == 84.26  # where the data is does not change it
+
+
+@pytest.mark.parametrize("content", ['[1, 2]', '{"final": [1]}', '{"final": {}, "epochs": [1, 2]}',
+                                     '{"final": {"linear/top1": 1' + '0' * 400 + '}}', '[' * 100000 + ']' * 100000,
+                                     '{"final": {"linear/top1": 5', b'\xff\xfe'])
+def test_a_crafted_metrics_json_fails_its_job_not_the_report(tmp_path, content):
+    from cl_suite.report.jobs import read_job
+
+    run = write_run(tmp_path, "0", {"method": "simclr", "seed": 0}, {"linear/top1": 50.0})
+    path = run / "metrics.json"
+    path.write_bytes(content) if isinstance(content, bytes) else path.write_text(content)
+    job = read_job(run, tmp_path)
+    assert not job.metrics.get("linear/top1") or job.status != "ok"

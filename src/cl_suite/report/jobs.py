@@ -209,12 +209,17 @@ def read_job(run_dir: Path, sweep_dir: Path) -> Job:
     if not metrics_path.is_file():
         job.status, job.reason = "failed", "no metrics.json (crashed before its first checkpoint)"
         return job
-    history = json.loads(metrics_path.read_text())
-    final = history.get("final") or {}
+    history = read_json_record(metrics_path)
+    if history is None:
+        job.status, job.reason = "failed", "metrics.json is not a readable run record"
+        return job
+    final = history.get("final") if isinstance(history.get("final"), dict) else {}
     if not final:
-        epochs = history.get("epochs") or []
+        epochs = [r for r in history.get("epochs") or [] if isinstance(r, dict)] if isinstance(
+            history.get("epochs"), list) else []
         job.status = "failed"
-        job.reason = f"no final metrics (last record: epoch {epochs[-1].get('epoch')})" if epochs else "no final metrics"
+        job.reason = f"no final metrics (last record: epoch {epochs[-1].get('epoch')!r:.20})" if epochs else (
+            "no final metrics")
         return job
     job.metrics = {k: float(v) for k, v in final.items() if _is_number(v)}
     job.metrics.update(_compute_metrics(history, job))
@@ -226,13 +231,8 @@ def _final_evaluation(path: Path, final_step: Any) -> dict[str, float]:
     """evaluate.py's numbers of the run's final checkpoint as ``eval/<key>``: its ``eval.json`` (the
     newest checkpoint's), used only when it was written at the final step (evaluated while the run was
     still training, it describes an earlier checkpoint) and when it is readable JSON."""
-    if not path.is_file():
-        return {}
-    try:
-        evaluated = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return {}
-    if not isinstance(evaluated, dict) or evaluated.get("step") != final_step:
+    evaluated = read_json_record(path) if path.is_file() else None
+    if evaluated is None or evaluated.get("step") != final_step:
         return {}
     metrics = evaluated.get("metrics") if isinstance(evaluated.get("metrics"), dict) else {}
     return {f"eval/{k}": float(v) for k, v in metrics.items() if _is_number(v)}
@@ -420,7 +420,23 @@ def _missing_in_sweep(path: Path, jobs: list[Job], prefix: str) -> list[Job]:
 
 
 def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    """A finite number a float can hold (a 400-digit integer in a crafted file is not one)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:
+        return False
+
+
+def read_json_record(path: Path) -> dict | None:
+    """A JSON object from a run folder (metrics.json, eval.json), or None when the file is not one: cut
+    short, not UTF-8, nested past the parser's depth, or a JSON value other than an object."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+        return None
+    return data if isinstance(data, dict) else None
 
 
 def _natural_key(path: Path) -> list:
