@@ -772,3 +772,22 @@ def test_a_crafted_metrics_json_fails_its_job_not_the_report(tmp_path, content):
     path.write_bytes(content) if isinstance(content, bytes) else path.write_text(content)
     job = read_job(run, tmp_path)
     assert not job.metrics.get("linear/top1") or job.status != "ok"
+
+
+def test_billion_laughs_yaml_and_an_enormous_grid_do_not_hang_the_report(tmp_path):
+    """A run record with nested YAML aliases is refused (no file Hydra writes has them); a multirun.yaml
+    whose grid is millions of points is not expanded to list the jobs that never ran."""
+    from cl_suite.report.jobs import read_job
+    from cl_suite.yaml_files import load_untrusted_yaml
+
+    laughs = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{c}: &{c} [{', '.join(['*' + p] * 10)}]\n" for p, c in zip("abcdefgh", "bcdefghi"))
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text(laughs)
+    with pytest.raises(ValueError, match="anchors and aliases are not allowed"):
+        load_untrusted_yaml(bomb)
+    run = write_run(tmp_path / "sweep", "0", {"method": "simclr", "seed": 0}, {"linear/top1": 50.0})
+    (run / ".hydra" / "config.yaml").write_text(laughs)
+    assert "anchors and aliases" in read_job(run, tmp_path / "sweep").published_error
+    write_multirun_yaml(tmp_path / "sweep", ["seed=range(0,3000)", "method.temperature=range(0,3000)"])
+    assert report_main([str(tmp_path / "sweep")]) == 0

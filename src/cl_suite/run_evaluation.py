@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from hydra._internal.utils import _locate  # what instantiate uses to find a _target_ (get_object also logs)
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
@@ -22,6 +23,7 @@ from cl_suite.engine.other_datasets import (build_dataset_for_evaluation, datase
 from cl_suite.engine.probe import OnlineProbe
 from cl_suite.engine.validation import ConfigError, validate_evaluate_config, validate_evaluation_against_data
 from cl_suite.errors import MissingPathError
+from cl_suite.yaml_files import load_untrusted_yaml
 from cl_suite.eval.protocols import (check_protocols, encode_split, encode_splits, knn_metrics, linear_metrics,
                                      lowshot_protocol_metrics, online_probe_metrics, ood_protocol_metrics,
                                      retrieval_protocol_metrics, transfer_protocol_metrics)
@@ -76,7 +78,10 @@ def load_run_config(run_dir: Path) -> DictConfig:
     if not path.is_file():
         raise MissingPathError(f"run={str(run_dir)!r} has no .hydra/config.yaml: pass the folder of one run that "
                                "train.py wrote (outputs/<date>/<time>, or one job's folder of a sweep)")
-    cfg = OmegaConf.load(path)  # YAML safe loading: tags cannot build Python objects
+    try:
+        cfg = load_untrusted_yaml(path)  # YAML safe loading: tags cannot build Python objects
+    except (ValueError, yaml.YAMLError) as err:
+        raise ConfigError(f"{path}: not a readable run config ({str(err)[:300]})") from None
     check_run_config(cfg, path)
     cfg.paths.output_dir = str(run_dir)  # was ${hydra:runtime.output_dir} of the training job
     return cfg

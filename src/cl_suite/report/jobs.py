@@ -1,6 +1,7 @@
 """The jobs of a sweep, read back from their run dirs, including the ones that crashed or never ran."""
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import re
@@ -11,6 +12,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from cl_suite.sweeps import override_values, parse_overrides
+from cl_suite.yaml_files import load_untrusted_yaml
 
 
 @dataclass
@@ -151,14 +153,14 @@ def load_config(config_path: Path) -> tuple[Any, str]:
     """``(plain data, problem)`` of a run's ``config.yaml``. The file is untrusted: it is parsed as plain
     YAML, interpolations are never resolved (``${oc.env:...}`` stays text), nothing is instantiated."""
     try:
-        return OmegaConf.to_container(OmegaConf.load(config_path), resolve=False), ""
+        return OmegaConf.to_container(load_untrusted_yaml(config_path), resolve=False), ""
     except Exception as err:  # noqa: BLE001 - any unreadable file is reported, not raised
         return None, f"unreadable {config_path.name}: {type(err).__name__}: {_one_line(str(err))}"
 
 
 def _plain(path: Path) -> Any:
     """A YAML file as plain data, interpolations left as text."""
-    return OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+    return OmegaConf.to_container(load_untrusted_yaml(path), resolve=False)
 
 
 def read_choices(hydra_path: Path) -> dict[str, str | None]:
@@ -397,6 +399,9 @@ def _settings_of_grid_point(values: dict[str, Any], jobs: list[Job]) -> tuple[di
     return {**own, **{k: v for k, v in base.items() if k not in own}}, twin is not None
 
 
+MAX_GRID = 100_000  # grid points a sweep's multirun.yaml may expand to when the report lists jobs not run
+
+
 def _missing_in_sweep(path: Path, jobs: list[Job], prefix: str) -> list[Job]:
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 
@@ -408,7 +413,14 @@ def _missing_in_sweep(path: Path, jobs: list[Job], prefix: str) -> list[Job]:
     task += [f"{k}={v}" for k, v in (sweeper.get("params") or {}).items()]
     seen = [job.overrides for job in jobs]
     missing = []
-    (grid,) = BasicSweeper.split_arguments(parse_overrides(task), None)
+    parsed = parse_overrides(task)
+    size = 1
+    for override in parsed:
+        if override.is_sweep_override():
+            size *= sum(1 for _ in itertools.islice(override.sweep_iterator(), MAX_GRID + 1))
+        if size > MAX_GRID:
+            return []  # a crafted (or enormous) grid: not expanded to list the jobs that never ran
+    (grid,) = BasicSweeper.split_arguments(parsed, None)
     for number, point in enumerate(grid):  # the job number Hydra would have given it
         values = override_values(point)
         if values not in seen:
