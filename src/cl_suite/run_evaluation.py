@@ -431,8 +431,10 @@ def _merge_with_previous(path: Path, result: dict[str, Any]) -> dict[str, Any]:
     if path.is_file():
         try:
             previous = json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-            previous = {}  # a damaged file: replaced, never half-used
+        except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+            previous = {}  # a damaged (or crafted, nested past the parser's depth) file: replaced, never half-used
+        if not isinstance(previous, dict):
+            previous = {}
         same = all(previous.get(k) == result[k] for k in ("step", "dataset")) and _same_file(
             previous.get("checkpoint"), result["checkpoint"])  # best.pt may be last.pt's hard link
         if same and isinstance(previous.get("protocols"), dict) and isinstance(previous.get("settings"), dict):
