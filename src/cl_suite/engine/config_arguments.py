@@ -115,7 +115,8 @@ def check_group_arguments(group: str, node: DictConfig, injected: Sequence[str] 
             near = difflib.get_close_matches(key, allowed, n=3, cutoff=0.6)
             hint = f"did you mean {' or '.join(f'{group}.{k}' for k in near)}? " if near else ""
             raise ArgumentError(f"{group}.{key} is not a setting of {target_name}; {hint}"
-                                f"allowed: {', '.join(allowed) or '(none)'}")
+                                f"allowed: {', '.join(allowed) or '(none)'} (a recipe's setting for another "
+                                f"{group}: drop it with '~{group}.{key}')")
         value = node[key]  # interpolations resolve on access
         if OmegaConf.is_config(value):
             value = OmegaConf.to_container(value, resolve=True)
