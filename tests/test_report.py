@@ -791,3 +791,13 @@ def test_billion_laughs_yaml_and_an_enormous_grid_do_not_hang_the_report(tmp_pat
     assert "anchors and aliases" in read_job(run, tmp_path / "sweep").published_error
     write_multirun_yaml(tmp_path / "sweep", ["seed=range(0,3000)", "method.temperature=range(0,3000)"])
     assert report_main([str(tmp_path / "sweep")]) == 0
+
+
+def test_a_metric_key_with_a_dollar_sign_is_plotted_as_text(tmp_path):
+    """A crafted metrics.json key such as x$\\frac{$ made matplotlib's math parser fail the report."""
+    for seed, value in enumerate([1.0, 2.0]):
+        write_run(tmp_path, str(seed), {"method": "simclr", "seed": seed}, {"linear/top1": value, "x$\\frac{$": 3.0})
+    for seed, value in enumerate([1.5, 2.5]):
+        write_run(tmp_path, str(2 + seed), {"method": "dcl", "seed": seed}, {"linear/top1": value, "x$\\frac{$": 3.0})
+    assert report_main([str(tmp_path), "--metric", "linear/top1", "--metric", "x$\\frac{$"]) == 0
+    assert (tmp_path / "report_method.png").is_file()

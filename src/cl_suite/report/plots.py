@@ -141,16 +141,19 @@ def plot_parameter(sweep_dir: Path, param: str, params: list[str], rows: list[Co
     """``report_<param>.png``: one panel per metric; None when no row has a value for any metric."""
     import matplotlib.pyplot as plt
 
-    built = build_figure(param, params, rows, metrics, fixed)
-    if built is None:
-        return None
-    fig = built[0]
-    try:
-        path = Path(sweep_dir) / f"report_{re.sub(r'[^A-Za-z0-9_.-]+', '_', param)}.png"
-        with replaced_file(path, "wb") as f:
-            fig.savefig(f, format="png", dpi=100, bbox_inches="tight")  # grown to hold the legend and the title
-    finally:
-        plt.close(fig)
+    # Text is drawn as written: a "$" in a metric key or setting value (a run folder's files are anyone's)
+    # would otherwise start matplotlib's math mode, and a malformed one fails the whole report.
+    with plt.rc_context({"text.parse_math": False}):
+        built = build_figure(param, params, rows, metrics, fixed)
+        if built is None:
+            return None
+        fig = built[0]
+        try:
+            path = Path(sweep_dir) / f"report_{re.sub(r'[^A-Za-z0-9_.-]+', '_', param)}.png"
+            with replaced_file(path, "wb") as f:
+                fig.savefig(f, format="png", dpi=100, bbox_inches="tight")  # grown to hold the legend and title
+        finally:
+            plt.close(fig)
     return path
 
 
