@@ -168,6 +168,8 @@ def test_checkpoints_are_plain_data_and_checkpoints_of_the_earlier_format_still_
      "dataset._target_: 'cl_suite.engine.logger.CSVLogger' is not allowed there (only cl_suite.data.*)"),
     ("backbone", {"_target_": "torch.optim.SGD", "params": []},
      "backbone._target_: 'torch.optim.SGD' is not allowed there"),
+    ("dataset", {"_target_": "cl_suite.data.load_digits", "_partial_": True},
+     "dataset._partial_: Hydra's _partial_ is not allowed in a run config"),
 ])
 def test_run_config_naming_foreign_code_is_refused_before_anything_is_instantiated(finished_run, tmp_path, key,
                                                                                       value, named):

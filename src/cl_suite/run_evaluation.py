@@ -102,7 +102,8 @@ def check_run_config(cfg: DictConfig, path: Path) -> None:
       ones, or one whose resolver or key name is itself computed (``${${x}:...}``): the written check
       runs before resolution, so resolution only ever calls resolvers that read values.
 
-    ``_partial_``, ``_args_`` and ``_recursive_`` then only ever reach allowed targets.
+    - Hydra's other instantiate keys (``_partial_``, ``_args_``, ``_recursive_``, ``_convert_``): no config
+      of the suite writes them (a partial object in place of a data set fails later, unexplained).
     """
     problems: dict[str, str] = {}  # one line per key path, in the order found
     _check_written(OmegaConf.to_container(cfg, resolve=False), "", problems)
@@ -128,12 +129,18 @@ def _check_target(key_path: str, value: Any, problems: dict[str, str]) -> None:
         problems.setdefault(key_path, f"{key_path}: {value!r} {problem}")
 
 
+INSTANTIATE_KEYS = ("_partial_", "_args_", "_recursive_", "_convert_")
+
+
 def _check_written(node: Any, where: str, problems: dict[str, str]) -> None:
     if isinstance(node, dict):
         for key, value in node.items():
             key_path = f"{where}.{key}" if where else str(key)
             if key == "_target_":
                 _check_target(key_path, value, problems)
+            elif key in INSTANTIATE_KEYS:
+                problems.setdefault(key_path, f"{key_path}: Hydra's {key} is not allowed in a run config (the "
+                                              "suite's configs never write it)")
             _check_written(value, key_path, problems)
     elif isinstance(node, list):
         for i, value in enumerate(node):
@@ -181,6 +188,8 @@ def _check_resolved(cfg: DictConfig, problems: dict[str, str]) -> None:
             key_path = f"{where}[{key}]" if isinstance(key, int) else (f"{where}.{key}" if where else str(key))
             if key == "_target_":
                 _check_target(key_path, value, problems)
+            elif key in INSTANTIATE_KEYS:
+                problems.setdefault(key_path, f"{key_path}: Hydra's {key} is not allowed in a run config")
             stack.append((value, key_path))
 
 
