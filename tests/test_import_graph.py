@@ -15,7 +15,7 @@ ROOT_PACKAGE = "cl_suite"
 # Bottom to top. A module may import its own layer and the layers below it, never one above.
 # Top-level modules (cl_suite/<name>.py) are packages of their own here.
 LAYERS: list[tuple[str, ...]] = [
-    ("cl_suite", "conf", "errors", "paths", "distributed", "resolvers", "sweeps", "yaml_files"),  # base
+    ("cl_suite", "conf", "errors", "paths", "distributed", "resolvers", "sweeps", "files"),  # base
     ("objectives",),  # the equations: pure functions of tensors
     ("data", "models", "samplers"),
     ("losses",),

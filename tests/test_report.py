@@ -744,6 +744,7 @@ def test_report_files_replace_planted_links_and_job_names_cannot_start_a_line(tm
     assert main([str(sweep)]) == 0
     assert not victim.exists() and not (tmp_path / "other.pth").exists()
     assert not (sweep / "report.md").is_symlink()
+    assert (sweep / "report.md").stat().st_mode & 0o777 == 0o666 & ~_current_umask()  # not owner-only
     jobs = (sweep / "report_jobs.csv").read_text()
     assert "1\\x0aimport os" in jobs and not any(line.startswith("import os") for line in jobs.splitlines())
 
@@ -778,7 +779,7 @@ def test_billion_laughs_yaml_and_an_enormous_grid_do_not_hang_the_report(tmp_pat
     """A run record with nested YAML aliases is refused (no file Hydra writes has them); a multirun.yaml
     whose grid is millions of points is not expanded to list the jobs that never ran."""
     from cl_suite.report.jobs import read_job
-    from cl_suite.yaml_files import load_untrusted_yaml
+    from cl_suite.files import load_untrusted_yaml
 
     laughs = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
         f"{c}: &{c} [{', '.join(['*' + p] * 10)}]\n" for p, c in zip("abcdefgh", "bcdefghi"))
@@ -801,3 +802,9 @@ def test_a_metric_key_with_a_dollar_sign_is_plotted_as_text(tmp_path):
         write_run(tmp_path, str(2 + seed), {"method": "dcl", "seed": seed}, {"linear/top1": value, "x$\\frac{$": 3.0})
     assert report_main([str(tmp_path), "--metric", "linear/top1", "--metric", "x$\\frac{$"]) == 0
     assert (tmp_path / "report_method.png").is_file()
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -276,12 +276,12 @@ def test_temporary_files_of_a_killed_save_are_removed_by_the_next_save(tmp_path)
     killed = subprocess.run([sys.executable, "-c", textwrap.dedent(f"""
         import os, signal
         from pathlib import Path
-        from cl_suite.engine.checkpoint import _atomic_write
+        from cl_suite.files import atomic_write
         def write(f):
             f.write(b"half a checkpoint")
             f.flush()
             os.kill(os.getpid(), signal.SIGKILL)
-        _atomic_write(Path({str(folder / "step_000000004.pt")!r}), write)
+        atomic_write(Path({str(folder / "step_000000004.pt")!r}), write)
     """)], env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}, capture_output=True,
        timeout=300)
     assert killed.returncode == -9

@@ -23,7 +23,7 @@ from cl_suite.engine.other_datasets import (build_dataset_for_evaluation, datase
 from cl_suite.engine.probe import OnlineProbe
 from cl_suite.engine.validation import ConfigError, validate_evaluate_config, validate_evaluation_against_data
 from cl_suite.errors import MissingPathError
-from cl_suite.yaml_files import load_untrusted_yaml
+from cl_suite.files import load_untrusted_yaml
 from cl_suite.eval.protocols import (check_protocols, encode_split, encode_splits, knn_metrics, linear_metrics,
                                      lowshot_protocol_metrics, online_probe_metrics, ood_protocol_metrics,
                                      retrieval_protocol_metrics, transfer_protocol_metrics)

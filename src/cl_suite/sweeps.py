@@ -40,7 +40,7 @@ def swept_keys(sweep_dir: Path) -> list[str]:
     path = Path(sweep_dir) / "multirun.yaml"
     if not path.is_file():
         return []
-    from cl_suite.yaml_files import load_untrusted_yaml  # a sweep folder may come from anyone
+    from cl_suite.files import load_untrusted_yaml  # a sweep folder may come from anyone
 
     cfg = load_untrusted_yaml(path)
     keys = [override_key(o) for o in parse_overrides(list(OmegaConf.select(cfg, "hydra.overrides.task") or []))

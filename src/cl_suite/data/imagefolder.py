@@ -38,7 +38,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import re
 import tempfile
 import warnings
 import zlib
@@ -51,6 +50,7 @@ from PIL import Image
 
 from cl_suite.data.types import DatasetNotFoundError, ImageDataset, ImageSplit
 from cl_suite.errors import UserError
+from cl_suite.files import printable
 
 log = logging.getLogger(__name__)
 
@@ -76,10 +76,7 @@ def shown_path(path: str | os.PathLike) -> str:
         text.encode("utf-8")
     except UnicodeEncodeError:
         text = os.fsencode(text).decode("utf-8", "backslashreplace")
-    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
-
-
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+    return printable(text)
 
 
 # 16/32-bit integer greyscale modes; PIL's convert() clips them at 255 instead of scaling.

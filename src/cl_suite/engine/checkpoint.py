@@ -22,7 +22,6 @@ import os
 import pickle
 import re
 import shutil
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -33,12 +32,13 @@ import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from cl_suite.errors import MissingPathError, UserError
+from cl_suite.files import atomic_write
 
 CHECKPOINT_DIR = "checkpoints"
 LAST = "last.pt"
 BEST = "best.pt"
 _STEP_FILE = re.compile(r"^step_(\d+)\.pt$")
-# The temporary names of _atomic_write (".<name>.<random>.tmp") and _atomic_link (".<name>.<pid>.link").
+# The temporary names of atomic_write (".<name>.<random>.tmp") and _atomic_link (".<name>.<pid>.link").
 _TEMP_FILE = re.compile(r"^\.(step_\d+|last|best)\.pt\..+\.(tmp|link)$")
 CHECKSUM = "checksum"  # the key of the checksum record in a saved state
 _CHECKSUM_SCHEME = "sha256-v1"
@@ -51,32 +51,6 @@ _LEGACY_NUMPY_GLOBALS = [np._core.multiarray._reconstruct, (np._core.multiarray.
 
 class CheckpointError(UserError, RuntimeError):
     """A checkpoint that cannot be used: unreadable, not ours, or from another model. Names the file."""
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _atomic_write(path: Path, write) -> None:
-    """Write through a temporary file in the same folder, fsync, then rename over ``path``.
-
-    ``os.replace`` is atomic on POSIX: readers see the old file or the new one, never a mix.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes files owner-only; give run files the usual mode
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _atomic_link(source: Path, path: Path) -> None:
@@ -98,7 +72,7 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     if CHECKSUM in plain:
         raise ValueError(f"a checkpoint state may not have a {CHECKSUM!r} key: save_checkpoint writes it")
     plain = {**plain, CHECKSUM: {"scheme": _CHECKSUM_SCHEME, "sha256": state_digest(plain)}}
-    _atomic_write(Path(path), lambda f: torch.save(plain, f))
+    atomic_write(Path(path), lambda f: torch.save(plain, f))
 
 
 _PLAIN_LEAVES = (torch.Tensor, bool, int, float, str, bytes, type(None), torch.dtype, torch.device)
@@ -197,7 +171,7 @@ def remove_stale_temp_files(folder: Path, older_than: float) -> list[Path]:
 
 
 def write_json(path: str | Path, data: Any) -> None:
-    _atomic_write(Path(path), lambda f: f.write(json.dumps(data, indent=2, sort_keys=False).encode()))
+    atomic_write(Path(path), lambda f: f.write(json.dumps(data, indent=2, sort_keys=False).encode()))
 
 
 def step_checkpoints(folder: Path) -> list[Path]:

@@ -38,6 +38,7 @@ from torch import nn
 
 from cl_suite.engine import checkpoint as ckpt
 from cl_suite.errors import UserError
+from cl_suite.files import atomic_write
 
 FORMATS = ("state_dict", "torchvision", "timm")
 FORMAT_TAG = "cl_suite.backbone"  # the "format" value of a state_dict-format file
@@ -332,7 +333,7 @@ def export_backbone(source: str | Path, fmt: str = "state_dict", out: str | Path
         _check_same_encoder(model, tensors, backbone, input_size, fmt, where)
         header["load"] += f'; model.load_state_dict(torch.load("{out.name}", weights_only=True))'
         header["sha256"] = ckpt.state_digest(tensors)
-        ckpt._atomic_write(out, lambda f: torch.save(tensors, f))
+        atomic_write(out, lambda f: torch.save(tensors, f))
     ckpt.write_json(sidecar_path(out), header)
     return out, header
 

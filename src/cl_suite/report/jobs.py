@@ -4,7 +4,6 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,7 +11,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from cl_suite.sweeps import override_values, parse_overrides
-from cl_suite.yaml_files import load_untrusted_yaml
+from cl_suite.files import load_untrusted_yaml, printable
 
 
 @dataclass
@@ -62,10 +61,6 @@ class Job:
 
 
 
-def printable(text: str) -> str:
-    """``text`` with control characters (a newline in a folder name) as ``\\xNN``: a job's name goes into
-    tables, CSV files and messages, where it must not start a line of its own."""
-    return re.sub(r"[\x00-\x1f\x7f]", lambda m: f"\\x{ord(m.group()):02x}", text)
 
 def collect_jobs(sweep_dir: Path) -> list[Job]:
     """Every run dir under ``sweep_dir`` (any depth: a sweep, or a folder of sweeps), then the grid

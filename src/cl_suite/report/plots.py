@@ -8,7 +8,7 @@ import math
 import re
 from pathlib import Path
 
-from cl_suite.report.files import replaced_file
+from cl_suite.files import atomic_write
 from cl_suite.report.stats import mean_halfwidth
 from cl_suite.report.table import ConfigRow, format_value
 
@@ -150,8 +150,8 @@ def plot_parameter(sweep_dir: Path, param: str, params: list[str], rows: list[Co
         fig = built[0]
         try:
             path = Path(sweep_dir) / f"report_{re.sub(r'[^A-Za-z0-9_.-]+', '_', param)}.png"
-            with replaced_file(path, "wb") as f:
-                fig.savefig(f, format="png", dpi=100, bbox_inches="tight")  # grown to hold the legend and title
+            # grown to hold the legend and title; written by rename, never through a link planted at the name
+            atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100, bbox_inches="tight"))
         finally:
             plt.close(fig)
     return path

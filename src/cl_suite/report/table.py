@@ -4,6 +4,7 @@ compute a run took."""
 from __future__ import annotations
 
 import csv
+import io
 import math
 import statistics
 from dataclasses import dataclass, field
@@ -11,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from cl_suite.errors import UserError
-from cl_suite.report.files import replaced_file
+from cl_suite.files import atomic_write
 from cl_suite.report.jobs import Job, canonical, drop_repeats, is_ignored
 from cl_suite.report.stats import Comparison, baseline_comparison, compare
 
@@ -540,6 +541,12 @@ def markdown_report(sweep_dir: Path, jobs: list[Job], params: list[str], rows: l
 COMPARISON_COLUMNS = ("diff", "ci_low", "ci_high", "verdict", "n_pairs", "test")
 
 
+def _write_csv(path: Path, rows: list[list]) -> None:
+    text = io.StringIO(newline="")
+    csv.writer(text).writerows(rows)
+    atomic_write(path, lambda f: f.write(text.getvalue().encode()))
+
+
 def write_tables(sweep_dir: Path, jobs: list[Job], params: list[str], rows: list[ConfigRow], metrics: list[str],
                  plots: list[Path], seed_key: str = "seed",
                  repeats: list[tuple[Job, Job]] | None = None) -> dict[str, Path]:
@@ -548,43 +555,42 @@ def write_tables(sweep_dir: Path, jobs: list[Job], params: list[str], rows: list
     repeats = repeats or []
     paths = {"markdown": sweep_dir / "report.md", "csv": sweep_dir / "report.csv",
              "jobs_csv": sweep_dir / "report_jobs.csv"}
-    with replaced_file(paths["markdown"]) as f:
-        f.write(markdown_report(sweep_dir, jobs, params, rows, metrics, plots, seed_key, repeats))
-    with replaced_file(paths["csv"]) as f:
-        writer = csv.writer(f)
-        writer.writerow([*params, "baseline", "seeds", "jobs_ok", "jobs_total", "failed_jobs",
-                         *[f"{m} {s}" for m in metrics for s in ("mean", "std", "n", "best", *COMPARISON_COLUMNS,
-                                                                 "published")],
-                         "published_metric", "published_protocol", "published_source",
-                         "images_per_s", "hours", "hours_unit"])
-        for row in rows:
-            stats = []
-            for metric in metrics:
-                mean, std, n = row.stats.get(metric, (math.nan, math.nan, 0))
-                c = row.comparisons.get(metric)
-                compared = ([c.diff, c.low, c.high, c.verdict, c.n_pairs, c.test] if c else
-                            [math.nan, math.nan, math.nan, "n/a (no values)", 0, "none"])
-                pub = row.published["value"] if row.published and row.published["metric"] == metric else ""
-                stats += [mean, std, n, metric in row.best, *compared, pub]
-            pub = row.published or {}
-            writer.writerow([*[_csv_value(row.values[p]) for p in params], row.is_baseline, len(row.ok_jobs),
-                             len(row.jobs) - len(row.failed), len(row.jobs), " ".join(job.name for job in row.failed),
-                             *stats, pub.get("metric", ""), pub.get("protocol", ""), pub.get("source", ""),
-                             row.images_per_s, row.hours, row.hours_unit])
+    # Written by rename (atomic_write), never through a link someone planted at these names in the sweep dir.
+    markdown = markdown_report(sweep_dir, jobs, params, rows, metrics, plots, seed_key, repeats)
+    atomic_write(paths["markdown"], lambda f: f.write(markdown.encode()))
+    table: list[list] = [[*params, "baseline", "seeds", "jobs_ok", "jobs_total", "failed_jobs",
+                          *[f"{m} {s}" for m in metrics for s in ("mean", "std", "n", "best", *COMPARISON_COLUMNS,
+                                                                  "published")],
+                          "published_metric", "published_protocol", "published_source",
+                          "images_per_s", "hours", "hours_unit"]]
+    for row in rows:
+        stats = []
+        for metric in metrics:
+            mean, std, n = row.stats.get(metric, (math.nan, math.nan, 0))
+            c = row.comparisons.get(metric)
+            compared = ([c.diff, c.low, c.high, c.verdict, c.n_pairs, c.test] if c else
+                        [math.nan, math.nan, math.nan, "n/a (no values)", 0, "none"])
+            pub = row.published["value"] if row.published and row.published["metric"] == metric else ""
+            stats += [mean, std, n, metric in row.best, *compared, pub]
+        pub = row.published or {}
+        table.append([*[_csv_value(row.values[p]) for p in params], row.is_baseline, len(row.ok_jobs),
+                      len(row.jobs) - len(row.failed), len(row.jobs), " ".join(job.name for job in row.failed),
+                      *stats, pub.get("metric", ""), pub.get("protocol", ""), pub.get("source", ""),
+                      row.images_per_s, row.hours, row.hours_unit])
+    _write_csv(paths["csv"], table)
     listed = [(job, job.status, job.reason) for job in jobs]
     listed += [(job, "repeat", f"{job.status}; same settings and seed as {used.name}, which is used")
                for job, used in repeats]
     keys = list(dict.fromkeys([*params, seed_key, *(k for job, _, _ in listed for k in job.overrides)]))
     compute = ["time/wall_s", "time/images_per_s"]
-    with replaced_file(paths["jobs_csv"]) as f:
-        writer = csv.writer(f)
-        writer.writerow(["job", "status", "reason", *keys, *metrics, *[c for c in compute if c not in metrics],
-                         "device", "processes", "published_value", "published_metric", "published_problem"])
-        for job, status, reason in listed:
-            pub = job.published or {}
-            writer.writerow([job.name, status, reason, *[_csv_value(job.value(k)) for k in keys],
-                             *[job.metrics.get(m, "") for m in metrics],
-                             *[job.metrics.get(c, "") for c in compute if c not in metrics],
-                             job.device or "", job.processes or "", pub.get("value", ""), pub.get("metric", ""),
-                             job.published_error])
+    table = [["job", "status", "reason", *keys, *metrics, *[c for c in compute if c not in metrics],
+              "device", "processes", "published_value", "published_metric", "published_problem"]]
+    for job, status, reason in listed:
+        pub = job.published or {}
+        table.append([job.name, status, reason, *[_csv_value(job.value(k)) for k in keys],
+                      *[job.metrics.get(m, "") for m in metrics],
+                      *[job.metrics.get(c, "") for c in compute if c not in metrics],
+                      job.device or "", job.processes or "", pub.get("value", ""), pub.get("metric", ""),
+                      job.published_error])
+    _write_csv(paths["jobs_csv"], table)
     return paths
