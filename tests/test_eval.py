@@ -178,6 +178,29 @@ def test_rince_ap_matches_a_transcription_of_the_rince_code_and_differs_from_the
     assert abs(out["rince_AP"] - out["mAP"]) > 0.5  # another number: the AP of the mean curve
 
 
+def test_retrieval_map_and_precision_match_torchmetrics(tmp_path):
+    """An independent implementation: torchmetrics' RetrievalMAP and RetrievalPrecision on the same
+    scores (shifted positive: torchmetrics counts a score <= 0 as not retrieved), a query without any
+    relevant item included (AP 0) and k larger than the database (divided by k)."""
+    from torchmetrics.retrieval import RetrievalMAP, RetrievalPrecision
+
+    from cl_suite.eval.retrieval import retrieval_metrics
+
+    torch.manual_seed(2)
+    database, db_labels = torch.randn(30, 4), torch.randint(0, 3, (30,))
+    queries, q_labels = torch.randn(11, 4), torch.randint(0, 4, (11,))  # label 3: no relevant item
+    out = retrieval_metrics(queries, q_labels, database, db_labels, ks=(1, 7, 40), chunk_size=3)
+    scores = F.normalize(queries, dim=1) @ F.normalize(database, dim=1).T + 2.0
+    relevant = q_labels[:, None] == db_labels[None, :]
+    ids = torch.arange(11)[:, None].expand_as(scores).flatten()
+    expected = {"mAP": RetrievalMAP(empty_target_action="neg")(scores.flatten(), relevant.flatten(), indexes=ids)}
+    for k in (1, 7, 40):
+        expected[f"P@{k}"] = RetrievalPrecision(top_k=k, empty_target_action="neg")(
+            scores.flatten(), relevant.flatten(), indexes=ids)
+    for key, value in expected.items():
+        assert out[key] == pytest.approx(100 * float(value), abs=1e-4), key
+
+
 def test_retrieval_of_perfectly_clustered_features_is_perfect():
     from cl_suite.eval.retrieval import retrieval_metrics
 

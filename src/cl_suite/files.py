@@ -2,6 +2,7 @@
 at the name), their names shown as one line, their YAML records read without expanding aliases."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import tempfile
@@ -62,3 +63,13 @@ def load_untrusted_yaml(path: str | Path) -> Any:
             raise ValueError(f"{path}: YAML anchors and aliases are not allowed in a run record (Hydra never "
                              "writes them, and nested aliases can expand without bound); refused")
     return OmegaConf.load(path)
+
+
+def read_json_object(path: Path) -> dict | None:
+    """A JSON object from a run folder (metrics.json, eval.json), or None when the file is not one: cut
+    short, not UTF-8, nested past the parser's depth, or a JSON value other than an object."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+        return None
+    return data if isinstance(data, dict) else None

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import inspect
-import json
 import os
 import re
 from pathlib import Path
@@ -23,7 +22,7 @@ from cl_suite.engine.other_datasets import (build_dataset_for_evaluation, datase
 from cl_suite.engine.probe import OnlineProbe
 from cl_suite.engine.validation import ConfigError, validate_evaluate_config, validate_evaluation_against_data
 from cl_suite.errors import MissingPathError
-from cl_suite.files import load_untrusted_yaml
+from cl_suite.files import load_untrusted_yaml, read_json_object
 from cl_suite.eval.protocols import (check_protocols, encode_split, encode_splits, knn_metrics, linear_metrics,
                                      lowshot_protocol_metrics, online_probe_metrics, ood_protocol_metrics,
                                      retrieval_protocol_metrics, transfer_protocol_metrics)
@@ -33,13 +32,11 @@ from cl_suite.eval.protocols import (check_protocols, encode_split, encode_split
 # _target_ a run config may hold. Exact names: a wildcard such as torch.optim.* would also reach
 # torch.optim.sgd.torch.hub.load (Hydra locates a target attribute by attribute).
 LIBRARY_TARGETS = frozenset({"torch.optim.SGD", "torch.optim.AdamW"})
-# The suite's own targets: classes and functions defined in the packages its config groups draw from.
-SUITE_TARGET_MODULES = ("cl_suite.data", "cl_suite.methods", "cl_suite.models", "cl_suite.samplers",
-                        "cl_suite.engine.logger", "cl_suite.engine.optim", "cl_suite.engine.schedule")
-# Where a run config may name a target, and from which of those packages: the top of each config group,
-# what engine/build.py instantiates (and each logger of logger=many). A _target_ anywhere else, inside a
-# group's arguments, would have instantiate build that object too (a CSVLogger given as a backbone's
-# argument writes a file wherever the config says): refused, even for the suite's own classes.
+# Where a run config may name a target, and what: the top of each config group (what engine/build.py
+# instantiates, and each logger of logger=many), a class or function defined in that group's package (or
+# one of LIBRARY_TARGETS for the optimizer). A _target_ anywhere else, inside a group's arguments, would
+# have instantiate build that object too (a CSVLogger given as a backbone's argument writes a file
+# wherever the config says): refused, even for the suite's own classes.
 TARGET_SLOTS = {"dataset": ("cl_suite.data",), "backbone": ("cl_suite.models",), "method": ("cl_suite.methods",),
                 "sampler": ("cl_suite.samplers",), "optimizer": ("cl_suite.engine.optim", *LIBRARY_TARGETS),
                 "scheduler": ("cl_suite.engine.schedule",), "logger": ("cl_suite.engine.logger",)}
@@ -53,6 +50,8 @@ def _target_slot(key_path: str) -> tuple[str, ...] | None:
     if len(parts) == 4 and parts[:2] == ["logger", "loggers"]:
         return TARGET_SLOTS["logger"]
     return None
+
+
 # Resolvers an interpolation in a run config may call: they only read (the environment, other keys,
 # Hydra's own settings, the clock). oc.decode and oc.create are not among them: they build new config
 # nodes from a string when resolved, which could carry a _target_ that the check below never saw.
@@ -94,10 +93,11 @@ def check_run_config(cfg: DictConfig, path: Path) -> None:
     as written, then with its interpolations resolved (a resolver can build a node, e.g. from the default
     of ``oc.select``, and a resolver's name can itself be computed). Refused, naming each key path:
 
-    - a ``_target_`` that is not a class or function defined in the suite's config packages
-      (``SUITE_TARGET_MODULES``; located by importing only cl_suite modules, so a path through a module's
-      imports such as ``cl_suite.engine.trainer.subprocess.getoutput`` is refused too) nor one of
-      ``LIBRARY_TARGETS``; a ``_target_`` that is not a plain string, or is an interpolation;
+    - a ``_target_`` anywhere but at the top of a config group, or one that is not a class or function
+      defined in that group's package (``TARGET_SLOTS``; located by importing only cl_suite modules, so a
+      path through a module's imports such as ``cl_suite.data.cifar.os.system`` is refused too) nor, for
+      the optimizer, one of ``LIBRARY_TARGETS``; a ``_target_`` that is not a plain string, or is an
+      interpolation;
     - an interpolation calling a resolver outside ``SAFE_RESOLVERS`` and the suite's own ``cl_suite.*``
       ones, or one whose resolver or key name is itself computed (``${${x}:...}``): the written check
       runs before resolution, so resolution only ever calls resolvers that read values.
@@ -113,16 +113,22 @@ def check_run_config(cfg: DictConfig, path: Path) -> None:
         raise ConfigError(
             f"{path}: refused, this run config names code that evaluate.py does not run:\n  "
             + "\n  ".join(problems.values())
-            + f"\nAllowed: the suite's own classes ({', '.join(m + '.*' for m in SUITE_TARGET_MODULES)}) and "
-              f"{', '.join(sorted(LIBRARY_TARGETS))}; interpolations through {', '.join(sorted(SAFE_RESOLVERS))} "
+            + "\nAllowed: " + ", ".join(f"{group}._target_: " + " or ".join(map(_shown, allowed))
+                                         for group, allowed in TARGET_SLOTS.items())
+            + f"; interpolations through {', '.join(sorted(SAFE_RESOLVERS))} "
               "or cl_suite.* resolvers. Nothing was instantiated. Did train.py write this folder?")
+
+
+def _shown(allowed: str) -> str:
+    return allowed if allowed in LIBRARY_TARGETS else allowed + ".*"
 
 
 def _check_target(key_path: str, value: Any, problems: dict[str, str]) -> None:
     allowed = _target_slot(key_path)
     if allowed is None:
-        problem = (f"is not at the top of a config group: a _target_ may only be {', '.join(f'{g}._target_' for g in TARGET_SLOTS)} "
-                   "or logger.loggers.<name>._target_")
+        slots = ", ".join(f"{group}._target_" for group in TARGET_SLOTS)
+        problem = (f"is not at the top of a config group: a _target_ may only be {slots} or "
+                   "logger.loggers.<name>._target_")
     else:
         problem = _target_problem(value, allowed)
     if problem:
@@ -205,14 +211,14 @@ def _target_problem(target: Any, allowed: tuple[str, ...]) -> str | None:
     if not target.startswith("cl_suite."):
         return "is not one of the suite's own targets nor an allowed library class"
     if not any(target.startswith(package + ".") for package in allowed):
-        return f"is not allowed there (only {', '.join(p + '.*' for p in allowed)})"
+        return f"is not allowed there (only {', '.join(_shown(p) for p in allowed)})"
     try:
         obj = _locate(target)  # imports cl_suite modules only: every candidate module is under cl_suite.
     except Exception:
         return "cannot be found in cl_suite"
     module = getattr(obj, "__module__", None) or ""
     if not (inspect.isclass(obj) or inspect.isfunction(obj)) or not any(
-            module == allowed or module.startswith(allowed + ".") for allowed in SUITE_TARGET_MODULES):
+            module == package or module.startswith(package + ".") for package in allowed):
         return f"is not a class or function of the suite's config packages (it is {module or type(obj).__name__})"
     return None
 
@@ -249,9 +255,9 @@ def evaluate_run(cfg: DictConfig) -> dict[str, Any]:
 
     The file holds the checkpoint, its step and epoch, the data set, ``protocols`` (each protocol's
     metrics), ``settings`` (per protocol, the evaluation settings, seed and data sets with their
-    ``*_root`` folders that produced them) and ``metrics`` (all numbers, flat). Protocols evaluated earlier on the same
-    checkpoint, step and data set and not re-run now are kept with their settings, so ``protocol=ood``
-    after ``protocol=[linear,knn]`` adds to the file instead of replacing it.
+    ``*_root`` folders that produced them) and ``metrics`` (all numbers, flat). Protocols evaluated
+    earlier on the same checkpoint, step and data set and not re-run now are kept with their settings,
+    so ``protocol=ood`` after ``protocol=[linear,knn]`` adds to the file instead of replacing it.
 
     Without ``run``, ``checkpoint`` is a backbone file of ``python -m cl_suite.export`` (see
     ``exported_backbone``): the same protocols (the linear one without the online probe, which is not
@@ -438,12 +444,7 @@ def _merge_with_previous(path: Path, result: dict[str, Any]) -> dict[str, Any]:
     """Keep the protocols (with the settings each ran with) of an earlier evaluation file of the same
     checkpoint, step and data set that were not re-run now; anything else in it is replaced."""
     if path.is_file():
-        try:
-            previous = json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError, ValueError, RecursionError):
-            previous = {}  # a damaged (or crafted, nested past the parser's depth) file: replaced, never half-used
-        if not isinstance(previous, dict):
-            previous = {}
+        previous = read_json_object(path) or {}  # a damaged or crafted file: replaced, never half-used
         same = all(previous.get(k) == result[k] for k in ("step", "dataset")) and _same_file(
             previous.get("checkpoint"), result["checkpoint"])  # best.pt may be last.pt's hard link
         if same and isinstance(previous.get("protocols"), dict) and isinstance(previous.get("settings"), dict):

@@ -284,17 +284,19 @@ def check_training_state(path: Path, state: dict[str, Any]) -> None:
                               f"{_fallback_hint(path)}")
 
 
-def applied_or_explained(path: Path, what: str, apply: Callable[[], Any], saved: dict | None = None,
-                         fresh: dict | None = None) -> Any:
-    """``apply()`` (a ``load_state_dict`` of one part of a checkpoint); an error it raises on a state that
-    does not fit this run (a wrong shape, a missing key, a foreign type) becomes a ``CheckpointError``.
-    With ``saved`` and ``fresh`` (that part's state in the file and in this run) a key this run's state
-    does not have is refused first: an lr scheduler's ``load_state_dict`` sets any key as an attribute
-    (an ``optimizer`` key would replace its optimizer)."""
-    unknown = sorted(map(str, set(saved) - set(fresh))) if saved is not None and fresh is not None else []
+def check_known_keys(path: Path, what: str, saved: dict, fresh: dict) -> None:
+    """Refuse a saved state (``saved``) with keys this run's state of that part (``fresh``) lacks: an lr
+    scheduler's ``load_state_dict`` sets any key as an attribute (an ``optimizer`` key replaced its
+    optimizer, and the run failed at its first step)."""
+    unknown = sorted(map(str, set(saved) - set(fresh)))
     if unknown:
         raise CheckpointError(f"checkpoint {str(path)!r}: its {what} state has keys this run's has not: "
                               f"{unknown[:5]}{_fallback_hint(path)}")
+
+
+def applied_or_explained(path: Path, what: str, apply: Callable[[], Any]) -> Any:
+    """``apply()`` (a ``load_state_dict`` of one part of a checkpoint); an error it raises on a state that
+    does not fit this run (a wrong shape, a missing key, a foreign type) becomes a ``CheckpointError``."""
     try:
         return apply()
     except (KeyError, ValueError, TypeError, RuntimeError, IndexError, AttributeError) as err:

@@ -568,13 +568,11 @@ class Trainer:
         ckpt.check_same_model(path, saved, current)
         ckpt.load_state_or_explain(self.method, state["method"], path, "method", saved, current)
         ckpt.load_state_or_explain(self.probe, state["probe"], path, "online probe", saved, current)
+        ckpt.check_known_keys(path, "lr schedule", state["scheduler"], self.scheduler.state_dict())
         for what, part, key in [("optimizer", self.optimizer, "optimizer"),
                                 ("online probe's optimizer", self.probe_optimizer, "probe_optimizer"),
                                 ("lr schedule", self.scheduler, "scheduler"), ("AMP scaler", self.scaler, "scaler")]:
-            # The schedule's keys are checked first: LRScheduler.load_state_dict sets any key as an attribute.
-            # (The scaler's are not: a disabled scaler, e.g. an fp16 run resumed in fp32, has none and ignores them.)
-            known = (state[key], part.state_dict()) if key == "scheduler" else (None, None)
-            ckpt.applied_or_explained(path, what, lambda part=part, key=key: part.load_state_dict(state[key]), *known)
+            ckpt.applied_or_explained(path, what, lambda part=part, key=key: part.load_state_dict(state[key]))
         ckpt.check_optimizer_state(path, self.optimizer, "optimizer")
         ckpt.check_optimizer_state(path, self.probe_optimizer, "online probe's optimizer")
         self.step, self.history = state["step"], state["history"]

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import itertools
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,7 +10,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from cl_suite.sweeps import override_values, parse_overrides
-from cl_suite.files import load_untrusted_yaml, printable
+from cl_suite.files import load_untrusted_yaml, printable, read_json_object
 
 
 @dataclass
@@ -206,7 +205,7 @@ def read_job(run_dir: Path, sweep_dir: Path) -> Job:
     if not metrics_path.is_file():
         job.status, job.reason = "failed", "no metrics.json (crashed before its first checkpoint)"
         return job
-    history = read_json_record(metrics_path)
+    history = read_json_object(metrics_path)
     if history is None:
         job.status, job.reason = "failed", "metrics.json is not a readable run record"
         return job
@@ -228,7 +227,7 @@ def _final_evaluation(path: Path, final_step: Any) -> dict[str, float]:
     """evaluate.py's numbers of the run's final checkpoint as ``eval/<key>``: its ``eval.json`` (the
     newest checkpoint's), used only when it was written at the final step (evaluated while the run was
     still training, it describes an earlier checkpoint) and when it is readable JSON."""
-    evaluated = read_json_record(path) if path.is_file() else None
+    evaluated = read_json_object(path) if path.is_file() else None
     if evaluated is None or evaluated.get("step") != final_step:
         return {}
     metrics = evaluated.get("metrics") if isinstance(evaluated.get("metrics"), dict) else {}
@@ -435,15 +434,6 @@ def _is_number(value) -> bool:
     except OverflowError:
         return False
 
-
-def read_json_record(path: Path) -> dict | None:
-    """A JSON object from a run folder (metrics.json, eval.json), or None when the file is not one: cut
-    short, not UTF-8, nested past the parser's depth, or a JSON value other than an object."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
-        return None
-    return data if isinstance(data, dict) else None
 
 
 def _natural_key(path: Path) -> list:
