@@ -149,7 +149,7 @@ def _built(value: object) -> object:
         return {k: _built(v) for k, v in value.items()}
     if isinstance(value, list):
         return [_built(v) for v in value]
-    if isinstance(value, (_PickledDtype, _NDARRAY)) or value is _NDARRAY:
+    if isinstance(value, _PickledDtype) or value is _NDARRAY:
         raise _Refused("a bare numpy dtype or type")
     return value
 
