@@ -9,12 +9,14 @@ from pathlib import Path
 
 import pytest
 import yaml
+from hydra import compose, initialize_config_dir
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf, open_dict
 
-from cl_suite.engine.trainer import train
+from cl_suite.engine.trainer import drop_outdated_published, train
 from cl_suite.engine.validation import ConfigError, best_metric_names, validate_train_config
 from helpers import CONF, ROOT, compose_train, group_options, run_cli
 
@@ -170,15 +172,44 @@ def test_recipe_trains_two_steps_on_the_digits_stand_in(name, tmp_path):
     assert final["step"] == 2 and 0 <= final["linear/top1"] <= 100
 
 
+@pytest.mark.parametrize("overrides, changed", [
+    ([], None),
+    (["dataset.root=/elsewhere", "dataset.download=true", "seed=3", "logger=csv", "trainer.progress_bar=false",
+      "evaluation.batch_size=64", "evaluation.embedding_snapshot=0"], None),  # the same setting
+    (["trainer.epochs=10"], "trainer.epochs=10"),
+    (["dataset=stl10"], "dataset=stl10"),
+    (["sampler.tau_plus=0.2", "seed=1"], "sampler.tau_plus=0.2"),
+    (["backbone.depth=18"], "backbone.depth=18"),
+    (["dataset.augment.crop_scale=[0.2,1.0]"], "dataset.augment.crop_scale=[0.2, 1.0]"),
+    (["evaluation.linear.epochs=1"], "evaluation.linear.epochs=1"),
+    (["scheduler=warmup_cosine"], "scheduler=warmup_cosine"),
+    (["debug=fast"], "debug=fast"),
+])
+def test_a_run_that_changes_the_recipes_setting_drops_its_published_number(overrides, changed):
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
+        cfg = compose(config_name="train", overrides=["experiment=dcl_stl10", *overrides], return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    try:
+        note = drop_outdated_published(cfg)
+    finally:
+        HydraConfig.instance().cfg = None
+    if changed is None:
+        assert note is None and cfg.published.value == recipe_body("dcl_stl10")["published"]["value"]
+    else:
+        assert cfg.published is None and note.startswith("published=null") and note.endswith(f"setting: {changed})")
+
+
 @pytest.mark.slow
-def test_recipe_published_block_is_saved_in_the_run_record(tmp_path):
+def test_recipe_run_on_another_data_set_records_no_published_number(tmp_path):
     args = ["experiment=solo_simclr_cifar10", "dataset=digits", "backbone=small_convnet", "logger=none",
             "trainer.max_steps=2", "trainer.eval_at_init=false", "trainer.progress_bar=false", "trainer.device=cpu",
             "evaluation.linear.epochs=1", "evaluation.embedding_snapshot=0", f"hydra.run.dir={tmp_path}"]
     proc = run_cli("train.py", args)
     assert proc.returncode == 0, proc.stderr[-3000:]
     record = yaml.safe_load((tmp_path / ".hydra" / "config.yaml").read_text())
-    assert record["published"] == recipe_body("solo_simclr_cifar10")["published"]
+    assert record["published"] is None and recipe_body("solo_simclr_cifar10")["published"]["value"] > 0
+    assert "published=null: the recipe's published number is not this run's reference" in proc.stdout
+    assert "dataset=digits, backbone=small_convnet, trainer.max_steps=2" in proc.stdout
     assert record["dataset"]["name"] == "digits" and record["method"]["temperature"] == 0.2
     assert "experiment=solo_simclr_cifar10" in (tmp_path / ".hydra" / "overrides.yaml").read_text()
 

@@ -33,6 +33,29 @@ def override_values(overrides: list[str]) -> dict[str, Any]:
     return out
 
 
+# Command-line overrides after which a recipe's published number no longer describes the run: another data
+# set, augmentation, model, objective, optimizer, schedule, length or read-out protocol (study.sh sets
+# published=null for its grids instead). Where the data lies and how it is read do not count.
+SETTING_GROUPS = ("dataset", "backbone", "method", "sampler", "optimizer", "scheduler", "evaluation", "debug")
+SETTING_KEYS = ("trainer.epochs", "trainer.batch_size", "trainer.max_steps")
+SETTING_PREFIXES = ("dataset.", "backbone.", "method.", "sampler.", "optimizer.", "scheduler.",
+                    "evaluation.knn.", "evaluation.linear.")
+DATA_LOCATION_KEYS = ("dataset.root", "dataset.download", "dataset.verify_integrity", "dataset.cache")
+
+
+def setting_changing_overrides(overrides: dict[str, Any]) -> list[str]:
+    """The overrides (``key=value``) of ``overrides`` that change what a recipe's published number measured;
+    ``dataset.root`` (where the data is), ``seed``, loggers and the like do not."""
+    def changes(key: str) -> bool:
+        key = key.lstrip("+~")
+        if key in DATA_LOCATION_KEYS:
+            return False
+        return key in SETTING_GROUPS or key in SETTING_KEYS or key.startswith(SETTING_PREFIXES) or key in (
+            "evaluation.knn", "evaluation.linear")
+
+    return [f"{k}={v}" for k, v in overrides.items() if changes(k)]
+
+
 def swept_keys(sweep_dir: Path) -> list[str]:
     """The keys a Hydra multirun swept, from its ``multirun.yaml``: command-line sweeps (``a=1,2``,
     ``range(...)``, ``glob(...)``) and ``hydra.sweeper.params`` (sweeps kept in a config, Optuna).

@@ -113,6 +113,25 @@ def save_hydra_record(run_dir: Path, cfg: DictConfig) -> None:
         (record / name).write_text(OmegaConf.to_yaml(node), encoding="utf-8")
 
 
+def drop_outdated_published(cfg: DictConfig) -> str | None:
+    """A recipe's ``published`` number describes the recipe's own setting. A run started with overrides that
+    change it (another data set, model, objective, optimizer, schedule or length) keeps no ``published``
+    block, so neither its config, nor wandb, nor the report shows the number beside a run it does not
+    describe. Returns the note to print, or None when nothing was dropped."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from cl_suite.sweeps import override_values, setting_changing_overrides
+
+    if cfg.get("published") is None or not HydraConfig.initialized():
+        return None
+    changed = setting_changing_overrides(override_values(list(HydraConfig.get().overrides.task)))
+    if not changed:
+        return None
+    cfg.published = None
+    return (f"published=null: the recipe's published number is not this run's reference (the run changes its "
+            f"setting: {', '.join(changed)})")
+
+
 def _record_refused_job(cfg: DictConfig) -> None:
     """A job whose config is refused still leaves its record (a sweep report then lists it as failed),
     unless another job owns the folder."""
@@ -159,9 +178,12 @@ def _train(cfg: DictConfig, device_type: str, run_log: RunLog, augment: AugmentC
                               f"processes: the global batch is split evenly, so it must be a multiple of "
                               f"{get_world_size()}")
         teardown.enter_context(own_run_folder(Path(cfg.paths.output_dir)))  # before the loop writes anything
+        outdated = drop_outdated_published(cfg)  # before the config is recorded anywhere
         if is_main_process():
             save_hydra_record(Path(cfg.paths.output_dir), cfg)
             run_log.open(Path(cfg.paths.output_dir))
+            if outdated:
+                say(outdated)
         threads, why = set_threads(cfg.trainer.threads, device_type)
         if is_main_process():
             say(f"device {device_type}, {threads} CPU thread(s) ({why}; trainer.threads={cfg.trainer.threads})")

@@ -9,7 +9,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from cl_suite.sweeps import override_values, parse_overrides
+from cl_suite.sweeps import override_values, parse_overrides, setting_changing_overrides
 from cl_suite.files import load_untrusted_yaml, printable, read_json_object
 
 
@@ -169,20 +169,6 @@ def read_choices(hydra_path: Path) -> dict[str, str | None]:
     if not isinstance(choices, dict):
         return {}
     return {str(k): None if v is None else str(v) for k, v in choices.items() if not str(k).startswith("hydra")}
-
-
-# Command-line overrides after which a recipe's published number no longer describes the run: another data
-# set, model, objective, optimizer, schedule or length (study.sh sets published=null for its grids instead).
-SETTING_GROUPS = ("dataset", "backbone", "method", "sampler", "optimizer", "scheduler", "debug")
-SETTING_KEYS = ("trainer.epochs", "trainer.batch_size", "trainer.max_steps")
-
-
-def setting_changing_overrides(overrides: dict[str, Any]) -> list[str]:
-    """The overrides (``key=value``) of ``overrides`` that change what a recipe's published number measured;
-    ``dataset.root`` (where the data is) and the like do not."""
-    return [f"{k}={v}" for k, v in overrides.items()
-            if k.lstrip("+~") in SETTING_GROUPS or k.lstrip("+~") in SETTING_KEYS
-            or k.lstrip("+~").split(".")[0] in ("backbone", "method", "sampler", "optimizer")]
 
 
 def read_job(run_dir: Path, sweep_dir: Path) -> Job:
