@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from cl_suite.objectives import HardLogRatio
 from cl_suite.samplers import Contrast, DebiasedSampler, HardSampler, MixingSampler, RingSampler, UniformSampler
 from helpers import simclr_on_raw_embeddings
 
@@ -105,6 +106,31 @@ def test_hard_equals_the_hcl_equation(views, beta, tau_plus):
     out = assert_matches(HardSampler(beta=beta, tau_plus=tau_plus), dcl_mass(tau_plus, hcl_reweight(beta)), *views)
     # Peaked weights use fewer effective negatives than the 10 candidates.
     assert out.stats["negatives/effective"] < 10
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.5, 1.0, 3.0])
+def test_hcl_log_ratio_and_its_hand_written_gradient(beta):
+    # HardLogRatio's backward is written by hand: check it against autograd's numerical gradient (float64),
+    # with masked candidates more similar than every kept one (the shift must use the kept ones) and a row
+    # with one kept candidate; the value against the two log-sum-exps it replaces, at t = 0.05 where
+    # unshifted exponentials would overflow float32.
+    torch.manual_seed(1)
+    sim = torch.rand(5, 7, dtype=torch.float64) * 2 - 1
+    mask = torch.rand(5, 7) > 0.3
+    mask[:, 0] = True
+    mask[1] = False
+    mask[1, 3] = True
+    sim[~mask] = 1.0
+    t = 0.05
+    sim.requires_grad_()
+    assert torch.autograd.gradcheck(lambda x: HardLogRatio.apply(x, mask, t, beta), (sim,))
+    x = (sim.detach() / t)
+    expected = (torch.logsumexp(((1 + beta) * x).masked_fill(~mask, float("-inf")), dim=1)
+                - torch.logsumexp((beta * x).masked_fill(~mask, float("-inf")), dim=1))
+    torch.testing.assert_close(HardLogRatio.apply(sim.detach().float(), mask, t, beta).double(), expected,
+                               rtol=1e-5, atol=1e-5)
+    grad = torch.autograd.grad(HardLogRatio.apply(sim, mask, t, beta).sum(), sim)[0]
+    assert grad[~mask].abs().max() == 0
 
 
 @pytest.mark.parametrize("u, l", [(1.0, 0.0), (0.7, 0.3), (0.5, 0.1), (0.35, 0.5)])
