@@ -238,7 +238,7 @@ def ring_selection(cand_sim: torch.Tensor, mask: torch.Tensor, outer_fraction: f
 def ring_log_mass(cand_sim: torch.Tensor, selection: RingSelection, temperature: float) -> torch.Tensor:
     """Ring's negative mass over the selected negatives (Wu et al. 2021): N_a = sum over the ring (or
     over the draws, a candidate drawn twice counting twice) of exp(s_aj / t). (A,)."""
-    logits = (cand_sim / temperature).gather(1, selection.index)
+    logits = cand_sim.gather(1, selection.index) / temperature  # gather first: the division on (A, k) only
     if selection.keep is not None:
         logits = logits.masked_fill(~selection.keep, float("-inf"))
     return torch.logsumexp(logits, dim=1)
