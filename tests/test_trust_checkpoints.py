@@ -190,6 +190,26 @@ def test_run_config_naming_foreign_code_is_refused_before_anything_is_instantiat
     assert not (run_dir / "eval.json").exists()
 
 
+@pytest.mark.parametrize("value, named", [
+    ("${oc.dict.values:nowhere}", "dataset.split_seed: ${oc.dict.values:nowhere} (ConfigKeyError raised while "
+                                  "resolving interpolation: Key not found: 'nowhere')"),
+    ("${nowhere.at_all}", "dataset.split_seed: ${nowhere.at_all} (Interpolation key 'nowhere.at_all' not found)"),
+    ("???", "dataset.split_seed: ??? (Missing mandatory value: dataset.split_seed)"),
+])
+def test_run_config_with_unresolvable_values_is_refused_naming_them(finished_run, tmp_path, value, named):
+    run_dir = copy_run(finished_run, tmp_path / "run")
+    config = OmegaConf.to_container(OmegaConf.load(run_dir / ".hydra" / "config.yaml"))
+    config["dataset"]["split_seed"] = value
+    (run_dir / ".hydra" / "config.yaml").write_text(OmegaConf.to_yaml(config))
+
+    from cl_suite.engine.validation import ConfigError
+    with pytest.raises(ConfigError) as err:
+        evaluate(run_dir)
+    message = str(err.value)
+    assert "values of this run config cannot be resolved" in message and named in message, message
+    assert not (run_dir / "eval.json").exists()
+
+
 def with_marker(value, marker: Path):
     if isinstance(value, dict):
         return {k: with_marker(v, marker) for k, v in value.items()}

@@ -22,7 +22,7 @@ from cl_suite.engine.other_datasets import (build_dataset_for_evaluation, datase
 from cl_suite.engine.probe import OnlineProbe
 from cl_suite.engine.validation import ConfigError, validate_evaluate_config, validate_evaluation_against_data
 from cl_suite.errors import MissingPathError
-from cl_suite.files import load_untrusted_yaml, read_json_object
+from cl_suite.files import load_untrusted_yaml, printable, read_json_object
 from cl_suite.eval.protocols import (check_protocols, encode_split, encode_splits, knn_metrics, linear_metrics,
                                      lowshot_protocol_metrics, online_probe_metrics, ood_protocol_metrics,
                                      retrieval_protocol_metrics, transfer_protocol_metrics)
@@ -106,9 +106,13 @@ def check_run_config(cfg: DictConfig, path: Path) -> None:
       of the suite writes them (a partial object in place of a data set fails later, unexplained).
     """
     problems: dict[str, str] = {}  # one line per key path, in the order found
+    unresolvable: dict[str, str] = {}
     _check_written(OmegaConf.to_container(cfg, resolve=False), "", problems)
     if not problems:  # resolution only calls the resolvers allowed above: it reads, it never runs code
-        _check_resolved(cfg, problems)
+        _check_resolved(cfg, problems, unresolvable)
+    if unresolvable and not problems:
+        raise ConfigError(f"{path}: refused, values of this run config cannot be resolved:\n  "
+                          + "\n  ".join(unresolvable.values()) + "\nDid train.py write this folder?")
     if problems:
         raise ConfigError(
             f"{path}: refused, this run config names code that evaluate.py does not run:\n  "
@@ -167,10 +171,10 @@ _INTERPOLATION_NAME = re.compile(r"\s*([\w.\-\[\]]+)\s*([:}])")  # a written key
 _MAX_RESOLVED_VALUES = 100_000  # a config whose resolution goes on (a node that contains itself) is refused
 
 
-def _check_resolved(cfg: DictConfig, problems: dict[str, str]) -> None:
+def _check_resolved(cfg: DictConfig, problems: dict[str, str], unresolvable: dict[str, str]) -> None:
     """The ``_target_`` values of ``cfg`` with its interpolations resolved, including nodes that only exist
-    after resolution. A value that cannot be resolved here (``${hydra:...}`` outside Hydra) is skipped: it
-    cannot be resolved when instantiating either."""
+    after resolution. A value that cannot be resolved (an interpolation of a missing key, ``???``) goes to
+    ``unresolvable``, but for ``${hydra:...}`` values: Hydra's own record resolves only inside Hydra."""
     stack: list[tuple[Any, str]] = [(cfg, "")]
     visited = 0
     while stack:
@@ -187,11 +191,16 @@ def _check_resolved(cfg: DictConfig, problems: dict[str, str]) -> None:
                 problems.setdefault("", f"{where}: resolving the config does not end (a node that contains "
                                         "itself?); refused")
                 return
+            key_path = f"{where}[{key}]" if isinstance(key, int) else (f"{where}.{key}" if where else str(key))
             try:
                 value = node[key]
-            except Exception:  # unresolvable now, and when instantiating
+            except Exception as error:  # noqa: BLE001 - any failure to resolve is the same refusal
+                written = str(node._get_node(key)._value())  # the value as the file writes it
+                if "${hydra:" not in written:
+                    reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+                    unresolvable.setdefault(key_path,
+                                            f"{key_path}: {printable(written)[:200]} ({printable(reason)[:200]})")
                 continue
-            key_path = f"{where}[{key}]" if isinstance(key, int) else (f"{where}.{key}" if where else str(key))
             if key == "_target_":
                 _check_target(key_path, value, problems)
             elif key in INSTANTIATE_KEYS:
