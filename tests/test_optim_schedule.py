@@ -73,6 +73,58 @@ def test_multi_tensor_lars_matches_a_per_parameter_loop_over_steps_and_groups():
             torch.testing.assert_close(f.detach(), s_.detach(), rtol=1e-6, atol=1e-7)
 
 
+def solo_learn_lars_step(params, buffers, lr, momentum, wd, eta, clip):
+    """A transcription of solo-learn's LARS step (solo/utils/lars.py, copied from lightning-bolts), for the
+    parameters it adapts: trust = eta ||p|| / (||g|| + wd ||p|| + eps) from the raw gradient's norm, with
+    ``clip_lars_lr`` scaled to min(trust / lr, 1); then d = (g + wd p) * trust, PyTorch SGD momentum."""
+    for i, p in enumerate(params):
+        d = p.grad
+        p_norm, g_norm = torch.norm(p.data), torch.norm(p.grad.data)
+        if p_norm != 0 and g_norm != 0:
+            lars_lr = p_norm / (g_norm + p_norm * wd + 1e-8) * eta
+            if clip:
+                lars_lr = min(lars_lr / lr, 1)
+            d = d.add(p, alpha=wd) * lars_lr
+        buffers[i] = torch.clone(d).detach() if buffers[i] is None else buffers[i].mul_(momentum).add_(d)
+        p.data.add_(buffers[i], alpha=-lr)
+
+
+@pytest.mark.parametrize("clip", [False, True])
+def test_lars_with_solo_learns_trust_ratio_and_clip_matches_its_code(clip):
+    # lr changes between steps (as under a schedule): the clip compares trust with the current rate. The
+    # rates fall below the trust ratios, so the clip binds.
+    torch.manual_seed(0)
+    shapes = [(6, 4), (3, 3, 2), (8, 5)]
+    fast = [nn.Parameter(torch.randn(s)) for s in shapes]
+    slow = [nn.Parameter(p.detach().clone()) for p in fast]
+    unclipped = [nn.Parameter(p.detach().clone()) for p in fast]
+    opt = LARS(fast, lr=0.4, momentum=0.9, weight_decay=1e-4, eta=0.02, clip_lr=clip,
+               trust_denominator="grad_and_decay_norms")
+    plain = LARS(unclipped, lr=0.4, momentum=0.9, weight_decay=1e-4, eta=0.02, trust_denominator="grad_and_decay_norms")
+    buffers = [None] * len(slow)
+    for step, lr in enumerate([0.4, 0.01, 0.005]):
+        for group in opt.param_groups + plain.param_groups:
+            group["lr"] = lr
+        grads = [torch.randn(s) * (10.0 ** (i - 1)) for i, s in enumerate(shapes)]
+        for f, s_, u, g in zip(fast, slow, unclipped, grads):
+            f.grad, s_.grad, u.grad = g.clone(), g.clone(), g.clone()
+        opt.step()
+        plain.step()
+        solo_learn_lars_step(slow, buffers, lr, 0.9, 1e-4, 0.02, clip)
+        for f, s_ in zip(fast, slow):
+            torch.testing.assert_close(f.detach(), s_.detach(), rtol=1e-6, atol=1e-7)
+    clipped_layers = sum(not torch.allclose(f, u, rtol=0, atol=1e-7) for f, u in zip(fast, unclipped))
+    assert (clipped_layers > 0) == clip  # the clip binds here (the rates fall below the trust ratios)
+    # the two forms differ: the default divides by the decayed gradient's norm
+    moved, grad = [], torch.randn_like(slow[0])
+    for form in ("update_norm", "grad_and_decay_norms"):
+        w = nn.Parameter(slow[0].detach().clone())
+        w.grad = grad.clone()
+        LARS([w], lr=0.1, weight_decay=0.5, eta=0.02, trust_denominator=form).step()
+        moved.append((w.detach() - slow[0].detach()).norm().item())
+    assert moved[0] > 1.05 * moved[1]  # ||g + wd w|| <= ||g|| + wd ||w||: the default's steps are longer
+
+
 def test_bias_and_norm_parameters_get_no_decay_and_no_adaptation():
     model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Linear(8, 2))
     decay, no_decay = parameter_groups(model, weight_decay=0.1, exclude_bias_and_norm=True)
@@ -113,3 +165,24 @@ def test_warmup_cosine_scheduler_drives_the_optimizer_lr():
     assert lrs[5] == pytest.approx(2.0) and lrs[-1] < 0.05
     with pytest.raises(ValueError, match="min_lr_ratio"):
         warmup_cosine(opt, 5, 20, warmup_epochs=1, min_lr_ratio=2.0)
+
+
+@pytest.mark.parametrize("warmup_prefix", [True, False])
+def test_cosine_after_warmup_matches_timms_cosine_scheduler(warmup_prefix):
+    # davidsvy's MoCHi code: timm CosineLRScheduler(t_initial=total, warmup_t=10%, lr_min, t_in_epochs=False),
+    # warmup_prefix left at timm's default (False): the recipe's scheduler.warmup_prefix=false. Compared after
+    # the warm-up (timm's warm-up starts at warmup_lr_init, the suite's at lr / warmup_steps).
+    from timm.scheduler.cosine_lr import CosineLRScheduler
+
+    total, warm, base, lr_min = 1000, 100, 2e-4, 2.5e-6
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=base)
+    # timm's prefixed cosine lasts t_initial steps after the warm-up; the suite's ends with the run
+    timm_sched = CosineLRScheduler(opt, t_initial=total - warm if warmup_prefix else total, lr_min=lr_min,
+                                   warmup_lr_init=1e-7, warmup_t=warm, cycle_limit=1, t_in_epochs=False,
+                                   warmup_prefix=warmup_prefix)
+    for step in [warm, warm + 1, 250, 500, 999, 1000, 1200]:
+        expected = timm_sched._get_lr(step)[0]
+        ours = base * warmup_cosine_factor(step, total, warm, lr_min / base, warmup_prefix=warmup_prefix)
+        assert ours == pytest.approx(expected, rel=1e-9), step
+    assert warmup_cosine_factor(warm, total, warm, 0.0, warmup_prefix=False) == pytest.approx(
+        0.5 * (1 + math.cos(math.pi * 0.1)))  # 0.976: the rate is already decayed when the warm-up ends

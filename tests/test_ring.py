@@ -49,8 +49,9 @@ def authors_simclr_ring(out1, out2, t, u, l):
 
 
 def authors_ir_ring(q, indices, bank, t, u, l, draws):
-    """NCERing (NCEBall when l = 0): top int(u N) of the whole bank, the hole cut off, then the given
-    (B, k-1) positions drawn with replacement in the ring picked, the positive prepended."""
+    """NCERing: top int(u N) of the whole bank, the hole cut off, then the given (B, k-1) positions drawn
+    with replacement in the ring picked, the positive prepended. At l = 0 this is the paper's IR-Ball
+    (``method=ir_ball``), not the code's NCEBall, whose ball is top int(u B) with B the batch size."""
     pos = (q * bank[indices]).sum(dim=1) / t
     top, _ = torch.topk(q @ bank.T / t, int(u * bank.shape[0]), dim=1)  # sorted, descending
     ring = top[:, int(l * top.shape[1]):]

@@ -9,22 +9,41 @@ from torch import nn
 SUITE_KEYS = ("name", "batch_size_reference", "exclude_bias_and_norm")
 
 
+TRUST_DENOMINATORS = ("update_norm", "grad_and_decay_norms")
+
+
 class LARS(torch.optim.Optimizer):
     """SGD with momentum and layer-wise adaptive rate scaling (You, Gitman, Ginsburg 2017).
 
-    For each parameter with ``lars_adaptation`` on, the update is scaled by the trust ratio
-    ``eta * ||w|| / (||g|| + wd * ||w||)`` (1 where either norm is zero). As in SimCLR and BYOL,
-    biases and normalisation parameters are usually excluded from both weight decay and the
-    adaptation: ``build_optimizer`` puts them in a group with ``lars_adaptation=False``.
+    For each parameter with ``lars_adaptation`` on, the update u = g + wd * w is scaled by the trust ratio
+
+        trust_denominator="update_norm" (default):   eta * ||w|| / ||g + wd * w||
+            as SimCLR's LARS (google-research/simclr, lars_optimizer.py: the norm of the decayed gradient);
+        trust_denominator="grad_and_decay_norms":    eta * ||w|| / (||g|| + wd * ||w|| + 1e-8)
+            as lightning-bolts' LARS, which solo-learn (solo/utils/lars.py) and the NNCLR/KMCLR CIFAR-100
+            code (mwritescode/nnclr-cifar100, src/utils/training/optim.py) copy;
+
+    1 where either norm is zero. ``clip_lr`` (solo-learn's ``clip_lars_lr``): the scale is
+    min(trust / lr, 1) with lr the group's current (scheduled) rate, so the layer's effective rate is
+    min(trust, lr) instead of lr * trust. The step is w -= lr * v with v = momentum * v + scaled update
+    (PyTorch's SGD momentum; the first step's buffer is the update). As in SimCLR and BYOL, biases and
+    normalisation parameters are usually excluded from both weight decay and the adaptation:
+    ``build_optimizer`` puts them in a group with ``lars_adaptation=False`` (plain momentum SGD).
     """
 
     def __init__(self, params, lr: float, momentum: float = 0.9, weight_decay: float = 0.0, eta: float = 0.02,
-                 lars_adaptation: bool = True):
+                 lars_adaptation: bool = True, clip_lr: bool = False, trust_denominator: str = "update_norm"):
         if lr <= 0 or not 0 <= momentum < 1 or weight_decay < 0 or eta <= 0:
             raise ValueError(f"LARS: need lr > 0, 0 <= momentum < 1, weight_decay >= 0, eta > 0; got "
                              f"lr={lr}, momentum={momentum}, weight_decay={weight_decay}, eta={eta}")
+        if trust_denominator not in TRUST_DENOMINATORS:
+            raise ValueError(f"optimizer.trust_denominator={trust_denominator!r} is not allowed: expected one of "
+                             f"{', '.join(TRUST_DENOMINATORS)}")
+        if not isinstance(clip_lr, bool):
+            raise ValueError(f"optimizer.clip_lr={clip_lr!r} is not allowed: expected true or false")
         super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, eta=eta,
-                                      lars_adaptation=lars_adaptation))
+                                      lars_adaptation=lars_adaptation, clip_lr=clip_lr,
+                                      trust_denominator=trust_denominator))
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -38,14 +57,22 @@ class LARS(torch.optim.Optimizer):
             params = [p for p in group["params"] if p.grad is not None]
             if not params:
                 continue
-            updates = [p.grad for p in params]
+            grads = [p.grad for p in params]
+            updates = grads
             if group["weight_decay"] != 0:
-                updates = torch._foreach_add(updates, params, alpha=group["weight_decay"])
+                updates = torch._foreach_add(grads, params, alpha=group["weight_decay"])
             if group["lars_adaptation"]:
                 w_norm = torch.stack(torch._foreach_norm(params))
-                g_norm = torch.stack(torch._foreach_norm(updates))
-                trust = torch.where((w_norm > 0) & (g_norm > 0), group["eta"] * w_norm / g_norm,
+                if group.get("trust_denominator", "update_norm") == "update_norm":
+                    g_norm = torch.stack(torch._foreach_norm(updates))
+                    denominator = g_norm
+                else:
+                    g_norm = torch.stack(torch._foreach_norm(grads))
+                    denominator = g_norm + group["weight_decay"] * w_norm + 1e-8
+                trust = torch.where((w_norm > 0) & (g_norm > 0), group["eta"] * w_norm / denominator,
                                     torch.ones_like(w_norm))
+                if group.get("clip_lr", False):
+                    trust = torch.where((w_norm > 0) & (g_norm > 0), (trust / group["lr"]).clamp(max=1.0), trust)
                 updates = torch._foreach_mul(updates, list(trust.unbind()))
             buffers = [self.state[p].get("momentum_buffer") for p in params]
             old = [i for i, buf in enumerate(buffers) if buf is not None]

@@ -30,6 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 from cl_suite.engine.config_arguments import ArgumentError, check_group_arguments, value_fits
 from cl_suite.engine.logger import LOGGER_ARGUMENTS, check_logger_config
 from cl_suite.engine.numerics import MODES as NONFINITE_MODES
+from cl_suite.engine.optim import TRUST_DENOMINATORS
 from cl_suite.engine.precision import PRECISION_DTYPES
 from cl_suite.errors import ConfigError
 from cl_suite.paths import CONF_DIR
@@ -450,6 +451,10 @@ def _check_optimizer(o: DictConfig) -> None:
             raise ConfigError(f"optimizer.betas={betas!r} is not allowed: expected two numbers in [0, 1)")
     if "eta" in o:
         _positive(o, "optimizer.eta")
+    if "clip_lr" in o:
+        _bool(o, "optimizer.clip_lr")
+    if "trust_denominator" in o:
+        _choice(o, "optimizer.trust_denominator", TRUST_DENOMINATORS)
     _int(o, "optimizer.batch_size_reference", 1, allow_none=True)
     _bool(o, "optimizer.exclude_bias_and_norm")
 
@@ -464,6 +469,8 @@ def _check_scheduler(cfg: DictConfig) -> None:
                               "peak; shorten the warm-up")
     if "min_lr_ratio" in s:
         _number(s, "scheduler.min_lr_ratio", 0.0, 1.0, low_open=False)
+    if "warmup_prefix" in s:
+        _bool(s, "scheduler.warmup_prefix")
 
 
 def _check_backbone_input_size(cfg: DictConfig) -> None:
