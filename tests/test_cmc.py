@@ -5,6 +5,7 @@ import torch
 from cl_suite.methods import CMC
 from cl_suite.methods.cmc import rgb_to_lab
 from cl_suite.models import SmallConvNet
+from cl_suite.samplers import UniformSampler
 from helpers import RecordingSampler
 
 
@@ -70,3 +71,40 @@ def test_both_banks_move_after_the_step():
     assert not torch.equal(method.bank_ab.embeddings[indices], before_ab[indices])
     assert torch.equal(method.bank_l.embeddings[[0, 3, 4, 5]], before_l[[0, 3, 4, 5]])
     assert method.bank_l.labels[indices].tolist() == [4, 5] == method.bank_ab.labels[indices].tolist()
+
+
+def test_softmax_loss_is_the_sum_of_both_directions_against_the_other_views_bank():
+    """CMC's two-way loss (Tian et al. 2020; its code: ``loss = l_loss + ab_loss``): L anchors against the ab
+    bank plus ab anchors against the L bank, each InfoNCE over the drawn rows with the own row masked,
+    in a float64 loop; the gradient into each encoder's projector included."""
+    torch.manual_seed(0)
+    method = CMC(SmallConvNet(widths=[4]), UniformSampler(), num_samples=8, mean=[0.5] * 3, std=[0.25] * 3,
+                 projector_dim=6, num_negatives=20, temperature=0.3)
+    with torch.no_grad():  # banks that differ from each other, so that the wrong bank would show
+        method.bank_ab.embeddings.copy_(torch.nn.functional.normalize(torch.randn(8, 6), dim=1))
+    indices = torch.tensor([0, 3, 5])
+    x = torch.randn(3, 3, 8, 8)
+    torch.manual_seed(4)
+    out = method((x, x), torch.tensor([1, 2, 3]), indices)
+    params = (method.l_projector[0].weight, method.ab_projector[0].weight)
+    grads = torch.autograd.grad(out.loss, params)
+    torch.manual_seed(4)
+    drawn = method.bank_l.draw(20, x.device)  # the same draw again
+
+    h_l, h_ab = method._lab_features(x)
+    z_l = torch.nn.functional.normalize(method.l_projector(h_l).double(), dim=1)
+    z_ab = torch.nn.functional.normalize(method.ab_projector(h_ab).double(), dim=1)
+
+    def direction(anchors, bank):
+        total = 0.0
+        for i, own in enumerate(indices.tolist()):
+            pos = torch.exp(anchors[i] @ bank[own] / 0.3)
+            neg = sum(torch.exp(anchors[i] @ bank[j] / 0.3) for j in drawn.tolist() if j != own)
+            total = total - torch.log(pos / (pos + neg))
+        return total / len(indices)
+
+    expected = (direction(z_l, method.bank_ab.embeddings.double())
+                + direction(z_ab, method.bank_l.embeddings.double()))
+    assert out.loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    for got, want in zip(grads, torch.autograd.grad(expected, params)):
+        torch.testing.assert_close(got.double(), want.double(), rtol=1e-4, atol=1e-6)

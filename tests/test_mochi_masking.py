@@ -219,6 +219,32 @@ def test_masked_mochi_on_two_processes_equals_one_process(tmp_path):
     assert int(one["state"]["method.queue.ptr"]) == 4
 
 
+def test_a_later_process_draws_its_block_of_the_one_process_draws(monkeypatch):
+    """Every process draws the numbers of all W x A anchors and keeps its own block, so process 1 of 2
+    gets the synthetics one process computes for the second half of the 2A anchors (rank-major layout):
+    simulated here by telling the sampler it is process 1 of 2."""
+    from cl_suite.samplers import mixing
+
+    torch.manual_seed(0)
+    anchors = F.normalize(torch.randn(6, 8), dim=1)
+    candidates = F.normalize(torch.randn(20, 8), dim=1)
+    sim = anchors @ candidates.T
+    mask = torch.rand(6, 20) > 0.2
+
+    def context(rows):
+        return Contrast(anchors[rows], candidates, torch.ones(len(range(6)[rows])), sim[rows], mask[rows], T)
+
+    sampler = MixingSampler(n_hard=N_HARD, s1=S1, s2=S2)
+    torch.manual_seed(5)
+    one_process = sampler.synthetic_negatives(context(slice(0, 6)), S1, S2)
+    monkeypatch.setattr(mixing, "get_rank", lambda: 1)
+    monkeypatch.setattr(mixing, "get_world_size", lambda: 2)
+    torch.manual_seed(5)
+    process_one = sampler.synthetic_negatives(context(slice(3, 6)), S1, S2)
+    for whole, block in zip(one_process, process_one):
+        torch.testing.assert_close(block, whole[3:])
+
+
 def _two_step_job(out_path: str) -> None:
     from helpers import LinearBackbone, one_step
 

@@ -99,3 +99,43 @@ def test_a_state_dict_from_before_the_key_encoder_component_loads_strictly():
 def test_bad_moco_settings_name_the_key(key, value):
     with pytest.raises(ValueError, match=f"method.{key}={value}"):
         make(**{key: value})
+
+
+def test_symmetric_loss_is_the_mean_of_both_query_key_directions():
+    """symmetric=True: q1 against k2 and q2 against k1, each InfoNCE over the queue, averaged (a float64
+    loop from MoCo's eq. 1, He et al. 2020), gradients into the query encoder included."""
+    method = make(queue_size=12, symmetric=True).eval()  # eval: BN on running statistics, no enqueue
+    t = method.temperature
+    x1, x2 = torch.randn(4, 3, 8, 8), torch.randn(4, 3, 8, 8)
+    out = method((x1, x2), torch.arange(4))
+    got = torch.autograd.grad(out.loss, method.projector[0].weight)[0]
+
+    def info_nce(q, k, queue):  # mean over the batch of -log e^{q.k/t} / (e^{q.k/t} + sum_j e^{q.c_j/t})
+        total = 0.0
+        for i in range(q.shape[0]):
+            pos = torch.exp(q[i] @ k[i] / t)
+            total = total - torch.log(pos / (pos + sum(torch.exp(q[i] @ c / t) for c in queue)))
+        return total / q.shape[0]
+
+    reference = copy.deepcopy(method).double()
+    q1, q2 = (torch.nn.functional.normalize(reference.projector(reference.backbone(x.double())), dim=1)
+              for x in (x1, x2))
+    with torch.no_grad():
+        k1, k2 = (reference.keys(x.double()).double() for x in (x1, x2))
+    queue = reference.queue.embeddings
+    expected = (info_nce(q1, k2, queue) + info_nce(q2, k1, queue)) / 2
+    assert out.loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    want = torch.autograd.grad(expected, reference.projector[0].weight)[0]
+    torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-6)
+
+
+def test_a_batch_larger_than_the_queue_keeps_its_newest_rows():
+    method = make(queue_size=10)
+    method.queue.push(torch.zeros(3, 8), torch.full((3,), -5))  # the pointer is at 3
+    keys = torch.randn(12, 8)
+    method.queue.push(keys, torch.arange(12), torch.arange(100, 112))
+    rows = (3 + torch.arange(10)) % 10  # the newest 10 of the 12 keys, written from the pointer on
+    assert torch.equal(method.queue.embeddings[rows], keys[2:])
+    assert torch.equal(method.queue.labels[rows], torch.arange(2, 12))
+    assert torch.equal(method.queue.indices[rows], torch.arange(102, 112))
+    assert int(method.queue.ptr) == 3 and int(method.queue.filled) == 10

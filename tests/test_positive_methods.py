@@ -449,3 +449,76 @@ def test_evaluate_rebuilds_methods_that_need_dataset_facts(tmp_path, choice):
     with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
         eval_cfg = compose(config_name="evaluate", overrides=[f"run={run}", "protocol=[knn]", "wandb=false"])
     assert evaluate_run(eval_cfg)["metrics"]["knn/top1"] == pytest.approx(final["knn/top1"], abs=1e-6)
+
+
+def test_nnclr_each_prediction_is_paired_with_the_other_views_neighbour():
+    """NNCLR eq. 1 with the predictor: p1 against NN(z2), p2 against NN(z1). The support set holds both
+    views' own projections, so each view's neighbour is its own projection and the two differ."""
+    method = make_nnclr(support_set_size=16).eval()
+    x1, x2 = images(5, seed=3)
+    with torch.no_grad():
+        z1, z2 = (method.projector(method.backbone(x)) for x in (x1, x2))
+    method.support_set.push(torch.cat([z1, z2]), torch.arange(10))
+    out = method((x1, x2), torch.arange(5))
+    with torch.no_grad():
+        p1, p2 = (F.normalize(method.predictor(z).double(), dim=1) for z in (z1, z2))
+        n1, n2 = F.normalize(z1.double(), dim=1), F.normalize(z2.double(), dim=1)
+        assert (n1 * n2).sum(dim=1).max() < 0.999  # the views' neighbours are different rows
+
+        def l(n, p):
+            logits = n @ p.T / T
+            return (torch.logsumexp(logits, dim=1) - logits.diagonal()).mean().item()
+
+        expected = 0.5 * l(n2, p1) + 0.5 * l(n1, p2)
+        swapped = 0.5 * l(n1, p1) + 0.5 * l(n2, p2)
+    assert out.loss.item() == pytest.approx(expected, rel=1e-5)
+    assert abs(expected - swapped) > 1e-4  # 20x the tolerance above: it tells the pairings apart
+
+
+def test_nnclr_never_picks_a_support_row_that_was_never_written():
+    method = make_nnclr(support_set_size=16)
+    method.support_set.push(F.normalize(torch.randn(5, 8), dim=1), torch.arange(5))
+    z = torch.randn(4, 8)
+    with torch.no_grad():  # make every unwritten row an exact copy of the queries' direction
+        method.support_set.embeddings[5:] = F.normalize(z[:1], dim=1)
+        method.support_set.normalised[5:] = F.normalize(z[:1], dim=1)
+    positives, _ = method.lookup(z, torch.arange(4))
+    written = method.support_set.normalised[:5]
+    best = (F.normalize(z, dim=1) @ written.T).argmax(dim=1)
+    torch.testing.assert_close(positives, written[best])
+
+
+def test_supcon_bank_rows_never_written_are_not_candidates():
+    """Before the first push the bank holds random rows labelled -1: the loss is the bank-free loss."""
+    kwargs = dict(temperature=T, projector_hidden_dims=[16], projector_dim=8)
+    with_bank, without = small(SupCon, bank_size=8, **kwargs), small(SupCon, **kwargs)
+    without.load_state_dict(with_bank.state_dict(), strict=False)
+    x1, x2 = images(4)
+    labels = torch.tensor([0, 1, 0, 2])
+    a, b = with_bank((x1, x2), labels).loss, without((x1, x2), labels).loss
+    assert a.item() == pytest.approx(b.item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("variant, forms", [("in", ["in", "in"]), ("out", ["out", "out"]),
+                                            ("out_in", ["out", "in"])])
+def test_rince_variant_picks_the_form_of_each_rank(variant, forms):
+    """RINCE-out_in: rank 1 in the out form, rank 2 in the in form; checked through the method's loss
+    against the float64 loops of ``slow_rince`` with a bank holding both ranks' positives."""
+    method = make_rince(class_groups=[[0, 2], [1, 3]], variant=variant).eval()
+    x1, x2 = images(4, seed=5)
+    labels = torch.tensor([0, 1, 2, 3])
+    torch.manual_seed(1)
+    method.queue.push(F.normalize(torch.randn(16, 8), dim=1), torch.randint(0, 4, (16,)))
+    out = method((x1, x2), labels)
+    with torch.no_grad():
+        q = F.normalize(method.projector(method.backbone(x1)), dim=1).double()
+        k = method.key_encoder(x2).double()
+        own, bank = (q * k).sum(dim=1), q @ method.queue.embeddings.double().T
+    same, group = method.rank_masks(labels, method.queue.labels)
+    ranks = [[set(same[i].nonzero().flatten().tolist()), set(group[i].nonzero().flatten().tolist())]
+             for i in range(4)]
+    expected = slow_rince(own, bank, ranks, method.temperatures, forms)
+    assert out.loss.item() == pytest.approx(expected, rel=1e-5)
+    others = {tuple(f) for f in (["in", "in"], ["out", "out"], ["out", "in"], ["in", "out"])} - {tuple(forms)}
+    for other in others:  # the forms give different numbers here
+        assert slow_rince(own, bank, ranks, method.temperatures, list(other)) != pytest.approx(expected, rel=1e-4)

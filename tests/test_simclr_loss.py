@@ -72,3 +72,37 @@ def test_in_batch_negatives_mask_matches_brute_force_and_is_reused_unchanged():
     x = torch.randn(4, 8, requires_grad=True)
     method((x, x + 0.1 * torch.randn(4, 8)), torch.arange(4)).loss.backward()
     assert in_batch_negatives(8, 8, 0, (0, 4), torch.device("cpu")) is single and torch.equal(single, before)
+
+
+def test_a_later_process_masks_its_own_rows_of_the_gathered_batch(monkeypatch):
+    """Under DDP the candidates are the all-gathered batch, rank-major: process 1's anchors must mask their
+    own rows and positives at its offset 2b in that batch, not at 0. Simulated here on one process: the
+    gather returns process 0's block before this one, and the loss of process 1's 2b anchors must equal
+    SimCLR eq. 1 over the global batch for those anchors (float64 loop), gradients included."""
+    import torch.nn.functional as F
+
+    from cl_suite import losses
+    from cl_suite.losses import ContrastiveLoss
+
+    torch.manual_seed(0)
+    b, d, t = 3, 5, 0.4
+    other = F.normalize(torch.randn(2 * b, d), dim=1)  # process 0's [view 1, view 2] rows
+    x1, x2 = torch.randn(b, d, requires_grad=True), torch.randn(b, d, requires_grad=True)
+    monkeypatch.setattr(losses, "get_rank", lambda: 1)
+    monkeypatch.setattr(losses, "gather_with_grad", lambda z: torch.cat([other, z]))
+    loss = ContrastiveLoss(temperature=t)(x1, x2)
+    g1, g2 = torch.autograd.grad(loss, (x1, x2))
+
+    r1, r2 = x1.detach().double().requires_grad_(), x2.detach().double().requires_grad_()
+    mine = torch.cat([r1, r2])
+    z = torch.cat([other.double(), mine / mine.norm(dim=1, keepdim=True)])  # the global batch
+    total = 0.0
+    for i in range(2 * b, 4 * b):  # process 1's anchors; positive: the other view of the same image
+        j = 2 * b + (i - 2 * b + b) % (2 * b)
+        den = sum(torch.exp(z[i] @ z[k] / t) for k in range(4 * b) if k != i)
+        total = total - torch.log(torch.exp(z[i] @ z[j] / t) / den)
+    ref = total / (2 * b)
+    h1, h2 = torch.autograd.grad(ref, (r1, r2))
+    assert math.isclose(loss.item(), ref.item(), rel_tol=1e-5)
+    torch.testing.assert_close(g1.double(), h1, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(g2.double(), h2, rtol=1e-4, atol=1e-6)
