@@ -5,6 +5,8 @@ from __future__ import annotations
 import itertools
 import math
 
+import numpy as np
+
 import pytest
 import torch
 import torchvision.transforms.v2 as T
@@ -186,6 +188,34 @@ def test_resized_crop_matches_torchvision(size, out, antialias):
         [TF.resized_crop(x[i], *boxes[i].tolist(), [out, out], antialias=antialias) for i in range(16)]
     )
     torch.testing.assert_close(got, want, atol=2e-5, rtol=0)
+
+
+@pytest.mark.parametrize("size, out", [(32, 32), (96, 32), (20, 48)])
+def test_bicubic_resized_crop_matches_pil(size, out):
+    # solo-learn's crops: torchvision's RandomResizedCrop(BICUBIC) on PIL images, i.e. PIL's crop + resize
+    # (a = -0.5, antialiased, a horizontal then a vertical pass, each rounded and clipped to 8 bits). Noise
+    # images overshoot at every pixel, so the per-pass clip matters here; the 8-bit rounding stays.
+    from PIL import Image
+
+    x = _images(16, size=size)
+    g = torch.Generator().manual_seed(4)
+    boxes = sample_crop_boxes(16, size, size, (0.08, 1.0), (3 / 4, 4 / 3), g, "cpu")
+    boxes[0] = torch.tensor([0, 0, size, size])
+    boxes[1] = torch.tensor([size - 2, size - 3, 2, 3])
+    as_uint8 = (x * 255).round().to(torch.uint8)
+    got = resized_crop(as_uint8.float() / 255, boxes, out, interpolation="bicubic")
+    for i in range(16):
+        top, left, h, w = boxes[i].tolist()
+        pil = Image.fromarray(as_uint8[i].permute(1, 2, 0).numpy()).crop(
+            (left, top, left + w, top + h)).resize((out, out), Image.BICUBIC)
+        pil_t = torch.from_numpy(np.asarray(pil).copy()).permute(2, 0, 1).float() / 255
+        assert (got[i] - pil_t).abs().max() <= 1.5 / 255, i  # PIL's two 8-bit roundings
+    assert not torch.allclose(got, resized_crop(x, boxes, out), atol=1e-3)  # not the bilinear result
+    # where nothing overshoots (a smooth image), it is torchvision's antialiased bicubic on float tensors
+    smooth = torch.linspace(0.2, 0.8, size).repeat(2, 3, size, 1)
+    want = torch.stack([TF.resized_crop(smooth[i], *boxes[i].tolist(), [out, out],
+                                        interpolation=TF.InterpolationMode.BICUBIC, antialias=True) for i in range(2)])
+    torch.testing.assert_close(resized_crop(smooth, boxes[:2], out, interpolation="bicubic"), want, atol=2e-5, rtol=0)
 
 
 def test_resized_crop_identity_box_is_exact_and_flip_mirrors():
@@ -398,6 +428,8 @@ def test_config_from_omegaconf():
         ({"jitter": {"p": 1.5}}, r"jitter\.p = 1\.5 must be a probability"),
         ({"jitter": {"brigthness": 0.4}}, r"unknown key\(s\) jitter\.brigthness"),
         ({"colour": 1}, r"unknown key\(s\) colour; allowed: blur, crop_antialias"),
+        ({"crop_interpolation": "nearest"}, r"crop_interpolation = 'nearest' must be one of bilinear, bicubic"),
+        ({"crop_interpolation": "bicubic", "crop_antialias": False}, r"'bicubic' needs crop_antialias = true"),
         ({"flip_p": -0.1}, r"flip_p = -0\.1"),
         ({"crop_scale": [0.5, 0.2]}, r"crop_scale = \[0\.5, 0\.2\] must satisfy 0 < scale_min"),
         ({"crop_scale": [0.0, 1.0]}, r"crop_scale"),

@@ -13,8 +13,8 @@ Semantics follow torchvision (``transforms.v2`` on float tensors), op by op, so 
 comparable with the literature (kornia's colour jitter differed and cost accuracy, kornia #691):
 
 1. ``RandomResizedCrop``: area/aspect sampling as ``RandomResizedCrop.make_params`` (10 tries,
-   log-uniform ratio, centre-crop fallback clamped to the ratio range); bilinear resize of the box
-   with ``antialias`` as configured (torchvision v2's default is ``antialias=True``; it only matters
+   log-uniform ratio, centre-crop fallback clamped to the ratio range); bilinear (or PIL's bicubic,
+   ``crop_interpolation``) resize of the box with ``antialias`` as configured (torchvision v2's default is ``antialias=True``; it only matters
    when a crop is larger than the output, e.g. STL-10 96 -> 32, never for CIFAR 32 -> 32).
 2. Horizontal flip (folded into the resize weights, so it costs nothing).
 3. ``ColorJitter`` with probability ``jitter.p``: brightness, contrast, saturation and hue in a random
@@ -166,6 +166,7 @@ class SolarizeConfig:
 
 
 _SUBCONFIGS = {"jitter": JitterConfig, "blur": BlurConfig, "solarize": SolarizeConfig}
+CROP_INTERPOLATIONS = ("bilinear", "bicubic")
 
 
 @dataclass
@@ -175,6 +176,9 @@ class AugmentConfig:
 
     ``crop_antialias`` is an addition to the usual knobs: torchvision v2's ``RandomResizedCrop``
     antialiases by default (and PIL always does); it changes nothing when crops are upsampled.
+    ``crop_interpolation``: ``bilinear`` (torchvision's default) or ``bicubic`` (PIL's bicubic filter,
+    a = -0.5, as solo-learn's and several other CIFAR recipes' ``RandomResizedCrop``; needs
+    ``crop_antialias``, the only bicubic filter implemented).
     ``mean``/``std`` are per channel and come from the data set (see :meth:`from_dict`).
     """
 
@@ -182,6 +186,7 @@ class AugmentConfig:
     crop_scale: tuple[float, float] = (0.08, 1.0)
     crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
     crop_antialias: bool = True
+    crop_interpolation: str = "bilinear"
     eval_crop_fraction: float = 1.0
     flip_p: float = 0.5
     jitter: JitterConfig = field(default_factory=JitterConfig)
@@ -205,6 +210,13 @@ class AugmentConfig:
             raise ValueError(f"augment config: crop_ratio = {[lo, hi]} must satisfy 0 < ratio_min <= ratio_max")
         if not isinstance(self.crop_antialias, bool):
             raise ValueError(f"augment config: crop_antialias = {self.crop_antialias!r} must be true or false")
+        if self.crop_interpolation not in CROP_INTERPOLATIONS:
+            raise ValueError(f"augment config: crop_interpolation = {self.crop_interpolation!r} must be one of "
+                             f"{', '.join(CROP_INTERPOLATIONS)}")
+        if self.crop_interpolation == "bicubic" and not self.crop_antialias:
+            raise ValueError("augment config: crop_interpolation = 'bicubic' needs crop_antialias = true (the "
+                             "bicubic filter here is PIL's, which always antialiases; torch's non-antialiased "
+                             "bicubic, a = -0.75 with replicated borders, is not implemented)")
         f = _check_number("eval_crop_fraction", self.eval_crop_fraction)
         if not 0.0 < f <= 1.0:
             raise ValueError(f"augment config: eval_crop_fraction = {f!r} must be in (0, 1]")
@@ -542,17 +554,27 @@ def sample_crop_boxes(
     return torch.stack((top, left, h, w), dim=1).to(torch.int64)
 
 
+def _cubic(d: torch.Tensor, a: float = -0.5) -> torch.Tensor:
+    """Keys' cubic convolution kernel at distance ``d >= 0`` (support 2), with PIL's a = -0.5."""
+    near = ((a + 2) * d - (a + 3)) * d * d + 1
+    far = ((a * d - 5 * a) * d + 8 * a) * d - 4 * a
+    return torch.where(d < 1, near, torch.where(d < 2, far, torch.zeros_like(d)))
+
+
 def _resize_weights(
-    start: torch.Tensor, length: torch.Tensor, in_size: int, out_size: int, antialias: bool
+    start: torch.Tensor, length: torch.Tensor, in_size: int, out_size: int, antialias: bool,
+    interpolation: str = "bilinear",
 ) -> torch.Tensor:
     """Per-sample 1-D resampling matrices (N, out_size, in_size) for the window [start, start+length).
 
-    Row ``o`` holds the weights with which output pixel ``o`` reads the input pixels. These are exactly
-    the taps of PyTorch's bilinear ``interpolate(align_corners=False)`` on the cropped window: a
-    triangle filter centred at ``(o + 0.5) * scale`` (in window pixels, pixel centres at ``k + 0.5``),
-    widened to ``scale`` input pixels when ``antialias`` and downscaling (``_upsample_bilinear2d_aa``,
-    i.e. PIL's filter), restricted to the window and renormalised. Restricting + renormalising is what
-    the edge clamping of the non-antialiased kernel amounts to, so one formula covers both.
+    Row ``o`` holds the weights with which output pixel ``o`` reads the input pixels. For ``bilinear``
+    these are exactly the taps of PyTorch's bilinear ``interpolate(align_corners=False)`` on the cropped
+    window: a triangle filter centred at ``(o + 0.5) * scale`` (in window pixels, pixel centres at
+    ``k + 0.5``), widened to ``scale`` input pixels when ``antialias`` and downscaling
+    (``_upsample_bilinear2d_aa``, i.e. PIL's filter), restricted to the window and renormalised.
+    Restricting + renormalising is what the edge clamping of the non-antialiased kernel amounts to, so
+    one formula covers both. ``bicubic`` (antialiased only): the same with PIL's cubic kernel (a = -0.5,
+    support 2 window pixels, widened by the scale when downscaling), as ``_upsample_bicubic2d_aa``.
     """
     scale = length.to(torch.float32) / out_size  # (N,) input pixels per output pixel
     support = torch.clamp(scale, min=1.0) if antialias else torch.ones_like(scale)
@@ -561,7 +583,7 @@ def _resize_weights(
     k = torch.arange(in_size, dtype=torch.float32, device=start.device) + 0.5 - start.to(torch.float32).unsqueeze(1)
     # k: (N, in) input pixel centres in window coordinates
     dist = (k.unsqueeze(1) - centre.unsqueeze(2)).abs() / support.reshape(-1, 1, 1)
-    wts = (1.0 - dist).clamp_(min=0.0)
+    wts = _cubic(dist) if interpolation == "bicubic" else (1.0 - dist).clamp_(min=0.0)
     inside = (k >= 0) & (k < length.to(torch.float32).unsqueeze(1))  # (N, in): pixel lies in the window
     wts = wts * inside.unsqueeze(1)
     return wts / wts.sum(dim=2, keepdim=True)
@@ -573,21 +595,29 @@ def resized_crop(
     size: int,
     flip: torch.Tensor | None = None,
     antialias: bool = True,
+    interpolation: str = "bilinear",
 ) -> torch.Tensor:
-    """Crop each sample's box (``top, left, h, w``; int (N, 4)) and resize it to ``size x size`` (bilinear).
+    """Crop each sample's box (``top, left, h, w``; int (N, 4)) and resize it to ``size x size``.
 
-    Equal to torchvision ``resized_crop(img, top, left, h, w, [size, size], BILINEAR, antialias)`` per
-    sample, up to float rounding; ``flip`` (bool (N,)) then mirrors those samples horizontally.
+    Bilinear: equal to torchvision ``resized_crop(img, top, left, h, w, [size, size], BILINEAR,
+    antialias)`` per sample, up to float rounding. Bicubic: PIL's ``crop(box).resize(BICUBIC)`` (what
+    torchvision runs on PIL images), each of its two passes clipped to [0, 1], without its rounding to
+    8 bits. ``flip`` (bool (N,)) then mirrors those samples horizontally.
     Implemented as two batched matrix products with per-sample separable resampling matrices
     (``rows @ image @ cols^T``): one call for any mix of box sizes, exact at the box borders, and
     the flip is just the column matrix read backwards.
     """
     n, c, h, w = x.shape
-    rows = _resize_weights(boxes[:, 0], boxes[:, 2], h, size, antialias)  # (N, size, H)
-    cols = _resize_weights(boxes[:, 1], boxes[:, 3], w, size, antialias)  # (N, size, W)
+    rows = _resize_weights(boxes[:, 0], boxes[:, 2], h, size, antialias, interpolation)  # (N, size, H)
+    cols = _resize_weights(boxes[:, 1], boxes[:, 3], w, size, antialias, interpolation)  # (N, size, W)
     if flip is not None:
         cols = torch.where(flip.reshape(-1, 1, 1), cols.flip(1), cols)
-    return rows.unsqueeze(1) @ x @ cols.transpose(1, 2).unsqueeze(1)
+    if interpolation == "bilinear":  # non-negative weights: the result stays in [0, 1]
+        return rows.unsqueeze(1) @ x @ cols.transpose(1, 2).unsqueeze(1)
+    # The cubic kernel's negative lobes overshoot at edges. PIL resamples horizontally, then vertically,
+    # into 8-bit images, so each pass is clipped to [0, 1]; so here (without the 8-bit rounding).
+    across = (x @ cols.transpose(1, 2).unsqueeze(1)).clamp_(0.0, 1.0)
+    return (rows.unsqueeze(1) @ across).clamp_(0.0, 1.0)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -656,7 +686,8 @@ class TwoViewAugment:
         solarize_u = torch.rand(m, device=dev, generator=g)
 
         # 1-2. Random resized crop and horizontal flip in one resampling.
-        x = resized_crop(x, boxes, cfg.crop_size, flip=flip, antialias=cfg.crop_antialias)
+        x = resized_crop(x, boxes, cfg.crop_size, flip=flip, antialias=cfg.crop_antialias,
+                         interpolation=cfg.crop_interpolation)
 
         # 3. Colour jitter; an op whose strength is 0 is off, as in torchvision (factor None).
         if jit.p > 0:
