@@ -11,7 +11,7 @@ import torch
 from cl_suite.engine import checkpoint as ckpt
 from cl_suite.engine.trainer import train
 from cl_suite.run_evaluation import find_checkpoint
-from helpers import TINY, compose_train
+from helpers import TINY, compose_train, run_cli
 
 EPOCHS = 4
 KEEP = 2
@@ -93,6 +93,52 @@ def test_checkpoint_of_another_model_is_refused_by_name(finished_run, tmp_path, 
     assert not (tmp_path / "checkpoints").exists()
 
 
+def copied_run(finished_run, run_dir):
+    shutil.copytree(finished_run, run_dir)
+    last = run_dir / "checkpoints" / "last.pt"
+    last.unlink()  # copytree copied the hard link as a file: link it again, as in the run dir
+    os.link(ckpt.step_checkpoints(run_dir / "checkpoints")[-1], last)
+    return run_dir
+
+
+@pytest.mark.parametrize("override, named", [
+    ("method=dcl", "sampler._target_: checkpoint 'cl_suite.samplers.UniformSampler', this run "
+                   "'cl_suite.samplers.DebiasedSampler'"),
+    ("method.temperature=0.1", "method.temperature: checkpoint 0.5, this run 0.1"),
+])
+def test_a_reused_run_folder_with_another_objective_is_refused_under_resume_auto(finished_run, tmp_path, override,
+                                                                                  named):
+    run_dir = copied_run(finished_run, tmp_path / "run")
+    metrics, before = (run_dir / "metrics.json").read_text(), (run_dir / "checkpoints" / "last.pt").stat().st_mtime_ns
+    with pytest.raises(ckpt.CheckpointError) as err:
+        train(compose_train(RUN + [override], run_dir))  # resume=auto: the folder's own checkpoint
+    message = str(err.value)
+    assert "already holds a run with another objective" in message and named in message, message
+    assert f"resume={run_dir / 'checkpoints' / 'last.pt'}" in message
+    assert (run_dir / "metrics.json").read_text() == metrics
+    assert (run_dir / "checkpoints" / "last.pt").stat().st_mtime_ns == before
+
+
+def test_an_explicit_resume_continues_with_another_objective_and_says_so(finished_run, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    train(compose_train(RUN + ["method.temperature=0.1", f"trainer.epochs={EPOCHS + 1}", f"resume={finished_run}"],
+                        run_dir))
+    out = capsys.readouterr().out
+    assert "settings changed since the checkpoint" in out and "method.temperature: checkpoint 0.5, this run 0.1" in out
+    assert json.loads((run_dir / "metrics.json").read_text())["final"]["step"] == (EPOCHS + 1) * STEPS_PER_EPOCH
+
+
+def test_extending_a_run_whose_sampler_follows_the_epochs_is_not_another_objective(tmp_path, capsys):
+    # HCL's anneal_epochs is ${trainer.epochs}: extending the run changes it with the epochs (a warning)
+    run_dir = tmp_path / "run"
+    hcl = RUN + ["method=hcl", "sampler.anneal=down", "trainer.epochs=9", "trainer.eval_every_epochs=0",
+                 "trainer.checkpoint_every_epochs=9", "trainer.max_steps=4"]
+    train(compose_train(hcl, run_dir))
+    train(compose_train(hcl[:-1] + ["trainer.epochs=10", "trainer.max_steps=8"], run_dir))
+    out = capsys.readouterr().out
+    assert "sampler.anneal_epochs: checkpoint 9, this run 10" in out and "resumed from" in out
+
+
 def test_head_of_another_size_names_the_setting_not_a_wall_of_keys(finished_run, tmp_path):
     with pytest.raises(ckpt.CheckpointError) as err:
         train(compose_train(RUN + ["method.projector_dim=8", f"resume={finished_run}"], tmp_path))
@@ -120,3 +166,22 @@ def test_resumed_run_continues_the_same_wandb_run(tmp_path, monkeypatch):
     # wandb appends "-1" to the folder of a run resumed within the same second as its start.
     pattern = rf"offline-run-\d{{8}}_\d{{6}}-{first['wandb_run_id']}(-\d+)?"
     assert runs and all(re.fullmatch(pattern, run.name) for run in runs)
+
+
+@pytest.mark.slow
+def test_refused_reruns_leave_the_finished_runs_record_as_it_was(tmp_path):
+    """Through train.py (Hydra writes the record): a re-run into a finished run's folder that is refused,
+    for its config or at resume for another objective, must not relabel the run."""
+    args = TINY + ["dataset=synthetic", "trainer.max_steps=2", "trainer.eval_at_init=false", "trainer.device=cpu",
+                   "evaluation.linear.epochs=1", "evaluation.embedding_snapshot=0", f"hydra.run.dir={tmp_path}"]
+    first = run_cli("train.py", args)
+    assert first.returncode == 0, first.stderr[-2000:]
+    record = {name: (tmp_path / ".hydra" / name).read_text() for name in ("config.yaml", "overrides.yaml")}
+    refused = run_cli("train.py", args + ["method=dcl", "sampler.tau_plus=1.0"])
+    assert refused.returncode != 0 and "sampler.tau_plus=1.0 is not allowed" in refused.stderr
+    other = run_cli("train.py", args + ["method=dcl"])
+    assert other.returncode != 0 and "already holds a run with another objective" in other.stderr
+    assert record == {name: (tmp_path / ".hydra" / name).read_text() for name in record}
+    again = run_cli("train.py", args)  # the same command again: accepted (it only re-runs the final evaluation)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert record["config.yaml"] == (tmp_path / ".hydra" / "config.yaml").read_text()

@@ -372,7 +372,11 @@ def _fallback_hint(path: Path) -> str:
 # saved under other values cannot be loaded into this run's model (or optimizer: SGD has no Adam moments).
 _MODEL_KEYS = ("method._target_", "backbone", "dataset.name", "optimizer._target_")
 # Keys whose change loads fine but breaks an exact continuation (data order, schedule, step <-> epoch).
-_CONTINUATION_KEYS = ("seed", "trainer.batch_size", "trainer.epochs", "dataset", "optimizer", "scheduler")
+_CONTINUATION_KEYS = ("seed", "trainer.batch_size", "trainer.epochs", "trainer.max_steps", "dataset", "optimizer",
+                      "scheduler", "method", "sampler")
+# Keys that say which objective a run trains: with resume=auto (the run folder's own checkpoint) a change
+# means the folder is being reused by another configuration, not continued.
+_OBJECTIVE_KEYS = ("method", "sampler")
 
 
 def _flatten(node: Any, prefix: str) -> dict[str, Any]:
@@ -413,6 +417,28 @@ def check_same_model(path: Path, saved: dict, current: dict) -> None:
             f"checkpoint {str(path)!r} belongs to a different model, data set or optimizer:\n  " + "\n  ".join(differences)
             + "\nRun with the checkpoint's settings, or start fresh: resume=null or another run dir "
               "(hydra.run.dir=...). Nothing was overwritten.")
+
+
+def check_same_objective(path: Path, saved: dict, current: dict, written: dict) -> None:
+    """Refuse, under ``resume=auto``, a run folder's checkpoint trained with another method or sampler
+    setting: a command (or a sweep job) that reuses a folder would otherwise continue, or only re-evaluate,
+    another run's weights and relabel them with its own settings. ``resume=<path>`` continues on purpose.
+    A value that follows another setting by interpolation in this run's config (``written``, unresolved:
+    HCL's ``anneal_epochs: ${trainer.epochs}``) changes with it, as when a run is extended, and is left to
+    the continuation warning."""
+    differences = [line for line in config_differences(saved, current, _OBJECTIVE_KEYS)
+                   if not _is_interpolation(_lookup(written, line.split(":", 1)[0]))]
+    if differences:
+        raise CheckpointError(
+            f"this run folder already holds a run with another objective (its checkpoint {str(path)!r}):\n  "
+            + "\n  ".join(differences)
+            + "\nA run folder belongs to one configuration: run in another folder (hydra.run.dir=..., or "
+              "hydra.sweep.dir=... for a sweep), or continue this checkpoint with the new settings on purpose: "
+              f"resume={path}. Nothing was overwritten.")
+
+
+def _is_interpolation(value: Any) -> bool:
+    return isinstance(value, str) and "${" in value
 
 
 def continuation_differences(saved: dict, current: dict) -> list[str]:

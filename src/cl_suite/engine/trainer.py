@@ -132,9 +132,15 @@ def drop_outdated_published(cfg: DictConfig) -> str | None:
             f"setting: {', '.join(changed)})")
 
 
+def has_record(run_dir: Path) -> bool:
+    """Whether ``run_dir`` already holds a run's ``.hydra`` record (an earlier run of the folder)."""
+    return (run_dir / ".hydra" / "config.yaml").is_file()
+
+
 def _record_refused_job(cfg: DictConfig) -> None:
     """A job whose config is refused still leaves its record (a sweep report then lists it as failed),
-    unless another job owns the folder."""
+    unless another job owns the folder or the folder already holds a run's record: a refused re-run into
+    a finished run's folder must not relabel that run."""
     if int(os.environ.get("RANK", "0")) != 0:
         return
     run_dir = Path(cfg.paths.output_dir)
@@ -146,6 +152,8 @@ def _record_refused_job(cfg: DictConfig) -> None:
             return
         lock.acquire()
         try:
+            if has_record(run_dir):
+                return
             save_hydra_record(run_dir, cfg)
         finally:
             lock.release()
@@ -179,9 +187,15 @@ def _train(cfg: DictConfig, device_type: str, run_log: RunLog, augment: AugmentC
                               f"{get_world_size()}")
         teardown.enter_context(own_run_folder(Path(cfg.paths.output_dir)))  # before the loop writes anything
         outdated = drop_outdated_published(cfg)  # before the config is recorded anywhere
+        run_dir = Path(cfg.paths.output_dir)
+        # A fresh folder gets its record now (a run that fails while starting is still listed with its
+        # settings); a folder with an earlier run's record keeps it until its checkpoint is accepted, so a
+        # refused resume (another model or objective) does not relabel the earlier run.
+        record_later = has_record(run_dir)
         if is_main_process():
-            save_hydra_record(Path(cfg.paths.output_dir), cfg)
-            run_log.open(Path(cfg.paths.output_dir))
+            if not record_later:
+                save_hydra_record(run_dir, cfg)
+            run_log.open(run_dir)
             if outdated:
                 say(outdated)
         threads, why = set_threads(cfg.trainer.threads, device_type)
@@ -189,6 +203,8 @@ def _train(cfg: DictConfig, device_type: str, run_log: RunLog, augment: AugmentC
             say(f"device {device_type}, {threads} CPU thread(s) ({why}; trainer.threads={cfg.trainer.threads})")
         guard = teardown.enter_context(PreemptionGuard())
         trainer = Trainer(cfg, resolve_device(cfg.trainer.device), guard, augment)
+        if record_later and is_main_process():
+            save_hydra_record(run_dir, cfg)
         final = None
 
         def finish_logger(exc_type, exc, tb) -> None:
@@ -588,6 +604,8 @@ class Trainer:
         ckpt.check_training_state(path, state)
         saved, current = state.get("config") or {}, OmegaConf.to_container(self.cfg, resolve=True)
         ckpt.check_same_model(path, saved, current)
+        if self.cfg.resume == "auto":  # the folder's own checkpoint: another objective is another run
+            ckpt.check_same_objective(path, saved, current, OmegaConf.to_container(self.cfg, resolve=False))
         ckpt.load_state_or_explain(self.method, state["method"], path, "method", saved, current)
         ckpt.load_state_or_explain(self.probe, state["probe"], path, "online probe", saved, current)
         ckpt.check_known_keys(path, "lr schedule", state["scheduler"], self.scheduler.state_dict())
