@@ -95,3 +95,33 @@ def test_sigusr1_is_a_stop_signal_and_the_previous_handler_comes_back():
         os.kill(os.getpid(), signal.SIGUSR1)  # delivered to the main thread before the next bytecode
         assert guard.received == signal.SIGUSR1
     assert signal.getsignal(signal.SIGUSR1) is before
+
+
+@pytest.mark.slow
+def test_ctrl_c_saves_the_step_and_the_same_command_continues(tmp_path):
+    proc = start(tmp_path / "run", "simclr")
+    for line in proc.stdout:
+        if line.startswith(f"epoch 1/{EPOCHS}:"):
+            proc.send_signal(signal.SIGINT)
+            break
+    code, out = finish(proc)
+    assert code == 128 + signal.SIGINT, out[-2000:]
+    assert "Traceback" not in out and "KeyboardInterrupt" not in out
+    assert "Ctrl-C: stopping after this step" in out and "Run the same command again to continue" in out
+    state = load(tmp_path / "run")
+    assert STEPS_PER_EPOCH < state["step"] < 2 * STEPS_PER_EPOCH
+    code, out = finish(start(tmp_path / "run", "simclr"))
+    assert code == 0 and f"at step {state['step']}" in out, out[-2000:]
+
+
+def test_a_second_ctrl_c_interrupts_at_once():
+    from cl_suite.engine.preemption import PreemptionGuard
+
+    before = signal.getsignal(signal.SIGINT)
+    with PreemptionGuard() as guard:
+        os.kill(os.getpid(), signal.SIGINT)
+        assert guard.received == signal.SIGINT  # the first: recorded, the loop stops after its step
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+    assert signal.getsignal(signal.SIGINT) is before
+    assert not PreemptionGuard().hand_over()  # nothing received: nothing handed over

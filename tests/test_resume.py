@@ -139,6 +139,41 @@ def test_extending_a_run_whose_sampler_follows_the_epochs_is_not_another_objecti
     assert "sampler.anneal_epochs: checkpoint 9, this run 10" in out and "resumed from" in out
 
 
+def test_a_finished_run_started_again_does_nothing_unless_its_evaluation_changed(finished_run, tmp_path, capsys):
+    run_dir = copied_run(finished_run, tmp_path / "run")
+    metrics = (run_dir / "metrics.json").read_bytes()
+    final = train(compose_train(RUN, run_dir))
+    assert "this run already finished at step" in capsys.readouterr().out
+    assert (run_dir / "metrics.json").read_bytes() == metrics  # no second 100-epoch probe, nothing rewritten
+    assert final == json.loads(metrics)["final"]
+    train(compose_train(RUN + ["evaluation.knn.k=3"], run_dir))  # other evaluation settings: evaluated again
+    out = capsys.readouterr().out
+    assert "already finished" not in out and "final evaluation at step" in out
+
+
+def test_a_run_stopped_mid_epoch_by_max_steps_keeps_its_records_when_started_again(tmp_path):
+    run_dir = tmp_path / "run"
+    args = RUN + [f"trainer.max_steps={STEPS_PER_EPOCH + 2}"]  # stops inside the second epoch
+    train(compose_train(args, run_dir))
+    before = json.loads((run_dir / "metrics.json").read_text())
+    assert [r["epoch"] for r in before["epochs"]] == [1, 2] and before["compute"]["time/wall_s"] > 0
+    train(compose_train(args, run_dir))
+    after = json.loads((run_dir / "metrics.json").read_text())
+    assert after["epochs"] == before["epochs"] and after["compute"] == before["compute"]
+
+
+def test_a_resume_with_another_cpu_thread_count_says_so(tmp_path, capsys):
+    run_dir, threads = tmp_path / "run", torch.get_num_threads()
+    try:
+        train(compose_train(RUN + ["trainer.threads=1", f"trainer.max_steps={STEPS_PER_EPOCH}"], run_dir))
+        assert torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["threads"] == 1
+        capsys.readouterr()
+        train(compose_train(RUN + ["trainer.threads=2", f"trainer.max_steps={STEPS_PER_EPOCH + 1}"], run_dir))
+    finally:
+        torch.set_num_threads(threads)  # the setting is global to the process
+    assert "CPU threads: checkpoint 1, this run 2" in capsys.readouterr().out
+
+
 def test_head_of_another_size_names_the_setting_not_a_wall_of_keys(finished_run, tmp_path):
     with pytest.raises(ckpt.CheckpointError) as err:
         train(compose_train(RUN + ["method.projector_dim=8", f"resume={finished_run}"], tmp_path))

@@ -1,7 +1,9 @@
-"""Graceful stop on SIGTERM / SIGUSR1 (cluster pre-emption, SLURM time limits, `kill`, Ctrl-\\).
+"""Graceful stop on SIGTERM / SIGUSR1 (cluster pre-emption, SLURM time limits, `kill`) and Ctrl-C (SIGINT).
 
 The handler only records the signal; the loop checks it between optimizer steps, saves a checkpoint
 at that step and stops. Saving inside the handler could catch the model half-way through an update.
+A second Ctrl-C raises ``KeyboardInterrupt`` at once, as Python's own handler does: the way out of a
+step that hangs, at the price of the checkpoint of that step.
 
 The final evaluation (a linear probe can take long) changes no state worth saving: inside
 ``PreemptionGuard.raising()`` the handler raises ``StopRequested`` instead, so a stop signal ends it at
@@ -11,10 +13,11 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import sys
 import threading
 from types import FrameType
 
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 
 
 class StopRequested(Exception):
@@ -50,6 +53,11 @@ class PreemptionGuard:
             signal.signal(sig, handler)
 
     def _record(self, signum: int, frame: FrameType | None) -> None:
+        if signum == signal.SIGINT:
+            if self.received == signal.SIGINT:  # the second Ctrl-C: no more waiting for the step to end
+                raise KeyboardInterrupt
+            sys.stderr.write("\nCtrl-C: stopping after this step and saving its checkpoint (Ctrl-C again: stop at "
+                             "once, without saving)\n")
         self.received = signum
         if self._raise:
             self._raise = False  # one exception per block, not one inside the handling of another
@@ -71,6 +79,8 @@ class PreemptionGuard:
     def hand_over(self) -> bool:
         """Call the previous Python handler of the received signal; return whether there was one."""
         previous = self._previous.get(self.received)
+        if previous is signal.default_int_handler:  # Python's Ctrl-C handler would only raise KeyboardInterrupt
+            return False
         if callable(previous):
             previous(self.received, None)
             return True

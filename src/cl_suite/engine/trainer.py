@@ -300,6 +300,7 @@ class Trainer:
         self._epoch_carry: dict[str, Any] | None = None
         self.best: dict[str, Any] = {"metric": t.best_metric, "value": None, "step": None}
         self.last_checkpoint: Path | None = None  # the newest good checkpoint, named in the NaN message
+        self._saved_evaluation: Any = None  # the restored checkpoint's evaluation settings
         self._last_saved_step: int | None = None
 
         self.step = 0
@@ -350,6 +351,13 @@ class Trainer:
         if self.profiler is not None:
             self.profiler.close()
             self.profiler = None
+        done = self.history.get("final") or {}
+        if done.get("step") == self.step and self._saved_evaluation == OmegaConf.to_container(
+                self.cfg.evaluation, resolve=True):
+            # A finished run started again (the same command, a resumed sweep): nothing left to do.
+            self._print(f"this run already finished at step {self.step} with these evaluation settings; its final "
+                        f"metrics are in metrics.json (evaluate again: python evaluate.py run={self.run_dir})")
+            return done
         if self._last_saved_step != self.step:  # the trained weights are on disk before the (long) evaluation
             self.save()
         self._print(f"final evaluation at step {self.step} ({self.epochs_done:g} of {t.epochs} epochs): kNN and the linear probe "
@@ -577,6 +585,7 @@ class Trainer:
             "epoch": self.epochs_done, "rng": rng_states(),
             "config": OmegaConf.to_container(self.cfg, resolve=True), "wandb_run_id": self.logger.run_id,
             "history": self.history, "best": self.best, "skipped_steps": self.nonfinite.total_skipped,
+            "threads": torch.get_num_threads(),
         }
         progress = self._epoch_progress
         if self.step % self.steps_per_epoch and progress and progress["epoch"] == self.step // self.steps_per_epoch:
@@ -621,7 +630,8 @@ class Trainer:
         self.last_checkpoint, self._last_saved_step = path, self.step
         self.nonfinite.total_skipped = int(state.get("skipped_steps", 0))
         epoch, inside = divmod(self.step, self.steps_per_epoch)
-        if inside and self.history["epochs"] and self.history["epochs"][-1].get("epoch") == epoch + 1:
+        if (inside and self.step < self.stop_step and self.history["epochs"]
+                and self.history["epochs"][-1].get("epoch") == epoch + 1):
             # The record of the interrupted epoch (stop signal, max_steps) is replaced by the record of the
             # whole epoch when it ends: its running sums continue from the checkpoint's.
             self.history["epochs"].pop()
@@ -629,10 +639,15 @@ class Trainer:
         applied, applied_keys = self._apply_changed_settings(saved, current)
         others = [line for line in ckpt.continuation_differences(saved, current)
                   if line.split(":", 1)[0] not in applied_keys]
+        threads = state.get("threads")
+        if isinstance(threads, int) and threads != torch.get_num_threads() and self.device.type == "cpu":
+            others.append(f"CPU threads: checkpoint {threads}, this run {torch.get_num_threads()} (sums in another "
+                          f"order: set trainer.threads={threads} for a bit-identical continuation)")
         if applied or others:
             self._print(f"warning: settings changed since the checkpoint; from step {self.step} this run continues "
                         "with them, so the continuation will differ from an uninterrupted run:\n  "
                         + "\n  ".join(applied + others))
+        self._saved_evaluation = saved.get("evaluation")
         self._print(f"resumed from {path} at step {self.step} (epoch {self.step / self.steps_per_epoch:.2f})")
         return state.get("wandb_run_id")
 
