@@ -99,6 +99,40 @@ def test_a_new_method_validates_trains_and_checkpoints(new_method):
     assert {p.name for p in new_method.iterdir()} <= {f"{MODULE}.py", "run", "__pycache__"}  # all it wrote
 
 
+def test_a_run_of_the_new_method_is_evaluated_once_its_module_is_trusted(new_method):
+    from omegaconf import OmegaConf
+
+    from cl_suite.run_evaluation import evaluate_run
+
+    run = new_method / "run"
+    cfg = compose_train(TINY + TARGET + ["trainer.max_steps=2", "trainer.eval_at_init=false",
+                                         "evaluation.linear.epochs=1"], run)
+    train(cfg)
+    (run / ".hydra").mkdir()
+    OmegaConf.save(cfg, run / ".hydra" / "config.yaml")  # what train.py writes
+
+    def evaluate(*extra):
+        with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
+            return evaluate_run(compose(config_name="evaluate", overrides=[f"run={run}", "protocol=knn", "wandb=false",
+                                                                            *extra]))
+
+    with pytest.raises(ConfigError, match=r"is not one of the suite's own targets(.|\n)*trust_targets=\[<its module>\]"):
+        evaluate()
+    with pytest.raises(ConfigError, match=r"trust_targets=\['cl_suite'\] is not allowed"):
+        evaluate("trust_targets=[cl_suite]")
+    with pytest.raises(ConfigError, match=r"is not one of the suite's own targets"):
+        evaluate("trust_targets=[some_other_module]")
+    evaluated = evaluate(f"trust_targets=[{MODULE}]")
+    assert 0 <= evaluated["metrics"]["knn/top1"] <= 100
+
+    from cl_suite.export import ExportError, export_backbone, load_backbone
+
+    with pytest.raises(ExportError, match=r"is not one of the suite's methods \(a method of your own: --trust-target"):
+        export_backbone(run)
+    out, _ = export_backbone(run, trusted=(MODULE,))
+    assert sum(p.numel() for p in load_backbone(out).parameters()) > 0
+
+
 def _spy_on(monkeypatch, sampler_cls):
     """Record the calls of ``sampler_cls.check_candidates`` (and still run it)."""
     calls = []

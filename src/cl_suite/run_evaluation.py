@@ -64,10 +64,10 @@ SAFE_RESOLVERS = frozenset({"oc.env", "oc.select", "oc.deprecated", "oc.dict.key
 WRITTEN_IN_RUN = ("evaluate.log", "wandb")
 
 
-def load_run_config(run_dir: Path) -> DictConfig:
+def load_run_config(run_dir: Path, trusted: tuple[str, ...] = ()) -> DictConfig:
     """``<run>/.hydra/config.yaml``, after ``check_run_config``: a run folder can come from anyone (a
     shared outputs folder), and its config is instantiated. A run folder where a file evaluate.py writes
-    is a symbolic link (``WRITTEN_IN_RUN``) is refused."""
+    is a symbolic link (``WRITTEN_IN_RUN``) is refused. ``trusted``: see ``check_run_config``."""
     path = run_dir / ".hydra" / "config.yaml"
     links = [name for name in WRITTEN_IN_RUN if (run_dir / name).is_symlink()]
     if links:
@@ -81,13 +81,17 @@ def load_run_config(run_dir: Path) -> DictConfig:
         cfg = load_untrusted_yaml(path)  # YAML safe loading: tags cannot build Python objects
     except (ValueError, yaml.YAMLError) as err:
         raise ConfigError(f"{path}: not a readable run config ({str(err)[:300]})") from None
-    check_run_config(cfg, path)
+    check_run_config(cfg, path, trusted)
     cfg.paths.output_dir = str(run_dir)  # was ${hydra:runtime.output_dir} of the training job
     return cfg
 
 
-def check_run_config(cfg: DictConfig, path: Path) -> None:
+def check_run_config(cfg: DictConfig, path: Path, trusted: tuple[str, ...] = ()) -> None:
     """Refuse a run config that would make ``instantiate`` call anything but the suite's own classes.
+
+    ``trusted`` (evaluate.py's ``trust_targets``): modules or full names of the user's own code (a method
+    or backbone of their own) that a run config may name at the top of a group as well; the user vouches
+    for them, and they are imported to be checked. Still only classes or functions defined there.
 
     Checked before anything is instantiated, at every depth (inside lists and ``_args_`` too), twice:
     as written, then with its interpolations resolved (a resolver can build a node, e.g. from the default
@@ -107,9 +111,9 @@ def check_run_config(cfg: DictConfig, path: Path) -> None:
     """
     problems: dict[str, str] = {}  # one line per key path, in the order found
     unresolvable: dict[str, str] = {}
-    _check_written(OmegaConf.to_container(cfg, resolve=False), "", problems)
+    _check_written(OmegaConf.to_container(cfg, resolve=False), "", problems, trusted)
     if not problems:  # resolution only calls the resolvers allowed above: it reads, it never runs code
-        _check_resolved(cfg, problems, unresolvable)
+        _check_resolved(cfg, problems, unresolvable, trusted)
     if unresolvable and not problems:
         raise ConfigError(f"{path}: refused, values of this run config cannot be resolved:\n  "
                           + "\n  ".join(unresolvable.values()) + "\nDid train.py write this folder?")
@@ -120,19 +124,22 @@ def check_run_config(cfg: DictConfig, path: Path) -> None:
             + "\nAllowed: " + ", ".join(f"{group}._target_: " + " or ".join(map(_shown, allowed))
                                          for group, allowed in TARGET_SLOTS.items())
             + f"; interpolations through {', '.join(sorted(SAFE_RESOLVERS))} "
-              "or cl_suite.* resolvers. Nothing was instantiated. Did train.py write this folder?")
+              "or cl_suite.* resolvers. Nothing was instantiated. Did train.py write this folder? (A method or "
+              "backbone of your own: trust_targets=[<its module>])")
 
 
 def _shown(allowed: str) -> str:
     return allowed if allowed in LIBRARY_TARGETS else allowed + ".*"
 
 
-def _check_target(key_path: str, value: Any, problems: dict[str, str]) -> None:
+def _check_target(key_path: str, value: Any, problems: dict[str, str], trusted: tuple[str, ...]) -> None:
     allowed = _target_slot(key_path)
     if allowed is None:
         slots = ", ".join(f"{group}._target_" for group in TARGET_SLOTS)
         problem = (f"is not at the top of a config group: a _target_ may only be {slots} or "
                    "logger.loggers.<name>._target_")
+    elif isinstance(value, str) and any(value == t or value.startswith(t + ".") for t in trusted):
+        problem = _trusted_target_problem(value, trusted)
     else:
         problem = _target_problem(value, allowed)
     if problem:
@@ -142,19 +149,19 @@ def _check_target(key_path: str, value: Any, problems: dict[str, str]) -> None:
 INSTANTIATE_KEYS = ("_partial_", "_args_", "_recursive_", "_convert_")
 
 
-def _check_written(node: Any, where: str, problems: dict[str, str]) -> None:
+def _check_written(node: Any, where: str, problems: dict[str, str], trusted: tuple[str, ...] = ()) -> None:
     if isinstance(node, dict):
         for key, value in node.items():
             key_path = f"{where}.{key}" if where else str(key)
             if key == "_target_":
-                _check_target(key_path, value, problems)
+                _check_target(key_path, value, problems, trusted)
             elif key in INSTANTIATE_KEYS:
                 problems.setdefault(key_path, f"{key_path}: Hydra's {key} is not allowed in a run config (the "
                                               "suite's configs never write it)")
-            _check_written(value, key_path, problems)
+            _check_written(value, key_path, problems, trusted)
     elif isinstance(node, list):
         for i, value in enumerate(node):
-            _check_written(value, f"{where}[{i}]", problems)
+            _check_written(value, f"{where}[{i}]", problems, trusted)
     elif isinstance(node, str):
         for start in (m.end() for m in re.finditer(r"\$\{", node)):
             name = _INTERPOLATION_NAME.match(node, start)
@@ -171,7 +178,8 @@ _INTERPOLATION_NAME = re.compile(r"\s*([\w.\-\[\]]+)\s*([:}])")  # a written key
 _MAX_RESOLVED_VALUES = 100_000  # a config whose resolution goes on (a node that contains itself) is refused
 
 
-def _check_resolved(cfg: DictConfig, problems: dict[str, str], unresolvable: dict[str, str]) -> None:
+def _check_resolved(cfg: DictConfig, problems: dict[str, str], unresolvable: dict[str, str],
+                    trusted: tuple[str, ...] = ()) -> None:
     """The ``_target_`` values of ``cfg`` with its interpolations resolved, including nodes that only exist
     after resolution. A value that cannot be resolved (an interpolation of a missing key, ``???``) goes to
     ``unresolvable``, but for ``${hydra:...}`` values: Hydra's own record resolves only inside Hydra."""
@@ -202,7 +210,7 @@ def _check_resolved(cfg: DictConfig, problems: dict[str, str], unresolvable: dic
                                             f"{key_path}: {printable(written)[:200]} ({printable(reason)[:200]})")
                 continue
             if key == "_target_":
-                _check_target(key_path, value, problems)
+                _check_target(key_path, value, problems, trusted)
             elif key in INSTANTIATE_KEYS:
                 problems.setdefault(key_path, f"{key_path}: Hydra's {key} is not allowed in a run config")
             stack.append((value, key_path))
@@ -229,6 +237,26 @@ def _target_problem(target: Any, allowed: tuple[str, ...]) -> str | None:
     if not (inspect.isclass(obj) or inspect.isfunction(obj)) or not any(
             module == package or module.startswith(package + ".") for package in allowed):
         return f"is not a class or function of the suite's config packages (it is {module or type(obj).__name__})"
+    return None
+
+
+def _trusted_target_problem(target: str, trusted: tuple[str, ...]) -> str | None:
+    """None if ``target`` is a class or function defined in the trusted module (or is the trusted name)."""
+    if "${" in target:
+        return "is an interpolation: a _target_ must be written out"
+    from hydra.utils import get_object
+
+    try:
+        obj = get_object(target)  # imports the user's module: they vouched for it with trust_targets
+    except Exception as err:  # noqa: BLE001 - any import failure is the same refusal
+        return f"cannot be imported ({type(err).__name__}: {str(err)[:200]})"
+    module = getattr(obj, "__module__", None) or ""
+    # the module a trusted full name lives in, or the trusted module itself
+    roots = [t.rsplit(".", 1)[0] if target == t else t for t in trusted if target == t or target.startswith(t + ".")]
+    if not (inspect.isclass(obj) or inspect.isfunction(obj)) or not any(
+            module == root or module.startswith(root + ".") for root in roots):
+        return (f"is not a class or function defined in the trusted {' or '.join(roots)} "
+                f"(it is {module or type(obj).__name__})")
     return None
 
 
@@ -289,7 +317,7 @@ def evaluate_run(cfg: DictConfig) -> dict[str, Any]:
             raise ConfigError("dataset= is for an exported backbone file (checkpoint=<file> without run=): a run "
                               "dir is evaluated on its own data set (dataset_root= moves it)")
         run_dir = Path(cfg.run)
-        train_cfg = load_run_config(run_dir)
+        train_cfg = load_run_config(run_dir, trusted_targets(cfg))
         path = find_checkpoint(run_dir, cfg.checkpoint)
         state, eval_json = _load_training_checkpoint(path, device), eval_json_path(run_dir, path)
     set_root(train_cfg.dataset, cfg.dataset_root, "dataset_root")
@@ -424,6 +452,18 @@ def exported_backbone(cfg: DictConfig):
                                "paths": {"data_dir": cfg.paths.data_dir}})
     check_run_config(config, path)
     return path, export, config
+
+
+def trusted_targets(cfg: DictConfig) -> tuple[str, ...]:
+    """evaluate.py's ``trust_targets``: a list of dotted names of the user's own modules or classes."""
+    names = cfg.get("trust_targets") or []
+    names = [names] if isinstance(names, str) else list(names)
+    bad = [n for n in names if not isinstance(n, str) or not re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*", n)
+           or n == "cl_suite" or n.startswith("cl_suite.")]
+    if bad:
+        raise ConfigError(f"trust_targets={names!r} is not allowed: expected dotted names of your own modules or "
+                          f"classes (e.g. trust_targets=[mymethods]), not {bad!r}")
+    return tuple(names)
 
 
 EVAL_JSON = "eval.json"

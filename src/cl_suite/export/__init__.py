@@ -274,8 +274,10 @@ def default_output(run_dir: Path, checkpoint: Path, fmt: str) -> Path:
 
 
 def export_backbone(source: str | Path, fmt: str = "state_dict", out: str | Path | None = None,
-                    checkpoint: str | None = None) -> tuple[Path, dict[str, Any]]:
+                    checkpoint: str | None = None, trusted: tuple[str, ...] = ()) -> tuple[Path, dict[str, Any]]:
     """Write the encoder of a run's checkpoint as a backbone-only file; return its path and header.
+    ``trusted`` (``--trust-target``): modules of the user's own methods, imported to check that their
+    representation is the backbone's.
 
     The checkpoint is read by ``engine.checkpoint.load_checkpoint`` (weights only, checksum checked). The
     exported tensors are loaded into the rebuilt suite backbone (strict), and for the library formats into
@@ -295,7 +297,7 @@ def export_backbone(source: str | Path, fmt: str = "state_dict", out: str | Path
     if not isinstance(config, dict) or not isinstance(config.get("backbone"), dict):
         raise ExportError(f"checkpoint {str(path)!r} holds no run config (saved by an older cl_suite?): cannot tell "
                           "which backbone its weights belong to")
-    _check_method_encodes_with_backbone(path, config)
+    _check_method_encodes_with_backbone(path, config, trusted)
     where = f"checkpoint {str(path)!r}"
     backbone_cfg = {k: v for k, v in config["backbone"].items() if k != "pretrained_file"}
     if "pretrained_file" in config["backbone"]:
@@ -338,20 +340,24 @@ def export_backbone(source: str | Path, fmt: str = "state_dict", out: str | Path
     return out, header
 
 
-def _check_method_encodes_with_backbone(path: Path, config: dict) -> None:
+def _check_method_encodes_with_backbone(path: Path, config: dict, trusted: tuple[str, ...] = ()) -> None:
     """Refuse methods whose evaluated representation is more than ``backbone(x)`` (CMC: two encoders on
-    the L and ab channels of Lab images): a backbone-only file would not be their encoder."""
+    the L and ab channels of Lab images): a backbone-only file would not be their encoder. Only the
+    suite's methods and those of ``trusted`` modules are imported to tell."""
     from hydra.utils import get_class
 
     from cl_suite.methods.base import ContrastiveMethod
 
     target = (config.get("method") or {}).get("_target_")
+    importable = isinstance(target, str) and any(target.startswith(prefix + ".")
+                                                  for prefix in ("cl_suite.methods", *trusted))
     try:
-        cls = get_class(target) if isinstance(target, str) and target.startswith("cl_suite.methods.") else None
+        cls = get_class(target) if importable else None
     except Exception:
         cls = None
     if cls is None or not issubclass(cls, ContrastiveMethod):
-        raise ExportError(f"checkpoint {str(path)!r}: method._target_={target!r} is not one of the suite's methods")
+        raise ExportError(f"checkpoint {str(path)!r}: method._target_={target!r} is not one of the suite's methods"
+                          + ("" if importable else " (a method of your own: --trust-target <its module>)"))
     if cls.encode is not ContrastiveMethod.encode:
         raise ExportError(f"checkpoint {str(path)!r}: method {cls.__name__} does not evaluate the backbone's "
                           "features alone (its representation combines several encoders), so a backbone-only file "

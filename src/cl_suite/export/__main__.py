@@ -1,5 +1,5 @@
 """``python -m cl_suite.export <run dir or .pt> [--format state_dict|torchvision|timm] [--out FILE]
-[--checkpoint last|best|step_<n>]``: write the run's encoder as a backbone-only file (see cl_suite.export)."""
+[--checkpoint last|best|step_<n>] [--trust-target MODULE]``: write the run's encoder as a backbone-only file (see cl_suite.export)."""
 from __future__ import annotations
 
 import argparse
@@ -22,6 +22,9 @@ def argument_parser() -> argparse.ArgumentParser:
                                       "the .json beside it")
     parser.add_argument("--checkpoint", help="with a run dir: which of its checkpoints/ (last, best, step_<n>; "
                                              "default last)")
+    parser.add_argument("--trust-target", action="append", default=[], dest="trusted", metavar="MODULE",
+                        help="a module of your own method (the run's method._target_), imported to check that its "
+                             "representation is the backbone's; repeatable")
     return parser
 
 
@@ -29,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argument_parser()
     args = parser.parse_args(argv)
     try:
-        out, header = export_backbone(args.source, args.fmt, args.out, args.checkpoint)
+        out, header = export_backbone(args.source, args.fmt, args.out, args.checkpoint, tuple(args.trusted))
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
