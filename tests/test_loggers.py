@@ -416,3 +416,15 @@ def test_the_logged_lr_is_the_rate_of_the_step_just_taken(tmp_path):
     assert [v / logged[0] for v in logged] == pytest.approx([1.0, 2.0, 3.0])
     epoch_lr = json.loads((tmp_path / "metrics.json").read_text())["epochs"][-1]["train/epoch_lr"]
     assert epoch_lr == pytest.approx(logged[-1])
+
+
+def test_a_bad_wandb_mode_in_the_environment_is_refused_at_start_up_by_its_name(monkeypatch):
+    from cl_suite.engine.logger import resolve_wandb_mode
+    from cl_suite.engine.validation import validate_train_config
+
+    monkeypatch.setenv("WANDB_MODE", "ofline")
+    with pytest.raises(ConfigError, match=r"environment variable WANDB_MODE='ofline' \(it wins over logger\.mode\)"):
+        validate_train_config(compose_train(["logger=wandb"]))
+    monkeypatch.setenv("WANDB_MODE", "dryrun")  # wandb's older name for offline
+    validate_train_config(compose_train(["logger=wandb"]))
+    assert resolve_wandb_mode("online") == "offline"

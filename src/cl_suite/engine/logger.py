@@ -71,9 +71,25 @@ def wandb_credentials_available() -> bool:
 WANDB_MODES = ("auto", "online", "offline", "disabled")
 
 
+WANDB_MODE_ALIASES = {"dryrun": "offline", "run": "online"}  # wandb's older names, still accepted by wandb
+
+
+def wandb_mode_from_environment() -> str | None:
+    """``WANDB_MODE`` of the environment (which wins over ``logger.mode``), or None; a value wandb would not
+    take either raises, naming the variable."""
+    env = os.environ.get("WANDB_MODE")
+    if env is None:
+        return None
+    mode = WANDB_MODE_ALIASES.get(env, env)
+    if mode not in WANDB_MODES:
+        raise ConfigError(f"the environment variable WANDB_MODE={env!r} (it wins over logger.mode) is not one of "
+                          f"{WANDB_MODES} (or wandb's older dryrun, run): fix or unset it")
+    return mode
+
+
 def resolve_wandb_mode(mode: str) -> str:
     """``auto``: online when credentials exist, offline otherwise; ``WANDB_MODE`` in the environment wins."""
-    mode = os.environ.get("WANDB_MODE", mode)
+    mode = wandb_mode_from_environment() or mode
     if mode not in WANDB_MODES:
         raise ValueError(f"logger.mode={mode!r} is not one of {WANDB_MODES}")
     if mode == "auto":
@@ -204,6 +220,7 @@ class WandbLogger:
     def check_config(cls, cfg, key: str) -> None:
         if "mode" in cfg and cfg.mode not in WANDB_MODES:
             raise ConfigError(f"{key}.mode={cfg.mode!r} is not one of {WANDB_MODES}")
+        wandb_mode_from_environment()  # at start-up, not when the logger is built
         if "project" in cfg and not (isinstance(cfg.project, str) and cfg.project):
             raise ConfigError(f"{key}.project={cfg.project!r} is not allowed: expected a non-empty name")
 
