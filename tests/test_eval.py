@@ -388,6 +388,11 @@ def test_evaluate_run_runs_every_protocol_into_eval_json_and_the_report_reads_it
     job = read_job(run, tmp_path)
     assert job.ok and job.metrics["eval/ood/synthetic/auroc"] == ood["ood/synthetic/auroc"]
 
+    from cl_suite.engine.validation import ConfigError
+
+    with pytest.raises(ConfigError, match=r"ood_dataset=digits is the run's own data set"):
+        evaluate("protocol=ood", "ood_dataset=[synthetic,digits]")
+
     # best.pt is last.pt here (one hard-linked file): the same checkpoint, so the same file, merged
     assert set(evaluate("checkpoint=best", "protocol=knn")["protocols"]) == set(second["protocols"])
     import shutil

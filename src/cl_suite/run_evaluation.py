@@ -321,6 +321,11 @@ def evaluate_run(cfg: DictConfig) -> dict[str, Any]:
         path = find_checkpoint(run_dir, cfg.checkpoint)
         state, eval_json = _load_training_checkpoint(path, device), eval_json_path(run_dir, path)
     set_root(train_cfg.dataset, cfg.dataset_root, "dataset_root")
+    own = train_cfg.dataset.get("name")
+    if "ood" in protocols and own in ood_names and cfg.ood_root is None:
+        raise ConfigError(f"ood_dataset={own} is the run's own data set: its test images are in-distribution, so "
+                          "the AUROC would be 50 by construction; name another data set (or an image folder "
+                          "with ood_dataset=image_files ood_root=<dir>)")
 
     data = build_dataset_for_evaluation(train_cfg.dataset, "dataset_root", train_cfg.dataset.get("name"))
     validate_evaluation_against_data(cfg, data, protocols)
