@@ -599,3 +599,27 @@ def test_linear_probe_draws_each_samples_variant_from_every_variant(informative)
     variants = [noise, x[:300]] if informative == 1 else [x[:300], noise]
     out = train_linear_classifier(variants, y[:300], x[300:], y[300:], num_classes=4, epochs=10, batch_size=64)
     assert out["top1"] > 90
+
+
+@pytest.mark.slow
+def test_evaluate_multirun_logs_into_each_run_folder_and_keeps_out_of_multirun(tmp_path):
+    import shutil
+
+    from cl_suite.report.jobs import collect_jobs
+    from helpers import ROOT, run_cli, trained_run
+
+    runs = tmp_path / "sweep"
+    trained_run(runs / "0", ["trainer.max_steps=2"])
+    shutil.copytree(runs / "0", runs / "1")
+    before = set((ROOT / "multirun").rglob("multirun.yaml"))
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    proc = run_cli("evaluate.py", ["-m", f"run={runs / '0'},{runs / '1'}", "protocol=knn", "wandb=false"],
+                   env={"TMPDIR": str(scratch)})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for run in ("0", "1"):
+        assert (runs / run / "evaluate.log").is_file() and (runs / run / "eval.json").is_file()
+    assert set((ROOT / "multirun").rglob("multirun.yaml")) == before
+    assert len(list(scratch.rglob("multirun.yaml"))) == 1
+    shutil.copy(next(scratch.rglob("multirun.yaml")), runs / "multirun.yaml")  # an older evaluate sweep's record
+    assert [job.status for job in collect_jobs(runs)] == ["ok", "ok"]  # no phantom "not run" jobs

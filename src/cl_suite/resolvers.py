@@ -47,7 +47,7 @@ def evaluate_dir(run: str | None, checkpoint: str) -> str:
         # evaluate.log link and append to its target; evaluate.py refuses such a folder itself.
         if os.path.isfile(os.path.join(folder, ".hydra", "config.yaml")) and not os.path.islink(
                 os.path.join(folder, "evaluate.log")):
-            return str(run)
+            return os.path.abspath(folder)  # absolute: a multirun's job dir is sweep.dir / this
         return os.path.join(tempfile.gettempdir(), "cl_suite_evaluate")
     path = os.path.abspath(os.path.expanduser(str(checkpoint)))
     if not os.path.isfile(path):

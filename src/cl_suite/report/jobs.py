@@ -386,6 +386,8 @@ def _missing_in_sweep(path: Path, jobs: list[Job], prefix: str) -> list[Job]:
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 
     hydra = (_plain(path) or {}).get("hydra") or {}  # as text: an interpolation is never resolved
+    if ((hydra.get("job") or {}).get("name")) == "evaluate":
+        return []  # an evaluate.py -m over run folders, not a grid of training jobs
     sweeper = hydra.get("sweeper") or {}
     if "BasicSweeper" not in str(sweeper.get("_target_")):
         return []  # e.g. Optuna: no fixed grid to compare against
