@@ -73,6 +73,16 @@ def test_a_sweep_job_with_a_bad_setting_prints_its_message_without_a_traceback(t
     assert proc.returncode == 1
     assert "error: scheduler.warmup_epochs=50 is longer than the run (trainer.epochs=1)" in proc.stderr
     assert "Traceback" not in proc.stderr, proc.stderr
+    from cl_suite.report.jobs import collect_jobs  # the sweep's report says why the job failed
+
+    (job,) = collect_jobs(tmp_path)
+    assert job.status == "failed" and job.reason.startswith(
+        "refused at start-up: scheduler.warmup_epochs=50 is longer than the run (trainer.epochs=1)"), job.reason
+    fixed = run_cli("train.py", ["scheduler.warmup_epochs=0", "trainer.epochs=1", "trainer.max_steps=1", "logger=none",
+                                 "evaluation.linear.epochs=1", "trainer.eval_at_init=false",
+                                 f"hydra.run.dir={tmp_path / '0'}"])
+    assert fixed.returncode == 0, fixed.stderr[-2000:]
+    assert not (tmp_path / "0" / "refused.txt").exists() and collect_jobs(tmp_path)[0].status == "ok"
 
 
 @pytest.mark.slow
@@ -82,7 +92,7 @@ def test_missing_paths_and_bad_evaluate_settings_print_one_error_line_and_create
     typo, not_a_run = tmp_path / "no_such_run", tmp_path / "src_like"
     not_a_run.mkdir()
     cases = [
-        ("evaluate.py", [f"run={typo}"], f"error: run='{typo}' has no .hydra/config.yaml"),
+        ("evaluate.py", [f"run={typo}"], f"error: run='{typo}' does not exist"),
         ("evaluate.py", [f"run={not_a_run}"], f"error: run='{not_a_run}' has no .hydra/config.yaml"),
         ("evaluate.py", ["protocol=foo", f"run={typo}"], "error: protocol=['foo'] is not allowed"),
         ("evaluate.py", ["protocol=ood", f"run={typo}"], "error: protocol=ood needs ood_dataset="),

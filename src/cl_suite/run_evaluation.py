@@ -74,6 +74,9 @@ def load_run_config(run_dir: Path, trusted: tuple[str, ...] = ()) -> DictConfig:
         raise ConfigError(f"run={str(run_dir)!r}: {', '.join(links)} is a symbolic link (to "
                           f"{os.readlink(run_dir / links[0])!r}); refused: evaluate.py writes there, and would write "
                           "to the link's target. Delete the link if the folder is yours")
+    if not run_dir.is_dir():
+        raise MissingPathError(f"run={str(run_dir)!r} does not exist: pass the folder of one run that train.py "
+                               "wrote (outputs/<date>/<time>, or one job's folder of a sweep)")
     if not path.is_file():
         raise MissingPathError(f"run={str(run_dir)!r} has no .hydra/config.yaml: pass the folder of one run that "
                                "train.py wrote (outputs/<date>/<time>, or one job's folder of a sweep)")

@@ -107,8 +107,9 @@ def build_method(cfg: DictConfig, facts: DatasetFacts) -> ContrastiveMethod:
     if "sampler" in params:
         extra["sampler"] = instantiate_unwrapped(cfg.sampler, _convert_="all")
     elif cfg.sampler._target_ != UNIFORM_SAMPLER:
-        raise ConfigError(f"sampler._target_={cfg.sampler._target_} cannot be used with method={name}: its "
-                          "loss has several positives per anchor, not one positive against candidate negatives; "
+        raise ConfigError(f"sampler._target_={cfg.sampler._target_} cannot be used with method={name}: it takes no "
+                          "negative sampler, its loss is not one positive against candidate negatives (SupCon and "
+                          "RINCE have several positives per anchor, the supervised baseline none); "
                           "allowed: sampler=uniform")
     backbone = instantiate_unwrapped(cfg.backbone, _convert_="all")
     return instantiate_unwrapped(cfg.method, backbone=backbone, _convert_="all", **extra)

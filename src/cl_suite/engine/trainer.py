@@ -43,6 +43,7 @@ from cl_suite.engine.run_lock import RunFolderError, RunLock, check_room_for_che
 from cl_suite.engine.run_log import RunLog, say
 from cl_suite.engine.threads import set_threads
 from cl_suite.engine.validation import ConfigError, validate_against_data, validate_train_config
+from cl_suite.files import atomic_write
 
 
 
@@ -137,10 +138,14 @@ def has_record(run_dir: Path) -> bool:
     return (run_dir / ".hydra" / "config.yaml").is_file()
 
 
-def _record_refused_job(cfg: DictConfig) -> None:
-    """A job whose config is refused still leaves its record (a sweep report then lists it as failed),
-    unless another job owns the folder or the folder already holds a run's record: a refused re-run into
-    a finished run's folder must not relabel that run."""
+# Why a job's config was refused, in its run folder: the sweep report lists the job as failed with it.
+REFUSED_FILE = "refused.txt"
+
+
+def _record_refused_job(cfg: DictConfig, error: ConfigError) -> None:
+    """A job whose config is refused still leaves its record and the reason (``REFUSED_FILE``; a sweep
+    report then lists it as failed, saying why), unless another job owns the folder or the folder already
+    holds a run's record: a refused re-run into a finished run's folder must not relabel that run."""
     if int(os.environ.get("RANK", "0")) != 0:
         return
     run_dir = Path(cfg.paths.output_dir)
@@ -155,6 +160,7 @@ def _record_refused_job(cfg: DictConfig) -> None:
             if has_record(run_dir):
                 return
             save_hydra_record(run_dir, cfg)
+            atomic_write(run_dir / REFUSED_FILE, lambda f: f.write(str(error).encode("utf-8")))
         finally:
             lock.release()
 
@@ -163,8 +169,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     """Run one pre-training job described by ``cfg``; return the final metrics."""
     try:
         augment = validate_train_config(cfg)
-    except ConfigError:
-        _record_refused_job(cfg)
+    except ConfigError as error:
+        _record_refused_job(cfg, error)
         raise
     device_type = "cuda" if cfg.trainer.device != "cpu" and torch.cuda.is_available() else "cpu"
     run_log = RunLog()
@@ -193,6 +199,7 @@ def _train(cfg: DictConfig, device_type: str, run_log: RunLog, augment: AugmentC
         # refused resume (another model or objective) does not relabel the earlier run.
         record_later = has_record(run_dir)
         if is_main_process():
+            (run_dir / REFUSED_FILE).unlink(missing_ok=True)  # an earlier refusal of this folder's job
             if not record_later:
                 save_hydra_record(run_dir, cfg)
             run_log.open(run_dir)

@@ -189,7 +189,7 @@ def read_job(run_dir: Path, sweep_dir: Path) -> Job:
     record = metrics_path if metrics_path.is_file() else run_dir / ".hydra" / "config.yaml"
     job.finished = record.stat().st_mtime
     if not metrics_path.is_file():
-        job.status, job.reason = "failed", "no metrics.json (crashed before its first checkpoint)"
+        job.status, job.reason = "failed", _refusal(run_dir) or "no metrics.json (crashed before its first checkpoint)"
         return job
     history = read_json_object(metrics_path)
     if history is None:
@@ -207,6 +207,21 @@ def read_job(run_dir: Path, sweep_dir: Path) -> Job:
     job.metrics.update(_compute_metrics(history, job))
     job.metrics.update(_final_evaluation(run_dir / "eval.json", final.get("step")))
     return job
+
+
+def _refusal(run_dir: Path) -> str | None:
+    """``refused at start-up: <reason>`` from the job's ``refused.txt`` (train.py writes it when it refuses
+    the job's config), its first line only, escaped and cut (the file is untrusted)."""
+    path = run_dir / "refused.txt"
+    if not path.is_file() or path.is_symlink():
+        return None
+    try:
+        with path.open("rb") as f:
+            text = f.read(2000).decode("utf-8", "replace")
+    except OSError:
+        return None
+    first = text.strip().splitlines()[0] if text.strip() else ""
+    return f"refused at start-up: {printable(first)[:300]}" if first else None
 
 
 def _final_evaluation(path: Path, final_step: Any) -> dict[str, float]:
