@@ -186,3 +186,42 @@ def test_cosine_after_warmup_matches_timms_cosine_scheduler(warmup_prefix):
         assert ours == pytest.approx(expected, rel=1e-9), step
     assert warmup_cosine_factor(warm, total, warm, 0.0, warmup_prefix=False) == pytest.approx(
         0.5 * (1 + math.cos(math.pi * 0.1)))  # 0.976: the rate is already decayed when the warm-up ends
+
+
+def test_the_online_probe_can_train_as_solo_learns_classifier(tmp_path):
+    """probe.optimizer=lars with the run's LARS settings, lr scaled by batch/256, following the backbone's
+    warm-up + cosine (schedule=backbone): at every step the probe's rate is its base times the schedule's
+    factor, also after a resume; sgd and the refusals."""
+    from cl_suite.engine.optim import LARS as SuiteLARS
+    from cl_suite.engine.trainer import Trainer
+    from cl_suite.engine.validation import ConfigError, validate_train_config
+    from helpers import TINY, compose_train
+
+    solo = ["optimizer=lars", "optimizer.clip_lr=true", "optimizer.trust_denominator=grad_and_decay_norms",
+            "probe.optimizer=lars", "probe.lr=0.1", "probe.batch_size_reference=256", "probe.schedule=backbone",
+            "scheduler.warmup_epochs=1", "trainer.eval_at_init=false"]
+    cfg = compose_train(TINY + solo, tmp_path / "run")
+    validate_train_config(cfg)
+    trainer = Trainer(cfg, torch.device("cpu"))
+    opt = trainer.probe_optimizer
+    assert isinstance(opt, SuiteLARS) and opt.defaults["clip_lr"] and opt.defaults["trust_denominator"] == (
+        "grad_and_decay_norms")
+    base = 0.1 * 64 / 256
+    weight, bias = opt.param_groups  # the bias is excluded from the adaptation, as solo-learn's
+    assert weight["lars_adaptation"] is not False and bias["lars_adaptation"] is False
+    for _ in range(3):
+        factor = trainer.scheduler.get_last_lr()[0] / trainer.scheduler.base_lrs[0]
+        assert weight["lr"] == pytest.approx(base * factor) and factor < 1  # inside the warm-up
+        trainer.train_step(next(iter(trainer.batches.epoch(0))), torch.Generator().manual_seed(0))
+    trainer.save()
+    resumed = Trainer(compose_train(TINY + solo, tmp_path / "run"), torch.device("cpu"))
+    factor = resumed.scheduler.get_last_lr()[0] / resumed.scheduler.base_lrs[0]
+    assert resumed.step == 3 and resumed.probe_optimizer.param_groups[0]["lr"] == pytest.approx(base * factor)
+
+    sgd = Trainer(compose_train(TINY + ["probe.optimizer=sgd", "probe.lr=0.3", "probe.momentum=0.8"], tmp_path / "s"),
+                  torch.device("cpu")).probe_optimizer
+    assert isinstance(sgd, torch.optim.SGD) and sgd.param_groups[0]["lr"] == 0.3 and sgd.defaults["momentum"] == 0.8
+    with pytest.raises(ConfigError, match="probe.optimizer=lars takes its eta, clip_lr and trust_denominator"):
+        validate_train_config(compose_train(TINY + ["probe.optimizer=lars"]))
+    with pytest.raises(ConfigError, match=r"probe.optimizer='adam' is not one of"):
+        validate_train_config(compose_train(TINY + ["probe.optimizer=adam"]))

@@ -370,13 +370,28 @@ def _fallback_hint(path: Path) -> str:
 
 # Config keys whose values decide the shapes of the saved tensors (or what they mean): a checkpoint
 # saved under other values cannot be loaded into this run's model (or optimizer: SGD has no Adam moments).
-_MODEL_KEYS = ("method._target_", "backbone", "dataset.name", "optimizer._target_")
+_MODEL_KEYS = ("method._target_", "backbone", "dataset.name", "optimizer._target_", "probe.optimizer")
 # Keys whose change loads fine but breaks an exact continuation (data order, schedule, step <-> epoch).
 _CONTINUATION_KEYS = ("seed", "trainer.batch_size", "trainer.epochs", "trainer.max_steps", "dataset", "optimizer",
-                      "scheduler", "method", "sampler")
+                      "scheduler", "method", "sampler", "probe")
 # Keys that say which objective a run trains: with resume=auto (the run folder's own checkpoint) a change
 # means the folder is being reused by another configuration, not continued.
 _OBJECTIVE_KEYS = ("method", "sampler")
+
+
+# Settings added after checkpoints were first written, with the value those checkpoints were trained with.
+_ADDED_DEFAULTS = {"probe": {"optimizer": "adamw", "momentum": 0.9, "batch_size_reference": None,
+                             "schedule": "constant"}}
+
+
+def with_added_defaults(saved: dict) -> dict:
+    """``saved`` (a checkpoint's config) with the settings added since it was written filled in with the
+    values it was trained with, so a resume compares like with like."""
+    out = dict(saved)
+    for group, defaults in _ADDED_DEFAULTS.items():
+        if isinstance(out.get(group), dict):
+            out[group] = {**defaults, **out[group]}
+    return out
 
 
 def _flatten(node: Any, prefix: str) -> dict[str, Any]:

@@ -7,7 +7,11 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from omegaconf import DictConfig
 from torch import nn
+
+PROBE_OPTIMIZERS = ("adamw", "sgd", "lars")
+PROBE_SCHEDULES = ("constant", "backbone")
 
 
 class OnlineProbe(nn.Module):
@@ -56,3 +60,25 @@ class RunningTopkAccuracy:
         if count == 0:
             return {}
         return {name: 100.0 * hits / count for name, hits in zip(self.names, self.hits.tolist())}
+
+
+def build_probe_optimizer(probe_cfg: DictConfig, optimizer_cfg: DictConfig, probe: OnlineProbe,
+                          global_batch_size: int) -> torch.optim.Optimizer:
+    """The online probe's optimizer (``probe.*``). ``adamw`` (the default: a diagnostic that converges
+    whatever the backbone's settings); ``sgd`` with ``momentum``; ``lars`` with the run's LARS settings
+    (``optimizer.eta``, ``clip_lr``, ``trust_denominator``; the bias excluded from the adaptation), as
+    solo-learn trains its online classifier in the backbone's optimizer. ``lr`` is for
+    ``batch_size_reference`` images (null: not scaled), as ``optimizer.lr``."""
+    from cl_suite.engine.optim import LARS, parameter_groups
+
+    reference = probe_cfg.get("batch_size_reference")
+    lr = float(probe_cfg.lr) * (global_batch_size / reference if reference else 1.0)
+    kind, wd = probe_cfg.get("optimizer", "adamw"), float(probe_cfg.weight_decay)
+    if kind == "adamw":
+        return torch.optim.AdamW(probe.parameters(), lr=lr, weight_decay=wd)
+    if kind == "sgd":
+        return torch.optim.SGD(probe.parameters(), lr=lr, momentum=float(probe_cfg.momentum), weight_decay=wd)
+    return LARS(parameter_groups(probe, wd, exclude_bias_and_norm=True), lr=lr, momentum=float(probe_cfg.momentum),
+                weight_decay=wd, eta=float(optimizer_cfg.get("eta", 0.02)),
+                clip_lr=bool(optimizer_cfg.get("clip_lr", False)),
+                trust_denominator=str(optimizer_cfg.get("trust_denominator", "update_norm")))

@@ -37,7 +37,7 @@ from cl_suite.engine.optim import build_optimizer
 from cl_suite.engine.precision import autocast
 from cl_suite.engine.preemption import PreemptionGuard, StopRequested
 from cl_suite.engine.pretrainer import Pretrainer
-from cl_suite.engine.probe import OnlineProbe, RunningTopkAccuracy
+from cl_suite.engine.probe import OnlineProbe, RunningTopkAccuracy, build_probe_optimizer
 from cl_suite.engine.profiling import StepProfiler
 from cl_suite.engine.run_lock import RunFolderError, RunLock, check_room_for_checkpoint
 from cl_suite.engine.run_log import RunLog, say
@@ -289,10 +289,11 @@ class Trainer:
             model.compile(mode=t.compile_mode)  # in place: state_dict keys stay free of "_orig_mod."
         self.model = model
         self.optimizer = build_optimizer(cfg.optimizer, self.method, t.batch_size)
-        self.probe_optimizer = torch.optim.AdamW(self.probe.parameters(), lr=cfg.probe.lr,
-                                                 weight_decay=cfg.probe.weight_decay)
+        self.probe_optimizer = build_probe_optimizer(cfg.probe, cfg.optimizer, self.probe, t.batch_size)
+        self._probe_base_lrs = [group["lr"] for group in self.probe_optimizer.param_groups]
         self.scheduler = instantiate_unwrapped(cfg.scheduler, optimizer=self.optimizer, steps_per_epoch=self.steps_per_epoch,
                                      total_steps=self.schedule_steps)
+        self._sync_probe_lr()
         self.scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and t.precision == "fp16")
         self.probe_accuracy = RunningTopkAccuracy((1, 5), self.data.num_classes, device)
         self.diagnostics = EpochDiagnostics()
@@ -503,9 +504,20 @@ class Trainer:
         self.scaler.update()
         self.step_lr = self.optimizer.param_groups[0]["lr"]  # the rate this step used (a float: no sync)
         self.scheduler.step()
+        self._sync_probe_lr()
         self.method.after_step(out.memory, self.step, self.schedule_steps)  # memory writes, momentum updates
         self.step += 1
         return out, probe_logits
+
+    def _sync_probe_lr(self) -> None:
+        """``probe.schedule=backbone``: the probe's rate is its base rate times the backbone schedule's
+        current factor (solo-learn's classifier is a parameter group of the backbone's scheduled
+        optimizer). Derived from the checkpointed schedule, so it needs no state of its own."""
+        if self.cfg.probe.get("schedule", "constant") != "backbone":
+            return
+        factor = self.scheduler.get_last_lr()[0] / self.scheduler.base_lrs[0]
+        for group, base in zip(self.probe_optimizer.param_groups, self._probe_base_lrs):
+            group["lr"] = base * factor
 
     def _skip_step(self, out):
         """``trainer.nonfinite=skip``: no update of weights, optimizer or method state. The position (step,
@@ -516,6 +528,7 @@ class Trainer:
                                            self._last_checkpoint_text())
         self.step_lr = self.optimizer.param_groups[0]["lr"]
         self.scheduler.step()
+        self._sync_probe_lr()
         self.step += 1
         return dataclasses.replace(out, loss=torch.zeros_like(out.loss.detach()), stats={},
                                    feature_labels=torch.full_like(out.feature_labels, -1))
@@ -618,7 +631,8 @@ class Trainer:
     def _restore(self, path: Path) -> str | None:
         state = ckpt.load_checkpoint(path, map_location=self.device)
         ckpt.check_training_state(path, state)
-        saved, current = state.get("config") or {}, OmegaConf.to_container(self.cfg, resolve=True)
+        saved = ckpt.with_added_defaults(state.get("config") or {})
+        current = OmegaConf.to_container(self.cfg, resolve=True)
         ckpt.check_same_model(path, saved, current)
         if self.cfg.resume == "auto":  # the folder's own checkpoint: another objective is another run
             ckpt.check_same_objective(path, saved, current, OmegaConf.to_container(self.cfg, resolve=False))
@@ -632,6 +646,7 @@ class Trainer:
         ckpt.check_optimizer_state(path, self.optimizer, "optimizer")
         ckpt.check_optimizer_state(path, self.probe_optimizer, "online probe's optimizer")
         self.step, self.history = state["step"], state["history"]
+        self._sync_probe_lr()
         ckpt.applied_or_explained(path, "random number generator", lambda: set_rng_states(state["rng"]))
         self.best = state.get("best", self.best)
         self.last_checkpoint, self._last_saved_step = path, self.step

@@ -31,6 +31,7 @@ from cl_suite.engine.config_arguments import ArgumentError, check_group_argument
 from cl_suite.engine.logger import LOGGER_ARGUMENTS, check_logger_config
 from cl_suite.engine.numerics import MODES as NONFINITE_MODES
 from cl_suite.engine.optim import TRUST_DENOMINATORS
+from cl_suite.engine.probe import PROBE_OPTIMIZERS, PROBE_SCHEDULES
 from cl_suite.engine.precision import PRECISION_DTYPES
 from cl_suite.errors import ConfigError
 from cl_suite.paths import CONF_DIR
@@ -209,8 +210,10 @@ def validate_train_config(cfg: DictConfig) -> AugmentConfig:
 
 
 PUBLISHED_KEYS = ("value", "metric", "protocol", "source")
-# The final numbers a published result can be compared with (``metrics.json`` "final": kNN and linear probe).
-PUBLISHED_METRICS = tuple(f"{p}/top{k}" for p in ("linear", "knn") for k in (1, 5))
+# The final numbers a published result can be compared with (``metrics.json`` "final": kNN, the linear
+# probe, and the online probe's test accuracy, for numbers of an online classifier such as solo-learn's).
+PUBLISHED_METRICS = (*(f"{p}/top{k}" for p in ("linear", "knn") for k in (1, 5)), "online_probe/test_top1",
+                     "online_probe/test_top5")
 
 
 def _check_published(block: Any) -> None:
@@ -281,6 +284,13 @@ def _check_trainer(cfg: DictConfig) -> None:
     _number(t, "trainer.max_skipped_fraction", 0.0, 1.0, low_open=False)
     _positive(cfg.probe, "probe.lr")
     _number(cfg.probe, "probe.weight_decay", 0.0, low_open=False)
+    _choice(cfg.probe, "probe.optimizer", PROBE_OPTIMIZERS)
+    _choice(cfg.probe, "probe.schedule", PROBE_SCHEDULES)
+    _number(cfg.probe, "probe.momentum", 0.0, 1.0, low_open=False, high_open=True)
+    _int(cfg.probe, "probe.batch_size_reference", 1, allow_none=True)
+    if cfg.probe.optimizer == "lars" and "lars" not in str(cfg.optimizer.get("_target_", "")).lower():
+        raise ConfigError("probe.optimizer=lars takes its eta, clip_lr and trust_denominator from the run's LARS: "
+                          f"it needs optimizer=lars (this run: {cfg.optimizer.get('_target_')})")
 
 
 def _check_device(node: DictConfig, key: str) -> None:
