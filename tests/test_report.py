@@ -482,6 +482,8 @@ def test_plot_title_labels_and_legend_outside_the_axes(tmp_path):
     title = plot_title(metrics, "sampler.tau_plus", params, fixed)
     assert title == ("linear/top1, knn/top1, train/loss vs sampler.tau_plus, one line per method\n"
                      "digits, small_convnet, 1 epochs; mean over seeds, error bars: 95% t-interval")
+    assert "digits, small_convnet, 1 epochs, stopped at step 2;" in plot_title(
+        metrics, "sampler.tau_plus", params, fixed + [("trainer.max_steps", "2", "")])  # a run cut short says so
     fig, axes, legend = build_figure("sampler.tau_plus", params, rows, metrics, fixed)
     try:
         assert fig._suptitle.get_text().split() == title.split()  # wrapped to the figure's width

@@ -15,7 +15,8 @@ from cl_suite.report.table import ConfigRow, format_value
 # Metrics in percent in this suite (accuracies, retrieval mAP / P@k / R@k, OOD AUROC / FPR); losses are not.
 PERCENT_MARKERS = ("top1", "top5", "map", "p@", "r@", "auroc", "fpr")
 # The fixed settings a plot title names, in this order, when every job shares them.
-TITLE_SETTINGS = (("experiment", "{}"), ("dataset", "{}"), ("backbone", "{}"), ("trainer.epochs", "{} epochs"))
+TITLE_SETTINGS = (("experiment", "{}"), ("dataset", "{}"), ("backbone", "{}"), ("trainer.epochs", "{} epochs"),
+                  ("trainer.max_steps", "stopped at step {}"))  # a run cut short (debug=fast) says so
 
 
 def is_percent(metric: str) -> bool:
@@ -57,7 +58,8 @@ def plot_title(metrics: list[str], param: str, params: list[str], fixed: list[tu
     others = [p for p in params if p != param]
     head = f"{', '.join(metrics)} vs {param}" + (f", one line per {', '.join(others)}" if others else "")
     fixed_map = {key: value for key, value, _ in fixed or []}
-    setting = [fmt.format(fixed_map[key]) for key, fmt in (("method", "{}"), *TITLE_SETTINGS) if key in fixed_map]
+    setting = [fmt.format(fixed_map[key]) for key, fmt in (("method", "{}"), *TITLE_SETTINGS)
+               if fixed_map.get(key) is not None]
     details = "; ".join(x for x in (", ".join(setting), "mean over seeds, error bars: 95% t-interval") if x)
     if width:  # wrapped to the figure's width
         import textwrap

@@ -29,7 +29,7 @@ def lower_is_better(metric: str) -> bool:
 GROUP_ORDER = ("experiment", "method", "dataset", "backbone", "optimizer", "scheduler", "sampler", "evaluation",
                "debug")
 # The fixed settings report.md lists besides the group choices and the command line's values.
-FIXED_KEYS = ("trainer.epochs", "trainer.batch_size", "optimizer.lr")
+FIXED_KEYS = ("trainer.epochs", "trainer.max_steps", "trainer.batch_size", "optimizer.lr")
 
 
 def _differs(jobs: list[Job], key: str) -> bool:
