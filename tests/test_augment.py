@@ -480,3 +480,97 @@ def test_cuda_no_host_sync():
     boxes = torch.tensor([[0, 0, 32, 32], [3, 5, 20, 17]] * 4, device="cuda")
     on_cpu = resized_crop(x.cpu(), boxes.cpu(), 32)
     torch.testing.assert_close(resized_crop(x, boxes, 32).cpu(), on_cpu, atol=1e-5, rtol=0)
+
+
+# ------------------------------------------------------------------------------------------------
+# The whole pipeline against torchvision's ops on the same random draws
+# ------------------------------------------------------------------------------------------------
+
+
+def _torchvision_two_views(images: torch.Tensor, cfg: AugmentConfig, g: torch.Generator) -> torch.Tensor:
+    """Both views (2N, C, S, S) from torchvision.transforms.v2.functional, sample by sample, in torchvision's
+    pipeline order (RandomResizedCrop, flip, RandomApply(ColorJitter) with its factor ranges and a random
+    order per sample, RandomGrayscale, blur and solarize with one probability per view, Normalize). The random
+    numbers are drawn from ``g`` in the order the batched code documents (the boxes by ``sample_crop_boxes``,
+    checked against torchvision's sampler separately); every other choice is made here."""
+    n, _, height, width = images.shape
+    m, jit = 2 * n, cfg.jitter
+
+    def uniform(lo, hi):
+        return torch.empty(m).uniform_(lo, hi, generator=g)
+
+    boxes = sample_crop_boxes(m, height, width, cfg.crop_scale, cfg.crop_ratio, g, "cpu")
+    flip = torch.rand(m, generator=g) < cfg.flip_p
+    jitter_on = torch.rand(m, generator=g) < jit.p
+    fb = uniform(max(0.0, 1 - jit.brightness), 1 + jit.brightness)
+    fc = uniform(max(0.0, 1 - jit.contrast), 1 + jit.contrast)
+    fs = uniform(max(0.0, 1 - jit.saturation), 1 + jit.saturation)
+    fh = uniform(-jit.hue, jit.hue)
+    order = torch.rand(m, 4, generator=g).argsort(dim=1)
+    gray_on = torch.rand(m, generator=g) < cfg.grayscale_p
+    blur_u = torch.rand(m, generator=g)
+    sigma = uniform(cfg.blur.sigma[0], cfg.blur.sigma[1])
+    solarize_u = torch.rand(m, generator=g)
+
+    ops = [(TF.adjust_brightness, fb, jit.brightness), (TF.adjust_contrast, fc, jit.contrast),
+           (TF.adjust_saturation, fs, jit.saturation), (TF.adjust_hue, fh, jit.hue)]
+    out = []
+    for i in range(m):
+        view = 0 if i < n else 1
+        x = images[i % n].float() / 255
+        x = TF.resized_crop(x, *boxes[i].tolist(), [cfg.crop_size] * 2, antialias=cfg.crop_antialias)
+        if flip[i]:
+            x = TF.horizontal_flip(x)
+        if jitter_on[i]:
+            for op in order[i].tolist():
+                fn, factor, strength = ops[op]
+                if strength > 0:
+                    x = fn(x, float(factor[i]))
+        if gray_on[i]:
+            x = TF.rgb_to_grayscale(x, num_output_channels=3)
+        if blur_u[i] < cfg.blur.p[view]:
+            x = TF.gaussian_blur(x, [cfg.blur.kernel_size] * 2, [float(sigma[i])] * 2)
+        if solarize_u[i] < cfg.solarize.p[view]:
+            x = TF.solarize(x, cfg.solarize.threshold)
+        out.append(TF.normalize(x, list(cfg.mean), list(cfg.std)))
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("crop_size, antialias", [(12, True), (20, False)])
+def test_two_view_pipeline_matches_torchvision_on_the_same_draws(crop_size, antialias):
+    """Every op on, with distinct strengths, per-view probabilities and a non-default kernel and threshold:
+    catches a wrong factor range, a shared jitter order, ops in the wrong order, a sigma or kernel or
+    threshold that is not the configured one, and draws shared between the views."""
+    cfg = AugmentConfig.from_dict(
+        {"crop_size": crop_size, "crop_antialias": antialias, "flip_p": 0.5, "grayscale_p": 0.3,
+         "jitter": {"p": 0.8, "brightness": 0.3, "contrast": 0.6, "saturation": 0.9, "hue": 0.35},
+         "blur": {"p": [0.7, 0.3], "sigma": [0.4, 2.5], "kernel_size": 5},
+         "solarize": {"p": [0.3, 0.6], "threshold": 0.35}},
+        CIFAR_MEAN, CIFAR_STD)
+    imgs = _uint8(40, size=16, seed=4)
+    v1, v2 = TwoViewAugment(cfg)(imgs, torch.Generator().manual_seed(11))
+    want = _torchvision_two_views(imgs, cfg, torch.Generator().manual_seed(11))
+    got = torch.cat((v1, v2))
+    # 1e-3 after normalisation (std ~0.2) is ~2e-4 on [0, 1]: float rounding of 7 chained ops, not a mistake.
+    for i in range(len(got)):
+        torch.testing.assert_close(got[i], want[i], atol=1e-3, rtol=0, msg=f"sample {i}")
+
+
+def test_crop_positions_are_uniform_over_every_valid_offset():
+    """A 4x4 box in an 8x8 image has 5 positions per axis, as torchvision's randint(0, 8 - 4 + 1): each is
+    drawn about 1/5 of the time, the last one included."""
+    g = torch.Generator().manual_seed(0)
+    boxes = sample_crop_boxes(20000, 8, 8, (0.25, 0.25), (1.0, 1.0), g, "cpu")
+    assert (boxes[:, 2:] == 4).all()
+    for axis in (0, 1):
+        counts = torch.bincount(boxes[:, axis], minlength=5).double() / len(boxes)
+        assert len(counts) == 5
+        assert (counts - 0.2).abs().max() < 0.015, counts  # SE 0.003
+
+
+def test_eval_transform_centre_crop_offset_rounds_like_torchvision():
+    """35 -> 32 leaves 3 pixels: torchvision's center_crop puts round(1.5) = 2 of them above and to the left."""
+    imgs = _uint8(3, size=35)
+    cfg = AugmentConfig(eval_crop_fraction=32 / 35)
+    want = TF.center_crop(imgs.float() / 255, [32, 32])
+    assert torch.equal(eval_transform(imgs, cfg), normalize(want, CIFAR_MEAN, CIFAR_STD))

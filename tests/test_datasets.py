@@ -255,6 +255,22 @@ def test_imagefolder_png_pixels_labels_and_sorted_classes(tmp_path):
     assert data.pretrain is data.train
 
 
+def test_imagefolder_images_of_a_class_are_in_sorted_path_order(tmp_path):
+    """Within a class the images are indexed in sorted path order (sub-folders included), as torchvision's
+    ImageFolder, whatever order the file system lists them in: the index of an image must not depend on the
+    machine (memory banks key on it, and a cached split is reused across runs)."""
+    names = [f"{i:03d}.png" for i in range(16)] + [f"sub/{i:03d}.png" for i in range(4)] + ["a.png", "z.png"]
+    order = np.random.default_rng(0).permutation(len(names))  # created in a shuffled order
+    for split in ("train", "test"):
+        for k in order:
+            path = tmp_path / split / "only" / names[k]
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(np.full((8, 8, 3), k, dtype=np.uint8)).save(path)
+    data = load_imagefolder(tmp_path, image_size=8, cache=False, num_workers=0, name="toy")
+    by_path = sorted(range(len(names)), key=lambda k: str(tmp_path / "train" / "only" / names[k]))
+    assert data.train.images[:, 0, 0, 0].tolist() == by_path
+
+
 def test_imagefolder_resize_shorter_side_then_center_crop(tmp_path):
     # 48 wide x 24 high, left third red, middle third green, right third blue: the centre crop at
     # 16x16 (after resizing to 32x16) keeps only the middle, green part (apart from blended edges).

@@ -72,6 +72,9 @@ def test_torchrun_training_writes_one_run_dir_one_checkpoint_one_wandb_run(tmp_p
     assert len({p.stat().st_ino for p in files}) == 1  # one checkpoint: last and best are links to it
     state = torch.load(run / "checkpoints" / "last.pt", weights_only=False)
     assert state["step"] == 4
+    # optimizer.lr is given for batch_size_reference images and scales with the global batch (64), not
+    # with one process's share of it (32)
+    assert state["optimizer"]["param_groups"][0]["initial_lr"] == pytest.approx(0.06 * 64 / 256)
     (wandb_run,) = (run / "wandb").glob("offline-run-*")  # rank 0 only
     assert wandb_run.name.endswith(state["wandb_run_id"])
 

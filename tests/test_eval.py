@@ -230,6 +230,22 @@ def test_ood_auroc_and_fpr95_match_sklearn_and_separable_scores_give_100():
                                                                                                  "fpr95": 0.0}
 
 
+def test_ood_fpr95_is_taken_at_exactly_95_percent_recall():
+    """20 inliers 1..20, one outlier at 1.5 between the lowest two: accepting 19 of the 20 inliers (recall
+    0.95 exactly) accepts no outlier, so FPR@95 is 0, not the 25% of full recall; AUROC 79/80 pairs."""
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    from cl_suite.eval.ood import ood_detection_metrics
+
+    inliers, outliers = torch.arange(1.0, 21.0), torch.tensor([1.5, -1.0, -2.0, -3.0])
+    out = ood_detection_metrics(inliers, outliers)
+    y, s = [1] * 20 + [0] * 4, torch.cat([inliers, outliers]).numpy()
+    fpr, tpr, _ = roc_curve(y, s, drop_intermediate=False)
+    assert fpr[tpr >= 0.95].min() == 0.0 and roc_auc_score(y, s) == 79 / 80
+    assert out["fpr95"] == 0.0
+    assert math.isclose(out["auroc"], 100 * 79 / 80, abs_tol=1e-4)
+
+
 def test_knn_ood_score_is_the_kth_neighbour_cosine():
     from cl_suite.eval.ood import knn_ood_score
 
@@ -238,6 +254,8 @@ def test_knn_ood_score_is_the_kth_neighbour_cosine():
     cos = torch.nn.functional.normalize(x, dim=1) @ torch.nn.functional.normalize(train, dim=1).T
     expected = torch.tensor([sorted(row.tolist(), reverse=True)[4] for row in cos])
     torch.testing.assert_close(knn_ood_score(train, x, k=5, chunk_size=3), expected)
+    # k beyond the training set: the farthest training feature (k is clamped to the 30 there are)
+    torch.testing.assert_close(knn_ood_score(train, x, k=100), cos.min(dim=1).values)
 
 
 def test_class_gaussian_score_matches_sklearn_gaussian_mixture_per_class():
@@ -510,6 +528,7 @@ def test_evaluate_explains_dataset_root_overrides_instead_of_a_struct_error():
     (50, 0.01, 1),     # 0.5: halves round up
     (149, 0.01, 1),    # 1.49 -> 1
     (150, 0.01, 2),    # 1.5 -> 2
+    (250, 0.01, 3),    # 2.5 -> 3: halves round up, not to even as Python's round()
     (5000, 0.1, 500),  # CIFAR-10's 10%
     (100, 0.29, 29),   # 0.29 * 100 is 28.999999999999996 in double precision: nearest, not truncated
     (7, 0.01, 1),      # every class keeps at least one image

@@ -53,3 +53,14 @@ def test_bad_batch_sizes_are_named():
         TrainBatches(split(), 9, torch.device("cpu"), seed=0, world_size=2)
     with pytest.raises(ValueError, match="larger than the 50"):
         TrainBatches(split(), 64, torch.device("cpu"), seed=0)
+
+
+def test_every_seed_and_epoch_has_its_own_order():
+    """The order depends on the seed as well as the epoch, and (seed, epoch) pairs never share one: seed 3's
+    epoch 1 is not seed 4's epoch 0 (runs of a multi-seed sweep would see shifted copies of one order)."""
+    orders = {}
+    for seed in range(5):
+        b = TrainBatches(split(), batch_size=8, device=torch.device("cpu"), seed=seed)
+        for epoch in range(5):
+            orders[(seed, epoch)] = tuple(i for x in indices(b, epoch) for i in x)
+    assert len(set(orders.values())) == len(orders)

@@ -428,3 +428,22 @@ def test_a_bad_wandb_mode_in_the_environment_is_refused_at_start_up_by_its_name(
     monkeypatch.setenv("WANDB_MODE", "dryrun")  # wandb's older name for offline
     validate_train_config(compose_train(["logger=wandb"]))
     assert resolve_wandb_mode("online") == "offline"
+
+
+def test_epoch_loss_of_a_partial_epoch_and_the_runs_throughput(tmp_path):
+    """max_steps=3 ends the run 3 steps into a 22-step epoch: the epoch loss is the mean of those 3 steps'
+    losses (not their sum over 22), and the run's images/s is its 3 x 64 images over its training seconds."""
+    cfg = compose_train(NO_LOGGER + ["logger=csv", "trainer.log_every_steps=1", "trainer.max_steps=3",
+                                     "evaluation.linear.epochs=1"], tmp_path)
+    train(cfg)
+    losses = [float(r["value"]) for r in read_metrics_csv(tmp_path / "metrics.csv") if r["key"] == "train/loss"]
+    history = json.loads((tmp_path / "metrics.json").read_text())
+    (record,) = history["epochs"]
+    assert len(losses) == 3 and record["step"] == 3
+    assert record["train/epoch_loss"] == pytest.approx(sum(losses) / 3, rel=1e-5)
+    compute = history["compute"]
+    assert compute["time/wall_s"] == pytest.approx(record["epoch_time_s"])
+    assert compute["time/images_per_s"] == pytest.approx(3 * 64 / compute["time/wall_s"])
+    # the checkpoint of a run stopped inside an epoch records the fraction of epochs done (eval.json, exports)
+    state = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)
+    assert (state["step"], state["epoch"]) == (3, round(3 / 22, 4))

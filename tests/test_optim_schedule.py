@@ -225,3 +225,28 @@ def test_the_online_probe_can_train_as_solo_learns_classifier(tmp_path):
         validate_train_config(compose_train(TINY + ["probe.optimizer=lars"]))
     with pytest.raises(ConfigError, match=r"probe.optimizer='adam' is not one of"):
         validate_train_config(compose_train(TINY + ["probe.optimizer=adam"]))
+
+
+def test_warmup_of_a_fraction_of_an_epoch_rounds_to_the_nearest_step():
+    """warmup_epochs=0.9 at 3 steps per epoch is round(2.7) = 3 warm-up steps (lr/3, 2lr/3, lr), not 2."""
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=3.0)
+    sched = warmup_cosine(opt, steps_per_epoch=3, total_steps=30, warmup_epochs=0.9, min_lr_ratio=0.0)
+    lrs = []
+    for _ in range(4):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs == pytest.approx([1.0, 2.0, 3.0, 3.0])
+
+
+def test_warmup_longer_than_the_run_is_capped_at_the_run():
+    """10 warm-up epochs in a 3-epoch run: the warm-up spans the run's 6 steps and reaches the base rate at
+    its last step, instead of stopping at 6/20 of it."""
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=6.0)
+    sched = warmup_cosine(opt, steps_per_epoch=2, total_steps=6, warmup_epochs=10, min_lr_ratio=0.0)
+    lrs = []
+    for _ in range(6):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs == pytest.approx([1.0, 2.0, 3.0, 4.0, 5.0, 6.0])

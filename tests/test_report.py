@@ -810,3 +810,26 @@ def _current_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def test_identical_configurations_are_within_noise_not_worse():
+    """A configuration equal to the baseline on every seed has the interval [0, 0]: it contains 0."""
+    from cl_suite.report.stats import compare
+
+    c = compare({1: 80.0, 2: 81.5, 3: 79.0}, {1: 80.0, 2: 81.5, 3: 79.0}, lower_better=False)
+    assert (c.test, c.diff, c.low, c.high, c.verdict) == ("paired", 0.0, 0.0, 0.0, "within noise")
+    c = compare({1: 0.5, 2: 0.5}, {3: 0.5, 4: 0.5}, lower_better=True)  # Welch with no spread at all
+    assert (c.test, c.low, c.high, c.verdict) == ("welch", 0.0, 0.0, "within noise")
+
+
+def test_error_bar_halfwidth_is_the_95_percent_t_interval_of_the_mean():
+    import statistics
+
+    from scipy import stats as scipy_stats
+
+    from cl_suite.report.stats import mean_halfwidth
+
+    xs = [80.1, 81.3, 79.4, 82.0, 80.7]
+    low, high = scipy_stats.t.interval(0.95, len(xs) - 1, loc=statistics.fmean(xs), scale=scipy_stats.sem(xs))
+    assert mean_halfwidth(statistics.stdev(xs), len(xs)) == pytest.approx((high - low) / 2)
+    assert math.isnan(mean_halfwidth(1.0, 1)) and math.isnan(mean_halfwidth(math.nan, 3))

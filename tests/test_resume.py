@@ -220,3 +220,77 @@ def test_refused_reruns_leave_the_finished_runs_record_as_it_was(tmp_path):
     again = run_cli("train.py", args)  # the same command again: accepted (it only re-runs the final evaluation)
     assert again.returncode == 0, again.stderr[-2000:]
     assert record["config.yaml"] == (tmp_path / ".hydra" / "config.yaml").read_text()
+
+
+@pytest.mark.parametrize("mode, values, improved", [
+    ("max", [50.0, 60.0, 60.0, 55.0, 61.0], [True, True, False, False, True]),  # a tie does not replace the best
+    ("min", [0.5, 0.4, 0.4, 0.45, 0.3], [True, True, False, False, True]),
+])
+def test_best_metric_direction_and_ties(mode, values, improved):
+    from types import SimpleNamespace
+
+    from cl_suite.engine.trainer import Trainer
+
+    cfg = SimpleNamespace(trainer=SimpleNamespace(best_metric="knn/top1", best_mode=mode))
+    fake = SimpleNamespace(cfg=cfg, best={"metric": "knn/top1", "value": None, "step": None}, step=0)
+    seen = []
+    for step, value in enumerate(values):
+        fake.step = step
+        seen.append(Trainer._improves_best(fake, {"knn/top1": value}))
+    assert seen == improved
+    best_step = max(i for i, flag in enumerate(improved) if flag)
+    assert fake.best == {"metric": "knn/top1", "value": values[best_step], "step": best_step}
+    assert Trainer._improves_best(fake, {"linear/top1": 99.0}) is False  # the monitored metric is absent
+
+
+def test_resume_auto_without_last_pt_takes_the_newest_step_file(tmp_path):
+    from types import SimpleNamespace
+
+    from cl_suite.engine.trainer import Trainer
+
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    for step in (8, 12, 100):
+        (folder / f"step_{step:09d}.pt").write_bytes(b"")
+    fake = SimpleNamespace(run_dir=tmp_path)
+    assert Trainer._checkpoint_to_resume(fake, "auto") == folder / "step_000000100.pt"
+    (folder / "last.pt").write_bytes(b"")
+    assert Trainer._checkpoint_to_resume(fake, "auto") == folder / "last.pt"
+    assert Trainer._checkpoint_to_resume(SimpleNamespace(run_dir=tmp_path / "empty"), "auto") is None
+
+
+def test_resumed_trainer_restores_the_global_random_generators(finished_run, tmp_path):
+    """The checkpoint's python, numpy and torch generator states are the process's after the restore (models
+    with dropout or stochastic depth draw from them). The saved states are replaced by ones no seeding of
+    this run produces, so a restore that skips a generator cannot pass by reseeding it."""
+    import random
+
+    import numpy as np
+
+    from cl_suite.engine.trainer import Trainer, rng_states
+
+    state = ckpt.load_checkpoint(finished_run / "checkpoints" / "last.pt")
+    random.seed(9876)
+    np.random.seed(9876)
+    torch.manual_seed(9876)
+    planted = rng_states()
+    state["rng"] = planted
+    ckpt.save_checkpoint(tmp_path / "planted.pt", state)
+    Trainer(compose_train(RUN + [f"resume={tmp_path / 'planted.pt'}"], tmp_path / "resumed"), torch.device("cpu"))
+    assert torch.equal(torch.get_rng_state(), planted["torch"])
+    assert np.array_equal(np.random.get_state()[1], planted["numpy"][1])
+    assert random.getstate() == planted["python"]
+
+
+def test_evaluation_and_checkpoints_every_second_epoch(tmp_path):
+    """trainer.eval_every_epochs=2 and checkpoint_every_epochs=2 in a 4-epoch run: the kNN monitor runs after
+    epoch 2 (epoch 4 ends the run: its numbers are the final evaluation) and step files are written after
+    epochs 2 and 4, never after the odd epochs."""
+    overrides = [o for o in RUN if not o.startswith(("trainer.eval_every_epochs", "trainer.checkpoint_every_epochs",
+                                                     "trainer.keep_last_checkpoints"))]
+    train(compose_train(overrides + ["trainer.eval_every_epochs=2", "trainer.checkpoint_every_epochs=2",
+                                     "trainer.keep_last_checkpoints=10"], tmp_path))
+    epochs = json.loads((tmp_path / "metrics.json").read_text())["epochs"]
+    assert [e["epoch"] for e in epochs if "knn/top1" in e] == [2]
+    steps = [int(p.name[5:-3]) for p in ckpt.step_checkpoints(tmp_path / "checkpoints")]
+    assert steps == [2 * STEPS_PER_EPOCH, 4 * STEPS_PER_EPOCH]

@@ -137,3 +137,20 @@ def test_every_method_runs_on_the_embedded_default_without_extra_flags(tmp_path,
     final = train(compose_train([f"method={method}", "logger=none", "trainer.max_steps=2", "trainer.progress_bar=false",
                                  "trainer.eval_at_init=false", "evaluation.linear.epochs=1"], tmp_path))
     assert final["step"] == 2 and 0 <= final["knn/top1"] <= 100
+
+
+def test_gradient_clipping_clips_the_method_gradients_to_the_configured_norm(tmp_path):
+    """trainer.grad_clip=c: the gradients the optimizer steps with (still in .grad after the step) have total
+    norm c (the unclipped norm of the first step is far above c); the online probe's are not clipped."""
+    from cl_suite.engine.trainer import Trainer, step_seed
+
+    clip = 1e-4
+    cfg = compose_train(TINY + ["trainer.eval_at_init=false", f"trainer.grad_clip={clip}"], tmp_path)
+    trainer = Trainer(cfg, torch.device("cpu"))
+    batch = next(iter(trainer.batches.epoch(0)))
+    trainer.train_step(batch, torch.Generator().manual_seed(step_seed(cfg.seed, 0, 0)))
+    grads = [p.grad for p in trainer.method.parameters() if p.grad is not None]
+    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+    assert norm.item() == pytest.approx(clip, rel=1e-3)
+    probe = torch.linalg.vector_norm(torch.cat([p.grad.flatten() for p in trainer.probe.parameters()]))
+    assert probe.item() > 10 * clip
