@@ -153,14 +153,20 @@ def test_warmup_cosine_values():
     assert mid == pytest.approx(0.2 + 0.8 * 0.5 * (1 + math.cos(math.pi * 22 / 90)))
 
 
-def test_warmup_cosine_scheduler_drives_the_optimizer_lr():
-    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=2.0)
-    sched = warmup_cosine(opt, steps_per_epoch=5, total_steps=20, warmup_epochs=1, min_lr_ratio=0.0)
+def scheduled_lrs(opt, sched, steps: int) -> list[float]:
+    """The rate of each of ``steps`` optimizer steps under ``sched``."""
     lrs = []
-    for _ in range(20):
+    for _ in range(steps):
         lrs.append(opt.param_groups[0]["lr"])
         opt.step()
         sched.step()
+    return lrs
+
+
+def test_warmup_cosine_scheduler_drives_the_optimizer_lr():
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=2.0)
+    sched = warmup_cosine(opt, steps_per_epoch=5, total_steps=20, warmup_epochs=1, min_lr_ratio=0.0)
+    lrs = scheduled_lrs(opt, sched, 20)
     assert lrs[:5] == pytest.approx([0.4, 0.8, 1.2, 1.6, 2.0])
     assert lrs[5] == pytest.approx(2.0) and lrs[-1] < 0.05
     with pytest.raises(ValueError, match="min_lr_ratio"):
@@ -231,11 +237,7 @@ def test_warmup_of_a_fraction_of_an_epoch_rounds_to_the_nearest_step():
     """warmup_epochs=0.9 at 3 steps per epoch is round(2.7) = 3 warm-up steps (lr/3, 2lr/3, lr), not 2."""
     opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=3.0)
     sched = warmup_cosine(opt, steps_per_epoch=3, total_steps=30, warmup_epochs=0.9, min_lr_ratio=0.0)
-    lrs = []
-    for _ in range(4):
-        lrs.append(opt.param_groups[0]["lr"])
-        opt.step()
-        sched.step()
+    lrs = scheduled_lrs(opt, sched, 4)
     assert lrs == pytest.approx([1.0, 2.0, 3.0, 3.0])
 
 
@@ -244,9 +246,5 @@ def test_warmup_longer_than_the_run_is_capped_at_the_run():
     its last step, instead of stopping at 6/20 of it."""
     opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=6.0)
     sched = warmup_cosine(opt, steps_per_epoch=2, total_steps=6, warmup_epochs=10, min_lr_ratio=0.0)
-    lrs = []
-    for _ in range(6):
-        lrs.append(opt.param_groups[0]["lr"])
-        opt.step()
-        sched.step()
+    lrs = scheduled_lrs(opt, sched, 6)
     assert lrs == pytest.approx([1.0, 2.0, 3.0, 4.0, 5.0, 6.0])
