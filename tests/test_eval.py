@@ -422,7 +422,8 @@ def test_evaluate_run_runs_every_protocol_into_eval_json_and_the_report_reads_it
         other["protocols"]) == ["knn"]
 
 
-def test_an_exported_backbone_evaluated_on_another_data_set_does_not_keep_the_first_data_sets_numbers(tmp_path):
+def test_an_exported_backbone_evaluated_on_another_data_set_does_not_keep_the_first_data_sets_numbers(tmp_path,
+                                                                                                      capsys):
     import json
 
     from cl_suite.export import export_backbone
@@ -444,6 +445,7 @@ def test_an_exported_backbone_evaluated_on_another_data_set_does_not_keep_the_fi
     on_disk = json.loads(out.with_name(f"{out.stem}.eval.json").read_text())
     assert list(second["protocols"]) == ["knn"] and on_disk["protocols"] == second["protocols"]
     assert on_disk["dataset"] == "synthetic" and "linear/top1" not in on_disk["metrics"]
+    assert "the earlier results of linear (data set digits" in capsys.readouterr().out  # said, not silent
 
 
 def test_a_damaged_eval_json_is_replaced_not_merged(tmp_path):

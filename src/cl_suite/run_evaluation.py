@@ -20,6 +20,7 @@ from cl_suite.engine.build import (UNIFORM_SAMPLER, DatasetFacts, build_augment_
 from cl_suite.engine.other_datasets import (build_dataset_for_evaluation, dataset_names, load_other_dataset,
                                             ood_augment_config, set_root)
 from cl_suite.engine.probe import OnlineProbe
+from cl_suite.engine.run_log import say
 from cl_suite.engine.validation import ConfigError, validate_evaluate_config, validate_evaluation_against_data
 from cl_suite.errors import MissingPathError
 from cl_suite.files import load_untrusted_yaml, printable, read_json_object
@@ -509,5 +510,11 @@ def _merge_with_previous(path: Path, result: dict[str, Any]) -> dict[str, Any]:
                     and isinstance(previous["settings"].get(p), dict)}  # files before settings: not kept
             result["protocols"] = {**kept, **result["protocols"]}
             result["settings"] = {**{p: previous["settings"][p] for p in kept}, **result["settings"]}
+        elif not same and isinstance(previous.get("protocols"), dict) and previous["protocols"]:
+            dropped = [p for p in previous["protocols"] if p not in result["protocols"]]
+            if dropped:  # they described another data set, checkpoint or step: said, not silently lost
+                say(f"{path.name}: the earlier results of {', '.join(map(str, dropped))} (data set "
+                    f"{printable(str(previous.get('dataset')))[:60]}, step {printable(str(previous.get('step')))[:20]}) "
+                    "are replaced: they were computed on another data set, checkpoint or step")
     result["metrics"] = {k: v for metrics in result["protocols"].values() for k, v in metrics.items()}
     return result
