@@ -503,8 +503,8 @@ def test_plot_title_labels_and_legend_outside_the_axes(tmp_path):
 
 @pytest.mark.slow
 def test_tiny_multirun_report_and_wandb_runs(tmp_path):
-    """tau_plus in {0, 0.1} x 2 seeds that train, and tau_plus = 1.5, whose jobs crash at start-up:
-    the report must show them as failed, not drop them; a job dir that is missing (a killed sweep)
+    """tau_plus in {0, 0.1} x 2 seeds that train, and tau_plus = 1.5, whose jobs are refused at start-up:
+    the report must show them as failed with the reason, not drop them; a job dir that is missing (a killed sweep)
     must show as not run."""
     sweep = tmp_path / "sweep"
     tiny = [o for o in TINY if not o.startswith("logger=")] + ["trainer.eval_at_init=false", "logger=wandb"]
@@ -541,7 +541,7 @@ def test_tiny_multirun_report_and_wandb_runs(tmp_path):
     assert len([line for line in table.splitlines() if line.startswith(("| 0 ", "| 0.1 ", "| 1.5 "))]) == 3
     assert "| 1.5 | 0 | 0/2 (4: failed, 5: failed) | - | - | - | - |" in table
     assert "| 1.5 | linear/top1 | - | - | - | n/a (no values) |" in markdown
-    assert "| 4 | failed | `sampler.tau_plus=1.5 seed=0` | no metrics.json" in markdown
+    assert "| 4 | failed | `sampler.tau_plus=1.5 seed=0` | refused at start-up: sampler.tau_plus=1.5" in markdown
     plot = sweep / "report_sampler.tau_plus.png"
     assert plot.is_file() and plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "report_sampler.tau_plus.png" in markdown
