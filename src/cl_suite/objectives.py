@@ -53,7 +53,8 @@ def infonce_from_log_mass(pos_sim: torch.Tensor, log_neg_mass: torch.Tensor, tem
 def infonce_log_mass(cand_sim: torch.Tensor, mask: torch.Tensor, temperature: float) -> torch.Tensor:
     """The negative mass of InfoNCE (van den Oord et al. 2018, the denominator of eq. 4; SimCLR eq. 1):
     every unmasked candidate with weight one, ``log N_a = log sum_{j: mask[a, j]} exp(s_aj / t)``. (A,)."""
-    logits = (cand_sim / temperature).masked_fill(~mask, float("-inf"))
+    # in place on the fresh quotient (its backward does not need it): one (A, M) copy less per step
+    logits = (cand_sim / temperature).masked_fill_(~mask, float("-inf"))
     return torch.logsumexp(logits, dim=1)
 
 
@@ -75,7 +76,7 @@ def debiased_log_mass(log_sum: torch.Tensor, pos_sim: torch.Tensor, mask: torch.
     debiased sum would fall below the floor (or below zero) the floor holds. ``tau_plus = 0`` is
     InfoNCE. Returns log N_g (A,).
     """
-    n = mask.sum(dim=1).to(log_sum.dtype)
+    n = mask.sum(dim=1, dtype=log_sum.dtype)  # summed as floats: no int64 copy of the (A, M) mask
     log_floor = torch.log(n) - 1.0 / temperature
     if tau_plus == 0.0:
         return torch.maximum(log_sum, log_floor)  # the floor can only bind through rounding here
@@ -103,8 +104,8 @@ def hard_log_mass(cand_sim: torch.Tensor, mask: torch.Tensor, pos_sim: torch.Ten
     log R = LSE((1 + beta) s/t) - LSE(beta s/t) + log N (``HardLogRatio``). beta = 0 is DCL;
     beta = tau_plus = 0 is InfoNCE. Returns log N_a (A,).
     """
-    n = mask.sum(dim=1)
-    log_r = HardLogRatio.apply(cand_sim, mask, temperature, beta) + torch.log(n.to(cand_sim.dtype))
+    n = mask.sum(dim=1, dtype=cand_sim.dtype)  # exact below 2^24 candidates
+    log_r = HardLogRatio.apply(cand_sim, mask, temperature, beta) + torch.log(n)
     return debiased_log_mass(log_r, pos_sim, mask, temperature, tau_plus)
 
 
@@ -224,7 +225,7 @@ def ring_selection(cand_sim: torch.Tensor, mask: torch.Tensor, outer_fraction: f
     None). Every anchor's ring must hold at least one candidate when drawing.
     """
     n_cand = cand_sim.shape[1]
-    counts = mask.sum(dim=1)
+    counts = mask.sum(dim=1, dtype=torch.int32)  # no int64 copy of the (A, M) mask
     inner, outer = ring_borders_per_anchor(outer_fraction, inner_fraction, counts)
     # The ball of the largest count holds every anchor's ball; masked (-inf) candidates rank last.
     max_outer = min(int(outer_fraction * n_cand), n_cand)
