@@ -16,6 +16,7 @@ SMALLEST = {
     "ddp_scaling.py": ["--batch", "16", "--iters", "1", "--warmup", "1"],
     "diagnostics_cost.py": ["--batches", "64", "--iters", "2", "--rounds", "1"],
     "framework_cost.py": ["--methods", "simclr", "moco", "--iters", "1", "--rounds", "1"],
+    "hcl_estimator.py": ["--anchors", "16", "--candidates", "30", "--iters", "1", "--rounds", "1"],
     "precision.py": ["--batch", "8", "--iters", "1", "--warmup", "1", "--rounds", "1"],
     "ring_fidelity.py": [],
     "sampler_cost.py": ["--iters", "1", "--rounds", "1"],  # batch 128: MoCHi's n_hard=128 needs the candidates

@@ -116,10 +116,10 @@ class HardLogRatio(torch.autograd.Function):
         d/ds_j = ((1 + beta) p_j - beta q_j) / t,   p = softmax((1 + beta) s/t),  q = softmax(beta s/t)
 
     (zero on masked candidates). Why not two ``torch.logsumexp``: each recomputes its exponentials in
-    the backward pass and the masking and scaling are separate passes, so HCL cost 1.6-1.8x InfoNCE on
-    the CPU; here the forward pass computes the two exponentials once (shifted by the row's largest
-    unmasked similarity, so no term exceeds 1) and the backward pass only combines them: 1.05-1.3x
-    (bench/sampler_cost.py). The mask is applied after scaling by beta, so beta = 0 gives q uniform over
+    the backward pass and the masking and scaling are separate passes; here the forward pass computes
+    the two exponentials once (shifted by the row's largest unmasked similarity, so no term exceeds 1)
+    and the backward pass only combines them: a step at 1.4-1.5x InfoNCE's instead of 1.9-2.0x on the
+    CPU (bench/hcl_estimator.py). The mask is applied after scaling by beta, so beta = 0 gives q uniform over
     the unmasked candidates (0 x -inf would be NaN)."""
 
     @staticmethod
