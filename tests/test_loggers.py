@@ -130,8 +130,11 @@ def test_the_sync_hint_of_a_resumed_offline_run_names_every_folder_in_order(tmp_
     run_id = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=False)["wandb_run_id"]
     folders = offline_run_folders(tmp_path / "wandb", run_id)
     assert len(folders) == 2 and sorted(tmp_path.glob("wandb/offline-run-*")) == sorted(folders)
-    (line,) = [l for l in capsys.readouterr().out.splitlines() if "wandb sync" in l]
-    command = line.split(" with: ", 1)[1]
+    out = capsys.readouterr().out.splitlines()
+    hints = [l for l in out if "upload the run later" in l]
+    assert len(hints) == 2 and hints[0] == hints[1]  # at the start, and again after wandb's own last words
+    assert [l for l in out if "wandb sync" in l][-1] == hints[-1]
+    command = hints[0].split(" with: ", 1)[1]
     assert [shlex.split(part)[2:] for part in command.split(" && ")] == [[str(f)] for f in folders]
     wandb_cli = Path(sys.executable).parent / "wandb"
     if wandb_cli.is_file():  # the command as printed runs: wandb lists each run log it would upload

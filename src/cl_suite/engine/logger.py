@@ -210,11 +210,18 @@ class WandbLogger:
             self._run.define_metric(pattern, step_metric="epoch")
         for pattern in SUMMARY_MIN:
             self._run.define_metric(pattern, summary="min,last")
-        if self.mode == "offline":
-            folder = Path(self._run.dir).parent  # <wandb dir>/offline-run-<date>_<time>-<id>
-            folders = offline_run_folders(folder.parent, self.run_id) or [folder]
-            parts = f" (its {len(folders)} offline folders, in order)" if len(folders) > 1 else ""
-            print(f"wandb is offline; upload the run later{parts} with: {wandb_sync_command(folders)}")
+        self._offline_folder = Path(self._run.dir).parent if self.mode == "offline" else None
+        self._print_sync_command()
+
+    def _print_sync_command(self) -> None:
+        """Offline: how to upload the run (all its folders, in order: wandb's own closing line names only
+        the newest part of a resumed run), at the start and again at the end."""
+        if self._offline_folder is None:
+            return
+        folder = self._offline_folder  # <wandb dir>/offline-run-<date>_<time>-<id>
+        folders = offline_run_folders(folder.parent, self.run_id) or [folder]
+        parts = f" (its {len(folders)} offline folders, in order)" if len(folders) > 1 else ""
+        print(f"wandb is offline; upload the run later{parts} with: {wandb_sync_command(folders)}")
 
     @classmethod
     def check_config(cls, cfg, key: str) -> None:
@@ -262,6 +269,7 @@ class WandbLogger:
         if self._run is not None:
             run, self._run = self._run, None
             run.finish(exit_code=exit_code)
+            self._print_sync_command()  # after wandb's own summary, which names the newest folder only
 
 
 class CSVLogger:
