@@ -175,7 +175,9 @@ def test_recipe_trains_two_steps_on_the_digits_stand_in(name, tmp_path):
 @pytest.mark.parametrize("overrides, changed", [
     ([], None),
     (["dataset.root=/elsewhere", "dataset.download=true", "seed=3", "logger=csv", "trainer.progress_bar=false",
-      "evaluation.batch_size=64", "evaluation.embedding_snapshot=0"], None),  # the same setting
+      "evaluation.batch_size=64", "evaluation.embedding_snapshot=0", "+dataset.num_workers=4"], None),  # the same
+    (["probe.lr=0.5"], "probe.lr=0.5"),  # the solo_* recipes publish the online probe's number
+    (["trainer.overfit_batches=2"], "trainer.overfit_batches=2"),
     (["trainer.epochs=10"], "trainer.epochs=10"),
     (["dataset=stl10"], "dataset=stl10"),
     (["sampler.tau_plus=0.2", "seed=1"], "sampler.tau_plus=0.2"),

@@ -125,3 +125,16 @@ def test_a_second_ctrl_c_interrupts_at_once():
             os.kill(os.getpid(), signal.SIGINT)
     assert signal.getsignal(signal.SIGINT) is before
     assert not PreemptionGuard().hand_over()  # nothing received: nothing handed over
+
+
+def test_a_process_started_with_ctrl_c_ignored_keeps_ignoring_it():
+    from cl_suite.engine.preemption import PreemptionGuard
+
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)  # as nohup or a non-interactive shell's background job
+    try:
+        with PreemptionGuard() as guard:
+            assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+            os.kill(os.getpid(), signal.SIGINT)
+            assert guard.received is None
+    finally:
+        signal.signal(signal.SIGINT, before)

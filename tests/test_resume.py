@@ -174,6 +174,36 @@ def test_a_resume_with_another_cpu_thread_count_says_so(tmp_path, capsys):
     assert "CPU threads: checkpoint 1, this run 2" in capsys.readouterr().out
 
 
+def test_a_finished_checkpoint_of_another_folder_is_evaluated_into_this_one(finished_run, tmp_path, capsys):
+    run_dir = tmp_path / "new"
+    train(compose_train(RUN + [f"resume={finished_run}"], run_dir))
+    assert "already finished" not in capsys.readouterr().out
+    assert json.loads((run_dir / "metrics.json").read_text())["final"]["step"] == EPOCHS * STEPS_PER_EPOCH
+    assert (run_dir / "checkpoints" / "last.pt").is_file()
+
+
+def test_changed_probe_settings_take_effect_on_resume(tmp_path):
+    run_dir = tmp_path / "run"
+    train(compose_train(RUN + ["trainer.max_steps=1"], run_dir))
+    train(compose_train(RUN + ["trainer.max_steps=2", "probe.lr=0.5", "probe.weight_decay=0.1"], run_dir))
+    (group,) = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["probe_optimizer"]["param_groups"]
+    assert (group["lr"], group["weight_decay"]) == (0.5, 0.1)
+
+
+def test_a_checkpoint_written_before_newer_settings_existed_resumes_without_false_changes():
+    from omegaconf import OmegaConf
+
+    current = OmegaConf.to_container(compose_train(RUN + ["optimizer=lars"]), resolve=True)
+    saved = json.loads(json.dumps(current))
+    for group, key in [("optimizer", "clip_lr"), ("optimizer", "trust_denominator"), ("scheduler", "warmup_prefix"),
+                       ("probe", "optimizer"), ("probe", "schedule")]:
+        del saved[group][key]
+    assert ckpt.continuation_differences(saved, current)  # without the defaults: false "changes"
+    assert ckpt.continuation_differences(ckpt.with_added_defaults(saved, current), current) == []
+    sgd = OmegaConf.to_container(compose_train(RUN), resolve=True)  # not LARS: no LARS keys added
+    assert "clip_lr" not in ckpt.with_added_defaults(sgd, current)["optimizer"]
+
+
 def test_head_of_another_size_names_the_setting_not_a_wall_of_keys(finished_run, tmp_path):
     with pytest.raises(ckpt.CheckpointError) as err:
         train(compose_train(RUN + ["method.projector_dim=8", f"resume={finished_run}"], tmp_path))

@@ -34,13 +34,16 @@ def override_values(overrides: list[str]) -> dict[str, Any]:
 
 
 # Command-line overrides after which a recipe's published number no longer describes the run: another data
-# set, augmentation, model, objective, optimizer, schedule, length or read-out protocol (study.sh sets
-# published=null for its grids instead). Where the data lies and how it is read do not count.
+# set, augmentation, model, objective, optimizer, schedule, length, read-out protocol or online probe (the
+# solo_* recipes publish the online probe's number; study.sh sets published=null for its grids instead).
+# Where the data lies and how it is read do not count.
 SETTING_GROUPS = ("dataset", "backbone", "method", "sampler", "optimizer", "scheduler", "evaluation", "debug")
-SETTING_KEYS = ("trainer.epochs", "trainer.batch_size", "trainer.max_steps")
+SETTING_KEYS = ("trainer.epochs", "trainer.batch_size", "trainer.max_steps", "trainer.overfit_batches")
 SETTING_PREFIXES = ("dataset.", "backbone.", "method.", "sampler.", "optimizer.", "scheduler.",
-                    "evaluation.knn.", "evaluation.linear.")
-DATA_LOCATION_KEYS = ("dataset.root", "dataset.download", "dataset.verify_integrity", "dataset.cache")
+                    "evaluation.knn.", "evaluation.linear.", "probe.")
+DATA_LOCATION_KEYS = ("dataset.root", "dataset.download", "dataset.verify_integrity", "dataset.cache",
+                      "dataset.num_workers", "dataset.in_memory", "dataset.train_dir", "dataset.test_dir",
+                      "dataset.pretrain_dir")
 
 
 def setting_changing_overrides(overrides: dict[str, Any]) -> list[str]:
@@ -51,7 +54,7 @@ def setting_changing_overrides(overrides: dict[str, Any]) -> list[str]:
         if key in DATA_LOCATION_KEYS:
             return False
         return key in SETTING_GROUPS or key in SETTING_KEYS or key.startswith(SETTING_PREFIXES) or key in (
-            "evaluation.knn", "evaluation.linear")
+            "evaluation.knn", "evaluation.linear", "probe")
 
     return [f"{k}={v}" for k, v in overrides.items() if changes(k)]
 

@@ -601,8 +601,8 @@ def resized_crop(
 
     Bilinear: equal to torchvision ``resized_crop(img, top, left, h, w, [size, size], BILINEAR,
     antialias)`` per sample, up to float rounding. Bicubic: PIL's ``crop(box).resize(BICUBIC)`` (what
-    torchvision runs on PIL images), each of its two passes clipped to [0, 1], without its rounding to
-    8 bits. ``flip`` (bool (N,)) then mirrors those samples horizontally.
+    torchvision runs on PIL images), its two passes in PIL's order, each clipped to [0, 1], without its
+    rounding to 8 bits. ``flip`` (bool (N,)) then mirrors those samples horizontally.
     Implemented as two batched matrix products with per-sample separable resampling matrices
     (``rows @ image @ cols^T``): one call for any mix of box sizes, exact at the box borders, and
     the flip is just the column matrix read backwards.
@@ -614,10 +614,17 @@ def resized_crop(
         cols = torch.where(flip.reshape(-1, 1, 1), cols.flip(1), cols)
     if interpolation == "bilinear":  # non-negative weights: the result stays in [0, 1]
         return rows.unsqueeze(1) @ x @ cols.transpose(1, 2).unsqueeze(1)
-    # The cubic kernel's negative lobes overshoot at edges. PIL resamples horizontally, then vertically,
-    # into 8-bit images, so each pass is clipped to [0, 1]; so here (without the 8-bit rounding).
+    # The cubic kernel's negative lobes overshoot at edges. PIL resamples in two passes into 8-bit images,
+    # so each pass is clipped to [0, 1]; so here (without the 8-bit rounding). PIL runs the horizontal pass
+    # first, but the vertical one first for a box it shrinks vertically and enlarges horizontally.
     across = (x @ cols.transpose(1, 2).unsqueeze(1)).clamp_(0.0, 1.0)
-    return (rows.unsqueeze(1) @ across).clamp_(0.0, 1.0)
+    out = (rows.unsqueeze(1) @ across).clamp_(0.0, 1.0)
+    vertical_first = (boxes[:, 2] > size) & (boxes[:, 3] < size)
+    if not torch.compiler.is_compiling() and x.device.type == "cpu" and not bool(vertical_first.any()):
+        return out  # the common case on the CPU (on a GPU the check would wait for the device)
+    down = (rows.unsqueeze(1) @ x).clamp_(0.0, 1.0)
+    other = (down @ cols.transpose(1, 2).unsqueeze(1)).clamp_(0.0, 1.0)
+    return torch.where(vertical_first.reshape(-1, 1, 1, 1), other, out)
 
 
 # ----------------------------------------------------------------------------------------------------

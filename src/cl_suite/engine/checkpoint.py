@@ -16,6 +16,7 @@ file, naming the intact checkpoints beside it.
 from __future__ import annotations
 
 import collections
+import copy
 import hashlib
 import json
 import os
@@ -379,18 +380,25 @@ _CONTINUATION_KEYS = ("seed", "trainer.batch_size", "trainer.epochs", "trainer.m
 _OBJECTIVE_KEYS = ("method", "sampler")
 
 
-# Settings added after checkpoints were first written, with the value those checkpoints were trained with.
-_ADDED_DEFAULTS = {"probe": {"optimizer": "adamw", "momentum": 0.9, "batch_size_reference": None,
-                             "schedule": "constant"}}
+# Settings added after checkpoints were first written, with the value those checkpoints were trained with:
+# (the group, the group's _target_ must end with this (None: any), the defaults).
+_ADDED_DEFAULTS = (
+    ("probe", None, {"optimizer": "adamw", "momentum": 0.9, "batch_size_reference": None, "schedule": "constant"}),
+    ("optimizer", "LARS", {"clip_lr": False, "trust_denominator": "update_norm"}),
+    ("scheduler", "warmup_cosine", {"warmup_prefix": True}),
+)
 
 
-def with_added_defaults(saved: dict) -> dict:
+def with_added_defaults(saved: dict, current: dict) -> dict:
     """``saved`` (a checkpoint's config) with the settings added since it was written filled in with the
-    values it was trained with, so a resume compares like with like."""
-    out = dict(saved)
-    for group, defaults in _ADDED_DEFAULTS.items():
-        if isinstance(out.get(group), dict):
-            out[group] = {**defaults, **out[group]}
+    values it was trained with, where this run's config (``current``) has them, so a resume compares like
+    with like (no "changed" warning for them)."""
+    out = copy.deepcopy(saved)
+    for group, target, defaults in _ADDED_DEFAULTS:
+        old, new = out.get(group), current.get(group)
+        if isinstance(old, dict) and isinstance(new, dict) and (
+                target is None or str(old.get("_target_", "")).endswith(target)):
+            out[group] = {**{k: v for k, v in defaults.items() if k in new}, **old}
     return out
 
 

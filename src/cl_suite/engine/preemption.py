@@ -12,6 +12,7 @@ once (its checkpoint is written before it starts) rather than after the launcher
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import sys
 import threading
@@ -45,6 +46,8 @@ class PreemptionGuard:
     def __enter__(self) -> "PreemptionGuard":
         if threading.current_thread() is threading.main_thread():  # handlers can only be set there
             for sig in self.signals:
+                if sig == signal.SIGINT and signal.getsignal(sig) == signal.SIG_IGN:
+                    continue  # started with Ctrl-C ignored (nohup, a background job): Python's rule, kept
                 self._previous[sig] = signal.signal(sig, self._record)
         return self
 
@@ -56,8 +59,10 @@ class PreemptionGuard:
         if signum == signal.SIGINT:
             if self.received == signal.SIGINT:  # the second Ctrl-C: no more waiting for the step to end
                 raise KeyboardInterrupt
-            sys.stderr.write("\nCtrl-C: stopping after this step and saving its checkpoint (Ctrl-C again: stop at "
-                             "once, without saving)\n")
+            # Under torchrun the agent receives the terminal's Ctrl-C and forwards one SIGINT; its shutdown
+            # then sends SIGTERM, which stops after the step as well: "again" only works in one process.
+            again = "" if "TORCHELASTIC_RUN_ID" in os.environ else " (Ctrl-C again: stop at once, without saving)"
+            sys.stderr.write(f"\nCtrl-C: stopping after this step and saving its checkpoint{again}\n")
         self.received = signum
         if self._raise:
             self._raise = False  # one exception per block, not one inside the handling of another

@@ -309,6 +309,7 @@ class Trainer:
         self.best: dict[str, Any] = {"metric": t.best_metric, "value": None, "step": None}
         self.last_checkpoint: Path | None = None  # the newest good checkpoint, named in the NaN message
         self._saved_evaluation: Any = None  # the restored checkpoint's evaluation settings
+        self._restored_own_checkpoint = False  # restored from this run folder's checkpoints/ (not resume=<other>)
         self._last_saved_step: int | None = None
 
         self.step = 0
@@ -360,8 +361,8 @@ class Trainer:
             self.profiler.close()
             self.profiler = None
         done = self.history.get("final") or {}
-        if done.get("step") == self.step and self._saved_evaluation == OmegaConf.to_container(
-                self.cfg.evaluation, resolve=True):
+        if done.get("step") == self.step and self._restored_own_checkpoint and self._saved_evaluation == (
+                OmegaConf.to_container(self.cfg.evaluation, resolve=True)):
             # A finished run started again (the same command, a resumed sweep): nothing left to do.
             self._print(f"this run already finished at step {self.step} with these evaluation settings; its final "
                         f"metrics are in metrics.json (evaluate again: python evaluate.py run={self.run_dir})")
@@ -509,6 +510,14 @@ class Trainer:
         self.step += 1
         return out, probe_logits
 
+    def _apply_probe_settings(self) -> None:
+        """The probe optimizer's hyper-parameters are this run's ``probe.*`` (a restored state brings back
+        the checkpoint's): copied from a fresh build, then the schedule's factor on top."""
+        fresh = build_probe_optimizer(self.cfg.probe, self.cfg.optimizer, self.probe, self.cfg.trainer.batch_size)
+        for group, new in zip(self.probe_optimizer.param_groups, fresh.param_groups):
+            group.update({k: v for k, v in new.items() if k != "params"})
+        self._sync_probe_lr()
+
     def _sync_probe_lr(self) -> None:
         """``probe.schedule=backbone``: the probe's rate is its base rate times the backbone schedule's
         current factor (solo-learn's classifier is a parameter group of the backbone's scheduled
@@ -631,8 +640,8 @@ class Trainer:
     def _restore(self, path: Path) -> str | None:
         state = ckpt.load_checkpoint(path, map_location=self.device)
         ckpt.check_training_state(path, state)
-        saved = ckpt.with_added_defaults(state.get("config") or {})
         current = OmegaConf.to_container(self.cfg, resolve=True)
+        saved = ckpt.with_added_defaults(state.get("config") or {}, current)
         ckpt.check_same_model(path, saved, current)
         if self.cfg.resume == "auto":  # the folder's own checkpoint: another objective is another run
             ckpt.check_same_objective(path, saved, current, OmegaConf.to_container(self.cfg, resolve=False))
@@ -646,7 +655,7 @@ class Trainer:
         ckpt.check_optimizer_state(path, self.optimizer, "optimizer")
         ckpt.check_optimizer_state(path, self.probe_optimizer, "online probe's optimizer")
         self.step, self.history = state["step"], state["history"]
-        self._sync_probe_lr()
+        self._apply_probe_settings()
         ckpt.applied_or_explained(path, "random number generator", lambda: set_rng_states(state["rng"]))
         self.best = state.get("best", self.best)
         self.last_checkpoint, self._last_saved_step = path, self.step
@@ -670,6 +679,8 @@ class Trainer:
                         "with them, so the continuation will differ from an uninterrupted run:\n  "
                         + "\n  ".join(applied + others))
         self._saved_evaluation = saved.get("evaluation")
+        own = self.run_dir / ckpt.CHECKPOINT_DIR
+        self._restored_own_checkpoint = path.resolve().parent == own.resolve()
         self._print(f"resumed from {path} at step {self.step} (epoch {self.step / self.steps_per_epoch:.2f})")
         return state.get("wandb_run_id")
 
