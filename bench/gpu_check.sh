@@ -16,7 +16,7 @@
 #                SimCLR and MoCo with their source lines) + the tests that skip without CUDA
 #   throughput   SimCLR ResNet-18 bf16 batch 512 on the JPEGs: eager/compiled x NHWC/NCHW, images/s, s per
 #                epoch, MFU; step breakdown; the peers' torchvision+DataLoader pipeline on the same GPU
-#   costs        bench/sampler_cost.py and bench/framework_cost.py with their CUDA defaults
+#   costs        bench/sampler_cost.py, bench/hcl_estimator.py and bench/framework_cost.py, CUDA defaults
 #   study        SimCLR vs DCL vs HCL vs Ring, a few epochs each, kNN and linear top-1 (with time left)
 #
 # CPU dry run (tiny sizes, same stages, so this script cannot rot; tests/test_gpu_check.py runs it):

@@ -1,6 +1,7 @@
 """Stage ``costs``: each sampler's loss time relative to uniform (``bench/sampler_cost.py``: in-batch
-candidates and a 16,384-candidate pool on CUDA) and each framework's training step relative to SimCLR
-(``bench/framework_cost.py``), both with their CUDA defaults; tiny sizes in the dry run.
+candidates and a 16,384-candidate pool on CUDA), HCL's fused estimator against its two-logsumexp form
+(``bench/hcl_estimator.py``) and each framework's training step relative to SimCLR
+(``bench/framework_cost.py``), all with their CUDA defaults; tiny sizes in the dry run.
 Each script runs in its own process under its own share of the stage's time.
 """
 from __future__ import annotations
@@ -13,6 +14,7 @@ import _shared
 
 SCRIPTS = {
     "bench/sampler_cost.py": (["--batch", "72", "--pool", "512", "--iters", "1", "--rounds", "2"], 0.3),
+    "bench/hcl_estimator.py": (["--anchors", "16", "--candidates", "30", "--iters", "1", "--rounds", "1"], 0.15),
     "bench/framework_cost.py": (["--backbone", "small_convnet", "--batch", "32", "--iters", "1", "--rounds", "1"], 1.0),
 }
 
