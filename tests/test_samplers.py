@@ -131,6 +131,13 @@ def test_hcl_log_ratio_and_its_hand_written_gradient(beta):
                                rtol=1e-5, atol=1e-5)
     grad = torch.autograd.grad(HardLogRatio.apply(sim, mask, t, beta).sum(), sim)[0]
     assert grad[~mask].abs().max() == 0
+    # a row without any candidate (NaN value) dropped by the caller: finite gradients, as logsumexp's
+    empty = mask.clone()
+    empty[2] = False
+    value = HardLogRatio.apply(sim, empty, t, beta)
+    kept = torch.where(empty.any(dim=1), value, torch.zeros_like(value))
+    grad = torch.autograd.grad(kept.sum(), sim)[0]
+    assert torch.isfinite(grad).all() and grad[2].abs().max() == 0
 
 
 @pytest.mark.parametrize("u, l", [(1.0, 0.0), (0.7, 0.3), (0.5, 0.1), (0.35, 0.5)])

@@ -125,6 +125,7 @@ class HardLogRatio(torch.autograd.Function):
     @staticmethod
     def forward(ctx, cand_sim: torch.Tensor, mask: torch.Tensor, temperature: float, beta: float) -> torch.Tensor:
         row_max = cand_sim.masked_fill(~mask, float("-inf")).amax(dim=1, keepdim=True)
+        row_max = torch.where(torch.isfinite(row_max), row_max, torch.zeros_like(row_max))  # a row of nothing
         z = (cand_sim - row_max).mul_(1.0 / temperature)  # <= 0 on unmasked candidates
         log_w = (z * beta).masked_fill_(~mask, float("-inf"))
         w = torch.exp(log_w)  # exp(beta (s - max) / t), 0 where masked
@@ -136,9 +137,13 @@ class HardLogRatio(torch.autograd.Function):
         return torch.log(sum_wn) - torch.log(sum_w) + row_max.squeeze(1) / temperature
 
     @staticmethod
+    @torch.autograd.function.once_differentiable  # no second-order use; refused rather than wrong
     def backward(ctx, grad: torch.Tensor):
         w, wn, sum_w, sum_wn = ctx.saved_tensors
         t, beta = ctx.temperature, ctx.beta
+        # A row with no unmasked candidate has w = wn = 0 and sums 0: its gradient is 0 (as logsumexp's),
+        # not 0 x inf = NaN, so a caller that drops such rows (torch.where) keeps finite gradients.
+        sum_w, sum_wn = (torch.where(s > 0, s, torch.ones_like(s)) for s in (sum_w, sum_wn))
         to_p = (grad * (1 + beta) / (t * sum_wn)).unsqueeze(1)  # (A, 1): (1 + beta)/t over p's normaliser
         to_q = (grad * beta / (t * sum_w)).unsqueeze(1)
         return torch.addcmul(wn * to_p, w, to_q, value=-1.0), None, None, None
