@@ -119,15 +119,16 @@ class HardLogRatio(torch.autograd.Function):
     the backward pass and the masking and scaling are separate passes; here the forward pass computes
     the two exponentials once (shifted by the row's largest unmasked similarity, so no term exceeds 1)
     and the backward pass only combines them: a step at 1.4-1.5x InfoNCE's instead of 1.9-2.0x on the
-    CPU (bench/hcl_estimator.py). The mask is applied after scaling by beta, so beta = 0 gives q uniform over
-    the unmasked candidates (0 x -inf would be NaN)."""
+    CPU (bench/hcl_estimator.py). The mask is applied after scaling by beta, so beta = 0 gives q
+    uniform over the unmasked candidates (0 x -inf would be NaN)."""
 
     @staticmethod
     def forward(ctx, cand_sim: torch.Tensor, mask: torch.Tensor, temperature: float, beta: float) -> torch.Tensor:
-        row_max = cand_sim.masked_fill(~mask, float("-inf")).amax(dim=1, keepdim=True)
+        hidden = ~mask
+        row_max = cand_sim.masked_fill(hidden, float("-inf")).amax(dim=1, keepdim=True)
         row_max = torch.where(torch.isfinite(row_max), row_max, torch.zeros_like(row_max))  # a row of nothing
         z = (cand_sim - row_max).mul_(1.0 / temperature)  # <= 0 on unmasked candidates
-        log_w = (z * beta).masked_fill_(~mask, float("-inf"))
+        log_w = (z * beta).masked_fill_(hidden, float("-inf"))
         w = torch.exp(log_w)  # exp(beta (s - max) / t), 0 where masked
         wn = torch.exp(log_w.add_(z))  # exp((1 + beta) (s - max) / t)
         sum_w, sum_wn = w.sum(dim=1), wn.sum(dim=1)

@@ -4,3 +4,5 @@ from pathlib import Path
 # The config tree ships inside the package (``pip install .`` installs it as package data); the
 # checkout's top-level ``conf`` is a link to it.
 CONF_DIR = Path(__file__).resolve().parent / "conf"
+# In a run folder: why train.py refused the job's config (the sweep report lists the job as failed with it).
+REFUSED_FILE = "refused.txt"

@@ -14,8 +14,9 @@ comparable with the literature (kornia's colour jitter differed and cost accurac
 
 1. ``RandomResizedCrop``: area/aspect sampling as ``RandomResizedCrop.make_params`` (10 tries,
    log-uniform ratio, centre-crop fallback clamped to the ratio range); bilinear (or PIL's bicubic,
-   ``crop_interpolation``) resize of the box with ``antialias`` as configured (torchvision v2's default is ``antialias=True``; it only matters
-   when a crop is larger than the output, e.g. STL-10 96 -> 32, never for CIFAR 32 -> 32).
+   ``crop_interpolation``) resize of the box with ``antialias`` as configured (torchvision v2's default
+   is ``antialias=True``; it only matters when a crop is larger than the output, e.g. STL-10 96 -> 32,
+   never for CIFAR 32 -> 32).
 2. Horizontal flip (folded into the resize weights, so it costs nothing).
 3. ``ColorJitter`` with probability ``jitter.p``: brightness, contrast, saturation and hue in a random
    order per sample; hue is a true RGB -> HSV -> RGB shift.

@@ -69,10 +69,10 @@ class LARS(torch.optim.Optimizer):
                 else:
                     g_norm = torch.stack(torch._foreach_norm(grads))
                     denominator = g_norm + group["weight_decay"] * w_norm + 1e-8
-                trust = torch.where((w_norm > 0) & (g_norm > 0), group["eta"] * w_norm / denominator,
-                                    torch.ones_like(w_norm))
+                adapted = (w_norm > 0) & (g_norm > 0)  # elsewhere the scale is 1 (and never clipped)
+                trust = torch.where(adapted, group["eta"] * w_norm / denominator, torch.ones_like(w_norm))
                 if group.get("clip_lr", False):
-                    trust = torch.where((w_norm > 0) & (g_norm > 0), (trust / group["lr"]).clamp(max=1.0), trust)
+                    trust = torch.where(adapted, (trust / group["lr"]).clamp(max=1.0), trust)
                 updates = torch._foreach_mul(updates, list(trust.unbind()))
             buffers = [self.state[p].get("momentum_buffer") for p in params]
             old = [i for i, buf in enumerate(buffers) if buf is not None]

@@ -69,10 +69,9 @@ def build_probe_optimizer(probe_cfg: DictConfig, optimizer_cfg: DictConfig, prob
     (``optimizer.eta``, ``clip_lr``, ``trust_denominator``; the bias excluded from the adaptation), as
     solo-learn trains its online classifier in the backbone's optimizer. ``lr`` is for
     ``batch_size_reference`` images (null: not scaled), as ``optimizer.lr``."""
-    from cl_suite.engine.optim import LARS, parameter_groups
+    from cl_suite.engine.optim import LARS, parameter_groups, scaled_lr
 
-    reference = probe_cfg.get("batch_size_reference")
-    lr = float(probe_cfg.lr) * (global_batch_size / reference if reference else 1.0)
+    lr = scaled_lr(probe_cfg, global_batch_size)
     kind, wd = probe_cfg.get("optimizer", "adamw"), float(probe_cfg.weight_decay)
     if kind == "adamw":
         return torch.optim.AdamW(probe.parameters(), lr=lr, weight_decay=wd)

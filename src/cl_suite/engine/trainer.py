@@ -44,6 +44,7 @@ from cl_suite.engine.run_log import RunLog, say
 from cl_suite.engine.threads import set_threads
 from cl_suite.engine.validation import ConfigError, validate_against_data, validate_train_config
 from cl_suite.files import atomic_write
+from cl_suite.paths import REFUSED_FILE
 
 
 
@@ -136,10 +137,6 @@ def drop_outdated_published(cfg: DictConfig) -> str | None:
 def has_record(run_dir: Path) -> bool:
     """Whether ``run_dir`` already holds a run's ``.hydra`` record (an earlier run of the folder)."""
     return (run_dir / ".hydra" / "config.yaml").is_file()
-
-
-# Why a job's config was refused, in its run folder: the sweep report lists the job as failed with it.
-REFUSED_FILE = "refused.txt"
 
 
 def _record_refused_job(cfg: DictConfig, error: ConfigError) -> None:
@@ -308,8 +305,8 @@ class Trainer:
         self._epoch_carry: dict[str, Any] | None = None
         self.best: dict[str, Any] = {"metric": t.best_metric, "value": None, "step": None}
         self.last_checkpoint: Path | None = None  # the newest good checkpoint, named in the NaN message
-        self._saved_evaluation: Any = None  # the restored checkpoint's evaluation settings
-        self._restored_own_checkpoint = False  # restored from this run folder's checkpoints/ (not resume=<other>)
+        # the evaluation settings of this run folder's own restored checkpoint (None: none, or resume=<other>)
+        self._saved_evaluation: Any = None
         self._last_saved_step: int | None = None
 
         self.step = 0
@@ -361,8 +358,8 @@ class Trainer:
             self.profiler.close()
             self.profiler = None
         done = self.history.get("final") or {}
-        if done.get("step") == self.step and self._restored_own_checkpoint and self._saved_evaluation == (
-                OmegaConf.to_container(self.cfg.evaluation, resolve=True)):
+        if done.get("step") == self.step and self._saved_evaluation == OmegaConf.to_container(
+                self.cfg.evaluation, resolve=True):
             # A finished run started again (the same command, a resumed sweep): nothing left to do.
             self._print(f"this run already finished at step {self.step} with these evaluation settings; its final "
                         f"metrics are in metrics.json (evaluate again: python evaluate.py run={self.run_dir})")
@@ -678,9 +675,8 @@ class Trainer:
             self._print(f"warning: settings changed since the checkpoint; from step {self.step} this run continues "
                         "with them, so the continuation will differ from an uninterrupted run:\n  "
                         + "\n  ".join(applied + others))
-        self._saved_evaluation = saved.get("evaluation")
-        own = self.run_dir / ckpt.CHECKPOINT_DIR
-        self._restored_own_checkpoint = path.resolve().parent == own.resolve()
+        if path.resolve().parent == (self.run_dir / ckpt.CHECKPOINT_DIR).resolve():
+            self._saved_evaluation = saved.get("evaluation")
         self._print(f"resumed from {path} at step {self.step} (epoch {self.step / self.steps_per_epoch:.2f})")
         return state.get("wandb_run_id")
 

@@ -11,6 +11,7 @@ from omegaconf import OmegaConf
 
 from cl_suite.sweeps import override_values, parse_overrides, setting_changing_overrides
 from cl_suite.files import load_untrusted_yaml, printable, read_json_object
+from cl_suite.paths import REFUSED_FILE
 
 
 @dataclass
@@ -57,8 +58,6 @@ class Job:
         """False where the job's value of ``key`` is unknown (``settings_complete``); a complete job
         without the key has the value None (tau_plus of SimCLR)."""
         return self.settings_complete or key in self.settings or key in self.overrides
-
-
 
 
 def collect_jobs(sweep_dir: Path) -> list[Job]:
@@ -212,7 +211,7 @@ def read_job(run_dir: Path, sweep_dir: Path) -> Job:
 def _refusal(run_dir: Path) -> str | None:
     """``refused at start-up: <reason>`` from the job's ``refused.txt`` (train.py writes it when it refuses
     the job's config), its first line only, escaped and cut (the file is untrusted)."""
-    path = run_dir / "refused.txt"
+    path = run_dir / REFUSED_FILE
     if not path.is_file() or path.is_symlink():
         return None
     try:
