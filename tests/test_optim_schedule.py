@@ -106,6 +106,8 @@ def test_lars_with_solo_learns_trust_ratio_and_clip_matches_its_code(clip):
         for group in opt.param_groups + plain.param_groups:
             group["lr"] = lr
         grads = [torch.randn(s) * (10.0 ** (i - 1)) for i, s in enumerate(shapes)]
+        if step == 1:  # an all-zero gradient: solo-learn neither adapts nor decays that parameter
+            grads[1] = torch.zeros(shapes[1])
         for f, s_, u, g in zip(fast, slow, unclipped, grads):
             f.grad, s_.grad, u.grad = g.clone(), g.clone(), g.clone()
         opt.step()

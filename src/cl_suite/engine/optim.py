@@ -23,7 +23,8 @@ class LARS(torch.optim.Optimizer):
             as lightning-bolts' LARS, which solo-learn (solo/utils/lars.py) and the NNCLR/KMCLR CIFAR-100
             code (mwritescode/nnclr-cifar100, src/utils/training/optim.py) copy;
 
-    1 where either norm is zero. ``clip_lr`` (solo-learn's ``clip_lars_lr``): the scale is
+    1 where either norm is zero (with grad_and_decay_norms that parameter's step is then the bare gradient,
+    without the decay, as in those codes; SimCLR's decayed update has a norm whenever w does). ``clip_lr`` (solo-learn's ``clip_lars_lr``): the scale is
     min(trust / lr, 1) with lr the group's current (scheduled) rate, so the layer's effective rate is
     min(trust, lr) instead of lr * trust. The step is w -= lr * v with v = momentum * v + scaled update
     (PyTorch's SGD momentum; the first step's buffer is the update). As in SimCLR and BYOL, biases and
@@ -58,18 +59,25 @@ class LARS(torch.optim.Optimizer):
             if not params:
                 continue
             grads = [p.grad for p in params]
+            weight_decay = group["weight_decay"]
+            grad_and_decay = group.get("trust_denominator", "update_norm") == "grad_and_decay_norms"
             updates = grads
-            if group["weight_decay"] != 0:
-                updates = torch._foreach_add(grads, params, alpha=group["weight_decay"])
+            if weight_decay != 0 and not (group["lars_adaptation"] and grad_and_decay):
+                updates = torch._foreach_add(grads, params, alpha=weight_decay)
             if group["lars_adaptation"]:
                 w_norm = torch.stack(torch._foreach_norm(params))
-                if group.get("trust_denominator", "update_norm") == "update_norm":
+                if grad_and_decay:
+                    g_norm = torch.stack(torch._foreach_norm(grads))
+                    denominator = g_norm + weight_decay * w_norm + 1e-8
+                else:
                     g_norm = torch.stack(torch._foreach_norm(updates))
                     denominator = g_norm
-                else:
-                    g_norm = torch.stack(torch._foreach_norm(grads))
-                    denominator = g_norm + group["weight_decay"] * w_norm + 1e-8
                 adapted = (w_norm > 0) & (g_norm > 0)  # elsewhere the scale is 1 (and never clipped)
+                if grad_and_decay and weight_decay != 0:
+                    # lightning-bolts/solo-learn add the decay only inside their `p_norm != 0 and g_norm != 0`
+                    # branch: a parameter with an all-zero gradient (or all-zero weights) is left undecayed.
+                    decay = list((adapted * weight_decay).to(grads[0].dtype).unbind())
+                    updates = torch._foreach_add(grads, torch._foreach_mul(params, decay))
                 trust = torch.where(adapted, group["eta"] * w_norm / denominator, torch.ones_like(w_norm))
                 if group.get("clip_lr", False):
                     trust = torch.where(adapted, (trust / group["lr"]).clamp(max=1.0), trust)
