@@ -108,3 +108,45 @@ def test_an_option_that_needs_a_missing_hydra_plugin_names_what_to_install(monke
     assert hint == ("error: hydra/sweeper=tau_plus_beta needs the Hydra plugin hydra_plugins.hydra_optuna_sweeper, "
                     'which is not installed: pip install -e ".[optuna]"')
     assert cli.missing_plugin(["method=hcl", "hydra/launcher=local"]) is None  # submitit: a dev dependency
+
+
+def test_a_logger_setting_in_a_debug_run_says_to_choose_the_logger_too():
+    from cl_suite import cli
+
+    hint = cli.logger_setting_under_debug(["debug=fast", "logger.mode=offline"])
+    assert hint == ("error: logger.mode=offline sets the logger, but debug=fast turns the experiment logger off "
+                    "(logger=none, which has no settings). To log the debug run, choose the logger too: "
+                    "debug=fast logger=wandb logger.mode=offline")
+    assert cli.logger_setting_under_debug(["debug=fast", "logger=wandb", "logger.mode=offline"]) is None
+    assert cli.logger_setting_under_debug(["logger.mode=offline"]) is None  # no debug mode: wandb is the default
+    assert cli.logger_setting_under_debug(["debug=null", "logger.mode=offline"]) is None
+    assert cli.logger_setting_under_debug(["+debug=overfit", "++logger.project=x"]).startswith("error: ++logger.project=x")
+
+
+def test_a_launcher_needs_a_multirun_and_slurm_needs_a_cluster(monkeypatch):
+    import shutil
+
+    from cl_suite import cli
+
+    hint = cli.launcher_without_its_setting(["hydra/launcher=local", "seed=0"])
+    assert hint.startswith("error: hydra/launcher=local launches the jobs of a multirun only") and "-m" in hint
+    assert cli.launcher_without_its_setting(["-m", "hydra/launcher=local", "seed=0,1"]) is None
+    assert cli.launcher_without_its_setting(["hydra.mode=MULTIRUN", "hydra/launcher=local"]) is None
+    assert cli.launcher_without_its_setting(["seed=0"]) is None
+    monkeypatch.setattr(shutil, "which", lambda name, *a, **k: None)
+    hint = cli.launcher_without_its_setting(["--multirun", "hydra/launcher=slurm"])
+    assert "no srun on PATH" in hint and "hydra/launcher=local" in hint
+    monkeypatch.setattr(shutil, "which", lambda name, *a, **k: f"/usr/bin/{name}")
+    assert cli.launcher_without_its_setting(["--multirun", "hydra/launcher=slurm"]) is None
+
+
+def test_the_entry_points_refuse_those_command_lines_before_composing(tmp_path):
+    for script, args, expected in [
+        ("train.py", ["debug=fast", "logger.mode=offline"], "choose the logger too"),
+        ("train.py", ["hydra/launcher=local"], "launches the jobs of a multirun only"),
+        ("evaluate.py", ["run=x", "hydra/launcher=local"], "launches the jobs of a multirun only"),
+    ]:
+        proc = subprocess.run([sys.executable, str(ROOT / script), *args], capture_output=True, text=True,
+                              cwd=tmp_path, timeout=300)
+        assert proc.returncode == 1 and expected in proc.stderr, (script, args, proc.stderr[-2000:])
+        assert not (tmp_path / "outputs").exists()  # refused before Hydra made a run folder

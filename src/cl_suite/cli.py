@@ -49,11 +49,57 @@ def missing_plugin(argv: list[str]) -> str | None:
     return None
 
 
+def _overrides(argv: list[str]) -> list[tuple[str, str, str]]:
+    """(argument, key without Hydra's +/++/~ prefix, value) of each ``key=value`` argument."""
+    found = []
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if sep:
+            found.append((arg, key.lstrip("+~"), value))
+    return found
+
+
+def logger_setting_under_debug(argv: list[str]) -> str | None:
+    """``debug=fast logger.mode=offline``: the debug modes select ``logger=none``, which has no keys (Hydra
+    would answer "Key 'mode' is not in struct"); say how to keep a logger in a debug run."""
+    overrides = _overrides(argv)
+    debug = next((arg for arg, key, value in overrides if key == "debug" and value not in ("null", "")), None)
+    if debug is None or any(key == "logger" for _, key, _ in overrides):
+        return None  # an explicit logger=<option> wins over the debug mode's logger=none
+    for arg, key, _ in overrides:
+        if key.startswith("logger."):
+            return (f"error: {arg} sets the logger, but {debug} turns the experiment logger off (logger=none, "
+                    f"which has no settings). To log the debug run, choose the logger too: "
+                    f"{debug} logger=wandb {arg}")
+    return None
+
+
+def launcher_without_its_setting(argv: list[str]) -> str | None:
+    """``hydra/launcher=slurm|local`` launches a multirun's jobs only: without ``-m`` Hydra silently runs the
+    one job in this process; and off a SLURM cluster submitit fails deep in its own code ("Could not detect
+    srun")."""
+    import shutil
+
+    multirun = any(arg in ("-m", "--multirun") for arg in argv) or any(
+        key == "hydra.mode" and value.upper() == "MULTIRUN" for _, key, value in _overrides(argv))
+    for arg, key, value in _overrides(argv):
+        if key != "hydra/launcher" or value not in ("slurm", "local"):
+            continue
+        if not multirun:
+            return (f"error: {arg} launches the jobs of a multirun only; without -m this job would run here, in "
+                    f"this process. Add -m (one job is a sweep of one): python train.py -m {arg} ...")
+        if value == "slurm" and shutil.which("srun") is None:
+            return (f"error: {arg} submits SLURM jobs, but there is no srun on PATH (not a SLURM login node). "
+                    "Try the sweep here first with hydra/launcher=local (the same submitit code path)")
+    return None
+
+
 def train_main() -> None:
     """Pre-train an encoder: ``train.py method=simclr dataset=cifar10 backbone=resnet18``."""
     from cl_suite.distributed import worker_rank_hydra_overrides
 
-    hint = missing_plugin(sys.argv[1:])
+    argv = sys.argv[1:]
+    hint = missing_plugin(argv) or launcher_without_its_setting(argv) or logger_setting_under_debug(argv)
     if hint:
         sys.exit(hint)
     sys.argv.extend(worker_rank_hydra_overrides())
@@ -88,7 +134,8 @@ def misplaced_dataset_override(argv: list[str]) -> str | None:
 
 def evaluate_main() -> None:
     """Re-evaluate a run's checkpoint or an exported backbone: ``evaluate.py run=outputs/<date>/<time>``."""
-    hint = misplaced_dataset_override(sys.argv[1:])
+    argv = sys.argv[1:]
+    hint = misplaced_dataset_override(argv) or missing_plugin(argv) or launcher_without_its_setting(argv)
     if hint:
         sys.exit(hint)
     _evaluate()
