@@ -1,4 +1,6 @@
-"""Graceful stop on SIGTERM / SIGUSR1 (cluster pre-emption, SLURM time limits, `kill`) and Ctrl-C (SIGINT).
+"""Graceful stop on SIGTERM / SIGUSR1 / SIGUSR2 (cluster pre-emption, SLURM time limits, `kill`) and Ctrl-C
+(SIGINT). SIGUSR2 is submitit's pre-emption signal (``#SBATCH --signal=USR2@<signal_delay_s>``; its
+``SUBMITIT_PREEMPT_SIGNAL`` environment variable names another, which is then a stop signal too).
 
 The handler only records the signal; the loop checks it between optimizer steps, saves a checkpoint
 at that step and stops. Saving inside the handler could catch the model half-way through an update.
@@ -18,7 +20,17 @@ import sys
 import threading
 from types import FrameType
 
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, signal.SIGINT)
+
+
+def stop_signals() -> tuple[signal.Signals, ...]:
+    """``STOP_SIGNALS`` plus the signal ``SUBMITIT_PREEMPT_SIGNAL`` names (without ``SIG``, e.g. ``HUP``) when
+    it is another one; a name that is not a signal is left to submitit, which refuses it itself."""
+    name = os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2")
+    extra = getattr(signal, "SIG" + name, None)
+    if isinstance(extra, signal.Signals) and extra not in STOP_SIGNALS and extra not in (signal.SIGKILL, signal.SIGSTOP):
+        return STOP_SIGNALS + (extra,)
+    return STOP_SIGNALS
 
 
 class StopRequested(Exception):
@@ -37,8 +49,8 @@ class PreemptionGuard:
     cooperates with launchers instead of replacing them.
     """
 
-    def __init__(self, signals: tuple[signal.Signals, ...] = STOP_SIGNALS):
-        self.signals = signals
+    def __init__(self, signals: tuple[signal.Signals, ...] | None = None):
+        self.signals = stop_signals() if signals is None else signals
         self.received: int | None = None
         self._previous: dict[int, object] = {}
         self._raise = False
