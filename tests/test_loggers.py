@@ -325,7 +325,7 @@ def _study_invocation(tmp_path, env_extra=None, args=("seed=0,1",)) -> list[str]
     return calls[0].split("\n")[:-1]
 
 
-def test_each_study_invocation_gets_its_own_wandb_group(tmp_path):
+def test_each_study_folder_gets_its_own_wandb_group_and_a_continued_study_keeps_it(tmp_path):
     first = _study_invocation(tmp_path)
     assert first[:2] == ["train.py", "-m"] and first[-1] == "seed=0,1"
     (group,) = [a.split("=", 1)[1] for a in first if a.startswith("logger.group=")]
@@ -336,7 +336,10 @@ def test_each_study_invocation_gets_its_own_wandb_group(tmp_path):
     second = _study_invocation(tmp_path, {"SWEEP_DIR": str(tmp_path / "sweep")})
     assert f"hydra.sweep.dir={tmp_path / 'sweep'}" in second
     (other,) = [a.split("=", 1)[1] for a in second if a.startswith("logger.group=")]
-    assert other.startswith("tiny_study-") and other != group
+    assert other == "tiny_study-sweep"  # the group is the sweep folder's
+    time.sleep(1.05)  # continuing the first study (SWEEP_DIR = its folder) keeps its group
+    third = _study_invocation(tmp_path, {"SWEEP_DIR": sweep_dir + "/"})
+    assert [a for a in third if a.startswith("logger.group=")] == [f"logger.group={group}"]
 
 
 @pytest.mark.parametrize("logger, grouped", [("logger=csv", False), ("logger=none", False),

@@ -452,7 +452,7 @@ def test_single_seed_sweeps_never_bold(tmp_path):
         job.settings_complete = False
     _, rows = summarize(jobs, ["linear/top1"])
     assert [len(r.jobs) for r in rows] == [2, 2] and rows[1].best == {"linear/top1"}
-    assert rows[1].comparisons["linear/top1"].verdict == "better"  # the statistics alone would back it
+    assert rows[1].comparisons["linear/top1"].verdict == "n/a (no spread)"  # a zero-width interval: no evidence
     assert all(r.bold == set() for r in rows)
 
 
@@ -644,8 +644,9 @@ def test_list_valued_settings_are_grouped_compared_and_plotted(tmp_path, capsys)
     assert csv_rows[0]["linear/top1 test"] == "paired" and csv_rows[0]["linear/top1 n_pairs"] == "2"
     markdown = (tmp_path / "report.md").read_text()
     assert "| [128] | - | 2 | 2/2 | 87.50 ± 2.12 |" in markdown
-    assert "| [64] | [[0, 1], [2, 3]] (baseline) | 2 | 2/2 | **90.50 ± 2.12** |" in markdown
-    assert "| [64] | - | linear/top1 | -8.00 |" in markdown
+    # every seed's difference is the same here: a zero-width interval, no verdict and no bold
+    assert "| [64] | [[0, 1], [2, 3]] (baseline) | 2 | 2/2 | 90.50 ± 2.12 |" in markdown
+    assert "| [64] | - | linear/top1 | -8.00 | [-8.00, -8.00] | paired t, n=2 | n/a (no spread) |" in markdown
     assert "- optimizer.betas: `[0.9, 0.999]`\n" in markdown  # the same list in every job: a fixed setting
     assert "(64,)" not in markdown and "[64]" in capsys.readouterr().out
     jobs = read_csv(tmp_path / "report_jobs.csv")
@@ -833,3 +834,53 @@ def test_error_bar_halfwidth_is_the_95_percent_t_interval_of_the_mean():
     low, high = scipy_stats.t.interval(0.95, len(xs) - 1, loc=statistics.fmean(xs), scale=scipy_stats.sem(xs))
     assert mean_halfwidth(statistics.stdev(xs), len(xs)) == pytest.approx((high - low) / 2)
     assert math.isnan(mean_halfwidth(1.0, 1)) and math.isnan(mean_halfwidth(math.nan, 3))
+
+
+def test_identical_differences_over_seeds_give_no_verdict():
+    """Two seeds whose differences are the same (accuracies move in steps of one test image) make a t-interval
+    of zero width: no evidence either way, so no verdict and no bold; identical results are within noise."""
+    from cl_suite.report.stats import NO_SPREAD, compare
+
+    paired = compare({0: 97.5, 1: 98.0}, {0: 97.22, 1: 97.72}, lower_better=False)
+    assert paired.test == "paired" and paired.low == paired.high and paired.verdict == NO_SPREAD
+    welch = compare({None: 90.0, "a": 90.0}, {None: 80.0, "b": 80.0}, lower_better=False)  # no common seed
+    assert welch.test == "welch" and welch.verdict == NO_SPREAD
+    same = compare({0: 90.0, 1: 91.0}, {0: 90.0, 1: 91.0}, lower_better=False)
+    assert same.verdict == "within noise"
+    assert compare({0: 90.0, 1: 92.0}, {0: 80.0, 1: 81.0}, lower_better=False).verdict == "better"
+
+
+def test_cells_on_fewer_jobs_than_the_row_say_so_and_recorded_settings_are_not_metrics(tmp_path):
+    """evaluate.py run on one job of two: its cell says n=1; the k a low-shot kNN used is not compared."""
+    for number, (method, seed) in enumerate([(m, s) for m in ("simclr", "dcl") for s in (0, 1)]):
+        final = {"linear/top1": 80.0 + number + seed * 1.5, "step": 10}
+        run = write_run(tmp_path, str(number), {"method": method, "seed": seed}, final)
+        if seed == 0:
+            (run / "eval.json").write_text(json.dumps({"step": 10, "metrics": {
+                "lowshot/1pct/top1": 50.0 + number, "lowshot/1pct/knn_k": 5.0}}))
+    assert report_main([str(tmp_path)]) == 0
+    markdown = (tmp_path / "report.md").read_text()
+    header = next(line for line in markdown.splitlines() if line.startswith("| method"))
+    assert "eval/lowshot/1pct/top1" in header and "knn_k" not in markdown
+    assert "| simclr (baseline) | 2 | 2/2 | 81.25 ± 1.77 | 50.00 (n=1) |" in markdown
+
+
+def test_the_report_lists_runs_continued_with_other_settings_and_unfinished_jobs(tmp_path):
+    run = write_run(tmp_path, "0", {"method": "simclr", "seed": 0}, {"linear/top1": 80.0})
+    history = json.loads((run / "metrics.json").read_text())
+    history["setting_changes"] = [{"step": 39, "changes": ["optimizer.lr: 0.06 -> 0.03 applied to the restored "
+                                                          "optimizer"]}, "not an entry", {"step": 5}]
+    (run / "metrics.json").write_text(json.dumps(history))
+    stopped = write_run(tmp_path, "1", {"method": "simclr", "seed": 1}, {}, epochs=[{"epoch": 5, "step": 20}])
+    (stopped / "checkpoints").mkdir()
+    (stopped / "checkpoints" / "last.pt").write_bytes(b"")
+    crashed = write_run(tmp_path, "2", {"method": "simclr", "seed": 2}, {}, epochs=[{"epoch": 1, "step": 4}])
+    assert report_main([str(tmp_path)]) == 0
+    markdown = (tmp_path / "report.md").read_text()
+    section = markdown.split("## Runs continued with other settings")[1]
+    assert "- 0, from step 39: optimizer.lr: 0.06 -> 0.03 applied to the restored optimizer\n" in section
+    assert section.count("\n- ") == 1  # the malformed entries are skipped
+    rows = {line.split(" | ")[0]: line for line in markdown.splitlines() if line.startswith("| 1 |")
+            or line.startswith("| 2 |")}
+    assert "unfinished, not lost" in rows["| 1"] and "unfinished" not in rows["| 2"]
+    assert crashed.is_dir()

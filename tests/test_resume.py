@@ -252,6 +252,61 @@ def test_refused_reruns_leave_the_finished_runs_record_as_it_was(tmp_path):
     assert record["config.yaml"] == (tmp_path / ".hydra" / "config.yaml").read_text()
 
 
+@pytest.mark.slow
+def test_a_finished_run_started_again_with_other_settings_keeps_its_records(tmp_path):
+    """Nothing is trained when a finished run is started again, so another optimizer setting on that command
+    line must not relabel the run: its .hydra record, its checkpoint's config and its wandb run keep the
+    settings it trained with. Changed evaluation settings are evaluated again and recorded, alone."""
+    from omegaconf import OmegaConf
+
+    from wandb_records import run_contents
+
+    args = [o for o in TINY if not o.startswith("logger")] + [
+        "logger=wandb", "dataset=synthetic", "trainer.max_steps=2", "trainer.eval_at_init=false",
+        "trainer.device=cpu", "evaluation.linear.epochs=1", "evaluation.embedding_snapshot=0",
+        f"hydra.run.dir={tmp_path}"]
+    env = {"WANDB_MODE": "offline"}
+    first = run_cli("train.py", args, env=env)
+    assert first.returncode == 0, first.stderr[-2000:]
+    names = ("config.yaml", "overrides.yaml", "hydra.yaml")
+    record = {name: (tmp_path / ".hydra" / name).read_text() for name in names}
+    wandb_runs = sorted((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(wandb_runs) == 1
+
+    again = run_cli("train.py", args + ["optimizer.lr=0.5"], env=env)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "optimizer.lr: checkpoint 0.06, this run 0.5" in again.stdout and "not applied" in again.stdout
+    assert "this run already finished" in again.stdout and "applied to the restored" not in again.stdout
+    assert record == {name: (tmp_path / ".hydra" / name).read_text() for name in names}
+    assert sorted((tmp_path / "wandb").glob("offline-run-*")) == wandb_runs  # wandb was not even opened
+
+    evaluated = run_cli("train.py", args + ["optimizer.lr=0.5", "evaluation.knn.k=3"], env=env)
+    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+    assert "final evaluation at step 2" in evaluated.stdout
+    config = OmegaConf.load(tmp_path / ".hydra" / "config.yaml")
+    assert config.optimizer.lr == 0.06 and config.evaluation.knn.k == 3
+    assert record["overrides.yaml"] == (tmp_path / ".hydra" / "overrides.yaml").read_text()
+    saved = ckpt.load_checkpoint(tmp_path / "checkpoints" / "last.pt")["config"]
+    assert saved["optimizer"]["lr"] == 0.06 and saved["evaluation"]["knn"]["k"] == 3
+    (new_run,) = set((tmp_path / "wandb").glob("offline-run-*")) - set(wandb_runs)
+    logged = run_contents(next(new_run.glob("run-*.wandb")))["config"]
+    assert logged["optimizer"]["lr"] == 0.06 and logged["evaluation"]["knn"]["k"] == 3
+
+
+def test_a_run_continued_with_changed_settings_says_so_in_its_metrics(tmp_path):
+    """The .hydra record and wandb's config show the newest settings only: metrics.json keeps where a
+    continuation changed them, and what."""
+    run_dir = tmp_path / "run"
+    train(compose_train(RUN + [f"trainer.max_steps={STEPS_PER_EPOCH + 1}"], run_dir))
+    train(compose_train(RUN + ["optimizer.lr=0.03"], run_dir))
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    (change,) = metrics["setting_changes"]
+    assert change["step"] == STEPS_PER_EPOCH + 1
+    assert change["changes"] == ["optimizer.lr: 0.06 -> 0.03 applied to the restored optimizer",
+                                 f"trainer.max_steps: checkpoint {STEPS_PER_EPOCH + 1}, this run None"]
+    assert metrics["final"]["step"] == EPOCHS * STEPS_PER_EPOCH
+
+
 @pytest.mark.parametrize("mode, values, improved", [
     ("max", [50.0, 60.0, 60.0, 55.0, 61.0], [True, True, False, False, True]),  # a tie does not replace the best
     ("min", [0.5, 0.4, 0.4, 0.45, 0.3], [True, True, False, False, True]),

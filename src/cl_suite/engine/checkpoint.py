@@ -34,9 +34,8 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from cl_suite.errors import MissingPathError, UserError
 from cl_suite.files import atomic_write
+from cl_suite.paths import CHECKPOINT_DIR, LAST_CHECKPOINT as LAST
 
-CHECKPOINT_DIR = "checkpoints"
-LAST = "last.pt"
 BEST = "best.pt"
 _STEP_FILE = re.compile(r"^step_(\d+)\.pt$")
 # The temporary names of atomic_write (".<name>.<random>.tmp") and _atomic_link (".<name>.<pid>.link").

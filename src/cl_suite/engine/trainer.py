@@ -7,6 +7,7 @@ periodic kNN monitor, checkpoint -> at the end: kNN and offline linear evaluatio
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import logging
 import os
@@ -17,7 +18,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
@@ -99,7 +100,7 @@ def set_rng_states(states: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all([s.cpu() for s in states["cuda"]])
 
 
-def save_hydra_record(run_dir: Path, cfg: DictConfig) -> None:
+def save_hydra_record(run_dir: Path, cfg: DictConfig, config_only: bool = False) -> None:
     """Write ``.hydra/config.yaml``, ``hydra.yaml`` and ``overrides.yaml`` as Hydra itself would, for a job
     started through Hydra (a config composed in Python has no job record). conf/train.yaml turns Hydra's
     own writing off (``hydra.output_subdir: null``) because Hydra writes before the job runs: a second job
@@ -111,7 +112,8 @@ def save_hydra_record(run_dir: Path, cfg: DictConfig) -> None:
     hydra_cfg = HydraConfig.instance().cfg
     record = run_dir / ".hydra"
     record.mkdir(parents=True, exist_ok=True)
-    for name, node in (("config.yaml", cfg), ("hydra.yaml", hydra_cfg), ("overrides.yaml", hydra_cfg.hydra.overrides.task)):
+    files = [("config.yaml", cfg), ("hydra.yaml", hydra_cfg), ("overrides.yaml", hydra_cfg.hydra.overrides.task)]
+    for name, node in files[:1] if config_only else files:
         (record / name).write_text(OmegaConf.to_yaml(node), encoding="utf-8")
 
 
@@ -207,8 +209,10 @@ def _train(cfg: DictConfig, device_type: str, run_log: RunLog, augment: AugmentC
             say(f"device {device_type}, {threads} CPU thread(s) ({why}; trainer.threads={cfg.trainer.threads})")
         guard = teardown.enter_context(PreemptionGuard())
         trainer = Trainer(cfg, resolve_device(cfg.trainer.device), guard, augment)
-        if record_later and is_main_process():
-            save_hydra_record(run_dir, cfg)
+        if record_later and is_main_process() and not trainer.nothing_to_do:
+            # A run whose training was done before keeps its command line and Hydra record: only
+            # config.yaml's evaluation node can change (the evaluation it now runs again).
+            save_hydra_record(run_dir, trainer.record_config, config_only=trainer.training_was_done)
         final = None
 
         def finish_logger(exc_type, exc, tb) -> None:
@@ -311,16 +315,23 @@ class Trainer:
 
         self.step = 0
         self.history: dict[str, Any] = {"init": {}, "epochs": [], "final": {}}
+        # Whether this folder's own checkpoint had already trained every step (a finished run, or one
+        # stopped in its final evaluation, started again): then nothing is trained, and the folder's
+        # records keep the settings it trained with, whatever else this command says.
+        self.training_was_done = False
+        self.nothing_to_do = False  # ... and its final evaluation ran with this command's evaluation settings
+        self._restored_config: dict = {}  # the restored checkpoint's config (older ones: with added defaults)
         checkpoint = self._checkpoint_to_resume(cfg.resume)
         wandb_id = self._restore(checkpoint) if checkpoint else None
+        self.record_config = self._record_config()
         if self.main and t.save_checkpoints:  # a full disk or read-only folder fails now, not at the first save
             folder = self.run_dir / ckpt.CHECKPOINT_DIR
             state_bytes = sum(v.numel() * v.element_size() for part in (self.method, self.probe)
                               for v in part.state_dict().values() if isinstance(v, torch.Tensor))
             check_room_for_checkpoint(folder if folder.is_dir() else self.run_dir, state_bytes)
         self.logger = NullLogger()
-        if self.main:
-            self.logger = build_logger(cfg.logger, str(self.run_dir), cfg, run_id=wandb_id,
+        if self.main and not self.nothing_to_do:  # a finished run started again logs nothing new
+            self.logger = build_logger(cfg.logger, str(self.run_dir), self.record_config, run_id=wandb_id,
                                        resume_step=self.step if checkpoint else None)
 
     # ---- the run ----
@@ -357,13 +368,11 @@ class Trainer:
         if self.profiler is not None:
             self.profiler.close()
             self.profiler = None
-        done = self.history.get("final") or {}
-        if done.get("step") == self.step and self._saved_evaluation == OmegaConf.to_container(
-                self.cfg.evaluation, resolve=True):
+        if self.nothing_to_do:
             # A finished run started again (the same command, a resumed sweep): nothing left to do.
             self._print(f"this run already finished at step {self.step} with these evaluation settings; its final "
                         f"metrics are in metrics.json (evaluate again: python evaluate.py run={self.run_dir})")
-            return done
+            return self.history["final"]
         if self._last_saved_step != self.step:  # the trained weights are on disk before the (long) evaluation
             self.save()
         self._print(f"final evaluation at step {self.step} ({self.epochs_done:g} of {t.epochs} epochs): kNN and the linear probe "
@@ -609,7 +618,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(), "probe_optimizer": self.probe_optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(), "step": self.step,
             "epoch": self.epochs_done, "rng": rng_states(),
-            "config": OmegaConf.to_container(self.cfg, resolve=True), "wandb_run_id": self.logger.run_id,
+            "config": self._checkpoint_config(), "wandb_run_id": self.logger.run_id,
             "history": self.history, "best": self.best, "skipped_steps": self.nonfinite.total_skipped,
             "threads": torch.get_num_threads(),
         }
@@ -664,6 +673,23 @@ class Trainer:
             # whole epoch when it ends: its running sums continue from the checkpoint's.
             self.history["epochs"].pop()
             self._epoch_carry = state.get("epoch_progress")
+        own = path.resolve().parent == (self.run_dir / ckpt.CHECKPOINT_DIR).resolve()
+        if own:
+            self._saved_evaluation = saved.get("evaluation")
+        self.training_was_done = own and self.step >= self.stop_step
+        self._restored_config = saved
+        final = self.history.get("final") or {}
+        self.nothing_to_do = (self.training_was_done and final.get("step") == self.step
+                              and self._saved_evaluation == current.get("evaluation"))
+        if self.training_was_done:
+            differences = ckpt.continuation_differences(saved, current)
+            if differences:
+                self._print(f"note: this run's training is complete (step {self.step}), so nothing is trained and "
+                            "its records keep the settings it trained with; these settings of this command differ "
+                            "and are not applied (a run with them needs another run folder: hydra.run.dir=... or, "
+                            "for a sweep, another SWEEP_DIR / hydra.sweep.dir):\n  " + "\n  ".join(differences))
+            self._print(f"resumed from {path} at step {self.step} (epoch {self.step / self.steps_per_epoch:.2f})")
+            return state.get("wandb_run_id")
         applied, applied_keys = self._apply_changed_settings(saved, current)
         others = [line for line in ckpt.continuation_differences(saved, current)
                   if line.split(":", 1)[0] not in applied_keys]
@@ -675,10 +701,30 @@ class Trainer:
             self._print(f"warning: settings changed since the checkpoint; from step {self.step} this run continues "
                         "with them, so the continuation will differ from an uninterrupted run:\n  "
                         + "\n  ".join(applied + others))
-        if path.resolve().parent == (self.run_dir / ckpt.CHECKPOINT_DIR).resolve():
-            self._saved_evaluation = saved.get("evaluation")
+            # metrics.json keeps them (the .hydra record and wandb's config show only the newest settings)
+            self.history.setdefault("setting_changes", []).append({"step": self.step, "changes": applied + others})
         self._print(f"resumed from {path} at step {self.step} (epoch {self.step / self.steps_per_epoch:.2f})")
         return state.get("wandb_run_id")
+
+    def _checkpoint_config(self) -> dict:
+        """The config a checkpoint stores: this run's; a run whose training was done before keeps the one it
+        trained with and takes this command's ``evaluation`` (as ``_record_config``)."""
+        config = OmegaConf.to_container(self.cfg, resolve=True)
+        if self.training_was_done:
+            return {**self._restored_config, "evaluation": config["evaluation"]}
+        return config
+
+    def _record_config(self) -> DictConfig:
+        """The config the run's records (``.hydra/config.yaml``, the logger's config) describe: this command's,
+        except for a run whose training was already done, which keeps the settings of its own record and
+        takes only this command's ``evaluation`` (the final evaluation it runs again, if that changed)."""
+        if not self.training_was_done or not has_record(self.run_dir):
+            return self.cfg
+        # The folder's own record, written by this suite (OmegaConf's YAML loader builds data only).
+        record = OmegaConf.load(self.run_dir / ".hydra" / "config.yaml")
+        with open_dict(record):
+            record.evaluation = copy.deepcopy(self.cfg.evaluation)
+        return record
 
     def _apply_changed_settings(self, saved: dict, current: dict) -> tuple[list[str], set[str]]:
         """Make the optimizer and schedule settings of this run's config take effect on the restored state.

@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 
 from cl_suite.sweeps import override_values, parse_overrides, setting_changing_overrides
 from cl_suite.files import load_untrusted_yaml, printable, read_json_object
-from cl_suite.paths import REFUSED_FILE
+from cl_suite.paths import CHECKPOINT_DIR, LAST_CHECKPOINT, REFUSED_FILE
 
 
 @dataclass
@@ -37,6 +37,8 @@ class Job:
     # point that never ran and has no twin: its overrides and what its whole sweep shares).
     settings_complete: bool = True
     run_dir: Path | None = None
+    # Where a continuation changed the run's settings (metrics.json's setting_changes): (step, [change, ...])
+    setting_changes: list[tuple[Any, list[str]]] = field(default_factory=list)
     # When the run last wrote its record (mtime of metrics.json, else of .hydra/config.yaml; None: no run
     # dir): which of two repeats of one run is the more recent (drop_repeats).
     finished: float | None = None
@@ -194,6 +196,7 @@ def read_job(run_dir: Path, sweep_dir: Path) -> Job:
     if history is None:
         job.status, job.reason = "failed", "metrics.json is not a readable run record"
         return job
+    job.setting_changes = _setting_changes(history.get("setting_changes"))
     final = history.get("final") if isinstance(history.get("final"), dict) else {}
     if not final:
         epochs = [r for r in history.get("epochs") or [] if isinstance(r, dict)] if isinstance(
@@ -201,11 +204,27 @@ def read_job(run_dir: Path, sweep_dir: Path) -> Job:
         job.status = "failed"
         job.reason = f"no final metrics (last record: epoch {epochs[-1].get('epoch')!r:.20})" if epochs else (
             "no final metrics")
+        if (run_dir / CHECKPOINT_DIR / LAST_CHECKPOINT).is_file():
+            job.reason += ("; unfinished, not lost: stopped or still running, its checkpoint continues it "
+                           "(the sweep's command again, with SWEEP_DIR / hydra.sweep.dir of this sweep)")
         return job
     job.metrics = {k: float(v) for k, v in final.items() if _is_number(v)}
     job.metrics.update(_compute_metrics(history, job))
     job.metrics.update(_final_evaluation(run_dir / "eval.json", final.get("step")))
     return job
+
+
+def _setting_changes(data: Any) -> list[tuple[Any, list[str]]]:
+    """metrics.json's ``setting_changes`` (the trainer's list of ``{"step", "changes"}``), as data of an
+    untrusted file: entries of another shape are skipped, every text escaped and cut."""
+    if not isinstance(data, list):
+        return []
+    found = []
+    for entry in data:
+        if isinstance(entry, dict) and isinstance(entry.get("changes"), list):
+            step = entry.get("step") if isinstance(entry.get("step"), int) else "?"
+            found.append((step, [_one_line(printable(str(c))) for c in entry["changes"]][:20]))
+    return found
 
 
 def _refusal(run_dir: Path) -> str | None:

@@ -4,7 +4,9 @@ Runs that share a seed share their initialisation and data order, so where the t
 at least two seeds in common the difference is taken seed by seed (a paired t-interval over the
 common seeds); otherwise the two sets of seeds are compared as independent samples (Welch's t-interval).
 The verdict is "better" or "worse" when the interval excludes 0 (in the metric's direction: lower is
-better for losses and FPR) and "within noise" when it contains 0.
+better for losses and FPR) and "within noise" when it contains 0. An interval of zero width around a
+non-zero difference (every seed's difference the same, common with two seeds and accuracies that move in
+steps of one test image) is no evidence of a difference: its verdict is "n/a (no spread)".
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from dataclasses import dataclass
 CONFIDENCE = 0.95
 BASELINE = "baseline"
 WITHIN_NOISE = "within noise"
+NO_SPREAD = "n/a (no spread)"
 
 
 def t_quantile(df: float) -> float:
@@ -62,6 +65,8 @@ class Comparison:
 def verdict(diff: float, low: float, high: float, lower_better: bool) -> str:
     if low <= 0.0 <= high:
         return WITHIN_NOISE
+    if low == high:  # zero spread: a t-interval says nothing (module docstring)
+        return NO_SPREAD
     improved = diff < 0 if lower_better else diff > 0
     return "better" if improved else "worse"
 

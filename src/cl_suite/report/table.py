@@ -17,6 +17,9 @@ from cl_suite.report.jobs import Job, canonical, drop_repeats, is_ignored
 from cl_suite.report.stats import Comparison, baseline_comparison, compare
 
 DEFAULT_METRICS = ("linear/top1", "knn/top1")
+# Numbers evaluate.py records beside its metrics that are settings, not results (the k a low-shot kNN used):
+# not in the default columns nor compared (``--metric`` still shows one).
+RECORDED_SETTINGS_SUFFIXES = ("/knn_k",)
 
 
 def lower_is_better(metric: str) -> bool:
@@ -133,7 +136,8 @@ def default_metrics(jobs: list[Job]) -> list[str]:
     """The headline accuracies, then every number ``evaluate.py`` added (``eval/*``), then any other
     metric a recipe's published number refers to, as present."""
     present = list(dict.fromkeys(k for job in jobs for k in job.metrics))
-    metrics = [m for m in DEFAULT_METRICS if m in present] + [m for m in present if m.startswith("eval/")]
+    metrics = [m for m in DEFAULT_METRICS if m in present] + [
+        m for m in present if m.startswith("eval/") and not m.endswith(RECORDED_SETTINGS_SUFFIXES)]
     published = [job.published["metric"] for job in jobs if job.published]
     return metrics + [m for m in dict.fromkeys(published) if m in present and m not in metrics]
 
@@ -370,11 +374,14 @@ def _csv_value(value: Any) -> Any:
     return format_value(value) if isinstance(value, (list, tuple, dict)) else value
 
 
-def _fmt_stat(stat: tuple[float, float, int] | None) -> str:
+def _fmt_stat(stat: tuple[float, float, int] | None, seeds: int | None = None) -> str:
+    """``mean ± std``; ``(n=k)`` where fewer than the row's ``seeds`` jobs have the metric (e.g. evaluate.py
+    run on some of them)."""
     if stat is None:
         return "-"
-    mean, std, _ = stat
-    return f"{mean:.2f}" if math.isnan(std) else f"{mean:.2f} ± {std:.2f}"
+    mean, std, n = stat
+    text = f"{mean:.2f}" if math.isnan(std) else f"{mean:.2f} ± {std:.2f}"
+    return text + (f" (n={n})" if seeds is not None and n < seeds else "")
 
 
 def _jobs_cell(row: ConfigRow) -> str:
@@ -422,7 +429,7 @@ def markdown_table(params: list[str], rows: list[ConfigRow], metrics: list[str])
         if row.is_baseline and params and len(rows) > 1:
             cells[len(params) - 1] += " (baseline)"
         for metric in metrics:
-            text = _fmt_stat(row.stats.get(metric))
+            text = _fmt_stat(row.stats.get(metric), len(row.ok_jobs))
             cells.append(f"**{text}**" if metric in row.bold else text)
             if metric in with_published:
                 pub = row.published
@@ -459,7 +466,8 @@ STATISTICS_TEXT = (
     "over those n seeds (the mean and spread of the per-seed differences); otherwise Welch's t-interval "
     "over the two sets of seeds. Intervals are 95%, from the t-distribution. Verdict: `better` or `worse` "
     "when the interval excludes 0 (lower is better for losses and FPR, higher for everything else), "
-    "`within noise` when it contains 0, `n/a (1 seed)` when there are not enough seeds for an interval.")
+    "`within noise` when it contains 0, `n/a (1 seed)` when there are not enough seeds for an interval, "
+    "`n/a (no spread)` when every seed gives the same difference (an interval of zero width is no evidence).")
 
 
 REPEATS_TEXT = (
@@ -490,7 +498,8 @@ def markdown_report(sweep_dir: Path, jobs: list[Job], params: list[str], rows: l
         "tighter than two separate intervals. The CSV's `best` column marks the best mean regardless."
         + (" images/s: training throughput of a run; hours / run: its training wall time (the epochs, "
            "not the evaluations) x processes, in GPU-h or CPU-h (processes, not cores); both are means over "
-           "its seeds, to compare configurations at equal compute." if _has_compute(rows) else ""),
+           "its seeds, to compare configurations at equal compute (they measure the machine as well: "
+           "compare them between runs on the same, otherwise idle hardware)." if _has_compute(rows) else ""),
         "",
         markdown_table(params, rows, metrics),
     ]
@@ -529,6 +538,13 @@ def markdown_report(sweep_dir: Path, jobs: list[Job], params: list[str], rows: l
             swept = " ".join(f"{k}={format_value(job.value(k))}" for k in [*params, seed_key]
                              if job.value(k) is not None)
             parts.append(f"| {job.name} | {job.status} | `{swept}` | {job.reason} |")
+    continued = [job for job in jobs if job.setting_changes]
+    if continued:
+        parts += ["", "## Runs continued with other settings", "",
+                  "Continued from a checkpoint with settings other than those they started with (metrics.json's "
+                  "`setting_changes`); the tables and Fixed settings show the newest ones only:", ""]
+        parts += [f"- {job.name}, from step {step}: " + "; ".join(changes)
+                  for job in continued for step, changes in job.setting_changes]
     if repeats:
         parts += ["", "## Repeats left out", "", REPEATS_TEXT, "", "| job | status | used instead |", "|---|---|---|"]
         parts += [f"| {job.name} | {job.status} | {used.name} |" for job, used in repeats]
