@@ -644,3 +644,31 @@ def test_evaluate_multirun_logs_into_each_run_folder_and_keeps_out_of_multirun(t
     assert len(list(scratch.rglob("multirun.yaml"))) == 1
     shutil.copy(next(scratch.rglob("multirun.yaml")), runs / "multirun.yaml")  # an older evaluate sweep's record
     assert [job.status for job in collect_jobs(runs)] == ["ok", "ok"]  # no phantom "not run" jobs
+
+
+@pytest.mark.slow
+def test_evaluate_multirun_keeps_each_runs_wandb_name_group_and_sweep_values(tmp_path):
+    """evaluate.py -m over the runs of a training sweep writes eval/* into each run's wandb run; its own
+    multirun (run=a,b) must not rename the runs nor replace their `sweep` values (dashboards group by them)."""
+    from helpers import TINY, run_cli
+    from wandb_records import run_contents
+
+    env = {"WANDB_MODE": "offline"}
+    args = ["-m", *[o for o in TINY if not o.startswith("logger")],
+            "seed=0,1", "logger=wandb", "dataset=synthetic", "trainer.max_steps=2", "trainer.eval_at_init=false",
+            "evaluation.linear.epochs=1", "evaluation.embedding_snapshot=0", f"hydra.sweep.dir={tmp_path}"]
+    proc = run_cli("train.py", args, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    trained = {job: {p.name for p in (tmp_path / job / "wandb").glob("offline-run-*")} for job in ("0", "1")}
+    proc = run_cli("evaluate.py", ["-m", f"run={tmp_path / '0'},{tmp_path / '1'}", "protocol=knn"], env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for job, seed in (("0", 0), ("1", 1)):
+        folders = sorted((tmp_path / job / "wandb").glob("offline-run-*"))
+        (training,) = [f for f in folders if f.name in trained[job]]
+        (evaluation,) = [f for f in folders if f.name not in trained[job]]
+        first = run_contents(next(training.glob("run-*.wandb")))
+        later = run_contents(next(evaluation.glob("run-*.wandb")))
+        assert first["name"] == f"seed={seed}" and first["config"]["sweep"] == {"seed": seed}
+        assert later["config"].get("sweep", {"seed": seed}) == {"seed": seed}
+        assert later["name"] in ("", first["name"]) and later["group"] in ("", first["group"])
+        assert "eval/knn/top1" in later["summary"]

@@ -61,14 +61,15 @@ def finished_records(path: Path, wait_s: float = 60.0) -> list:
 
 
 def run_contents(path: Path) -> dict:
-    """``{"group", "job_type", "config": {key: value}, "summary": {key: value}, "history": [{key: value}],
+    """``{"group", "job_type", "name", "config": {key: value}, "summary": {key: value}, "history": [{key: value}],
     "exit_code"}`` of one run log, of a run that has ended (``finished_records``).
 
     Config, summary and history items hold JSON values; nested keys (``nested_key``) are joined with
     ``/``, as the wandb UI shows them. Later records win, as in the run. ``history`` has one dict per
     history row (``_step`` is the step a row was logged at); ``exit_code`` is None until the run finished.
     """
-    out: dict = {"group": None, "job_type": None, "config": {}, "summary": {}, "history": [], "exit_code": None}
+    out: dict = {"group": None, "job_type": None, "name": None, "config": {}, "summary": {}, "history": [],
+                 "exit_code": None}
     for record in finished_records(path):
         kind = record.WhichOneof("record_type")
         if kind == "exit":
@@ -79,7 +80,7 @@ def run_contents(path: Path) -> dict:
                                    for item in record.history.item})
             continue
         if kind == "run":
-            out["group"], out["job_type"] = record.run.run_group, record.run.job_type
+            out["group"], out["job_type"], out["name"] = record.run.run_group, record.run.job_type, record.run.display_name
             items = record.run.config.update
         elif kind == "config":
             items = record.config.update

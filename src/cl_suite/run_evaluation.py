@@ -11,7 +11,7 @@ from typing import Any
 import torch
 import yaml
 from hydra._internal.utils import _locate  # what instantiate uses to find a _target_ (get_object also logs)
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from cl_suite.distributed import resolve_device
 from cl_suite.engine import checkpoint as ckpt
@@ -394,6 +394,9 @@ def evaluate_run(cfg: DictConfig) -> dict[str, Any]:
     # An exported backbone (state None) has no run, so no wandb run to write into.
     wandb_cfg = _wandb_logger_config(train_cfg.logger) if state is not None and cfg.wandb else None
     if wandb_cfg is not None and state.get("wandb_run_id"):
+        wandb_cfg = wandb_cfg.copy()
+        with open_dict(wandb_cfg):
+            wandb_cfg.join_sweep = False  # evaluate.py -m over runs: its sweep is not the runs' own
         logger = build_logger(wandb_cfg, str(run_dir), train_cfg, run_id=state["wandb_run_id"])
         try:
             prefix = "eval" if eval_json.name == EVAL_JSON else f"eval_{path.stem}"  # eval_best/...

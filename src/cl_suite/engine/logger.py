@@ -184,7 +184,7 @@ class WandbLogger:
     def __init__(self, run_dir: str, run_config: dict, project: str = "cl_suite", entity: str | None = None,
                  mode: str = "auto", group: str | None = None, job_type: str | None = None,
                  tags: list[str] | None = None, name: str | None = None, run_id: str | None = None,
-                 resume_step: int | None = None):
+                 resume_step: int | None = None, join_sweep: bool = True):
         # resume_step is not needed: wandb keeps the steps a killed run logged past its checkpoint, and
         # ``log`` skips a step below the run's last one, as wandb would (without its warning per call).
         import wandb
@@ -193,7 +193,9 @@ class WandbLogger:
 
         self.mode = resolve_wandb_mode(mode)
         Path(run_dir).mkdir(parents=True, exist_ok=True)
-        sweep = current_sweep_job()
+        # join_sweep=False: a process that only writes into an existing run (evaluate.py, also as a multirun
+        # over runs) must keep the run's own name, group and sweep values, not take its own multirun's.
+        sweep = current_sweep_job() if join_sweep else None
         if sweep is not None:
             sweep_dir, swept = sweep
             group = group or "/".join(Path(sweep_dir).parts[-2:])
