@@ -75,6 +75,8 @@ def test_torchrun_training_writes_one_run_dir_one_checkpoint_one_wandb_run(tmp_p
     # optimizer.lr is given for batch_size_reference images and scales with the global batch (64), not
     # with one process's share of it (32)
     assert state["optimizer"]["param_groups"][0]["initial_lr"] == pytest.approx(0.06 * 64 / 256)
+    assert "batch 64 images per step = 2 processes x 32; peak learning rate optimizer.lr 0.06 x 64/256 = 0.015" in (
+        run / "train.log").read_text()
     (wandb_run,) = (run / "wandb").glob("offline-run-*")  # rank 0 only
     assert wandb_run.name.endswith(state["wandb_run_id"])
 

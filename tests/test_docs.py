@@ -34,8 +34,13 @@ def documented_commands() -> list[tuple[str, str, list[str]]]:
             for match in COMMAND.finditer(line):
                 words = shlex.split(re.sub(r"<[^<>]+>", "placeholder", match.group(1)))  # run=<run dir>
                 script = next(w for w in words if w.endswith(("train.py", "evaluate.py")))
-                found.append((f"{doc}:{number}", script.rsplit("/", 1)[-1].removesuffix(".py"),
-                              words[words.index(script) + 1:]))
+                arguments = words[words.index(script) + 1:]
+                if "|" in arguments:  # `... | grep ...`: the shell's, not the script's
+                    arguments = arguments[:arguments.index("|")]
+                if "--cfg" in arguments:  # Hydra's print flag and its value (job | hydra | all)
+                    at = arguments.index("--cfg")
+                    arguments = arguments[:at] + arguments[at + 2:]
+                found.append((f"{doc}:{number}", script.rsplit("/", 1)[-1].removesuffix(".py"), arguments))
     return found
 
 

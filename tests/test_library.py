@@ -133,6 +133,7 @@ def test_a_launcher_needs_a_multirun_and_slurm_needs_a_cluster(monkeypatch):
     assert cli.launcher_without_its_setting(["-m", "hydra/launcher=local", "seed=0,1"]) is None
     assert cli.launcher_without_its_setting(["hydra.mode=MULTIRUN", "hydra/launcher=local"]) is None
     assert cli.launcher_without_its_setting(["seed=0"]) is None
+    assert cli.launcher_without_its_setting(["--cfg", "hydra", "hydra/launcher=slurm"]) is None  # nothing runs
     monkeypatch.setattr(shutil, "which", lambda name, *a, **k: None)
     hint = cli.launcher_without_its_setting(["--multirun", "hydra/launcher=slurm"])
     assert "no srun on PATH" in hint and "hydra/launcher=local" in hint

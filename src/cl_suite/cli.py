@@ -74,12 +74,19 @@ def logger_setting_under_debug(argv: list[str]) -> str | None:
     return None
 
 
+# Hydra's flags that print something and run no job.
+INSPECTION_FLAGS = ("--cfg", "-c", "--info", "-i", "--help", "-h", "--hydra-help", "--shell-completion", "-sc",
+                    "--version")
+
+
 def launcher_without_its_setting(argv: list[str]) -> str | None:
     """``hydra/launcher=slurm|local`` launches a multirun's jobs only: without ``-m`` Hydra silently runs the
     one job in this process; and off a SLURM cluster submitit fails deep in its own code ("Could not detect
     srun")."""
     import shutil
 
+    if any(arg.split("=", 1)[0] in INSPECTION_FLAGS for arg in argv):
+        return None  # nothing runs: Hydra prints the config (--cfg hydra shows the launcher's settings)
     multirun = any(arg in ("-m", "--multirun") for arg in argv) or any(
         key == "hydra.mode" and value.upper() == "MULTIRUN" for _, key, value in _overrides(argv))
     for arg, key, value in _overrides(argv):

@@ -34,7 +34,7 @@ from cl_suite.engine.embedding_snapshot import log_embedding_snapshot
 from cl_suite.engine.evaluation import evaluate_encoder
 from cl_suite.engine.logger import NullLogger, exit_code_of, run_summary
 from cl_suite.engine.numerics import NonFiniteGuard, NonFiniteStateError, nonfinite_tensors
-from cl_suite.engine.optim import build_optimizer
+from cl_suite.engine.optim import build_optimizer, scaled_lr
 from cl_suite.engine.precision import autocast
 from cl_suite.engine.preemption import PreemptionGuard, StopRequested
 from cl_suite.engine.pretrainer import Pretrainer
@@ -291,6 +291,7 @@ class Trainer:
         self.model = model
         self.optimizer = build_optimizer(cfg.optimizer, self.method, t.batch_size)
         self.probe_optimizer = build_probe_optimizer(cfg.probe, cfg.optimizer, self.probe, t.batch_size)
+        self._print(_batch_and_rate(cfg.optimizer, t.batch_size, self.world))
         self._probe_base_lrs = [group["lr"] for group in self.probe_optimizer.param_groups]
         self.scheduler = instantiate_unwrapped(cfg.scheduler, optimizer=self.optimizer, steps_per_epoch=self.steps_per_epoch,
                                      total_steps=self.schedule_steps)
@@ -790,6 +791,16 @@ class Trainer:
     def _warn(self, text: str) -> None:
         if self.main:
             say(text, logging.WARNING)
+
+
+def _batch_and_rate(optimizer_cfg: DictConfig, batch_size: int, world: int) -> str:
+    """The start-up line of what a step is: the global batch, its split over DDP processes, and the peak
+    learning rate with its linear scaling (``optim.scaled_lr``), so a DDP run's settings are on screen."""
+    split = f" = {world} processes x {batch_size // world}" if world > 1 else ""
+    ref, lr = optimizer_cfg.get("batch_size_reference"), scaled_lr(optimizer_cfg, batch_size)
+    rate = (f"optimizer.lr {optimizer_cfg.lr:g} x {batch_size}/{ref} = {lr:g}" if ref
+            else f"{lr:g} (optimizer.batch_size_reference=null: not scaled with the batch)")
+    return f"batch {batch_size} images per step{split}; peak learning rate {rate}"
 
 
 def _fmt(metrics: dict[str, Any]) -> str:
