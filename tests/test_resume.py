@@ -293,6 +293,17 @@ def test_a_finished_run_started_again_with_other_settings_keeps_its_records(tmp_
     assert logged["optimizer"]["lr"] == 0.06 and logged["evaluation"]["knn"]["k"] == 3
 
 
+def test_a_finished_run_evaluated_again_keeps_the_settings_it_trained_with(finished_run, tmp_path, capsys):
+    run_dir = copied_run(finished_run, tmp_path / "run")
+    train(compose_train(RUN + ["optimizer.lr=0.5", "evaluation.knn.k=3"], run_dir))
+    out = capsys.readouterr().out
+    assert "optimizer.lr: checkpoint 0.06, this run 0.5" in out and "not applied" in out
+    assert "final evaluation at step" in out  # the evaluation changed: evaluated again
+    saved = ckpt.load_checkpoint(run_dir / "checkpoints" / "last.pt")["config"]
+    assert saved["optimizer"]["lr"] == 0.06 and saved["evaluation"]["knn"]["k"] == 3
+    assert "setting_changes" not in json.loads((run_dir / "metrics.json").read_text())
+
+
 def test_a_run_continued_with_changed_settings_says_so_in_its_metrics(tmp_path):
     """The .hydra record and wandb's config show the newest settings only: metrics.json keeps where a
     continuation changed them, and what."""

@@ -719,10 +719,14 @@ class Trainer:
         """The config the run's records (``.hydra/config.yaml``, the logger's config) describe: this command's,
         except for a run whose training was already done, which keeps the settings of its own record and
         takes only this command's ``evaluation`` (the final evaluation it runs again, if that changed)."""
-        if not self.training_was_done or not has_record(self.run_dir):
+        if not self.training_was_done:
             return self.cfg
-        # The folder's own record, written by this suite (OmegaConf's YAML loader builds data only).
-        record = OmegaConf.load(self.run_dir / ".hydra" / "config.yaml")
+        try:  # the folder's own record, written by this suite (OmegaConf's YAML loader builds data only)
+            record = OmegaConf.load(self.run_dir / ".hydra" / "config.yaml")
+            if not isinstance(record, DictConfig):
+                raise ValueError("not a mapping")
+        except Exception:  # none (a run trained in Python) or damaged: the checkpoint's config, checksummed
+            record = OmegaConf.create(self._restored_config)
         with open_dict(record):
             record.evaluation = copy.deepcopy(self.cfg.evaluation)
         return record
