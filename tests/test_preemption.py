@@ -138,3 +138,55 @@ def test_a_process_started_with_ctrl_c_ignored_keeps_ignoring_it():
             assert guard.received is None
     finally:
         signal.signal(signal.SIGINT, before)
+
+
+def test_ctrl_c_after_another_stop_signal_only_records_it():
+    """Only a second Ctrl-C interrupts at once: a Ctrl-C after SIGTERM (the launcher's stop) still lets the
+    step end and its checkpoint be saved."""
+    from cl_suite.engine.preemption import PreemptionGuard
+
+    with PreemptionGuard() as guard:
+        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGINT)  # no KeyboardInterrupt
+        assert guard.received == signal.SIGINT
+
+
+def test_raising_stops_at_entry_for_an_earlier_signal_and_only_inside_its_block():
+    """A signal that came before the final evaluation stops it before it starts; after the block a signal
+    is only recorded again (the loop saves at the step's end); inside it, one exception per block, none
+    inside the handling of that one."""
+    from cl_suite.engine.preemption import PreemptionGuard, StopRequested
+
+    with PreemptionGuard() as guard:
+        with guard.raising():
+            pass  # an evaluation that ended without a signal
+        os.kill(os.getpid(), signal.SIGUSR1)  # after the block: recorded, not raised
+        assert guard.received == signal.SIGUSR1
+        guard.received = None
+        with guard.raising():
+            try:
+                os.kill(os.getpid(), signal.SIGTERM)
+                raise AssertionError("the signal did not raise inside the block")
+            except StopRequested as stop:
+                assert stop.signum == signal.SIGTERM
+                os.kill(os.getpid(), signal.SIGUSR1)  # while handling the first: recorded, not raised
+        assert guard.received == signal.SIGUSR1
+        os.kill(os.getpid(), signal.SIGTERM)  # after the block: recorded, not raised
+        assert guard.received == signal.SIGTERM
+        with pytest.raises(StopRequested) as stop, guard.raising():
+            raise AssertionError("entered the block although a signal had arrived")
+        assert stop.value.signum == signal.SIGTERM
+
+
+def test_ctrl_c_is_not_handed_to_pythons_own_handler():
+    """Python's Ctrl-C handler would raise KeyboardInterrupt after the checkpoint was saved: the exit
+    status would be a traceback's, not 128 + SIGINT."""
+    from cl_suite.engine.preemption import PreemptionGuard
+
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with PreemptionGuard() as guard:
+            os.kill(os.getpid(), signal.SIGINT)
+        assert guard.received == signal.SIGINT and guard.hand_over() is False
+    finally:
+        signal.signal(signal.SIGINT, before)

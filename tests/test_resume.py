@@ -81,6 +81,8 @@ def test_truncated_last_checkpoint_is_refused_and_the_previous_one_resumes(finis
     ("backbone.widths=[8,32]", "backbone.widths: checkpoint [8, 16], this run [8, 32]"),
     ("dataset=digits", "dataset.name: checkpoint 'synthetic', this run 'digits'"),
     ("optimizer=adamw", "optimizer._target_: checkpoint 'torch.optim.SGD', this run 'torch.optim.AdamW'"),
+    # the online probe's AdamW moments in an SGD probe optimizer: no momentum, the first step would fail
+    ("probe.optimizer=sgd", "probe.optimizer: checkpoint 'adamw', this run 'sgd'"),
 ])
 def test_checkpoint_of_another_model_is_refused_by_name(finished_run, tmp_path, override, named):
     before = (finished_run / "checkpoints" / "last.pt").stat().st_mtime_ns

@@ -23,7 +23,7 @@ from omegaconf import OmegaConf
 
 from cl_suite.engine import checkpoint as ckpt
 from cl_suite.engine.trainer import train
-from helpers import CONF, ROOT, TINY, compose_train
+from helpers import CONF, ROOT, TINY, compose_train, user_module
 
 STEPS_PER_EPOCH = 128 // 32  # synthetic: 4 classes x 32 training images
 RUN = TINY + ["dataset=synthetic", "trainer.batch_size=32", "trainer.epochs=2", "trainer.eval_at_init=false",
@@ -146,12 +146,19 @@ def test_checkpoints_are_plain_data_and_checkpoints_of_the_earlier_format_still_
     # A cl_suite prefix is not enough: Hydra would walk through a module's imports to os.system.
     ("dataset", {"_target_": "cl_suite.data.cifar.os.system", "command": "touch {marker}"},
      "dataset._target_: 'cl_suite.data.cifar.os.system' is not a class or function of the suite"),
+    # ... also to a Python function there (os.makedirs is one, not a builtin): only what the package defines.
+    ("dataset", {"_target_": "cl_suite.data.cifar.os.makedirs", "name": "{marker}"},
+     "dataset._target_: 'cl_suite.data.cifar.os.makedirs' is not a class or function of the suite's config "
+     "packages (it is os)"),
     # A resolver that builds a node (with its own _target_) when the config is resolved.
     ("dataset", "${{oc.create:{{_target_: subprocess.getoutput, cmd: 'touch {marker}'}}}}",
      "dataset: \"${oc.create:"),
     # A node built by an allowed resolver (oc.select's default) when resolved: caught after resolution.
     ("dataset", "${{oc.select:nowhere,{{_target_: subprocess.getoutput, cmd: 'touch {marker}'}}}}",
      "dataset._target_: 'subprocess.getoutput'"),
+    # A resolver that parses a string into a node (its interpolations resolved too): refused as written.
+    ("dataset", "${{oc.decode:'{{_target_: subprocess.getoutput, cmd: touch {marker}}}'}}",
+     "calls the resolver 'oc.decode', which is not allowed"),
     # A resolver whose name is computed (here: oc.create, out of oc.select's default).
     ("dataset", "${{${{oc.select:nowhere,oc.create}}:{{_target_: subprocess.getoutput, cmd: 'touch {marker}'}}}}",
      "has an interpolation with a computed name"),
@@ -169,6 +176,9 @@ def test_checkpoints_are_plain_data_and_checkpoints_of_the_earlier_format_still_
     ("backbone", {"_target_": "torch.optim.SGD", "params": []},
      "backbone._target_: 'torch.optim.SGD' is not allowed there"),
     ("dataset", {"_target_": "cl_suite.data.load_digits", "_partial_": True},
+     "dataset._partial_: Hydra's _partial_ is not allowed in a run config"),
+    # ... also where it only appears once resolved
+    ("dataset", "${{oc.select:nowhere,{{_target_: cl_suite.data.load_digits, _partial_: true}}}}",
      "dataset._partial_: Hydra's _partial_ is not allowed in a run config"),
 ])
 def test_run_config_naming_foreign_code_is_refused_before_anything_is_instantiated(finished_run, tmp_path, key,
@@ -232,6 +242,30 @@ def test_every_target_of_the_suites_own_configs_is_allowed():
             checked += 1
     assert checked > 20 and {k: v for k, v in problems.items() if v} == {}
 
+
+def test_a_trusted_module_vouches_only_for_what_it_defines(tmp_path, monkeypatch):
+    """trust_targets=[<module>] allows the classes and functions defined in that module, not a function it
+    imports from elsewhere (subprocess.getoutput reached as <module>.getoutput), and not a module whose
+    name merely starts with the trusted one (importing it would already run its code)."""
+    from cl_suite.engine.validation import ConfigError
+    from cl_suite.run_evaluation import check_run_config
+
+    marker = tmp_path / "marker"
+    with user_module(tmp_path, monkeypatch, "users_methods", "from subprocess import getoutput\n\n"
+                                                               "class Mine:\n    pass\n"), \
+            user_module(tmp_path, monkeypatch, "users_methods_evil", f"open({str(marker)!r}, 'w').write('ran')\n"
+                                                                     "class Mine:\n    pass\n"):
+        def check(target):
+            check_run_config(OmegaConf.create({"method": {"_target_": target}}), tmp_path / "config.yaml",
+                             ("users_methods",))
+
+        check("users_methods.Mine")
+        with pytest.raises(ConfigError, match="'users_methods.getoutput' is not a class or function defined in the "
+                                              "trusted users_methods"):
+            check("users_methods.getoutput")
+        with pytest.raises(ConfigError, match="'users_methods_evil.Mine' is not one of the suite's own targets"):
+            check("users_methods_evil.Mine")
+        assert not marker.exists()
 
 # ---- 3. checksums ----
 
@@ -330,6 +364,8 @@ def test_temporary_files_of_a_killed_save_are_removed_by_the_next_save(tmp_path)
     (lambda s: s["scheduler"].update(optimizer="hijacked"), "lr schedule state has keys this run's has not"),
     (lambda s: s["optimizer"]["state"][0].update(momentum_buffer=torch.zeros(3, 3, 3)),
      "optimizer state 'momentum_buffer' has shape (3, 3, 3)"),
+    (lambda s: s["probe_optimizer"]["state"][0].update(exp_avg=torch.zeros(3, 3, 3)),
+     "online probe's optimizer state 'exp_avg' has shape (3, 3, 3)"),
     (lambda s: s.update(rng={"torch": "nonsense"}), "random number generator state does not fit"),
 ])
 def test_a_checkpoint_with_a_valid_checksum_but_an_unusable_state_is_refused(finished_run, tmp_path, change, named):

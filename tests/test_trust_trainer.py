@@ -168,6 +168,113 @@ def test_a_lock_left_by_a_dead_process_is_taken_over(tmp_path, capsys):
     assert not (tmp_path / LOCK_NAME).exists()
 
 
+def without_file_locks(monkeypatch):
+    """A file system without flock (some NFS or FUSE mounts answer ENOLCK): RunLock's flock fails so."""
+    import errno
+    import fcntl
+    from types import SimpleNamespace
+
+    from cl_suite.engine import run_lock
+
+    def flock(fd, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(run_lock, "fcntl", SimpleNamespace(flock=flock, LOCK_EX=fcntl.LOCK_EX, LOCK_NB=fcntl.LOCK_NB))
+
+
+def a_dead_pid() -> int:
+    proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          timeout=60, check=True)
+    return int(proc.stdout)
+
+
+def write_owner(run_dir, host, pid, started="2024-01-01T00:00:00+0000"):
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / LOCK_NAME).write_text(json.dumps({"host": host, "pid": pid, "started": started}))
+
+
+def test_without_file_locks_a_live_owner_on_this_host_is_refused(tmp_path, monkeypatch):
+    without_file_locks(monkeypatch)
+    fresh = RunLock(tmp_path / "fresh")
+    with fresh:  # no owner yet: taken, and nothing was taken over
+        assert fresh.took_over is None
+        assert json.loads((tmp_path / "fresh" / LOCK_NAME).read_text())["pid"] == os.getpid()
+    write_owner(tmp_path / "run", socket.gethostname(), os.getppid())  # a live process, not this one
+    with pytest.raises(RunFolderError, match=f"is in use by another job .*pid {os.getppid()}"):
+        RunLock(tmp_path / "run").acquire()
+    assert json.loads((tmp_path / "run" / LOCK_NAME).read_text())["pid"] == os.getppid()  # left to its owner
+
+
+@pytest.mark.parametrize("pid", ["dead", "this process"])
+def test_without_file_locks_the_lock_of_a_gone_process_on_this_host_is_taken_over(tmp_path, monkeypatch, pid):
+    """A dead pid, or this process's own (a requeued job in a fresh container gets the pid its dead
+    predecessor had): no other job can hold it. The new owner's record replaces the old one entirely,
+    however long that was."""
+    without_file_locks(monkeypatch)
+    old_pid = a_dead_pid() if pid == "dead" else os.getpid()
+    write_owner(tmp_path, socket.gethostname(), old_pid, started="x" * 500)
+    with RunLock(tmp_path) as lock:
+        assert f"pid {old_pid}, started xxx" in lock.took_over
+        assert json.loads((tmp_path / LOCK_NAME).read_text())["pid"] == os.getpid()
+    assert not (tmp_path / LOCK_NAME).exists()
+
+
+def test_without_file_locks_a_lock_from_another_host_is_refused_naming_the_file(tmp_path, monkeypatch):
+    without_file_locks(monkeypatch)
+    write_owner(tmp_path, "some-other-node", a_dead_pid())  # its processes cannot be checked from here
+    with pytest.raises(RunFolderError, match=f"another host .*some-other-node.*delete {tmp_path / LOCK_NAME}"):
+        RunLock(tmp_path).acquire()
+    assert json.loads((tmp_path / LOCK_NAME).read_text())["host"] == "some-other-node"
+
+
+def test_a_lock_file_replaced_while_it_was_being_taken_is_taken_again(tmp_path, monkeypatch):
+    """The owner deletes run.lock on release, and the next job can create a new one between this job's open
+    and its flock: the flock on the deleted file would hold nothing, so the name is opened again."""
+    import fcntl
+    from types import SimpleNamespace
+
+    from cl_suite.engine import run_lock
+
+    calls = []
+
+    def flock(fd, operation):
+        if not calls:  # the first attempt: meanwhile the file was released and created anew by another job
+            (tmp_path / LOCK_NAME).unlink()
+            (tmp_path / LOCK_NAME).write_text(json.dumps({"host": "another", "pid": 1}))
+        calls.append(fd)
+        fcntl.flock(fd, operation)
+
+    monkeypatch.setattr(run_lock, "fcntl", SimpleNamespace(flock=flock, LOCK_EX=fcntl.LOCK_EX, LOCK_NB=fcntl.LOCK_NB))
+    with RunLock(tmp_path) as lock:
+        assert len(calls) == 2
+        assert os.fstat(lock._fd).st_ino == os.stat(tmp_path / LOCK_NAME).st_ino  # the lock is on the named file
+        assert json.loads((tmp_path / LOCK_NAME).read_text())["pid"] == os.getpid()
+
+
+@pytest.mark.parametrize("flock", [True, False])
+@pytest.mark.parametrize("content", ["[1]", '"text"'])
+def test_a_lock_file_that_is_json_but_no_record_is_taken_over(tmp_path, monkeypatch, flock, content):
+    """A run.lock no job holds whose JSON is not an owner record (planted in a shared folder) is taken
+    over like an unreadable one; it once failed the run with an AttributeError while naming its owner."""
+    if not flock:
+        without_file_locks(monkeypatch)
+    (tmp_path / LOCK_NAME).write_text(content)
+    with RunLock(tmp_path) as lock:
+        assert lock.took_over == "an unknown owner (the lock file is unreadable)"
+        assert json.loads((tmp_path / LOCK_NAME).read_text())["pid"] == os.getpid()
+
+
+def test_a_pid_of_another_user_counts_as_alive(monkeypatch):
+    """os.kill(pid, 0) on another user's process raises PermissionError: that process exists."""
+    from cl_suite.engine import run_lock
+
+    def kill(pid, sig):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(run_lock.os, "kill", kill)
+    assert run_lock._pid_alive(12345)
+
+
 # ---- 3. failures that come late ----
 
 def test_a_run_folder_that_cannot_be_written_fails_before_training(tmp_path, monkeypatch):

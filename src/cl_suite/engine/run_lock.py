@@ -37,10 +37,18 @@ class RunFolderError(UserError, RuntimeError):
     """The run folder cannot be used: another live job owns it, it is not writable, or it is full."""
 
 
-def _owner_text(path: Path) -> str:
+def _read_owner(path: Path) -> dict | None:
+    """The lock file's record, or None when it is unreadable or not a JSON object (a planted ``[1]``)."""
     try:
         owner = json.loads(path.read_text() or "{}")
     except (OSError, ValueError):
+        return None
+    return owner if isinstance(owner, dict) else None
+
+
+def _owner_text(path: Path) -> str:
+    owner = _read_owner(path)
+    if owner is None:
         return "an unknown owner (the lock file is unreadable)"
     return (f"host {owner.get('host', '?')}, pid {owner.get('pid', '?')}, started {owner.get('started', '?')}"
             if owner else "an owner that has not written its name yet")
@@ -120,10 +128,7 @@ class RunLock:
 
     def _check_owner_without_flock(self, fd: int) -> None:
         """No flock on this file system: refuse a live owner on this host, or any owner on another host."""
-        try:
-            owner = json.loads(self.path.read_text() or "{}")
-        except (OSError, ValueError):
-            owner = {}
+        owner = _read_owner(self.path) or {}
         if not owner:
             return
         if owner.get("host") == socket.gethostname():
