@@ -205,13 +205,14 @@ def test_without_file_locks_a_live_owner_on_this_host_is_refused(tmp_path, monke
     assert json.loads((tmp_path / "run" / LOCK_NAME).read_text())["pid"] == os.getppid()  # left to its owner
 
 
-@pytest.mark.parametrize("pid", ["dead", "this process"])
+@pytest.mark.parametrize("pid", ["dead", "this process", 0, -1, 2 ** 80])
 def test_without_file_locks_the_lock_of_a_gone_process_on_this_host_is_taken_over(tmp_path, monkeypatch, pid):
     """A dead pid, or this process's own (a requeued job in a fresh container gets the pid its dead
-    predecessor had): no other job can hold it. The new owner's record replaces the old one entirely,
-    however long that was."""
+    predecessor had): no other job can hold it; nor can a pid no process has (0 and negative ones would
+    make os.kill signal a process group, a huge one overflow). The new owner's record replaces the old
+    one entirely, however long that was."""
     without_file_locks(monkeypatch)
-    old_pid = a_dead_pid() if pid == "dead" else os.getpid()
+    old_pid = {"dead": a_dead_pid(), "this process": os.getpid()}.get(pid, pid)
     write_owner(tmp_path, socket.gethostname(), old_pid, started="x" * 500)
     with RunLock(tmp_path) as lock:
         assert f"pid {old_pid}, started xxx" in lock.took_over

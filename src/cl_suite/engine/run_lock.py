@@ -55,9 +55,13 @@ def _owner_text(path: Path) -> str:
 
 
 def _pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists. A pid no process can have (0 or negative: os.kill would signal a
+    process group; too large for the system) is a planted or damaged record: no owner."""
+    if pid <= 0:
+        return False
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):
         return False
     except PermissionError:  # exists, owned by another user
         return True
