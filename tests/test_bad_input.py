@@ -196,6 +196,7 @@ BAD_OVERRIDES = [
     ("optimizer.weight_decay=-1", "optimizer.weight_decay=-1"),
     ("optimizer.batch_size_reference=0", "optimizer.batch_size_reference=0"),
     ("optimizer=adamw optimizer.betas=[0.9]", "optimizer.betas"),
+    ("optimizer=adamw optimizer.betas=[0.9,1.0]", "optimizer.betas=[0.9, 1.0]"),  # beta 1: no decay of the average
     ("optimizer=lars optimizer.eta=0", "optimizer.eta=0"),
     ("+optimizer.foo=1", "optimizer.foo"),
     ("optimizer.weight_decay=inf", "optimizer.weight_decay=inf"),
@@ -203,6 +204,7 @@ BAD_OVERRIDES = [
     ("scheduler.warmup_epochs=-1", "scheduler.warmup_epochs=-1"),
     ("scheduler.warmup_epochs=5", "scheduler.warmup_epochs=5"),  # longer than trainer.epochs=2
     ("scheduler.min_lr_ratio=2", "scheduler.min_lr_ratio=2"),
+    ("scheduler.warmup_epochs=3", "scheduler.warmup_epochs=3"),  # one epoch longer than the run
     # logger
     ("logger=wandb logger.mode=sometimes", "logger.mode='sometimes'"),
     ("logger=wandb logger.tags=5", "logger.tags=5"),
@@ -216,6 +218,10 @@ BAD_OVERRIDES = [
     ("+evaluation.knn.kk=5", "evaluation.knn.kk=5"),  # a + key nothing reads is refused, not ignored
     ("evaluation.lowshot.fractions=[0.01,2]", "evaluation.lowshot.fractions=[0.01, 2]"),
     ("evaluation.lowshot.fractions=0.1", "evaluation.lowshot.fractions=0.1"),  # a list, not a number
+    ("evaluation.lowshot.fractions=[0.1,0.1]", "evaluation.lowshot.fractions=[0.1, 0.1]"),  # one number twice
+    ("evaluation.lowshot.draws=0", "evaluation.lowshot.draws=0"),
+    ("evaluation.retrieval.ks=[0,5]", "evaluation.retrieval.ks=[0, 5]"),
+    ("evaluation.knn.k=1438", "evaluation.knn.k=1438 is larger than the 1437 labelled"),  # one more than there are
     # trainer and top level
     ("trainer.epochs=ten", "trainer.epochs='ten'"),
     ("trainer.keep_last_checkpoints=0", "trainer.keep_last_checkpoints=0"),
@@ -236,6 +242,14 @@ BAD_OVERRIDES = [
     ("trainer.device=cuda:abc", "trainer.device='cuda:abc'"),
     ("trainer.best_metric=knn/top3", "trainer.best_metric='knn/top3'"),  # never measured: best.pt never written
     ("trainer.best_metric=train/loss", "trainer.best_metric='train/loss'"),
+    # a method's diagnostics and training numbers are compared at eval epochs before the last only
+    ("trainer.best_metric=diag/alignment", "trainer.best_metric='diag/alignment'"),
+    ("trainer.best_metric=train/epoch_loss trainer.eval_every_epochs=2", "trainer.best_metric='train/epoch_loss'"),
+    ("trainer.eval_every_epochs=-1", "trainer.eval_every_epochs=-1"),
+    ("trainer.max_skipped_fraction=1.5", "trainer.max_skipped_fraction=1.5"),
+    ("trainer.overfit_batches=23", "trainer.overfit_batches=23 is more than the 22 batches"),  # 1437 // 64
+    ("probe.momentum=1", "probe.momentum=1"),
+    ("probe.optimizer=lars", "probe.optimizer=lars takes its eta"),  # with the default SGD: no eta to take
 ]
 
 

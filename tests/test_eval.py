@@ -458,6 +458,41 @@ def test_a_damaged_eval_json_is_replaced_not_merged(tmp_path):
     assert result["metrics"] == {"linear/top1": 50.0}
 
 
+def test_earlier_protocols_are_kept_only_from_the_same_step_and_with_their_settings(tmp_path):
+    """eval.json keeps a protocol not re-run now only when it describes this checkpoint's step (a run
+    evaluated while still training, then again when finished, has new weights) and records the settings
+    it ran with (files written before settings were recorded cannot say what produced them)."""
+    import json
+
+    from cl_suite.run_evaluation import _merge_with_previous
+
+    def merged(previous: dict) -> dict:
+        path = tmp_path / "eval.json"
+        path.write_text(json.dumps({"checkpoint": "c", "dataset": "digits", **previous}))
+        return _merge_with_previous(path, {"step": 10, "checkpoint": "c", "dataset": "digits",
+                                           "protocols": {"linear": {"linear/top1": 50.0}}, "settings": {"linear": {}}})
+
+    knn = {"protocols": {"knn": {"knn/top1": 40.0}}, "settings": {"knn": {"seed": 0}}}
+    assert merged({"step": 10, **knn})["metrics"] == {"knn/top1": 40.0, "linear/top1": 50.0}
+    assert merged({"step": 5, **knn})["metrics"] == {"linear/top1": 50.0}  # an earlier checkpoint's numbers
+    assert merged({"step": 10, "protocols": knn["protocols"], "settings": {}})["metrics"] == {"linear/top1": 50.0}
+
+
+def test_a_checkpoint_name_is_a_pt_file_or_one_of_the_runs_checkpoints(tmp_path, monkeypatch):
+    """checkpoint=best is the run's checkpoints/best.pt, even where the working folder holds a file named
+    best; a path of another checkpoint must end in .pt."""
+    from cl_suite.run_evaluation import find_checkpoint
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "best.pt").write_bytes(b"x")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "best").write_text("not a checkpoint")
+    assert find_checkpoint(run, "best") == run / "checkpoints" / "best.pt"
+    (tmp_path / "other.pt").write_bytes(b"x")
+    assert find_checkpoint(run, str(tmp_path / "other.pt")) == tmp_path / "other.pt"
+
+
 def test_evaluate_ignores_the_trained_sampler_so_renamed_sampler_settings_still_evaluate(tmp_path):
     """Evaluation only encodes and samplers hold no state: a run folder whose sampler config uses keys
     the sampler no longer takes (the ring's old percentile window) evaluates to the run's own numbers."""

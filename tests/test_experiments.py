@@ -149,6 +149,14 @@ def test_malformed_published_blocks_are_refused(bad, message):
         validate_train_config(compose_train([*base, bad]))
 
 
+def test_a_published_text_of_several_lines_is_refused():
+    """The protocol and source are one line each: the report prints them as a footnote and a CSV cell."""
+    cfg = compose_train(["experiment=dcl_stl10"])
+    cfg.published.protocol = "linear probe\n| a forged | table row |"
+    with pytest.raises(ConfigError, match=r"published\.protocol='linear probe\\n\| a forged"):
+        validate_train_config(cfg)
+
+
 def stand_in_run(name: str, run_dir: Path) -> dict:
     """The recipe with its data set and backbone swapped for the digits stand-in and a tiny convnet (the
     recipe's dataset/backbone values belong to its data set), two steps, a one-epoch linear probe."""
@@ -179,6 +187,9 @@ def test_recipe_trains_two_steps_on_the_digits_stand_in(name, tmp_path):
     (["probe.lr=0.5"], "probe.lr=0.5"),  # the solo_* recipes publish the online probe's number
     (["trainer.overfit_batches=2"], "trainer.overfit_batches=2"),
     (["trainer.epochs=10"], "trainer.epochs=10"),
+    (["trainer.batch_size=128"], "trainer.batch_size=128"),
+    (["trainer.max_steps=100"], "trainer.max_steps=100"),  # a run cut short is not the recipe's length
+    (["evaluation.knn={k:20,temperature:0.1}"], "evaluation.knn={'k': 20, 'temperature': 0.1}"),  # a node at once
     (["dataset=stl10"], "dataset=stl10"),
     (["sampler.tau_plus=0.2", "seed=1"], "sampler.tau_plus=0.2"),
     (["backbone.depth=18"], "backbone.depth=18"),
@@ -186,6 +197,9 @@ def test_recipe_trains_two_steps_on_the_digits_stand_in(name, tmp_path):
     (["evaluation.linear.epochs=1"], "evaluation.linear.epochs=1"),
     (["scheduler=warmup_cosine"], "scheduler=warmup_cosine"),
     (["debug=fast"], "debug=fast"),
+    # a deleted recipe value: the run takes the default instead (here the augmentation's blur)
+    (["~dataset.augment.blur"], "~dataset.augment.blur"),
+    (["~trainer.progress_bar"], None),  # deleting what only changes the output is no change
 ])
 def test_a_run_that_changes_the_recipes_setting_drops_its_published_number(overrides, changed):
     with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):

@@ -273,6 +273,7 @@ def test_published_number_next_to_the_measured_one(tmp_path):
      "value must be a finite number (percent), not '${oc.env:CL_SECRET}'"),
     ("published:\n  value: eighty\n  metric: linear/top1\n", "value must be a finite number (percent), not 'eighty'"),
     ("published:\n  value: 84.3\n", "metric must be a suite metric key such as linear/top1, not None"),
+    ("published:\n  value: 84.3\n  metric: ' '\n", "metric must be a suite metric key such as linear/top1, not ' '"),
     ("published:\n  vaule: 84.3\n  value: 84.3\n  metric: linear/top1\n", "unknown key(s) vaule"),
     ("published: [84.3, linear/top1]\n", "published must be a mapping with keys value, metric, protocol, source"),
     ("published: {value: [84.3\n", "unreadable config.yaml"),
@@ -884,3 +885,229 @@ def test_the_report_lists_runs_continued_with_other_settings_and_unfinished_jobs
             or line.startswith("| 2 |")}
     assert "unfinished, not lost" in rows["| 1"] and "unfinished" not in rows["| 2"]
     assert crashed.is_dir()
+
+
+# ---- gaps found by mutation testing: each test pins one decision of the table ----
+
+def test_no_bold_against_a_baseline_or_for_a_configuration_with_one_distinct_seed():
+    """The same seed twice (jobs whose settings are not all known, so not taken for repeats) gives two
+    values but no spread between seeds: Welch's interval may exclude 0, yet neither side has two seeds,
+    so the best mean stays plain, whichever side it is on."""
+    def jobs(base: list[tuple], other: list[tuple]) -> list[Job]:
+        return [Job(f"{method}{i}", {"method": method, "seed": seed}, metrics={"acc": value}, settings_complete=False)
+                for method, pairs in (("base", base), ("other", other)) for i, (seed, value) in enumerate(pairs)]
+
+    one_seed, three_seeds = [(0, 80.0), (0, 80.2)], [(0, 90.0), (1, 90.5), (2, 91.0)]
+    _, (base, other) = summarize(jobs(one_seed, three_seeds), ["acc"])  # the baseline: one seed, twice
+    assert other.comparisons["acc"].verdict == "better" and other.best == {"acc"}
+    assert other.bold == set()
+    _, (base, other) = summarize(jobs([(0, 80.0), (1, 80.5), (2, 81.0)], [(0, 90.0), (0, 90.2)]), ["acc"])
+    assert other.comparisons["acc"].verdict == "better" and other.best == {"acc"}  # the row: one seed, twice
+    assert other.bold == set()
+
+
+def test_the_default_baseline_is_the_first_configuration_with_an_ok_job():
+    """A first configuration whose jobs all failed has no numbers to compare with: the next one is the
+    baseline, so the others still get a difference and a verdict."""
+    jobs = [Job(str(i), {"method": "crashed", "seed": i}, status="failed", reason="no metrics.json") for i in (0, 1)]
+    jobs += _jobs({"base": BASE, "better": BETTER})
+    for i, job in enumerate(jobs):
+        job.name = str(i)
+    _, (crashed, base, better) = summarize(jobs, ["acc"])
+    assert (crashed.is_baseline, base.is_baseline) == (False, True)
+    assert better.comparisons["acc"].verdict == "better" and better.bold == {"acc"}
+    assert crashed.comparisons["acc"].verdict == "n/a (no values)"
+
+
+def test_device_hours_of_a_configuration_run_on_both_gpu_and_cpu_say_mixed():
+    """Hours of GPU and CPU runs averaged together are neither GPU-h nor CPU-h: the unit says so."""
+    jobs = [Job(str(seed), {"method": "simclr", "seed": seed}, metrics={"acc": 80.0, "time/wall_s": 3600.0 * (1 + seed)},
+                device=device, processes=1) for seed, device in enumerate(("cuda", "cpu"))]
+    _, (row,) = summarize(jobs, ["acc"])
+    assert row.hours == 1.5 and row.hours_unit == "GPU/CPU-h (mixed)"
+
+
+def test_jobs_of_one_configuration_naming_different_published_numbers_show_none():
+    """Two published numbers for one row: neither is shown as its reference, and the report says why."""
+    published = {"value": 84.26, "metric": "acc", "protocol": "", "source": ""}
+    jobs = [Job(str(seed), {"method": "dcl", "seed": seed}, metrics={"acc": 84.0},
+                published={**published, "value": value}) for seed, value in enumerate((84.26, 90.0))]
+    params, (row,) = summarize(jobs, ["acc"])
+    assert row.published is None
+    assert row.published_note == "the jobs of this configuration name 2 different published numbers"
+    assert "published |" not in markdown_table(params, [row], ["acc"])
+
+
+def test_a_published_number_is_only_under_the_metric_it_is_comparable_with(tmp_path):
+    """A recipe publishes a linear top-1: the CSV's knn/top1 published cell stays empty, not 84.26."""
+    for seed, value in enumerate([84.0, 84.5]):
+        write_run(tmp_path, str(seed), {"experiment": "dcl_stl10", "seed": seed},
+                  {"linear/top1": value, "knn/top1": value - 5}, config=PUBLISHED, defaults={"method": "dcl"})
+    assert report_main([str(tmp_path), "--metric", "linear/top1", "--metric", "knn/top1"]) == 0
+    (row,) = read_csv(tmp_path / "report.csv")
+    assert (row["linear/top1 published"], row["knn/top1 published"]) == ("84.26", "")
+    assert "| 2 | 2/2 | 84.25 ± 0.35 | 84.26 [1] | 79.25 ± 0.35 |" in (tmp_path / "report.md").read_text()
+
+
+def test_a_sweep_whose_jobs_all_failed_is_still_reported(tmp_path):
+    """No job has any metric (every job crashed): the asked metric is no typo (no --metric error), the
+    report lists the failed jobs and why."""
+    write_sweep(tmp_path, {"simclr": [80.0, 81.0], "dcl": [82.0, 83.0]})
+    for run in tmp_path.iterdir():
+        (run / "metrics.json").unlink()
+    assert report_main([str(tmp_path), "--metric", "linear/top1"]) == 0
+    markdown = (tmp_path / "report.md").read_text()
+    assert "4 jobs: 0 ok, 4 failed or not run" in markdown
+    assert "| simclr (baseline) | 0 | 0/2 (0: failed, 1: failed) | - |" in markdown
+    assert "| 3 | failed | `method=dcl seed=1` | no metrics.json (crashed before its first checkpoint) |" in markdown
+
+
+def test_folders_of_the_data_are_no_swept_setting(tmp_path):
+    """Jobs that read the same data from different folders (``dataset.train_dir``, a ``*_dir`` key) ran
+    the same setting: one configuration, not one per folder."""
+    for seed in (0, 1):
+        write_run(tmp_path, str(seed), {"method": "simclr", "seed": seed, "dataset.train_dir": f"/scratch/node{seed}"},
+                  {"linear/top1": 80.0 + seed})
+    params, (row,) = summarize(collect_jobs_of(tmp_path), ["linear/top1"])
+    assert params == [] and row.stats["linear/top1"][2] == 2
+
+
+def collect_jobs_of(sweep):
+    from cl_suite.report import collect_jobs
+
+    return collect_jobs(sweep)
+
+
+def test_the_swept_keys_of_a_multirun_are_its_sweeps_not_its_fixed_overrides(tmp_path):
+    """What names a sweep job's wandb run and its ``sweep`` config (``current_sweep_job``): the keys the
+    command line sweeps (``a=1,2``, ``range``) and those of ``hydra.sweeper.params`` (a sweep kept in a
+    config, Optuna's search space), not the fixed overrides every job shares."""
+    import yaml
+
+    from cl_suite.sweeps import swept_keys
+
+    write_multirun_yaml(tmp_path, ["method=dcl", "sampler.tau_plus=0,0.1", "seed=range(0,2)", "trainer.epochs=5"])
+    assert swept_keys(tmp_path) == ["sampler.tau_plus", "seed"]
+    record = yaml.safe_load((tmp_path / "multirun.yaml").read_text())
+    record["hydra"]["sweeper"]["params"] = {"sampler.beta": "interval(0.0, 2.0)"}
+    (tmp_path / "multirun.yaml").write_text(yaml.safe_dump(record))
+    assert swept_keys(tmp_path) == ["sampler.tau_plus", "seed", "sampler.beta"]
+
+
+def test_a_setting_that_changes_with_the_swept_method_is_not_listed_as_fixed(tmp_path):
+    """method=simclr,dcl: the sampler changes with the method (dcl brings debiased), so it is no fixed
+    setting of the sweep with the first job's value, only "changes with method"."""
+    write_sweep(tmp_path, {"simclr": BASE[:2], "dcl": BETTER[:2]})
+    assert report_main([str(tmp_path)]) == 0
+    fixed = (tmp_path / "report.md").read_text().split("## Fixed settings")[1].split("\n## ")[0]
+    assert "- sampler: changes with method (not a parameter of its own)\n" in fixed
+    assert "- sampler: `" not in fixed and "- method: `" not in fixed and "- dataset: `digits`\n" in fixed
+
+
+def test_the_comparison_table_has_no_line_for_the_baseline_itself():
+    """Each configuration against the baseline: the baseline against itself (+0.00) is no comparison."""
+    from cl_suite.report.table import comparison_table
+
+    params, rows = summarize(_jobs({"base": BASE, "better": BETTER, "noisy": NOISY}), ["acc"])
+    lines = comparison_table(params, rows, ["acc"]).splitlines()[2:]
+    assert [line.split(" | ")[0] for line in lines] == ["| better", "| noisy"]
+
+
+def test_tied_best_means_mark_every_tied_configuration():
+    _, rows = summarize(_jobs({"a": [80.0, 82.0], "b": [81.0, 81.0], "c": [79.0, 80.0]}), ["acc"])
+    assert [row.best for row in rows] == [{"acc"}, {"acc"}, set()]
+
+
+def test_evaluate_numbers_of_the_final_checkpoint_are_default_columns(tmp_path):
+    """evaluate.py's numbers (eval.json at the run's final step, ``eval/*``) are in the report without
+    --metric, after the headline accuracies."""
+    for seed in (0, 1):
+        run = write_run(tmp_path, str(seed), {"method": "simclr", "seed": seed}, {"linear/top1": 50.0 + seed, "step": 10})
+        (run / "eval.json").write_text(json.dumps({"step": 10, "metrics": {"retrieval/mAP": 30.0 + seed}}))
+    assert report_main([str(tmp_path)]) == 0
+    (row,) = read_csv(tmp_path / "report.csv")
+    assert (float(row["linear/top1 mean"]), float(row["eval/retrieval/mAP mean"])) == (50.5, 30.5)
+    assert "| seeds | jobs ok | linear/top1 | eval/retrieval/mAP |" in (tmp_path / "report.md").read_text()
+
+
+def test_a_baseline_without_a_metric_leaves_that_metric_uncompared():
+    """The baseline's jobs lack a metric the others have (an older run without kNN): nothing to compare
+    with on it, said in its cells, while the other metrics are compared."""
+    jobs = _jobs({"base": BASE, "better": BETTER})
+    for job in jobs[4:]:
+        job.metrics["knn/top1"] = 70.0 + len(job.name)
+    _, (base, better) = summarize(jobs, ["acc", "knn/top1"])
+    assert "knn/top1" not in base.comparisons and base.comparisons["acc"].verdict == "baseline"
+    assert better.comparisons["knn/top1"].verdict == "n/a (no values)" and better.comparisons["acc"].verdict == "better"
+
+
+def test_a_setting_written_0_or_0_0_is_one_configuration(tmp_path):
+    """``sampler.tau_plus=0`` on one command line and ``0.0`` on another (or a config default) are the
+    same setting: one configuration with all four seeds, paired with the other configuration's seeds."""
+    for number, (tau, seed) in enumerate([(0, 0), (0, 1), (0.1, 0), (0.1, 1), (0.0, 2), (0.0, 3), (0.1, 2), (0.1, 3)]):
+        write_run(tmp_path, str(number), {"sampler.tau_plus": tau, "seed": seed}, {"linear/top1": 80.0 + number},
+                  defaults={"method": "dcl"})
+    assert report_main([str(tmp_path)]) == 0
+    rows = read_csv(tmp_path / "report.csv")
+    assert [(r["sampler.tau_plus"], r["seeds"]) for r in rows] == [("0", "4"), ("0.1", "4")]
+    assert (rows[1]["linear/top1 test"], rows[1]["linear/top1 n_pairs"]) == ("paired", "4")
+
+
+def test_a_configuration_that_never_ran_does_not_borrow_another_configurations_settings(tmp_path):
+    """``method=simclr,hcl seed=0,1`` killed before any hcl job: the hcl grid points have no twin, and
+    what the jobs that ran share (SimCLR's uniform sampler) says nothing of HCL, whose preset picks its
+    own sampler. The sampler is listed as SimCLR's with a note that it is unknown for the two hcl jobs,
+    never as the sampler of every job."""
+    write_multirun_yaml(tmp_path, ["method=simclr,hcl", "seed=0,1"])
+    for seed in (0, 1):
+        write_run(tmp_path, str(seed), {"method": "simclr", "seed": seed}, {"linear/top1": 80.0 + seed})
+    assert report_main([str(tmp_path)]) == 0
+    markdown = (tmp_path / "report.md").read_text()
+    assert "| hcl | 0 | 0/2 (2 (no dir): not run, 3 (no dir): not run) |" in markdown
+    assert "- sampler: `uniform` (unknown for 2 jobs)\n" in markdown.split("## Fixed settings")[1]
+
+
+def test_a_job_refused_at_start_up_is_failed_with_the_first_line_of_its_reason(tmp_path):
+    """train.py writes refused.txt when it refuses a job's config: the report gives that reason (its first
+    line, escaped), not "crashed"."""
+    from cl_suite.paths import REFUSED_FILE
+
+    write_sweep(tmp_path, {"simclr": [80.0, 81.0]})
+    (tmp_path / "1" / "metrics.json").unlink()
+    (tmp_path / "1" / REFUSED_FILE).write_text("sampler.tau_plus=1.5 is not allowed\x1b[2J\nTraceback (most recent)\n")
+    assert report_main([str(tmp_path)]) == 0
+    jobs = {j["job"]: j for j in read_csv(tmp_path / "report_jobs.csv")}
+    assert (jobs["1"]["status"], jobs["1"]["reason"]) == (
+        "failed", "refused at start-up: sampler.tau_plus=1.5 is not allowed\\x1b[2J")
+
+
+def test_the_record_of_an_evaluate_multirun_is_no_grid_of_jobs_not_run(tmp_path):
+    """``evaluate.py -m run=a,b`` leaves a multirun.yaml whose grid is run folders, not training jobs:
+    the report of those runs lists no phantom "not run" job for it."""
+    import yaml
+
+    from cl_suite.report import collect_jobs
+
+    write_sweep(tmp_path, {"simclr": [80.0, 81.0]})
+    write_multirun_yaml(tmp_path, [f"run={tmp_path / '0'},{tmp_path / '1'}", "protocol=knn"])
+    record = yaml.safe_load((tmp_path / "multirun.yaml").read_text())
+    record["hydra"]["job"] = {"name": "evaluate"}
+    (tmp_path / "multirun.yaml").write_text(yaml.safe_dump(record))
+    assert [(job.name, job.status) for job in collect_jobs(tmp_path)] == [("0", "ok"), ("1", "ok")]
+
+
+def test_a_grid_point_without_a_twin_knows_only_what_the_jobs_that_ran_share(tmp_path):
+    """``method=simclr,dcl trainer.epochs=1,2 seed=0,1`` killed after the 1-epoch jobs: a 2-epoch point
+    has no twin, so it knows only what every job that ran shares, not the first job's settings (then
+    dcl would seem to have run with SimCLR's uniform sampler, and the sampler would pass for a swept
+    parameter instead of following the method)."""
+    from cl_suite.report import collect_jobs
+
+    write_multirun_yaml(tmp_path, ["method=simclr,dcl", "trainer.epochs=1,2", "seed=0,1"])
+    for number, method, seed in ((0, "simclr", 0), (1, "simclr", 1), (4, "dcl", 0), (5, "dcl", 1)):  # Hydra's numbers
+        write_run(tmp_path, str(number), {"method": method, "trainer.epochs": 1, "seed": seed},
+                  {"linear/top1": 80.0 + number})
+    jobs = collect_jobs(tmp_path)
+    assert [job.status for job in jobs].count("not run") == 4
+    params, _ = summarize(jobs, ["linear/top1"])
+    assert params == ["method", "trainer.epochs"]

@@ -3,6 +3,7 @@
 as they are now, and evaluate.py refuses what train.py refuses."""
 import math
 import shutil
+import typing
 
 import pytest
 import torch
@@ -86,6 +87,7 @@ def test_known_keys_come_from_the_config_files_as_they_are(tmp_path, monkeypatch
     ("evaluation.embedding_snapshot=-5", "evaluation.embedding_snapshot=-5"),
     ("seed=4294967296", "seed=4294967296"),
     ("device=cuda:abc", "device='cuda:abc'"),
+    ("wandb=maybe", "wandb='maybe'"),
 ])
 def test_evaluate_config_is_checked_like_the_training_config(override, named):
     with pytest.raises(ConfigError) as err:
@@ -185,3 +187,75 @@ def test_evaluate_refuses_a_run_folder_with_a_planted_link_where_it_writes(tmp_p
     with pytest.raises(ConfigError, match=f"{name} is a symbolic link"):
         load_run_config(run)
     assert target.read_text() == "precious\n"
+
+
+# ---- 6. checks found missing by mutation testing ----
+
+def test_value_fits_judges_booleans_lengths_elements_and_mappings():
+    """What a constructor's annotation accepts, for groups added later: true is no integer (it would
+    pass as 1), a fixed-length tuple takes exactly that many values, list elements, mappings and
+    Literal choices are judged too."""
+    assert value_fits(3, int) and not value_fits(True, int)
+    assert value_fits([0.9, 0.99], tuple[float, float])
+    assert not value_fits([0.9], tuple[float, float]) and not value_fits([0.9, 0.99, 0.999], tuple[float, float])
+    assert value_fits([8, 16], list[int]) and not value_fits([8, "abc"], list[int])
+    assert value_fits({"a": 1}, dict[str, int]) and not value_fits([1], dict) and not value_fits("a", dict[str, int])
+    assert value_fits("nce", typing.Literal["softmax", "nce"]) and not value_fits("triplet", typing.Literal["softmax", "nce"])
+
+
+def test_a_boolean_for_an_integer_setting_is_refused_by_its_key():
+    """sampler.s1=true: the mixing sampler's own check takes True for the integer 1 (bool is an int)."""
+    with pytest.raises(ConfigError, match=r"sampler\.s1=True is not allowed: expected an integer"):
+        validate_train_config(compose_train(TINY + ["sampler=mixing", "sampler.s1=true"]))
+
+
+def test_data_set_checks_of_evaluate_and_train():
+    """With the run's data set read: evaluate.py's OOD k must not exceed the training images (the k-th
+    neighbour would not exist), and training needs labelled training images for its kNN and probe."""
+    from cl_suite.engine.build import build_dataset
+
+    cfg = compose_train(TINY)
+    data = build_dataset(cfg.dataset)
+    validation.validate_evaluation_against_data(compose_evaluate(["evaluation.ood.k=1437"]), data, ("ood",))
+    with pytest.raises(ConfigError, match=r"evaluation\.ood\.k=1438 is larger than the 1437 training images"):
+        validation.validate_evaluation_against_data(compose_evaluate(["evaluation.ood.k=1438"]), data, ("ood",))
+    validation.validate_against_data(cfg, data)
+    # kNN: refused with the data set read, before any model is built (not at the first evaluation)
+    validation.validate_against_data(compose_train(TINY + ["evaluation.knn.k=1437"]), data)
+    with pytest.raises(ConfigError, match=r"evaluation\.knn\.k=1438 is larger than the 1437 labelled"):
+        validation.validate_against_data(compose_train(TINY + ["evaluation.knn.k=1438"]), data)
+    data.train.labels = torch.full_like(data.train.labels, -1)
+    with pytest.raises(ConfigError, match="dataset=digits has no labelled training images"):
+        validation.validate_against_data(cfg, data)
+
+
+def test_a_required_argument_deleted_from_its_group_is_named():
+    """``~dataset.root``: the reader has no default for it; said at start-up with the key to pass."""
+    with pytest.raises(ConfigError, match=r"dataset\.root is required by cl_suite\.data\.cifar\.load_cifar10 but not "
+                                          r"set: pass \+dataset\.root=<value>"):
+        validate_train_config(compose_train(TINY + ["dataset=cifar10", "~dataset.root"]))
+
+
+def test_a_warm_up_as_long_as_the_run_is_allowed():
+    validate_train_config(compose_train(TINY + ["scheduler.warmup_epochs=2"]))  # trainer.epochs=2
+
+
+def test_trust_targets_cannot_vouch_for_a_part_of_the_suite():
+    """trust_targets lifts the slot check for the user's own code only: naming cl_suite.engine (or any
+    part of the suite) would let a run config reach every function in it."""
+    from cl_suite.run_evaluation import trusted_targets
+
+    assert trusted_targets(OmegaConf.create({"trust_targets": ["mymethods", "lab.models.Net"]})) == (
+        "mymethods", "lab.models.Net")
+    for names in (["cl_suite"], ["cl_suite.engine"], ["mymethods", "cl_suite.data.cifar"]):
+        with pytest.raises(ConfigError, match=r"trust_targets=.* is not allowed: expected dotted names of your own"):
+            trusted_targets(OmegaConf.create({"trust_targets": names}))
+
+
+def test_evaluate_refuses_dataset_with_a_run_before_reading_the_run():
+    """dataset= picks the data of an exported backbone; a run dir is evaluated on its own data set, so
+    dataset= beside run= would be silently ignored: refused, naming dataset_root= for moved data."""
+    from cl_suite.run_evaluation import evaluate_run
+
+    with pytest.raises(ConfigError, match=r"dataset= is for an exported backbone file .*dataset_root= moves it"):
+        evaluate_run(compose_evaluate(["dataset=digits", "wandb=false"]))  # run=/nonexistent-run: never read

@@ -46,9 +46,18 @@ DATA_LOCATION_KEYS = ("dataset.root", "dataset.download", "dataset.verify_integr
                       "dataset.pretrain_dir")
 
 
-def setting_changing_overrides(overrides: dict[str, Any]) -> list[str]:
-    """The overrides (``key=value``) of ``overrides`` that change what a recipe's published number measured;
-    ``dataset.root`` (where the data is), ``seed``, loggers and the like do not."""
+def deleted_keys(overrides: list[str]) -> list[str]:
+    """The keys one job's deletions remove (``~method.temperature``; ``hydra.*`` left out), which
+    ``override_values`` leaves out: the run then takes the constructor's default for them."""
+    keys = [override_key(o) for o in parse_overrides(overrides) if o.is_delete()]
+    return [k for k in keys if not k.startswith("hydra.")]
+
+
+def setting_changing_overrides(overrides: dict[str, Any], deleted: list[str] | tuple = ()) -> list[str]:
+    """The overrides (``key=value``) of ``overrides`` and the ``deleted`` keys (``~key``, see
+    ``deleted_keys``) that change what a recipe's published number measured; ``dataset.root`` (where the
+    data is), ``seed``, loggers and the like do not. A deleted recipe value (``~dataset.augment.blur``)
+    changes the setting as much as an overridden one: the run uses a default instead."""
     def changes(key: str) -> bool:
         key = key.lstrip("+~")
         if key in DATA_LOCATION_KEYS:
@@ -56,7 +65,7 @@ def setting_changing_overrides(overrides: dict[str, Any]) -> list[str]:
         return key in SETTING_GROUPS or key in SETTING_KEYS or key.startswith(SETTING_PREFIXES) or key in (
             "evaluation.knn", "evaluation.linear", "probe")
 
-    return [f"{k}={v}" for k, v in overrides.items() if changes(k)]
+    return [f"{k}={v}" for k, v in overrides.items() if changes(k)] + [f"~{k}" for k in deleted if changes(k)]
 
 
 def swept_keys(sweep_dir: Path) -> list[str]:

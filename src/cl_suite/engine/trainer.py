@@ -124,11 +124,12 @@ def drop_outdated_published(cfg: DictConfig) -> str | None:
     describe. Returns the note to print, or None when nothing was dropped."""
     from hydra.core.hydra_config import HydraConfig
 
-    from cl_suite.sweeps import override_values, setting_changing_overrides
+    from cl_suite.sweeps import deleted_keys, override_values, setting_changing_overrides
 
     if cfg.get("published") is None or not HydraConfig.initialized():
         return None
-    changed = setting_changing_overrides(override_values(list(HydraConfig.get().overrides.task)))
+    task = list(HydraConfig.get().overrides.task)
+    changed = setting_changing_overrides(override_values(task), deleted_keys(task))
     if not changed:
         return None
     cfg.published = None

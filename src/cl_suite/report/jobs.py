@@ -9,7 +9,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from cl_suite.sweeps import override_values, parse_overrides, setting_changing_overrides
+from cl_suite.sweeps import deleted_keys, override_values, parse_overrides, setting_changing_overrides
 from cl_suite.files import load_untrusted_yaml, printable, read_json_object
 from cl_suite.paths import CHECKPOINT_DIR, LAST_CHECKPOINT, REFUSED_FILE
 
@@ -174,13 +174,14 @@ def read_choices(hydra_path: Path) -> dict[str, str | None]:
 
 def read_job(run_dir: Path, sweep_dir: Path) -> Job:
     overrides_path = run_dir / ".hydra" / "overrides.yaml"
-    overrides = override_values([str(o) for o in _plain(overrides_path) or []]) if overrides_path.is_file() else {}
+    task = [str(o) for o in _plain(overrides_path) or []] if overrides_path.is_file() else []
+    overrides = override_values(task)
     choices = read_choices(run_dir / ".hydra" / "hydra.yaml")
     job = Job(name=printable(str(run_dir.relative_to(sweep_dir))) or ".", overrides=overrides,
               choices={k: v for k, v in choices.items() if v is not None}, run_dir=run_dir)
     config, problem = load_config(run_dir / ".hydra" / "config.yaml")
     job.published, job.published_error = (None, problem) if problem else published_block(config)
-    changed = setting_changing_overrides(overrides)
+    changed = setting_changing_overrides(overrides, deleted_keys(task))
     if job.published is not None and changed:
         job.published, job.published_error = None, (f"the run changes the recipe's setting ({', '.join(changed)}), "
                                                      "so the recipe's number is not its reference")
@@ -397,14 +398,17 @@ def _is_under(path: Path, folder: Path) -> bool:
 
 def _settings_of_grid_point(values: dict[str, Any], jobs: list[Job]) -> tuple[dict[str, Any], bool]:
     """``(settings, complete)`` of a grid point that never ran: the settings of a job of its sweep with
-    the same overrides but the seed (complete), else only what every job of the sweep shares; its
-    overrides on top."""
+    the same overrides but the seed (complete), else only what every job of the sweep shares, and
+    nothing of that when the point picks a config group option that no job ran (``method=hcl`` where only
+    SimCLR ran: HCL's preset brings its own sampler, a recipe everything); its overrides on top."""
     ran = [job for job in jobs if job.settings and job.settings_complete]
     twin = next((job for job in ran if {k: v for k, v in job.overrides.items() if k != "seed"}
                  == {k: v for k, v in values.items() if k != "seed"}), None)
+    groups = {k for job in ran for k in job.choices}
+    new_option = any(k in groups and all(job.choices.get(k) != str(v) for job in ran) for k, v in values.items())
     if twin is not None:
         base = dict(twin.settings)
-    elif ran:
+    elif ran and not new_option:
         base = {k: v for k, v in ran[0].settings.items() if all(repr(j.settings.get(k)) == repr(v) for j in ran)}
     else:
         base = {}
