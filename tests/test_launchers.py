@@ -39,6 +39,20 @@ def test_submitits_preemption_signal_is_a_stop_signal_and_goes_to_its_handler(mo
         assert guard.hand_over() and seen == [signal.SIGUSR2]
     finally:
         signal.signal(signal.SIGUSR2, previous)
+    # submitit's signal, then SLURM's SIGTERM before the step ended: both handlers get theirs, in that order
+    seen.clear()
+    handlers = {sig: signal.signal(sig, lambda signum, frame: seen.append(signum))
+                for sig in (signal.SIGUSR2, signal.SIGTERM)}
+    try:
+        with PreemptionGuard() as guard:
+            os.kill(os.getpid(), signal.SIGUSR2)
+            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signal.SIGUSR2)
+        assert guard.received == signal.SIGUSR2 and guard.hand_over()
+        assert seen == [signal.SIGUSR2, signal.SIGTERM]
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
     monkeypatch.setenv("SUBMITIT_PREEMPT_SIGNAL", "HUP")
     assert signal.SIGHUP in stop_signals() and signal.SIGUSR2 in stop_signals()
     monkeypatch.setenv("SUBMITIT_PREEMPT_SIGNAL", "USR1")  # already one: listed once

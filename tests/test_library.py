@@ -115,8 +115,12 @@ def test_a_logger_setting_in_a_debug_run_says_to_choose_the_logger_too():
 
     hint = cli.logger_setting_under_debug(["debug=fast", "logger.mode=offline"])
     assert hint == ("error: logger.mode=offline sets the logger, but debug=fast turns the experiment logger off "
-                    "(logger=none, which has no settings). To log the debug run, choose the logger too: "
-                    "debug=fast logger=wandb logger.mode=offline")
+                    "(logger=none, which has no settings). To log the debug run, choose the logger too (wandb has "
+                    "it): debug=fast logger=wandb logger.mode=offline")
+    assert cli.logger_setting_under_debug(["debug=fast", "logger.filename=m.csv"]).endswith(
+        "(csv has it): debug=fast logger=csv logger.filename=m.csv")
+    assert cli.logger_setting_under_debug(["debug=fast", "logger.group=g"]).endswith(
+        "(many, wandb have it): debug=fast logger=<option> logger.group=g")
     assert cli.logger_setting_under_debug(["debug=fast", "logger=wandb", "logger.mode=offline"]) is None
     assert cli.logger_setting_under_debug(["logger.mode=offline"]) is None  # no debug mode: wandb is the default
     assert cli.logger_setting_under_debug(["debug=null", "logger.mode=offline"]) is None
@@ -145,7 +149,7 @@ def test_the_entry_points_refuse_those_command_lines_before_composing(tmp_path):
     for script, args, expected in [
         ("train.py", ["debug=fast", "logger.mode=offline"], "choose the logger too"),
         ("train.py", ["hydra/launcher=local"], "launches the jobs of a multirun only"),
-        ("evaluate.py", ["run=x", "hydra/launcher=local"], "launches the jobs of a multirun only"),
+        ("evaluate.py", ["run=x", "hydra/launcher=local"], "python evaluate.py -m hydra/launcher=local"),
     ]:
         proc = subprocess.run([sys.executable, str(ROOT / script), *args], capture_output=True, text=True,
                               cwd=tmp_path, timeout=300)

@@ -557,7 +557,7 @@ def test_tiny_multirun_report_and_wandb_runs(tmp_path):
     (log,) = (sweep / "1" / "wandb").glob("offline-run-*/run-*.wandb")
     run = run_contents(log)
     final = json.loads((sweep / "1" / "metrics.json").read_text())["final"]
-    assert re.fullmatch(r"tiny_study-\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d", run["group"]) and run["job_type"] == "pretrain"
+    assert run["group"] == f"tiny_study-{sweep.name}" and run["job_type"] == "pretrain"  # the sweep folder's group
     assert run["config"]["sweep"] == {"sampler.tau_plus": 0, "seed": 1}
     assert run["config"]["sampler"]["tau_plus"] == 0 and run["config"]["seed"] == 1
     assert math.isclose(run["summary"]["final/linear/top1"], final["linear/top1"])
@@ -844,6 +844,8 @@ def test_identical_differences_over_seeds_give_no_verdict():
 
     paired = compare({0: 97.5, 1: 98.0}, {0: 97.22, 1: 97.72}, lower_better=False)
     assert paired.test == "paired" and paired.low == paired.high and paired.verdict == NO_SPREAD
+    rounded = compare({0: 91.23, 1: 90.57}, {0: 91.22, 1: 90.56}, lower_better=False)  # equal up to float rounding
+    assert rounded.low != rounded.high and rounded.verdict == NO_SPREAD
     welch = compare({None: 90.0, "a": 90.0}, {None: 80.0, "b": 80.0}, lower_better=False)  # no common seed
     assert welch.test == "welch" and welch.verdict == NO_SPREAD
     same = compare({0: 90.0, 1: 91.0}, {0: 90.0, 1: 91.0}, lower_better=False)
@@ -872,10 +874,13 @@ def test_the_report_lists_runs_continued_with_other_settings_and_unfinished_jobs
     history["setting_changes"] = [{"step": 39, "changes": ["optimizer.lr: 0.06 -> 0.03 applied to the restored "
                                                           "optimizer"]}, "not an entry", {"step": 5}]
     (run / "metrics.json").write_text(json.dumps(history))
-    stopped = write_run(tmp_path, "1", {"method": "simclr", "seed": 1}, {}, epochs=[{"epoch": 5, "step": 20}])
+    stopped = write_run(tmp_path, "1", {"method": "simclr", "seed": 1}, {},
+                        epochs=[{"epoch": 5, "step": 20, "stopped_by_signal": True}])
     (stopped / "checkpoints").mkdir()
     (stopped / "checkpoints" / "last.pt").write_bytes(b"")
     crashed = write_run(tmp_path, "2", {"method": "simclr", "seed": 2}, {}, epochs=[{"epoch": 1, "step": 4}])
+    (crashed / "checkpoints").mkdir()
+    (crashed / "checkpoints" / "step_000000004.pt").write_bytes(b"")  # a NaN stop, an exception: not a signal
     assert report_main([str(tmp_path)]) == 0
     markdown = (tmp_path / "report.md").read_text()
     section = markdown.split("## Runs continued with other settings")[1]
@@ -883,8 +888,8 @@ def test_the_report_lists_runs_continued_with_other_settings_and_unfinished_jobs
     assert section.count("\n- ") == 1  # the malformed entries are skipped
     rows = {line.split(" | ")[0]: line for line in markdown.splitlines() if line.startswith("| 1 |")
             or line.startswith("| 2 |")}
-    assert "unfinished, not lost" in rows["| 1"] and "unfinished" not in rows["| 2"]
-    assert crashed.is_dir()
+    assert "unfinished, not lost: stopped by a signal" in rows["| 1"] and "unfinished" not in rows["| 2"]
+    assert "ended without final metrics (crashed, or still running)" in rows["| 2"]
 
 
 # ---- gaps found by mutation testing: each test pins one decision of the table ----

@@ -294,6 +294,14 @@ def test_a_finished_run_started_again_with_other_settings_keeps_its_records(tmp_
     logged = run_contents(next(new_run.glob("run-*.wandb")))["config"]
     assert logged["optimizer"]["lr"] == 0.06 and logged["evaluation"]["knn"]["k"] == 3
 
+    # The record deleted by hand: the one written back comes from the checkpoint, not from this command line.
+    shutil.rmtree(tmp_path / ".hydra")
+    again = run_cli("train.py", args + ["optimizer.lr=0.5", "evaluation.knn.k=5"], env=env)
+    assert again.returncode == 0, again.stderr[-2000:]
+    config = OmegaConf.load(tmp_path / ".hydra" / "config.yaml")
+    assert config.optimizer.lr == 0.06 and config.evaluation.knn.k == 5
+    assert not (tmp_path / ".hydra" / "overrides.yaml").exists()
+
 
 def test_a_finished_run_evaluated_again_keeps_the_settings_it_trained_with(finished_run, tmp_path, capsys):
     run_dir = copied_run(finished_run, tmp_path / "run")
@@ -315,9 +323,53 @@ def test_a_run_continued_with_changed_settings_says_so_in_its_metrics(tmp_path):
     metrics = json.loads((run_dir / "metrics.json").read_text())
     (change,) = metrics["setting_changes"]
     assert change["step"] == STEPS_PER_EPOCH + 1
-    assert change["changes"] == ["optimizer.lr: 0.06 -> 0.03 applied to the restored optimizer",
-                                 f"trainer.max_steps: checkpoint {STEPS_PER_EPOCH + 1}, this run None"]
+    # trainer.max_steps only says where a piece of the run stops: no change of the run's setting
+    assert change["changes"] == ["optimizer.lr: 0.06 -> 0.03 applied to the restored optimizer"]
     assert metrics["final"]["step"] == EPOCHS * STEPS_PER_EPOCH
+
+
+def _stopped_run(run_dir, monkeypatch, overrides, at_step):
+    """A run of ``overrides`` stopped as by a signal once it has reached ``at_step`` (checkpoint saved)."""
+    import signal
+
+    from cl_suite.engine.trainer import Trainer
+
+    def stop_requested(self) -> bool:
+        if self.step >= at_step:
+            self.guard.received = signal.SIGTERM
+        return self.guard.received is not None
+
+    with monkeypatch.context() as patch, pytest.raises(SystemExit) as stopped:
+        patch.setattr(Trainer, "_stop_requested", stop_requested)
+        train(compose_train(overrides, run_dir))
+    assert stopped.value.code == 128 + signal.SIGTERM
+
+
+def test_a_run_stopped_early_and_started_again_with_a_shorter_schedule_is_continued_with_it(
+        tmp_path, monkeypatch, capsys):
+    """Stopped at step 10 of 16, started again with 2 epochs (8 steps): not a finished run whose records
+    stay, but a continuation with a changed setting, recorded as such."""
+    run_dir = tmp_path / "run"
+    _stopped_run(run_dir, monkeypatch, RUN, at_step=10)
+    capsys.readouterr()
+    final = train(compose_train(RUN + ["trainer.epochs=2"], run_dir))
+    out = capsys.readouterr().out
+    assert "training is complete" not in out and "trainer.epochs: checkpoint 4, this run 2" in out
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert final["step"] == metrics["final"]["step"] == 10
+    assert metrics["setting_changes"] == [{"step": 10, "changes": ["trainer.epochs: checkpoint 4, this run 2"]}]
+    assert ckpt.load_checkpoint(run_dir / "checkpoints" / "last.pt")["config"]["trainer"]["epochs"] == 2
+
+
+def test_a_finished_run_extended_and_stopped_has_no_final_numbers_until_its_new_end(tmp_path, monkeypatch):
+    run_dir = tmp_path / "run"
+    train(compose_train(RUN + ["trainer.max_steps=4"], run_dir))
+    first = json.loads((run_dir / "metrics.json").read_text())["final"]
+    _stopped_run(run_dir, monkeypatch, RUN + ["trainer.max_steps=8"], at_step=6)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["final"] == {} and metrics["earlier_finals"] == [first]
+    train(compose_train(RUN + ["trainer.max_steps=8"], run_dir))
+    assert json.loads((run_dir / "metrics.json").read_text())["final"]["step"] == 8
 
 
 @pytest.mark.parametrize("mode, values, improved", [

@@ -205,7 +205,7 @@ def test_without_file_locks_a_live_owner_on_this_host_is_refused(tmp_path, monke
     assert json.loads((tmp_path / "run" / LOCK_NAME).read_text())["pid"] == os.getppid()  # left to its owner
 
 
-@pytest.mark.parametrize("pid", ["dead", "this process", 0, -1, 2 ** 80])
+@pytest.mark.parametrize("pid", ["dead", "this process", 0, -1, 2 ** 80, True])
 def test_without_file_locks_the_lock_of_a_gone_process_on_this_host_is_taken_over(tmp_path, monkeypatch, pid):
     """A dead pid, or this process's own (a requeued job in a fresh container gets the pid its dead
     predecessor had): no other job can hold it; nor can a pid no process has (0 and negative ones would

@@ -68,10 +68,23 @@ def logger_setting_under_debug(argv: list[str]) -> str | None:
         return None  # an explicit logger=<option> wins over the debug mode's logger=none
     for arg, key, _ in overrides:
         if key.startswith("logger."):
+            options = loggers_with_setting(key.split(".")[1])
+            choice = f"logger={options[0]}" if len(options) == 1 else "logger=<option>"
+            which = f" ({', '.join(options)} {'has' if len(options) == 1 else 'have'} it)" if options else ""
             return (f"error: {arg} sets the logger, but {debug} turns the experiment logger off (logger=none, "
-                    f"which has no settings). To log the debug run, choose the logger too: "
-                    f"{debug} logger=wandb {arg}")
+                    f"which has no settings). To log the debug run, choose the logger too{which}: "
+                    f"{debug} {choice} {arg}")
     return None
+
+
+def loggers_with_setting(name: str) -> list[str]:
+    """The ``logger`` options (conf/logger/*.yaml) whose config has the top-level key ``name``."""
+    from omegaconf import OmegaConf
+
+    from cl_suite.paths import CONF_DIR
+
+    return [path.stem for path in sorted((CONF_DIR / "logger").glob("*.yaml"))
+            if name != "_target_" and name in OmegaConf.load(path)]
 
 
 # Hydra's flags that print something and run no job.
@@ -79,7 +92,7 @@ INSPECTION_FLAGS = ("--cfg", "-c", "--info", "-i", "--help", "-h", "--hydra-help
                     "--version")
 
 
-def launcher_without_its_setting(argv: list[str]) -> str | None:
+def launcher_without_its_setting(argv: list[str], script: str = "train.py") -> str | None:
     """``hydra/launcher=slurm|local`` launches a multirun's jobs only: without ``-m`` Hydra silently runs the
     one job in this process; and off a SLURM cluster submitit fails deep in its own code ("Could not detect
     srun")."""
@@ -94,7 +107,7 @@ def launcher_without_its_setting(argv: list[str]) -> str | None:
             continue
         if not multirun:
             return (f"error: {arg} launches the jobs of a multirun only; without -m this job would run here, in "
-                    f"this process. Add -m (one job is a sweep of one): python train.py -m {arg} ...")
+                    f"this process. Add -m (one job is a sweep of one): python {script} -m {arg} ...")
         if value == "slurm" and shutil.which("srun") is None:
             return (f"error: {arg} submits SLURM jobs, but there is no srun on PATH (not a SLURM login node). "
                     "Try the sweep here first with hydra/launcher=local (the same submitit code path)")
@@ -142,7 +155,8 @@ def misplaced_dataset_override(argv: list[str]) -> str | None:
 def evaluate_main() -> None:
     """Re-evaluate a run's checkpoint or an exported backbone: ``evaluate.py run=outputs/<date>/<time>``."""
     argv = sys.argv[1:]
-    hint = misplaced_dataset_override(argv) or missing_plugin(argv) or launcher_without_its_setting(argv)
+    hint = (misplaced_dataset_override(argv) or missing_plugin(argv)
+            or launcher_without_its_setting(argv, "evaluate.py"))
     if hint:
         sys.exit(hint)
     _evaluate()

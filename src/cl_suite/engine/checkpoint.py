@@ -372,8 +372,10 @@ def _fallback_hint(path: Path) -> str:
 # saved under other values cannot be loaded into this run's model (or optimizer: SGD has no Adam moments).
 _MODEL_KEYS = ("method._target_", "backbone", "dataset.name", "optimizer._target_", "probe.optimizer")
 # Keys whose change loads fine but breaks an exact continuation (data order, schedule, step <-> epoch).
-_CONTINUATION_KEYS = ("seed", "trainer.batch_size", "trainer.epochs", "trainer.max_steps", "dataset", "optimizer",
-                      "scheduler", "method", "sampler", "probe")
+# (trainer.max_steps is not one: it stops a run early without changing its schedule, so a run split into
+# max_steps pieces continues exactly.)
+_CONTINUATION_KEYS = ("seed", "trainer.batch_size", "trainer.epochs", "dataset", "optimizer", "scheduler", "method",
+                      "sampler", "probe")
 # Keys that say which objective a run trains: with resume=auto (the run folder's own checkpoint) a change
 # means the folder is being reused by another configuration, not continued.
 _OBJECTIVE_KEYS = ("method", "sampler")

@@ -51,7 +51,8 @@ class PreemptionGuard:
 
     def __init__(self, signals: tuple[signal.Signals, ...] | None = None):
         self.signals = stop_signals() if signals is None else signals
-        self.received: int | None = None
+        self.received: int | None = None  # the latest stop signal
+        self._arrived: list[int] = []  # every distinct one, in order of arrival (hand_over)
         self._previous: dict[int, object] = {}
         self._raise = False
 
@@ -76,6 +77,8 @@ class PreemptionGuard:
             again = "" if "TORCHELASTIC_RUN_ID" in os.environ else " (Ctrl-C again: stop at once, without saving)"
             sys.stderr.write(f"\nCtrl-C: stopping after this step and saving its checkpoint{again}\n")
         self.received = signum
+        if signum not in self._arrived:
+            self._arrived.append(signum)
         if self._raise:
             self._raise = False  # one exception per block, not one inside the handling of another
             raise StopRequested(signum)
@@ -94,11 +97,15 @@ class PreemptionGuard:
             self._raise = False
 
     def hand_over(self) -> bool:
-        """Call the previous Python handler of the received signal; return whether there was one."""
-        previous = self._previous.get(self.received)
-        if previous is signal.default_int_handler:  # Python's Ctrl-C handler would only raise KeyboardInterrupt
-            return False
-        if callable(previous):
-            previous(self.received, None)
-            return True
-        return False
+        """Call the previous Python handler of each stop signal received, in order of arrival; return whether
+        there was one. All of them, not the latest only: submitit's pre-emption signal followed by SLURM's
+        SIGTERM must still reach submitit's requeue handler (its SIGTERM handler only logs)."""
+        handed = False
+        for signum in self._arrived:
+            previous = self._previous.get(signum)
+            if previous is signal.default_int_handler:  # Python's Ctrl-C handler would only raise KeyboardInterrupt
+                continue
+            if callable(previous):
+                previous(signum, None)
+                handed = True
+        return handed

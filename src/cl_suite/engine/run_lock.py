@@ -136,7 +136,8 @@ class RunLock:
         if not owner:
             return
         if owner.get("host") == socket.gethostname():
-            if isinstance(owner.get("pid"), int) and owner["pid"] != os.getpid() and _pid_alive(owner["pid"]):
+            pid = owner.get("pid")
+            if isinstance(pid, int) and not isinstance(pid, bool) and pid != os.getpid() and _pid_alive(pid):
                 os.close(fd)
                 raise self._refuse()
             return

@@ -142,10 +142,17 @@ def has_record(run_dir: Path) -> bool:
     return (run_dir / ".hydra" / "config.yaml").is_file()
 
 
+def holds_a_run(run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds an earlier run: its record or a checkpoint (a record deleted by hand, a run
+    trained from Python). Such a folder is recorded only once its checkpoint is accepted."""
+    folder = run_dir / ckpt.CHECKPOINT_DIR
+    return has_record(run_dir) or (folder / ckpt.LAST).is_file() or bool(ckpt.step_checkpoints(folder))
+
+
 def _record_refused_job(cfg: DictConfig, error: ConfigError) -> None:
     """A job whose config is refused still leaves its record and the reason (``REFUSED_FILE``; a sweep
     report then lists it as failed, saying why), unless another job owns the folder or the folder already
-    holds a run's record: a refused re-run into a finished run's folder must not relabel that run."""
+    holds a run (``holds_a_run``): a refused re-run into a finished run's folder must not relabel that run."""
     if int(os.environ.get("RANK", "0")) != 0:
         return
     run_dir = Path(cfg.paths.output_dir)
@@ -157,7 +164,7 @@ def _record_refused_job(cfg: DictConfig, error: ConfigError) -> None:
             return
         lock.acquire()
         try:
-            if has_record(run_dir):
+            if holds_a_run(run_dir):
                 return
             save_hydra_record(run_dir, cfg)
             atomic_write(run_dir / REFUSED_FILE, lambda f: f.write(str(error).encode("utf-8")))
@@ -195,9 +202,9 @@ def _train(cfg: DictConfig, device_type: str, run_log: RunLog, augment: AugmentC
         outdated = drop_outdated_published(cfg)  # before the config is recorded anywhere
         run_dir = Path(cfg.paths.output_dir)
         # A fresh folder gets its record now (a run that fails while starting is still listed with its
-        # settings); a folder with an earlier run's record keeps it until its checkpoint is accepted, so a
+        # settings); a folder with an earlier run keeps its record until its checkpoint is accepted, so a
         # refused resume (another model or objective) does not relabel the earlier run.
-        record_later = has_record(run_dir)
+        record_later = holds_a_run(run_dir)
         if is_main_process():
             (run_dir / REFUSED_FILE).unlink(missing_ok=True)  # an earlier refusal of this folder's job
             if not record_later:
@@ -292,7 +299,6 @@ class Trainer:
         self.model = model
         self.optimizer = build_optimizer(cfg.optimizer, self.method, t.batch_size)
         self.probe_optimizer = build_probe_optimizer(cfg.probe, cfg.optimizer, self.probe, t.batch_size)
-        self._print(_batch_and_rate(cfg.optimizer, t.batch_size, self.world))
         self._probe_base_lrs = [group["lr"] for group in self.probe_optimizer.param_groups]
         self.scheduler = instantiate_unwrapped(cfg.scheduler, optimizer=self.optimizer, steps_per_epoch=self.steps_per_epoch,
                                      total_steps=self.schedule_steps)
@@ -326,6 +332,8 @@ class Trainer:
         checkpoint = self._checkpoint_to_resume(cfg.resume)
         wandb_id = self._restore(checkpoint) if checkpoint else None
         self.record_config = self._record_config()
+        if not self.training_was_done:  # (a finished run trains with nothing: its note says so)
+            self._print(_batch_and_rate(cfg.optimizer, t.batch_size, self.world))
         if self.main and t.save_checkpoints:  # a full disk or read-only folder fails now, not at the first save
             folder = self.run_dir / ckpt.CHECKPOINT_DIR
             state_bytes = sum(v.numel() * v.element_size() for part in (self.method, self.probe)
@@ -678,7 +686,9 @@ class Trainer:
         own = path.resolve().parent == (self.run_dir / ckpt.CHECKPOINT_DIR).resolve()
         if own:
             self._saved_evaluation = saved.get("evaluation")
-        self.training_was_done = own and self.step >= self.stop_step
+        # Done: this command asks for no more steps, and the run had reached its own end (a run stopped
+        # early and started again with a shorter schedule is continued with it, not taken as finished).
+        self.training_was_done = own and self.step >= max(self.stop_step, self._stop_step_of(saved))
         self._restored_config = saved
         final = self.history.get("final") or {}
         self.nothing_to_do = (self.training_was_done and final.get("step") == self.step
@@ -692,9 +702,17 @@ class Trainer:
                             "for a sweep, another SWEEP_DIR / hydra.sweep.dir):\n  " + "\n  ".join(differences))
             self._print(f"resumed from {path} at step {self.step} (epoch {self.step / self.steps_per_epoch:.2f})")
             return state.get("wandb_run_id")
+        if self.history.get("final") and self.step < self.stop_step:
+            # A finished run extended (more epochs or steps): its final numbers describe the shorter run, and
+            # until the new end this run has none (a report must not show them for the longer setting).
+            self.history.setdefault("earlier_finals", []).append(self.history["final"])
+            self.history["final"] = {}
         applied, applied_keys = self._apply_changed_settings(saved, current)
         others = [line for line in ckpt.continuation_differences(saved, current)
                   if line.split(":", 1)[0] not in applied_keys]
+        if applied or others:
+            # metrics.json keeps them (the .hydra record and wandb's config show only the newest settings)
+            self.history.setdefault("setting_changes", []).append({"step": self.step, "changes": applied + others})
         threads = state.get("threads")
         if isinstance(threads, int) and threads != torch.get_num_threads() and self.device.type == "cpu":
             others.append(f"CPU threads: checkpoint {threads}, this run {torch.get_num_threads()} (sums in another "
@@ -703,10 +721,18 @@ class Trainer:
             self._print(f"warning: settings changed since the checkpoint; from step {self.step} this run continues "
                         "with them, so the continuation will differ from an uninterrupted run:\n  "
                         + "\n  ".join(applied + others))
-            # metrics.json keeps them (the .hydra record and wandb's config show only the newest settings)
-            self.history.setdefault("setting_changes", []).append({"step": self.step, "changes": applied + others})
         self._print(f"resumed from {path} at step {self.step} (epoch {self.step / self.steps_per_epoch:.2f})")
         return state.get("wandb_run_id")
+
+    def _stop_step_of(self, saved: dict) -> int:
+        """The step a checkpoint's own config stopped at (its epochs, or its max_steps if fewer), counted in
+        this run's steps per epoch; 0 where the config does not say."""
+        trainer = saved.get("trainer") if isinstance(saved.get("trainer"), dict) else {}
+        epochs, max_steps = trainer.get("epochs"), trainer.get("max_steps")
+        if not isinstance(epochs, int):
+            return 0
+        stop = epochs * self.steps_per_epoch
+        return min(stop, max_steps) if isinstance(max_steps, int) else stop
 
     def _checkpoint_config(self) -> dict:
         """The config a checkpoint stores: this run's; a run whose training was done before keeps the one it

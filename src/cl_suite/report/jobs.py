@@ -205,9 +205,13 @@ def read_job(run_dir: Path, sweep_dir: Path) -> Job:
         job.status = "failed"
         job.reason = f"no final metrics (last record: epoch {epochs[-1].get('epoch')!r:.20})" if epochs else (
             "no final metrics")
-        if (run_dir / CHECKPOINT_DIR / LAST_CHECKPOINT).is_file():
-            job.reason += ("; unfinished, not lost: stopped or still running, its checkpoint continues it "
-                           "(the sweep's command again, with SWEEP_DIR / hydra.sweep.dir of this sweep)")
+        checkpoints = run_dir / CHECKPOINT_DIR
+        resumable = (checkpoints / LAST_CHECKPOINT).is_file() or any(checkpoints.glob("step_*.pt"))
+        if resumable and epochs and epochs[-1].get("stopped_by_signal") is True:
+            job.reason += ("; unfinished, not lost: stopped by a signal, its checkpoint continues it (the sweep's "
+                           "command again, with SWEEP_DIR / hydra.sweep.dir of this sweep)")
+        elif resumable:
+            job.reason += "; ended without final metrics (crashed, or still running): see its train.log"
         return job
     job.metrics = {k: float(v) for k, v in final.items() if _is_number(v)}
     job.metrics.update(_compute_metrics(history, job))

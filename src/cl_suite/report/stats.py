@@ -65,7 +65,7 @@ class Comparison:
 def verdict(diff: float, low: float, high: float, lower_better: bool) -> str:
     if low <= 0.0 <= high:
         return WITHIN_NOISE
-    if low == high:  # zero spread: a t-interval says nothing (module docstring)
+    if high - low <= 1e-9 * max(1.0, abs(diff)):  # zero spread up to float rounding: the interval says nothing
         return NO_SPREAD
     improved = diff < 0 if lower_better else diff > 0
     return "better" if improved else "worse"
