@@ -1116,3 +1116,12 @@ def test_a_grid_point_without_a_twin_knows_only_what_the_jobs_that_ran_share(tmp
     assert [job.status for job in jobs].count("not run") == 4
     params, _ = summarize(jobs, ["linear/top1"])
     assert params == ["method", "trainer.epochs"]
+
+
+def test_error_bars_of_percentages_stop_at_0_and_100():
+    """Two seeds give wide t-intervals: a bar past 100% shows an accuracy no run can have."""
+    from cl_suite.report.plots import error_bars
+
+    points = [("a", 98.0, 8.8, 2), ("b", 3.0, 5.0, 2), ("c", 50.0, math.nan, 1)]
+    assert error_bars(points, percent=True) == [[8.8, 3.0, 0.0], [2.0, 5.0, 0.0]]
+    assert error_bars(points, percent=False) == [[8.8, 5.0, 0.0], [8.8, 5.0, 0.0]]

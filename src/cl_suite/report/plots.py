@@ -99,6 +99,17 @@ def series(param: str, params: list[str], rows: list[ConfigRow], metric: str) ->
     return {label: sorted(points, key=lambda p: rank[repr(p[0])]) for label, points in lines.items() if points}
 
 
+def error_bars(points: list[tuple], percent: bool) -> list[list[float]]:
+    """``[below, above]`` of each point's bar: its 95% half-width (0 for one seed, NaN), cut at 0 and 100
+    for a percentage (an interval of two seeds easily reaches past 100%, which no accuracy can)."""
+    below, above = [], []
+    for _, mean, half, _ in points:
+        half = 0.0 if math.isnan(half) else half
+        below.append(min(half, max(mean, 0.0)) if percent else half)
+        above.append(min(half, max(100.0 - mean, 0.0)) if percent else half)
+    return [below, above]
+
+
 def build_figure(param: str, params: list[str], rows: list[ConfigRow], metrics: list[str],
                  fixed: list[tuple[str, str, str]] | None = None):
     """``(figure, axes, legend)`` of one parameter (``None`` when no row has any of the metrics); the
@@ -119,8 +130,7 @@ def build_figure(param: str, params: list[str], rows: list[ConfigRow], metrics: 
     for ax, metric in zip(axes[0], plotted):
         for label, points in series(param, params, rows, metric).items():
             ax.errorbar([position[repr(x)] for x, *_ in points], [mean for _, mean, _, _ in points],
-                        yerr=[0.0 if math.isnan(h) else h for _, _, h, _ in points],  # NaN: one seed, no bar
-                        marker="o", capsize=3, label=label)
+                        yerr=error_bars(points, is_percent(metric)), marker="o", capsize=3, label=label)
         ax.set_xlabel(param)
         ax.set_ylabel(axis_label(metric))
         if not numeric:

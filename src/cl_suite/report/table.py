@@ -549,7 +549,7 @@ def markdown_report(sweep_dir: Path, jobs: list[Job], params: list[str], rows: l
         parts += ["", "## Repeats left out", "", REPEATS_TEXT, "", "| job | status | used instead |", "|---|---|---|"]
         parts += [f"| {job.name} | {job.status} | {used.name} |" for job, used in repeats]
     if plots:
-        parts += ["", "## Plots", "", "Error bars: the 95% t-interval of the mean over seeds.", ""]
+        parts += ["", "## Plots", "", "Error bars: the 95% t-interval of the mean over seeds (cut at 0% and 100% for percentages).", ""]
         parts += [f"![{p.stem}]({p.name})" for p in plots]
     return "\n".join(parts) + "\n"
 
