@@ -88,3 +88,7 @@ def test_a_global_batch_that_does_not_split_over_the_processes_is_one_error_line
     assert proc.returncode != 0
     assert "error: trainer.batch_size=63 is not allowed with 2 processes" in proc.stderr
     assert "data/loader.py" not in proc.stderr  # refused before the data is read, not deep in the loader
+    # the folder says why it holds no run (a sweep report lists the job as refused with this reason)
+    run = tmp_path / "run"
+    assert "trainer.batch_size=63 is not allowed" in (run / "refused.txt").read_text()
+    assert (run / ".hydra" / "config.yaml").is_file()

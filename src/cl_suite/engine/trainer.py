@@ -195,9 +195,11 @@ def _train(cfg: DictConfig, device_type: str, run_log: RunLog, augment: AugmentC
         init_distributed(device_type)
         teardown.callback(cleanup_distributed)
         if cfg.trainer.batch_size % get_world_size():  # checked here: the process count is known from now on
-            raise ConfigError(f"trainer.batch_size={cfg.trainer.batch_size} is not allowed with {get_world_size()} "
-                              f"processes: the global batch is split evenly, so it must be a multiple of "
-                              f"{get_world_size()}")
+            error = ConfigError(f"trainer.batch_size={cfg.trainer.batch_size} is not allowed with {get_world_size()} "
+                                f"processes: the global batch is split evenly, so it must be a multiple of "
+                                f"{get_world_size()}")
+            _record_refused_job(cfg, error)  # as a refused config: the folder says why it holds no run
+            raise error
         teardown.enter_context(own_run_folder(Path(cfg.paths.output_dir)))  # before the loop writes anything
         outdated = drop_outdated_published(cfg)  # before the config is recorded anywhere
         run_dir = Path(cfg.paths.output_dir)
