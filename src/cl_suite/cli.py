@@ -35,9 +35,8 @@ def missing_plugin(argv: list[str]) -> str | None:
     """The install hint for a plugin that an override of ``argv`` needs and this environment lacks."""
     import importlib.util
 
-    for arg in argv:
-        key, _, value = arg.partition("=")
-        plugin = PLUGINS.get((key.lstrip("+~"), value))
+    for arg, key, value in _overrides(argv):
+        plugin = PLUGINS.get((key, value))
         if plugin is None:
             continue
         try:

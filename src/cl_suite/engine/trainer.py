@@ -284,7 +284,7 @@ class Trainer:
                                     overfit_batches=t.overfit_batches)
         self.steps_per_epoch = len(self.batches)
         self.schedule_steps = t.epochs * self.steps_per_epoch
-        self.stop_step = self.schedule_steps if t.max_steps is None else min(self.schedule_steps, t.max_steps)
+        self.stop_step = stop_step(t.epochs, t.max_steps, self.steps_per_epoch)
 
         self.method = build_method(cfg, DatasetFacts.of(self.data, t.batch_size)).to(device)
         self.probe = OnlineProbe(self.method.num_features, self.data.num_classes).to(device)
@@ -702,8 +702,15 @@ class Trainer:
                             "its records keep the settings it trained with; these settings of this command differ "
                             "and are not applied (a run with them needs another run folder: hydra.run.dir=... or, "
                             "for a sweep, another SWEEP_DIR / hydra.sweep.dir):\n  " + "\n  ".join(differences))
-            self._print(f"resumed from {path} at step {self.step} (epoch {self.step / self.steps_per_epoch:.2f})")
-            return state.get("wandb_run_id")
+        else:
+            self._continue_with_this_config(saved, current, state.get("threads"))
+        self._print(f"resumed from {path} at step {self.step} (epoch {self.step / self.steps_per_epoch:.2f})")
+        return state.get("wandb_run_id")
+
+    def _continue_with_this_config(self, saved: dict, current: dict, threads: Any) -> None:
+        """A continuation: apply this command's optimizer and schedule settings, list every setting that
+        changed (console, and ``setting_changes`` in metrics.json), and set aside an extended run's old
+        final numbers."""
         if self.history.get("final") and self.step < self.stop_step:
             # A finished run extended (more epochs or steps): its final numbers describe the shorter run, and
             # until the new end this run has none (a report must not show them for the longer setting).
@@ -715,7 +722,6 @@ class Trainer:
         if applied or others:
             # metrics.json keeps them (the .hydra record and wandb's config show only the newest settings)
             self.history.setdefault("setting_changes", []).append({"step": self.step, "changes": applied + others})
-        threads = state.get("threads")
         if isinstance(threads, int) and threads != torch.get_num_threads() and self.device.type == "cpu":
             others.append(f"CPU threads: checkpoint {threads}, this run {torch.get_num_threads()} (sums in another "
                           f"order: set trainer.threads={threads} for a bit-identical continuation)")
@@ -723,18 +729,15 @@ class Trainer:
             self._print(f"warning: settings changed since the checkpoint; from step {self.step} this run continues "
                         "with them, so the continuation will differ from an uninterrupted run:\n  "
                         + "\n  ".join(applied + others))
-        self._print(f"resumed from {path} at step {self.step} (epoch {self.step / self.steps_per_epoch:.2f})")
-        return state.get("wandb_run_id")
 
     def _stop_step_of(self, saved: dict) -> int:
-        """The step a checkpoint's own config stopped at (its epochs, or its max_steps if fewer), counted in
-        this run's steps per epoch; 0 where the config does not say."""
+        """The step a checkpoint's own config stopped at, counted in this run's steps per epoch; 0 where the
+        config does not say."""
         trainer = saved.get("trainer") if isinstance(saved.get("trainer"), dict) else {}
         epochs, max_steps = trainer.get("epochs"), trainer.get("max_steps")
         if not isinstance(epochs, int):
             return 0
-        stop = epochs * self.steps_per_epoch
-        return min(stop, max_steps) if isinstance(max_steps, int) else stop
+        return stop_step(epochs, max_steps if isinstance(max_steps, int) else None, self.steps_per_epoch)
 
     def _checkpoint_config(self) -> dict:
         """The config a checkpoint stores: this run's; a run whose training was done before keeps the one it
@@ -824,6 +827,12 @@ class Trainer:
     def _warn(self, text: str) -> None:
         if self.main:
             say(text, logging.WARNING)
+
+
+def stop_step(epochs: int, max_steps: int | None, steps_per_epoch: int) -> int:
+    """The optimizer step a run stops at: the end of its schedule, or ``max_steps`` if that comes first."""
+    schedule = epochs * steps_per_epoch
+    return schedule if max_steps is None else min(schedule, max_steps)
 
 
 def _batch_and_rate(optimizer_cfg: DictConfig, batch_size: int, world: int) -> str:
