@@ -56,10 +56,15 @@ def test_topk_accuracy_matches_torchmetrics_micro_average(num_classes):
         assert acc[f"top{k}"] == pytest.approx(reference, abs=1e-4)  # both average in float32
 
 
-def test_training_start_up_imports_neither_torchvision_nor_torchmetrics():
-    """Both cost seconds at import; a digits run needs neither (CIFAR/STL/folders/ResNets/OOD import them lazily)."""
-    code = ("import sys, cl_suite.engine.trainer, cl_suite.engine.build, cl_suite.data\n"
-            "print(sorted(m for m in ('torchvision', 'torchmetrics', 'sklearn', 'timm') if m in sys.modules))")
+def test_training_start_up_imports_neither_torchvision_nor_torchmetrics_nor_dynamo():
+    """Each costs seconds at import; a digits run needs none (CIFAR/STL/folders/ResNets/OOD import them lazily,
+    torch._dynamo comes with trainer.compile=true or an annealed ring: 1.8 s of every start-up otherwise)."""
+    code = ("import sys, cl_suite.engine.trainer, cl_suite.engine.build, cl_suite.data, cl_suite.train\n"
+            "from cl_suite.samplers.hard import HardSampler\n"
+            "from cl_suite.samplers.ring import RingSampler\n"
+            "HardSampler(beta=1.0, anneal='down', anneal_epochs=18), RingSampler(0.1, 0.1)\n"
+            "print(sorted(m for m in ('torchvision', 'torchmetrics', 'sklearn', 'timm', 'torch._dynamo')\n"
+            "             if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
     assert out.stdout.strip() == "[]", out.stdout
 

@@ -138,6 +138,30 @@ def test_annealing_reaches_dcl_at_the_end():
     torch.testing.assert_close(a, b)
 
 
+
+def test_annealed_hcl_under_torch_compile_compiles_few_graphs_and_matches_eager():
+    """The annealed beta is computed in ``set_progress`` (outside the graph): the compiled sampler follows
+    all 9 levels without a graph per step or per level, and equals the eager sampler."""
+    import torch._dynamo as dynamo
+
+    dynamo.reset()
+    dynamo.utils.counters.clear()  # reset() leaves the counters of earlier compilations
+    sampler = HardSampler(beta=1.0, tau_plus=0.1, anneal="down", anneal_epochs=18)  # period 2 epochs
+    compiled = torch.compile(sampler, backend="eager")
+    anchors, candidates = unit(8, 16, 8, torch.float32), unit(40, 16, 9, torch.float32)
+    betas = set()
+    for step in range(38):  # 2 steps per epoch, 19 epochs: every level and the end at 0
+        sampler.set_progress(step, 2, record_diagnostics=step % 2 == 0)
+        eager = HardSampler(beta=1.0, tau_plus=0.1, anneal="down", anneal_epochs=18)
+        eager.set_progress(step, 2)
+        got, want = compiled(anchors, anchors, candidates, None, 0.5), eager(anchors, anchors, candidates, None, 0.5)
+        assert got.loss.item() == pytest.approx(want.loss.item(), rel=1e-6)
+        betas.add(sampler.current_beta())
+    assert len(betas) == 9
+    assert dynamo.utils.counters["stats"]["unique_graphs"] <= 4  # with and without diagnostics
+    dynamo.reset()
+
+
 # ---- validation ----
 
 @pytest.mark.parametrize("kwargs, message", [

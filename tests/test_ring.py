@@ -336,6 +336,7 @@ def test_annealed_ring_under_torch_compile_does_not_recompile_every_step():
     import torch._dynamo as dynamo
 
     dynamo.reset()
+    dynamo.utils.counters.clear()  # reset() leaves the counters of earlier compilations
     sampler = RingSampler(0.1, 0.1, anneal="linear", anneal_epochs=1.0)
     compiled = torch.compile(sampler, backend="eager")
     anchors, pool = unit(torch.randn(8, 16)), unit(torch.randn(300, 16))

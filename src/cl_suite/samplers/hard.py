@@ -72,18 +72,23 @@ class HardSampler(NegativeSampler):
         self.tau_plus = check_tau_plus(tau_plus)
         self.anneal = anneal
         self.anneal_epochs = None if anneal_epochs is None else int(anneal_epochs)
+        self._beta_now = self._beta_at_this_step()
 
-    def current_beta(self) -> float:
-        """The beta of the current step: ``beta``, or its annealed value in the current whole epoch."""
+    def set_progress(self, step: int, steps_per_epoch: int, record_diagnostics: bool = True) -> None:
+        super().set_progress(step, steps_per_epoch, record_diagnostics)
+        # Computed here, outside torch.compile's graph: reading the step inside it would recompile the graph
+        # at every step; the graph sees only beta, which changes once per level (9 values).
+        self._beta_now = self._beta_at_this_step()
+
+    def _beta_at_this_step(self) -> float:
         if self.anneal is None:
             return self.beta
-        return self._annealed_beta()
-
-    @torch.compiler.disable
-    def _annealed_beta(self) -> float:
-        # Outside torch.compile's graph: reading the step there would recompile it at every step; the
-        # graph then only sees beta, which changes once per level (9 values).
         return annealed_beta(self.beta, self.step // self.steps_per_epoch, self.anneal_epochs)
+
+    def current_beta(self) -> float:
+        """The beta of the current step (``set_progress``): ``beta``, or its annealed value in the current
+        whole epoch."""
+        return self._beta_now
 
     def negative_term(self, ctx: Contrast) -> NegativeTerm:
         beta = self.current_beta()

@@ -121,6 +121,8 @@ class RingSampler(NegativeSampler):
         self.anneal_step_size = float(anneal_step_size)
         self.anneal_decay = float(anneal_decay)
         self._checked_counts = False
+        if anneal is not None:
+            _run_annealed_ring_eagerly()
 
     @classmethod
     def check_candidates(cls, sampler_cfg, count: int, source: str) -> None:
@@ -155,13 +157,7 @@ class RingSampler(NegativeSampler):
     def negative_term(self, ctx: Contrast) -> NegativeTerm:
         if self.anneal is None:
             return self._ring_term(ctx, self.outer_fraction)
-        return self._annealed_ring_term(ctx)
-
-    @torch.compiler.disable
-    def _annealed_ring_term(self, ctx: Contrast) -> NegativeTerm:
-        """The annealed ring runs eagerly: its outer fraction (and with it the top-k size) changes from
-        step to step, which under torch.compile would recompile the graph at every step."""
-        return self._ring_term(ctx, self.current_outer_fraction())
+        return _eager_annealed_ring_term(self, ctx)
 
     def _ring_term(self, ctx: Contrast, outer_fraction: float) -> NegativeTerm:
         if not self._checked_counts:
@@ -188,3 +184,20 @@ class RingSampler(NegativeSampler):
                          # torch.full is a device fill; torch.tensor(x, device=cuda) would copy from the host
                          "ring/outer_fraction": torch.full((), outer_fraction, device=ctx.cand_sim.device)},
         )
+
+
+def _annealed_ring_term(sampler: RingSampler, ctx: Contrast) -> NegativeTerm:
+    """The annealed ring runs eagerly: its outer fraction (and with it the top-k size) changes from step
+    to step, which under torch.compile would recompile the graph at every step."""
+    return sampler._ring_term(ctx, sampler.current_outer_fraction())
+
+
+_eager_annealed_ring_term = _annealed_ring_term
+
+
+def _run_annealed_ring_eagerly() -> None:
+    """Wrap the annealed term in ``torch.compiler.disable`` once, when the first annealed ring is built:
+    the wrapper imports ``torch._dynamo``, 1.8 s of every run's start-up (CPU), which only annealing needs."""
+    global _eager_annealed_ring_term
+    if _eager_annealed_ring_term is _annealed_ring_term:
+        _eager_annealed_ring_term = torch.compiler.disable(_annealed_ring_term)
