@@ -361,6 +361,23 @@ def test_a_run_stopped_early_and_started_again_with_a_shorter_schedule_is_contin
     assert ckpt.load_checkpoint(run_dir / "checkpoints" / "last.pt")["config"]["trainer"]["epochs"] == 2
 
 
+
+def test_a_run_stopped_early_and_started_again_with_a_larger_batch_is_not_taken_as_finished(
+        tmp_path, monkeypatch, capsys):
+    """Stopped at step 10 of its 16 (batch 32: 4 steps per epoch); with batch 64 (2 steps per epoch) this
+    command stops at step 8. The checkpoint's own end is counted in its own steps per epoch (16, not
+    4 epochs x 2 = 8): an interrupted run, continued with the changed batch size, not a finished one."""
+    run_dir = tmp_path / "run"
+    _stopped_run(run_dir, monkeypatch, RUN, at_step=10)
+    capsys.readouterr()
+    final = train(compose_train(RUN + ["trainer.batch_size=64"], run_dir))
+    out = capsys.readouterr().out
+    assert "training is complete" not in out and "trainer.batch_size: checkpoint 32, this run 64" in out
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert final["step"] == metrics["final"]["step"] == 10
+    assert "trainer.batch_size: checkpoint 32, this run 64" in metrics["setting_changes"][0]["changes"]
+    assert ckpt.load_checkpoint(run_dir / "checkpoints" / "last.pt")["steps_per_epoch"] == 2
+
 def test_a_finished_run_extended_and_stopped_has_no_final_numbers_until_its_new_end(tmp_path, monkeypatch):
     run_dir = tmp_path / "run"
     train(compose_train(RUN + ["trainer.max_steps=4"], run_dir))

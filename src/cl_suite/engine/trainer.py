@@ -633,6 +633,7 @@ class Trainer:
             "config": self._checkpoint_config(), "wandb_run_id": self.logger.run_id,
             "history": self.history, "best": self.best, "skipped_steps": self.nonfinite.total_skipped,
             "threads": torch.get_num_threads(),
+            "steps_per_epoch": self.steps_per_epoch,  # the checkpoint's own stop step, under another batch size
         }
         progress = self._epoch_progress
         if self.step % self.steps_per_epoch and progress and progress["epoch"] == self.step // self.steps_per_epoch:
@@ -690,7 +691,8 @@ class Trainer:
             self._saved_evaluation = saved.get("evaluation")
         # Done: this command asks for no more steps, and the run had reached its own end (a run stopped
         # early and started again with a shorter schedule is continued with it, not taken as finished).
-        self.training_was_done = own and self.step >= max(self.stop_step, self._stop_step_of(saved))
+        self.training_was_done = own and self.step >= max(self.stop_step,
+                                                            self._stop_step_of(saved, state.get("steps_per_epoch")))
         self._restored_config = saved
         final = self.history.get("final") or {}
         self.nothing_to_do = (self.training_was_done and final.get("step") == self.step
@@ -730,14 +732,17 @@ class Trainer:
                         "with them, so the continuation will differ from an uninterrupted run:\n  "
                         + "\n  ".join(applied + others))
 
-    def _stop_step_of(self, saved: dict) -> int:
-        """The step a checkpoint's own config stopped at, counted in this run's steps per epoch; 0 where the
+    def _stop_step_of(self, saved: dict, saved_steps_per_epoch: Any) -> int:
+        """The step a checkpoint's own config stopped at, in its own steps per epoch (this run's for a
+        checkpoint that does not record them: they differ only where the batch size changed); 0 where the
         config does not say."""
         trainer = saved.get("trainer") if isinstance(saved.get("trainer"), dict) else {}
         epochs, max_steps = trainer.get("epochs"), trainer.get("max_steps")
         if not isinstance(epochs, int):
             return 0
-        return stop_step(epochs, max_steps if isinstance(max_steps, int) else None, self.steps_per_epoch)
+        steps_per_epoch = saved_steps_per_epoch if (isinstance(saved_steps_per_epoch, int) and not isinstance(
+            saved_steps_per_epoch, bool) and saved_steps_per_epoch >= 1) else self.steps_per_epoch
+        return stop_step(epochs, max_steps if isinstance(max_steps, int) else None, steps_per_epoch)
 
     def _checkpoint_config(self) -> dict:
         """The config a checkpoint stores: this run's; a run whose training was done before keeps the one it
