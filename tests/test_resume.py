@@ -345,38 +345,30 @@ def _stopped_run(run_dir, monkeypatch, overrides, at_step):
     assert stopped.value.code == 128 + signal.SIGTERM
 
 
+@pytest.mark.parametrize("override, change", [
+    # 2 epochs = 8 steps: not a finished run whose records stay, but a continuation with a changed setting
+    ("trainer.epochs=2", "trainer.epochs: checkpoint 4, this run 2"),
+    # batch 64: 2 steps per epoch, so this command stops at step 8; the checkpoint's own end is counted in its
+    # own steps per epoch (16, not 4 epochs x 2 = 8)
+    ("trainer.batch_size=64", "trainer.batch_size: checkpoint 32, this run 64"),
+])
 def test_a_run_stopped_early_and_started_again_with_a_shorter_schedule_is_continued_with_it(
-        tmp_path, monkeypatch, capsys):
-    """Stopped at step 10 of 16, started again with 2 epochs (8 steps): not a finished run whose records
-    stay, but a continuation with a changed setting, recorded as such."""
+        tmp_path, monkeypatch, capsys, override, change):
+    """Stopped at step 10 of its 16 (batch 32: 4 steps per epoch), started again with a schedule that ends
+    before step 10: continued with the changed setting, and recorded as such."""
     run_dir = tmp_path / "run"
     _stopped_run(run_dir, monkeypatch, RUN, at_step=10)
     capsys.readouterr()
-    final = train(compose_train(RUN + ["trainer.epochs=2"], run_dir))
+    final = train(compose_train(RUN + [override], run_dir))
     out = capsys.readouterr().out
-    assert "training is complete" not in out and "trainer.epochs: checkpoint 4, this run 2" in out
+    assert "training is complete" not in out and change in out
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert final["step"] == metrics["final"]["step"] == 10
-    assert metrics["setting_changes"] == [{"step": 10, "changes": ["trainer.epochs: checkpoint 4, this run 2"]}]
-    assert ckpt.load_checkpoint(run_dir / "checkpoints" / "last.pt")["config"]["trainer"]["epochs"] == 2
+    assert metrics["setting_changes"] == [{"step": 10, "changes": [change]}]
+    saved = ckpt.load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    assert saved["config"]["trainer"]["epochs"] == (2 if override == "trainer.epochs=2" else 4)
+    assert saved["steps_per_epoch"] == (2 if override == "trainer.batch_size=64" else 4)
 
-
-
-def test_a_run_stopped_early_and_started_again_with_a_larger_batch_is_not_taken_as_finished(
-        tmp_path, monkeypatch, capsys):
-    """Stopped at step 10 of its 16 (batch 32: 4 steps per epoch); with batch 64 (2 steps per epoch) this
-    command stops at step 8. The checkpoint's own end is counted in its own steps per epoch (16, not
-    4 epochs x 2 = 8): an interrupted run, continued with the changed batch size, not a finished one."""
-    run_dir = tmp_path / "run"
-    _stopped_run(run_dir, monkeypatch, RUN, at_step=10)
-    capsys.readouterr()
-    final = train(compose_train(RUN + ["trainer.batch_size=64"], run_dir))
-    out = capsys.readouterr().out
-    assert "training is complete" not in out and "trainer.batch_size: checkpoint 32, this run 64" in out
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert final["step"] == metrics["final"]["step"] == 10
-    assert "trainer.batch_size: checkpoint 32, this run 64" in metrics["setting_changes"][0]["changes"]
-    assert ckpt.load_checkpoint(run_dir / "checkpoints" / "last.pt")["steps_per_epoch"] == 2
 
 def test_a_finished_run_extended_and_stopped_has_no_final_numbers_until_its_new_end(tmp_path, monkeypatch):
     run_dir = tmp_path / "run"
