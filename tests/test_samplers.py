@@ -4,6 +4,8 @@ traps (DCL's clamp on the sum-scale N_g, HCL's weights normalised by their mean,
 unmasked candidates only), numerical stability and validation."""
 import math
 
+import numpy as np
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -417,3 +419,85 @@ def test_false_negative_rate_counts_same_class_weight():
                            candidate_labels=torch.tensor([0, 0, 1, 2, 2, -1]))
     # anchor 0: 2 of 5 labelled candidates share its class; anchor 1: 1 of 5 -> 3 / 10
     assert out.stats["negatives/false_negative_rate"].item() == pytest.approx(0.3)
+
+
+# ---- DCL / HCL presets against a transcription of the authors' criterion ----
+#
+# chingyaoc/DCL main.py ``train`` and joshr17/HCL image/main.py ``criterion``, restated: both views' unit
+# projections stacked view 1 first; the (2B, 2B) matrix of exp(s/t); a boolean mask built per row i < B
+# that drops columns i and i + B, the same mask repeated for rows B..2B-1; ``masked_select`` of it
+# reshaped to (2B, 2B-2); pos = exp(<z1_i, z2_i>/t) duplicated for both views; with N = 2B-2,
+# HCL's 'hard' estimator computes imp = exp(beta log neg), R = sum(imp neg) / mean(imp), DCL's the plain
+# sum (HCL at beta = 0); Ng = (R - tau_plus N pos) / (1 - tau_plus) clamped below at N e^{-1/t}; loss =
+# mean(-log(pos / (pos + Ng))). Probability space, as they compute it (safe at t = 0.5 in float64).
+
+def authors_dcl_hcl_criterion(out_1, out_2, t, tau_plus, beta):
+    b = out_1.shape[0]
+    out = torch.cat([out_1, out_2])
+    neg = torch.exp(out @ out.T / t)
+    half = torch.ones(b, 2 * b, dtype=torch.bool)
+    for i in range(b):
+        half[i, i] = False
+        half[i, i + b] = False
+    neg = neg.masked_select(torch.cat([half, half])).view(2 * b, -1)
+    pos = torch.exp((out_1 * out_2).sum(dim=-1) / t)
+    pos = torch.cat([pos, pos])
+    n = 2 * b - 2
+    imp = (beta * neg.log()).exp()
+    reweight_neg = (imp * neg).sum(dim=-1) / imp.mean(dim=-1)
+    ng = (-tau_plus * n * pos + reweight_neg) / (1 - tau_plus)
+    clamped = ng < n * np.e ** (-1 / t)
+    ng = torch.clamp(ng, min=n * np.e ** (-1 / t))
+    return (-torch.log(pos / (pos + ng))).mean(), clamped
+
+
+def preset_simclr_on_raw_embeddings(overrides, dim):
+    """The method the trainer builds for ``overrides`` (its sampler and temperature from the composed
+    preset), with the backbone and projector replaced by the identity so the test controls the embeddings."""
+    from cl_suite.engine.build import DatasetFacts, build_method
+    from helpers import RawFeatures, compose_train
+
+    cfg = compose_train(overrides)
+    method = build_method(cfg, DatasetFacts(num_samples=100, num_classes=10))
+    method.backbone, method.projector = RawFeatures(dim), torch.nn.Identity()
+    return method, cfg
+
+
+def spread_views(seed, b=6, dim=8):
+    """Two views of b random images (in 8 dimensions, cosines of other images near 0): the second half's
+    views nearly coincide (P close to e^{1/t}), the first half's second view is an unrelated point, so at
+    tau_plus 0.3 the clamp binds for the second half's anchors and not for the first half's."""
+    g = torch.Generator().manual_seed(seed)
+    x1 = torch.randn(b, dim, generator=g)
+    x2 = x1 + 0.05 * torch.randn(b, dim, generator=g)
+    x2[: b // 2] = torch.randn(b // 2, dim, generator=g)
+    return x1, x2
+
+
+@pytest.mark.parametrize("overrides, tau_plus, beta", [
+    (["method=dcl"], 0.1, 0.0),
+    (["method=dcl", "sampler.tau_plus=0.3"], 0.3, 0.0),
+    (["method=dcl", "sampler.tau_plus=0"], 0.0, 0.0),
+    (["method=hcl"], 0.1, 1.0),
+    (["method=hcl", "sampler.tau_plus=0.3", "sampler.beta=0.5"], 0.3, 0.5),
+    (["method=hcl", "sampler.beta=2.0"], 0.1, 2.0),
+])
+def test_dcl_and_hcl_presets_equal_the_authors_criterion(overrides, tau_plus, beta):
+    method, cfg = preset_simclr_on_raw_embeddings(overrides, dim=8)
+    t = cfg.method.temperature
+    assert t == 0.5 and cfg.sampler.tau_plus == tau_plus and cfg.sampler.get("beta", 0.0) == beta
+    bound = set()
+    for seed in range(3):
+        x1, x2 = spread_views(seed)
+        a, b = x1.clone().requires_grad_(), x2.clone().requires_grad_()
+        out = method((a, b), labels=torch.zeros(x1.shape[0], dtype=torch.long))
+        ga, gb = torch.autograd.grad(out.loss, (a, b))
+        c, d = x1.double().requires_grad_(), x2.double().requires_grad_()
+        ref, clamped = authors_dcl_hcl_criterion(F.normalize(c, dim=1), F.normalize(d, dim=1), t, tau_plus, beta)
+        ha, hb = torch.autograd.grad(ref, (c, d))
+        assert math.isclose(out.loss.item(), ref.item(), rel_tol=1e-5)
+        torch.testing.assert_close(ga.double(), ha, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(gb.double(), hb, rtol=1e-4, atol=1e-6)
+        bound |= set(clamped.tolist())
+    if tau_plus >= 0.3:  # both branches of the clamp are exercised
+        assert bound == {True, False}
