@@ -522,3 +522,95 @@ def test_rince_variant_picks_the_form_of_each_rank(variant, forms):
     others = {tuple(f) for f in (["in", "in"], ["out", "out"], ["out", "in"], ["in", "out"])} - {tuple(forms)}
     for other in others:  # the forms give different numbers here
         assert slow_rince(own, bank, ranks, method.temperatures, list(other)) != pytest.approx(expected, rel=1e-4)
+
+
+# ---- NNCLR preset against a transcription of the reference (mwritescode/nnclr-cifar100) ----
+#
+# ``src/utils/support_set.py`` QueueSupportSet and ``src/utils/training/loss.py`` NNCLRLoss, restated: the
+# support set is a (size, d) tensor of raw projections and a pointer; a lookup L2-normalises the queue and
+# the query, takes the argmax of their dot products and returns the *normalised* queue row; an update with
+# a batch of b rows writes rows ptr..ptr+b-1 and advances the pointer, except when ptr + b >= size: then
+# the tail ptr..size-1 gets the batch's first size - ptr rows, the rest of the batch is dropped and the
+# pointer goes back to 0. The loss is 0.5 CE(norm(nn2) @ norm(p1).T / t, arange) + 0.5 CE(norm(nn1) @
+# norm(p2).T / t, arange); ``src/models/nnclr.py`` looks both views up before the update, which writes
+# view 1's projections, in training only.
+
+class AuthorsSupportSet:
+    def __init__(self, rows):
+        self.queue, self.pointer = rows.clone(), 0
+
+    def __call__(self, x):
+        queue_l2 = F.normalize(self.queue, p=2, dim=1)
+        return queue_l2[(F.normalize(x, p=2, dim=1) @ queue_l2.T).argmax(dim=1)]
+
+    def update_queue(self, batch):
+        size, b = self.queue.shape[0], batch.shape[0]
+        if self.pointer + b >= size:
+            self.queue[self.pointer:] = batch[:size - self.pointer].detach()
+            self.pointer = 0
+        else:
+            self.queue[self.pointer:self.pointer + b] = batch.detach()
+            self.pointer += b
+
+
+def authors_nnclr_loss(pred1, pred2, nn1, nn2, t):
+    def part(pred, nn):
+        logits = F.normalize(nn, p=2, dim=1) @ F.normalize(pred, p=2, dim=1).T / t
+        return F.cross_entropy(logits, torch.arange(pred.shape[0]))
+    return part(pred1, nn2) * 0.5 + part(pred2, nn1) * 0.5
+
+
+def nnclr_preset(support_set_size):
+    cfg = compose_train(["method=nnclr", "backbone.widths=[4,8]", "method.projector_hidden_dims=[16,16]",
+                         "method.projector_dim=8", "method.predictor_hidden_dims=[16]",
+                         f"method.support_set_size={support_set_size}"])
+    torch.manual_seed(0)
+    return build_method(cfg, DatasetFacts(num_samples=100, num_classes=10)), cfg
+
+
+def test_nnclr_preset_steps_equal_the_reference_support_set_and_loss():
+    """Six training steps of the preset (batch 4, support set 12: a multiple of the batch, as in the
+    recipes, so both wrap alike): the loss and every parameter's gradient equal the reference's computed
+    in float64 from the same projections, and the support set equals the reference queue after each step."""
+    method, cfg = nnclr_preset(12)
+    t = cfg.method.temperature
+    assert t == 0.1 and cfg.method.projector_dim == 8
+    method.train()
+    start = torch.randn(12, 8, generator=torch.Generator().manual_seed(1)) * 3  # raw rows, not unit norm
+    method.support_set.push(start, torch.arange(12))  # every row written: the reference starts full (randn)
+    authors = AuthorsSupportSet(start.double())
+    params = [p for p in method.parameters() if p.requires_grad]
+    for step in range(6):
+        x1, x2 = images(4, seed=10 + step)
+        out = method((x1, x2), torch.arange(4))
+        grads = torch.autograd.grad(out.loss, params)
+        z1, z2 = (method.projector(method.backbone(x)).double() for x in (x1, x2))
+        p1, p2 = method.predictor(z1.float()).double(), method.predictor(z2.float()).double()
+        ref = authors_nnclr_loss(p1, p2, authors(z1.detach()), authors(z2.detach()), t)
+        ref_grads = torch.autograd.grad(ref, params)
+        assert out.loss.item() == pytest.approx(ref.item(), rel=1e-5)
+        for g, h in zip(grads, ref_grads):
+            torch.testing.assert_close(g, h, rtol=1e-3, atol=1e-5)  # float32 convolutions on both sides
+        method.after_step(out.memory, step, 6)
+        authors.update_queue(z1.detach())
+        torch.testing.assert_close(method.support_set.embeddings.double(), authors.queue, rtol=1e-6, atol=1e-6)
+        assert int(method.support_set.ptr) == authors.pointer
+
+
+def test_nnclr_documented_differences_from_the_reference_support_set():
+    """README's fidelity table: (1) a batch that runs past the end wraps to the start (the reference drops
+    the rows past the end and restarts at 0); (2) before any write the positive is the view's own
+    projection (the reference looks up its randn rows)."""
+    method, _ = nnclr_preset(10)
+    authors = AuthorsSupportSet(method.support_set.embeddings.double())
+    x = torch.randn(4, 8)
+    torch.testing.assert_close(method.lookup(x, torch.arange(4))[0], F.normalize(x, dim=1))
+    assert not torch.allclose(authors(x.double()).float(), F.normalize(x, dim=1))
+    batches = [torch.randn(4, 8, generator=torch.Generator().manual_seed(s)) for s in range(3)]
+    for batch in batches:  # rows 0-3, 4-7, then 8, 9 and (suite) 0, 1
+        method.support_set.push(batch, torch.arange(4))
+        authors.update_queue(batch.double())
+    torch.testing.assert_close(method.support_set.embeddings[4:].double(), authors.queue[4:])
+    torch.testing.assert_close(method.support_set.embeddings[:2], batches[2][2:])  # wrapped to the start
+    torch.testing.assert_close(authors.queue[:4].float(), batches[0])  # dropped by the reference
+    assert (int(method.support_set.ptr), authors.pointer) == (2, 0)
