@@ -614,3 +614,162 @@ def test_nnclr_documented_differences_from_the_reference_support_set():
     torch.testing.assert_close(method.support_set.embeddings[:2], batches[2][2:])  # wrapped to the start
     torch.testing.assert_close(authors.queue[:4].float(), batches[0])  # dropped by the reference
     assert (int(method.support_set.ptr), authors.pointer) == (2, 0)
+
+
+# ---- RINCE presets against a transcription of the reference (boschresearch/rince, branch cifar, losses.py) ----
+#
+# ``ContrastiveRanking`` restated (``get_similar_labels``, ``compute_InfoNCE_classSimilarity``, ``forward``,
+# ``sum_in_log``, ``sum_out_log``, ``ContrastiveRankingLoss``), for the README's command lines: each class's
+# list is [itself, its superclass siblings, every other class in index order] with scores [1, 0.75.., 0..];
+# per anchor row these lists and scores; class columns kept where some row scores >= the threshold, then
+# the first n_sim_classes of them (the scores are cut to n_sim_classes without that column filter, as the
+# code does); one bank mask per column (bank label == column class); one_loss_per_rank merges the columns
+# of equal score into one mask per distinct score, highest first, with tau = t_min + (1 - s)(t_max - t_min).
+# Then per rank i: rank 0 removes its mask (minus the threshold mask of column 0) from the negatives and
+# keeps it as positives, with the own key's logit prepended; a later rank (use_same_and_similar_class)
+# uses the union of all rank masks as positives and removes it from the (already reduced) negatives; the
+# SCL command lines (threshold 0, no use_same_and_similar_class) just move the mask. "in": softmax of
+# [pos, neg] / tau, sum of the positive part, rows with sum <= 1e-7 dropped, mean of -log; "out":
+# exp(pos/tau) / (exp(pos/tau) + sum exp(neg/tau)) per positive, entries <= 1e-7 dropped, mean of -log;
+# the loss is the mean of the rank terms. The keys are enqueued after the logits.
+
+def authors_class_lists(num_classes, group_of_class):
+    lists, scores = [], []
+    for c in range(num_classes):
+        similar = [c] + [d for d in range(num_classes) if d != c and group_of_class[d] == group_of_class[c]]
+        others = [d for d in range(num_classes) if d not in similar]
+        score = torch.tensor([0.75] * len(similar) + [0.0] * len(others), dtype=torch.float64)
+        score[0] = 1
+        lists.append(torch.tensor(similar + others))
+        scores.append(score)
+    return lists, scores
+
+
+def authors_rince_loss(anchor, pos, labels, bank, bank_labels, group_of_class, opt):
+    lists, scores = authors_class_lists(len(group_of_class), group_of_class)
+    tau = lambda s: opt["min_tau"] + (1 - s) * (opt["max_tau"] - opt["min_tau"])  # noqa: E731
+    sim_labels = torch.stack([lists[y] for y in labels.tolist()])
+    sim_sims = torch.stack([scores[y] for y in labels.tolist()])
+    leq = sim_sims >= opt["similarity_threshold"]
+    keep = leq.sum(dim=0) > 0
+    sim_labels, leq = sim_labels[:, keep][:, :opt["n_sim_classes"]], leq[:, keep][:, :opt["n_sim_classes"]]
+    sim_sims = sim_sims[:, :opt["n_sim_classes"]]
+    below = ~leq
+    use_all_above = opt["similarity_threshold"] > 0
+    l_pos = (anchor * pos).sum(dim=1, keepdim=True)
+    masks = [(bank_labels[:, None] == sim_labels[None, :, i]).T for i in range(sim_labels.shape[1])]
+    threshold_masks = [below[:, i:i + 1].repeat(1, bank.shape[0]) for i in range(sim_labels.shape[1])] \
+        if use_all_above else []
+    taus = [tau(sim_sims[:, i]) for i in range(sim_labels.shape[1])]
+    if opt["one_loss_per_rank"]:
+        distinct = [s for s in reversed(sim_sims.unique(sorted=True)) if s > -1]
+        new_masks, taus = [], [tau(torch.ones_like(taus[0]) * s) for s in distinct]
+        for s in distinct:
+            merged = torch.zeros_like(masks[0])
+            for i in range(sim_labels.shape[1]):
+                same_score = sim_sims[:, i] == s
+                merged[same_score] = merged[same_score] | masks[i][same_score]
+            new_masks.append(merged)
+        masks = new_masks
+    l_class_pos = anchor @ bank.T
+    l_neg = l_class_pos.clone()
+
+    def sum_in_log(p, n, t):
+        soft = F.softmax(torch.cat([p, n], dim=1) / t, dim=1)
+        total = soft[:, :p.shape[1]].sum(1)
+        total = total[total > 1e-7]
+        return -torch.log(total).mean() if len(total) else torch.zeros((), dtype=p.dtype)
+
+    def sum_out_log(p, n, t):
+        p_exp = torch.exp(p / t)
+        scores_ = p_exp / (p_exp + torch.exp(n / t).sum(dim=1, keepdim=True))
+        scores_ = scores_[scores_ > 1e-7]
+        return -torch.log(scores_).mean() if len(scores_) else torch.zeros((), dtype=p.dtype)
+
+    terms = []
+    for i, mask in enumerate(masks):
+        if opt["use_same_and_similar_class"] and i != 0:
+            mask = masks[-1]
+            for j in range(len(masks) - 1):
+                mask = mask | masks[j]
+            l_neg[mask & ~threshold_masks[i]] = -float("inf")
+            cur = l_class_pos.clone()
+            cur[~mask] = -float("inf")
+            cur[threshold_masks[i]] = -float("inf")
+        elif use_all_above or (opt["use_same_and_similar_class"] and i == 0):
+            l_neg[mask & ~threshold_masks[i]] = -float("inf")
+            cur = l_class_pos.clone()
+            cur[~mask] = -float("inf")
+            cur[threshold_masks[i]] = -float("inf")
+        else:
+            l_neg[mask] = -float("inf")
+            cur = l_class_pos.clone()
+            cur[~mask] = -float("inf")
+        t = taus[i].view(-1, 1)
+        if i == 0:
+            cur = torch.cat([l_pos, cur], dim=1)
+        if opt["mixed_out_in"] and i == 0:
+            terms.append(sum_out_log(cur, l_neg, t))
+        elif opt["do_sum_in_log"]:
+            terms.append(sum_in_log(cur, l_neg, t))
+        else:
+            terms.append(sum_out_log(cur, l_neg, t))
+        if opt["use_same_and_similar_class"] and i != 0:
+            break
+    return sum(terms) / len(terms)
+
+
+RINCE_README = dict(min_tau=0.1, max_tau=0.6, similarity_threshold=0.5, n_sim_classes=5, one_loss_per_rank=True,
+                    use_same_and_similar_class=True, do_sum_in_log=True, mixed_out_in=False)
+SCL_README = dict(min_tau=0.1, max_tau=0.1, similarity_threshold=0.0, n_sim_classes=1, one_loss_per_rank=False,
+                  use_same_and_similar_class=False, do_sum_in_log=True, mixed_out_in=False)
+
+
+@pytest.mark.parametrize("overrides, opt", [
+    ([], RINCE_README),  # README "RINCE in"
+    (["method.variant=out"], {**RINCE_README, "do_sum_in_log": False}),  # README "RINCE out"
+    (["method.variant=out_in"], {**RINCE_README, "mixed_out_in": True}),  # out-in as the loss reads it
+    # the cifar code with its argparse default use_same_and_similar_class=False: rank 2 = siblings only
+    (["method.cumulative_ranks=false"], {**RINCE_README, "use_same_and_similar_class": False}),
+    (["method.rank_similarities=[1.0]", "method.temperature_max=0.1"], SCL_README),  # README "SCL in"
+    (["method.rank_similarities=[1.0]", "method.temperature_max=0.1", "method.variant=out"],
+     {**SCL_README, "do_sum_in_log": False}),  # README "SCL out"
+], ids=["rince_in", "rince_out", "rince_out_in", "rince_siblings", "scl_in", "scl_out"])
+def test_rince_preset_steps_equal_the_reference_ranking_loss(overrides, opt):
+    """Three training steps of the rince preset (15 classes in 3 superclasses of 5, as CIFAR-100's 20 of 5;
+    an 18-row bank, two batches written): the loss and the query encoder's gradients equal the reference's, in
+    float64 from the same embeddings, and each step's keys enter the bank with their labels."""
+    group_of_class = torch.arange(15) % 3
+    cfg = compose_train(["method=rince", "backbone.widths=[4,8]", "method.projector_hidden_dims=[16]",
+                         "method.projector_dim=8", "method.bank_size=18", *overrides])
+    torch.manual_seed(0)
+    method = build_method(cfg, DatasetFacts(num_samples=100, num_classes=15, coarse_of_class=group_of_class)).train()
+    g = torch.Generator().manual_seed(4)
+    batches = [(F.normalize(torch.randn(6, 8, generator=g), dim=1), torch.randint(0, 6, (6,), generator=g))
+               for _ in range(2)]
+    for rows, row_labels in batches:  # two earlier batches of keys; 6 rows still random, label -1
+        method.queue.push(rows, row_labels)
+    # the reference's bank holds the same rows newest first (it prepends)
+    bank = torch.cat([batches[1][0], batches[0][0], method.queue.embeddings[12:]]).double()
+    bank_labels = torch.cat([batches[1][1], batches[0][1], method.queue.labels[12:]])
+    params = method.query_parameters()
+    for step in range(3):
+        x1, x2 = images(6, seed=20 + step)
+        labels = torch.randint(0, 7, (6,), generator=g)
+        out = method((x1, x2), labels)
+        grads = torch.autograd.grad(out.loss, params)
+        q = F.normalize(method.projector(method.backbone(x1)), dim=1).double()
+        k = method.key_encoder(x2).double()
+        ref = authors_rince_loss(q, k, labels, bank, bank_labels, group_of_class.tolist(), opt)
+        ref_grads = torch.autograd.grad(ref, params)
+        assert out.loss.item() == pytest.approx(ref.item(), rel=1e-5)
+        for a, b in zip(grads, ref_grads):
+            torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5)  # float32 convolutions on both sides
+        method.after_step(out.memory, step, 3)
+        bank = torch.cat([k, bank[:-6]])  # the reference's enqueue: prepend, drop the oldest rows
+        bank_labels = torch.cat([labels, bank_labels[:-6]])
+        # the same rows (in another order: the suite's FIFO pointer, the reference's prepend)
+        order = lambda e, y: sorted(zip(y.tolist(), e.double().flatten(1).tolist()))  # noqa: E731
+        ours = order(method.queue.embeddings, method.queue.labels)
+        for (la, ea), (lb, eb) in zip(ours, order(bank, bank_labels)):
+            assert la == lb and ea == pytest.approx(eb, abs=1e-6)
