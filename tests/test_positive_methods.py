@@ -773,3 +773,54 @@ def test_rince_preset_steps_equal_the_reference_ranking_loss(overrides, opt):
         ours = order(method.queue.embeddings, method.queue.labels)
         for (la, ea), (lb, eb) in zip(ours, order(bank, bank_labels)):
             assert la == lb and ea == pytest.approx(eb, abs=1e-6)
+
+
+# ---- SupCon preset against a transcription of HobbitLong/SupContrast losses.py SupConLoss ----
+#
+# Restated for labels and contrast_mode 'all': features [bsz, n_views, d] unbound along the views and
+# stacked (view 1 rows first) as both anchors and contrast set; logits = anchor . contrast / t minus each
+# row's (detached) maximum; the label-equality mask tiled n_views x n_views with the diagonal zeroed; the
+# log-probability over every column but the anchor itself; the mean of it over the positives (a count
+# below 1e-6 replaced by 1); the loss -(t / base_t) times that, averaged over all anchors.
+
+def authors_supcon_loss(features, labels, temperature, base_temperature=0.07):
+    bsz, n_views = features.shape[:2]
+    mask = (labels.view(-1, 1) == labels.view(1, -1)).to(features.dtype)
+    contrast = torch.cat(torch.unbind(features, dim=1), dim=0)
+    logits = contrast @ contrast.T / temperature
+    logits = logits - logits.max(dim=1, keepdim=True).values.detach()
+    mask = mask.repeat(n_views, n_views)
+    logits_mask = torch.ones_like(mask).scatter(1, torch.arange(bsz * n_views).view(-1, 1), 0)
+    mask = mask * logits_mask
+    log_prob = logits - torch.log((torch.exp(logits) * logits_mask).sum(1, keepdim=True))
+    pairs = mask.sum(1)
+    pairs = torch.where(pairs < 1e-6, torch.ones_like(pairs), pairs)
+    loss = -(temperature / base_temperature) * (mask * log_prob).sum(1) / pairs
+    return loss.view(n_views, bsz).mean()
+
+
+def test_supcon_preset_equals_the_authors_loss_up_to_the_documented_t_over_base_t_factor():
+    """README's fidelity table: the suite leaves out the code's t / base_t factor (base_t = 0.07), so at
+    the preset's t = 0.1 the code's loss and gradients are 0.1 / 0.07 times the suite's; with
+    base_t = t they are equal."""
+    from helpers import RawFeatures
+
+    cfg = compose_train(["method=supcon"])
+    t = cfg.method.temperature
+    assert t == 0.1 and cfg.method.bank_size == 0
+    method = build_method(cfg, DatasetFacts(num_samples=100, num_classes=10))
+    method.backbone, method.projector = RawFeatures(6), torch.nn.Identity()
+    g = torch.Generator().manual_seed(5)
+    x1, x2 = torch.randn(8, 6, generator=g), torch.randn(8, 6, generator=g)
+    labels = torch.tensor([0, 1, 0, 2, 1, 0, 3, 2])  # class 3 has one image: its two views are each other's only positive
+    a, b = x1.clone().requires_grad_(), x2.clone().requires_grad_()
+    out = method((a, b), labels)
+    ga, gb = torch.autograd.grad(out.loss, (a, b))
+    for base, factor in [(0.07, 0.1 / 0.07), (t, 1.0)]:
+        c, d = x1.double().requires_grad_(), x2.double().requires_grad_()
+        features = torch.stack([F.normalize(c, dim=1), F.normalize(d, dim=1)], dim=1)
+        ref = authors_supcon_loss(features, labels, t, base)
+        ha, hb = torch.autograd.grad(ref, (c, d))
+        assert out.loss.item() * factor == pytest.approx(ref.item(), rel=1e-5)
+        torch.testing.assert_close(ga.double() * factor, ha, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(gb.double() * factor, hb, rtol=1e-4, atol=1e-6)
