@@ -305,3 +305,58 @@ def test_the_documented_study_recipe_pairs_are_exactly_those_that_fit(tmp_path, 
             continue
         fits.add(recipe)
     assert fits == documented_fits()[script]
+
+
+# ---- the solo_* recipes against solo-learn's own scripts (vturrisi/solo-learn @ 9187ea3) ----
+#
+# The values of scripts/pretrain/cifar/<method>.yaml and of the augmentation file it names
+# (augmentations/symmetric.yaml, symmetric_weak.yaml, asymmetric.yaml), written out here from reading them:
+# method_kwargs, optimizer (name, lr, classifier_lr, weight_decay, LARS eta / clip_lr /
+# exclude_bias_n_norm), momentum base_tau -> final_tau, max_epochs, batch_size, and per view the crop
+# scale, colour-jitter probability and strengths, grayscale, blur, solarization and flip probabilities.
+SOLO_SYMMETRIC = dict(crop_scale=[0.08, 1.0], jitter=dict(p=0.8, brightness=0.8, contrast=0.8, saturation=0.8, hue=0.2),
+                      grayscale_p=0.2, blur_p=[0.5, 0.5], solarize_p=[0.0, 0.0], flip_p=0.5)
+SOLO_SYMMETRIC_WEAK = {**SOLO_SYMMETRIC, "jitter": dict(p=0.8, brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1)}
+SOLO_ASYMMETRIC = dict(crop_scale=[0.08, 1.0], jitter=dict(p=0.8, brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1),
+                       grayscale_p=0.2, blur_p=[0.0, 0.0], solarize_p=[0.0, 0.2], flip_p=0.5)
+SOLO_LEARN_SCRIPTS = {
+    "simclr": dict(aug=SOLO_SYMMETRIC, method=dict(temperature=0.2, projector_hidden_dims=[2048], projector_dim=256),
+                   optimizer=dict(name="lars", lr=0.4, classifier_lr=0.1, weight_decay=1e-4, eta=0.02, clip_lr=True,
+                                  exclude_bias_and_norm=True)),
+    "nnclr": dict(aug=SOLO_ASYMMETRIC, method=dict(temperature=0.2, projector_hidden_dims=[2048, 2048],
+                                                   predictor_hidden_dims=[4096], projector_dim=256,
+                                                   support_set_size=65536),
+                  optimizer=dict(name="lars", lr=0.4, classifier_lr=0.1, weight_decay=1e-5, eta=0.02, clip_lr=True,
+                                 exclude_bias_and_norm=True)),
+    "supcon": dict(aug=SOLO_SYMMETRIC, method=dict(temperature=0.2, projector_hidden_dims=[2048], projector_dim=256),
+                   optimizer=dict(name="sgd", lr=0.4, classifier_lr=0.1, weight_decay=1e-5)),
+    "mocov2plus": dict(aug=SOLO_SYMMETRIC_WEAK, method=dict(temperature=0.2, projector_hidden_dims=[2048],
+                                                            projector_dim=256, queue_size=32768, momentum=0.99,
+                                                            momentum_final=0.999, symmetric=True),
+                       optimizer=dict(name="sgd", lr=0.3, classifier_lr=0.3, weight_decay=1e-4)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(r for r in RECIPES if r.startswith("solo_")))
+def test_solo_recipes_pin_the_values_of_solo_learns_scripts(name):
+    method, dataset = re.fullmatch(r"solo_(\w+)_(cifar10|cifar100)", name).groups()
+    script = SOLO_LEARN_SCRIPTS[method]
+    cfg = composed(f"experiment={name}")
+    assert cfg.dataset.name == dataset
+    assert cfg.backbone._target_ == composed("backbone=resnet18").backbone._target_
+    assert (cfg.trainer.epochs, cfg.trainer.batch_size) == (1000, 256)
+    for key, value in script["method"].items():
+        assert cfg.method[key] == value, (name, key)
+    opt = script["optimizer"]
+    assert cfg.optimizer._target_ == composed(f"optimizer={opt['name']}").optimizer._target_
+    assert (cfg.optimizer.lr, cfg.optimizer.weight_decay, cfg.optimizer.batch_size_reference) == (
+        opt["lr"], opt["weight_decay"], 256)
+    if opt["name"] == "lars":
+        assert (cfg.optimizer.eta, cfg.optimizer.clip_lr, cfg.optimizer.exclude_bias_and_norm) == (
+            opt["eta"], opt["clip_lr"], opt["exclude_bias_and_norm"])
+    assert (cfg.probe.lr, cfg.probe.weight_decay, cfg.probe.optimizer) == (opt["classifier_lr"], 0.0, opt["name"])
+    aug, ours = script["aug"], cfg.dataset.augment
+    assert (list(ours.crop_scale), ours.crop_size, ours.flip_p, ours.grayscale_p) == (
+        aug["crop_scale"], 32, aug["flip_p"], aug["grayscale_p"])
+    assert dict(ours.jitter) == aug["jitter"]
+    assert (list(ours.blur.p), list(ours.solarize.p)) == (aug["blur_p"], aug["solarize_p"])
