@@ -569,8 +569,8 @@ def nnclr_preset(support_set_size):
 
 
 def test_nnclr_preset_steps_equal_the_reference_support_set_and_loss():
-    """Six training steps of the preset (batch 4, support set 12: a multiple of the batch, as in the
-    recipes, so both wrap alike): the loss and every parameter's gradient equal the reference's computed
+    """Four training steps of the preset (batch 4, support set 12: a multiple of the batch, as in the
+    recipes, so both wrap alike, at the third step): the loss and every parameter's gradient equal the reference's computed
     in float64 from the same projections, and the support set equals the reference queue after each step."""
     method, cfg = nnclr_preset(12)
     t = cfg.method.temperature
@@ -580,7 +580,7 @@ def test_nnclr_preset_steps_equal_the_reference_support_set_and_loss():
     method.support_set.push(start, torch.arange(12))  # every row written: the reference starts full (randn)
     authors = AuthorsSupportSet(start.double())
     params = [p for p in method.parameters() if p.requires_grad]
-    for step in range(6):
+    for step in range(4):
         x1, x2 = images(4, seed=10 + step)
         out = method((x1, x2), torch.arange(4))
         grads = torch.autograd.grad(out.loss, params)
@@ -591,7 +591,7 @@ def test_nnclr_preset_steps_equal_the_reference_support_set_and_loss():
         assert out.loss.item() == pytest.approx(ref.item(), rel=1e-5)
         for g, h in zip(grads, ref_grads):
             torch.testing.assert_close(g, h, rtol=1e-3, atol=1e-5)  # float32 convolutions on both sides
-        method.after_step(out.memory, step, 6)
+        method.after_step(out.memory, step, 4)
         authors.update_queue(z1.detach())
         torch.testing.assert_close(method.support_set.embeddings.double(), authors.queue, rtol=1e-6, atol=1e-6)
         assert int(method.support_set.ptr) == authors.pointer
@@ -736,7 +736,7 @@ SCL_README = dict(min_tau=0.1, max_tau=0.1, similarity_threshold=0.0, n_sim_clas
      {**SCL_README, "do_sum_in_log": False}),  # README "SCL out"
 ], ids=["rince_in", "rince_out", "rince_out_in", "rince_siblings", "scl_in", "scl_out"])
 def test_rince_preset_steps_equal_the_reference_ranking_loss(overrides, opt):
-    """Three training steps of the rince preset (15 classes in 3 superclasses of 5, as CIFAR-100's 20 of 5;
+    """Two training steps of the rince preset (15 classes in 3 superclasses of 5, as CIFAR-100's 20 of 5;
     an 18-row bank, two batches written): the loss and the query encoder's gradients equal the reference's, in
     float64 from the same embeddings, and each step's keys enter the bank with their labels."""
     group_of_class = torch.arange(15) % 3
@@ -753,7 +753,7 @@ def test_rince_preset_steps_equal_the_reference_ranking_loss(overrides, opt):
     bank = torch.cat([batches[1][0], batches[0][0], method.queue.embeddings[12:]]).double()
     bank_labels = torch.cat([batches[1][1], batches[0][1], method.queue.labels[12:]])
     params = method.query_parameters()
-    for step in range(3):
+    for step in range(2):
         x1, x2 = images(6, seed=20 + step)
         labels = torch.randint(0, 7, (6,), generator=g)
         out = method((x1, x2), labels)
@@ -765,7 +765,7 @@ def test_rince_preset_steps_equal_the_reference_ranking_loss(overrides, opt):
         assert out.loss.item() == pytest.approx(ref.item(), rel=1e-5)
         for a, b in zip(grads, ref_grads):
             torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5)  # float32 convolutions on both sides
-        method.after_step(out.memory, step, 3)
+        method.after_step(out.memory, step, 2)
         bank = torch.cat([k, bank[:-6]])  # the reference's enqueue: prepend, drop the oldest rows
         bank_labels = torch.cat([labels, bank_labels[:-6]])
         # the same rows (in another order: the suite's FIFO pointer, the reference's prepend)
