@@ -317,3 +317,38 @@ def test_unreadable_image_names_the_file_and_writes_no_cache(tmp_path, bad_file,
     assert str(path) in str(err.value) and "Remove or replace" in str(err.value)
     assert not (tmp_path / "data" / CACHE_DIR_NAME).exists()
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def _class_tree(root, classes_per_split):
+    """``root/<split>/<class>/<i>.png`` for ``{split: [class, ...]}``, two 8x8 images per class."""
+    from PIL import Image
+
+    for split, classes in classes_per_split.items():
+        for label in classes:
+            (root / split / label).mkdir(parents=True)
+            for i in range(2):
+                Image.new("RGB", (8, 8), (40 * i, 80, 120)).save(root / split / label / f"{i}.png")
+
+
+@pytest.mark.parametrize("layout, named", [
+    ({"train": ["a", "b", "empty"], "test": ["a", "b", "empty"]}, "train/empty holds no image files"),
+    ({"train": ["a", "b"], "test": ["a", "c"]}, "only in train: ['b'], only in test: ['c']"),
+    ({"train": [], "test": ["a", "b"]}, "train has no class sub-folders"),
+])
+def test_a_bad_image_folder_layout_is_a_user_error_naming_the_folder(tmp_path, layout, named):
+    """Before: plain ValueErrors, so train.py printed a traceback for a mistake in the user's own folder."""
+    from cl_suite.errors import UserError
+
+    _class_tree(tmp_path / "data", layout)
+    (tmp_path / "data" / "train").mkdir(exist_ok=True)
+    for split, classes in layout.items():
+        if "empty" in classes:
+            for png in (tmp_path / "data" / split / "empty").iterdir():
+                png.unlink()
+            (tmp_path / "data" / split / "empty" / "nested").mkdir()  # an empty sub-folder is no image either
+    cfg = compose_train(TINY + ["dataset=imagefolder", f"dataset.root={tmp_path / 'data'}", "dataset.image_size=16",
+                                "dataset.augment.crop_size=16", "trainer.batch_size=2"], tmp_path / "run")
+    with pytest.raises(UserError) as err:
+        train(cfg)
+    assert named in str(err.value).replace(str(tmp_path / "data") + "/", "")
+

@@ -66,6 +66,11 @@ class UnreadableImageError(UserError, OSError):
     """An image file that PIL cannot open or decode. The message names the file."""
 
 
+class ImageFolderLayoutError(UserError, ValueError):
+    """A tree that breaks the layout rules above (a class folder without images, splits with other classes,
+    a link out of the root, a folder reached twice). The message names the folder or link and the fix."""
+
+
 def shown_path(path: str | os.PathLike) -> str:
     """``path`` as text any terminal or log file can write: a name that is not valid UTF-8 (kept by
     Python as lone surrogates) shows its raw bytes as ``\\xNN`` escapes instead of failing to encode, and
@@ -157,8 +162,8 @@ def _the_link(*paths: str) -> str:
     return shown_path(paths[0])
 
 
-def _outside_error(path: str, real: str, root: str) -> ValueError:
-    return ValueError(
+def _outside_error(path: str, real: str, root: str) -> ImageFolderLayoutError:
+    return ImageFolderLayoutError(
         f"{shown_path(path)} resolves to {shown_path(real)}, outside the data root {shown_path(root)} (symlink "
         f"{_the_link(path)}). Links that leave the root are refused (the data set would not be what "
         "dataset.root holds); copy the data into the root, or point dataset.root at a folder that contains both"
@@ -177,7 +182,7 @@ def _walk_images(class_path: Path, root: str, seen: dict[str, str]) -> list[str]
         if not _inside(real, root):
             raise _outside_error(folder, real, root)
         if real in seen:
-            raise ValueError(
+            raise ImageFolderLayoutError(
                 f"{shown_path(folder)} leads to the folder {shown_path(real)} a second time (first reached as "
                 f"{shown_path(seen[real])}): a symlink loop, or a second symlink to the same folder, would "
                 f"repeat its images, possibly under another class. Remove the symlink {_the_link(folder, seen[real])}"
@@ -208,7 +213,7 @@ def _list_class_tree(split_path: Path, classes: list[str], root: Path) -> tuple[
     for label, name in enumerate(classes):
         found = _walk_images(split_path / name, os.fspath(root), seen)
         if not found:
-            raise ValueError(
+            raise ImageFolderLayoutError(
                 f"class folder {split_path / name} holds no image files (allowed extensions, any case: "
                 f"{', '.join(IMAGE_EXTENSIONS)}); remove the folder or add its images"
             )
@@ -344,9 +349,9 @@ def _read_split(
         raise _missing_error(split_path, root, key, split_dir)
     own_classes = _class_folders(split_path)
     if not own_classes:
-        raise ValueError(f"{split_path} has no class sub-folders; expected <{key}>/<class>/<image files>")
+        raise ImageFolderLayoutError(f"{split_path} has no class sub-folders; expected <{key}>/<class>/<image files>")
     if classes is not None and own_classes != classes:
-        raise ValueError(
+        raise ImageFolderLayoutError(
             f"{split_path} has different classes from the train split: only in train: "
             f"{sorted(set(classes) - set(own_classes))}, only in {split_dir}: {sorted(set(own_classes) - set(classes))}"
         )
