@@ -352,3 +352,13 @@ def test_a_bad_image_folder_layout_is_a_user_error_naming_the_folder(tmp_path, l
         train(cfg)
     assert named in str(err.value).replace(str(tmp_path / "data") + "/", "")
 
+
+def test_an_image_folder_of_one_class_is_refused_before_training(tmp_path):
+    """Before: the run trained and reported kNN, linear and probe accuracies of 100% (one class to pick)."""
+    _class_tree(tmp_path / "data", {"train": ["only"], "test": ["only"]})
+    cfg = compose_train(TINY + ["dataset=imagefolder", f"dataset.root={tmp_path / 'data'}", "dataset.image_size=16",
+                                "dataset.augment.crop_size=16", "trainer.batch_size=2", "evaluation.knn.k=1"],
+                        tmp_path / "run")
+    with pytest.raises(ConfigError, match=r"dataset=imagefolder has one class \('only'\).*at least 2 classes"):
+        train(cfg)
+    assert not (tmp_path / "run" / "checkpoints").exists()

@@ -521,6 +521,11 @@ def validate_against_data(cfg: DictConfig, data) -> None:
     if not bool((data.train.labels >= 0).any()):
         raise ConfigError(f"dataset={data.name} has no labelled training images: a run's kNN and linear evaluation "
                           "need them (dataset=image_files is for evaluate.py's OOD protocol only)")
+    labels = data.train.labels[data.train.labels >= 0].unique()
+    if len(labels) < 2:
+        raise ConfigError(f"dataset={data.name} has one class ({data.classes[int(labels[0])]!r}) in its labelled "
+                          "training images: its kNN, linear and probe accuracies would be 100% by construction; "
+                          "expected at least 2 classes (an image folder: one sub-folder per class in each split)")
     _check_neighbour_counts(cfg.evaluation, data, ("knn",))
     pretrain = len(data.pretrain)
     if cfg.trainer.batch_size > pretrain:
