@@ -498,6 +498,28 @@ def test_a_checkpoint_name_is_a_pt_file_or_one_of_the_runs_checkpoints(tmp_path,
     assert find_checkpoint(run, str(tmp_path / "other.pt")) == tmp_path / "other.pt"
 
 
+
+@pytest.mark.parametrize("save_checkpoints, says", [
+    ("true", "has no checkpoint yet: it stopped (refused or crashed) before its first one"),
+    ("false", "the run saved no checkpoint (trainer.save_checkpoints=false"),
+])
+def test_a_run_without_checkpoints_is_explained_by_its_own_settings(tmp_path, save_checkpoints, says):
+    """A run that crashed or was refused before its first checkpoint was said to have run with
+    trainer.save_checkpoints=false, sending the user to look for a setting they never used."""
+    from omegaconf import OmegaConf
+
+    from cl_suite.errors import MissingPathError
+    from helpers import TINY, compose_train, evaluate_in_process
+
+    run = tmp_path / "run"
+    (run / ".hydra").mkdir(parents=True)
+    OmegaConf.save(compose_train(TINY + [f"trainer.save_checkpoints={save_checkpoints}"], run),
+                   run / ".hydra" / "config.yaml")
+    with pytest.raises(MissingPathError, match="checkpoint='last'") as err:
+        evaluate_in_process(run, "protocol=knn", "wandb=false")
+    assert says in str(err.value)
+    assert (str(run / "train.log") in str(err.value)) == (save_checkpoints == "true")
+
 def test_evaluate_ignores_the_trained_sampler_so_renamed_sampler_settings_still_evaluate(tmp_path):
     """Evaluation only encodes and samplers hold no state: a run folder whose sampler config uses keys
     the sampler no longer takes (the ring's old percentile window) evaluates to the run's own numbers."""

@@ -277,7 +277,8 @@ def encoder_only(train_cfg: DictConfig) -> DictConfig:
     return cfg
 
 
-def find_checkpoint(run_dir: Path, name: str) -> Path:
+def find_checkpoint(run_dir: Path, name: str, save_checkpoints: bool = False) -> Path:
+    """``save_checkpoints``: the run's ``trainer.save_checkpoints``, which says why a run has no checkpoint."""
     path = Path(name)
     if path.suffix == ".pt" and path.is_file():
         return path
@@ -285,6 +286,8 @@ def find_checkpoint(run_dir: Path, name: str) -> Path:
     if not path.is_file():
         available = sorted(p.stem for p in (run_dir / ckpt.CHECKPOINT_DIR).glob("*.pt"))
         hint = f"available: {available}" if available else (
+            f"the run has no checkpoint yet: it stopped (refused or crashed) before its first one, or is still in "
+            f"its first epochs; see {run_dir / 'train.log'}" if save_checkpoints else
             "the run saved no checkpoint (trainer.save_checkpoints=false, e.g. debug=fast)")
         raise MissingPathError(f"checkpoint={name!r}: {path} does not exist; {hint}")
     return path
@@ -322,7 +325,7 @@ def evaluate_run(cfg: DictConfig) -> dict[str, Any]:
                               "dir is evaluated on its own data set (dataset_root= moves it)")
         run_dir = Path(cfg.run)
         train_cfg = load_run_config(run_dir, trusted_targets(cfg))
-        path = find_checkpoint(run_dir, cfg.checkpoint)
+        path = find_checkpoint(run_dir, cfg.checkpoint, bool(train_cfg.trainer.get("save_checkpoints", True)))
         state, eval_json = _load_training_checkpoint(path, device), eval_json_path(run_dir, path)
     set_root(train_cfg.dataset, cfg.dataset_root, "dataset_root")
     own = train_cfg.dataset.get("name")
