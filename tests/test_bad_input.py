@@ -1,6 +1,7 @@
 """Bad input fails before training starts, with a message that names the offending value."""
 import pytest
 from hydra.errors import MissingConfigException
+from omegaconf import OmegaConf
 
 from cl_suite.data.types import DatasetNotFoundError
 from cl_suite.engine.trainer import train
@@ -362,3 +363,22 @@ def test_an_image_folder_of_one_class_is_refused_before_training(tmp_path):
     with pytest.raises(ConfigError, match=r"dataset=imagefolder has one class \('only'\).*at least 2 classes"):
         train(cfg)
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_a_job_refused_once_its_data_are_read_says_why_in_its_folder(tmp_path):
+    """A batch larger than the image folder is refused after the data set is read. Before: the folder held no
+    refused.txt, so the sweep report listed the job as "crashed before its first checkpoint"."""
+    from cl_suite.report.jobs import collect_jobs
+
+    _class_tree(tmp_path / "data", {"train": ["a", "b"], "test": ["a", "b"]})
+    run = tmp_path / "sweep" / "0"
+    cfg = compose_train(TINY + ["dataset=imagefolder", f"dataset.root={tmp_path / 'data'}", "dataset.image_size=16",
+                                "dataset.augment.crop_size=16", "trainer.batch_size=8", "evaluation.knn.k=1"], run)
+    with pytest.raises(ConfigError, match="trainer.batch_size=8 is larger than the 4 training images"):
+        train(cfg)
+    assert "trainer.batch_size=8 is larger than the 4 training images" in (run / "refused.txt").read_text()
+    (run / ".hydra").mkdir()
+    OmegaConf.save(cfg, run / ".hydra" / "config.yaml")  # as train.py's Hydra record
+    (job,) = collect_jobs(tmp_path / "sweep")
+    assert job.status == "failed" and job.reason.startswith(
+        "refused at start-up: trainer.batch_size=8 is larger than the 4 training images"), job.reason

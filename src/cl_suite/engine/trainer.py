@@ -44,6 +44,7 @@ from cl_suite.engine.run_lock import RunFolderError, RunLock, check_room_for_che
 from cl_suite.engine.run_log import RunLog, say
 from cl_suite.engine.threads import set_threads
 from cl_suite.engine.validation import ConfigError, validate_against_data, validate_train_config
+from cl_suite.errors import UserError
 from cl_suite.files import atomic_write
 from cl_suite.paths import REFUSED_FILE
 
@@ -218,7 +219,12 @@ def _train(cfg: DictConfig, device_type: str, run_log: RunLog, augment: AugmentC
         if is_main_process():
             say(f"device {device_type}, {threads} CPU thread(s) ({why}; trainer.threads={cfg.trainer.threads})")
         guard = teardown.enter_context(PreemptionGuard())
-        trainer = Trainer(cfg, resolve_device(cfg.trainer.device), guard, augment)
+        try:
+            trainer = Trainer(cfg, resolve_device(cfg.trainer.device), guard, augment)
+        except UserError as error:  # refused once the data are read (their size, classes or files): as a refused
+            if is_main_process() and not record_later:  # config, a fresh folder says why it holds no run
+                atomic_write(run_dir / REFUSED_FILE, lambda f: f.write(str(error).encode("utf-8")))
+            raise
         if record_later and is_main_process() and not trainer.nothing_to_do:
             # A run whose training was done before keeps its command line and Hydra record: only
             # config.yaml's evaluation node can change (the evaluation it now runs again).
