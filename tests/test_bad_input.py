@@ -1,4 +1,6 @@
 """Bad input fails before training starts, with a message that names the offending value."""
+import re
+
 import pytest
 from hydra.errors import MissingConfigException
 from omegaconf import OmegaConf
@@ -382,3 +384,25 @@ def test_a_job_refused_once_its_data_are_read_says_why_in_its_folder(tmp_path):
     (job,) = collect_jobs(tmp_path / "sweep")
     assert job.status == "failed" and job.reason.startswith(
         "refused at start-up: trainer.batch_size=8 is larger than the 4 training images"), job.reason
+
+
+def test_evaluate_refuses_an_image_folder_without_its_root_and_a_transfer_k_beyond_its_images(tmp_path):
+    """Before: ood_dataset=image_files without ood_root read the folder '???' of the working directory (once the
+    features were extracted), and a transfer folder with fewer labelled images than evaluation.knn.k
+    stopped with a ValueError traceback."""
+    from helpers import evaluate_in_process, trained_run
+
+    run = tmp_path / "run"
+    trained_run(run, ["trainer.max_steps=1", "trainer.eval_at_init=false"])
+    for overrides, named in [(["protocol=ood", "ood_dataset=image_files"], "ood_dataset=image_files needs ood_root=<dir>"),
+                             (["protocol=transfer", "transfer_dataset=imagefolder"],
+                              "transfer_dataset=imagefolder needs transfer_root=<dir>")]:
+        with pytest.raises(ConfigError, match=re.escape(named)):
+            evaluate_in_process(run, "wandb=false", *overrides)
+    _class_tree(tmp_path / "small", {"train": ["a", "b"], "test": ["a", "b"]})  # 4 labelled train images
+    with pytest.raises(ConfigError, match=re.escape("evaluation.knn.k=20 is larger than the 4 labelled training "
+                                                    "images of transfer_dataset=imagefolder")):
+        evaluate_in_process(run, "wandb=false", "protocol=transfer", "transfer_dataset=imagefolder",
+                            f"transfer_root={tmp_path / 'small'}")
+    assert "transfer" in evaluate_in_process(run, "wandb=false", "protocol=transfer", "transfer_dataset=imagefolder",
+                                             f"transfer_root={tmp_path / 'small'}", "evaluation.knn.k=3")["protocols"]

@@ -17,8 +17,8 @@ from cl_suite.distributed import resolve_device
 from cl_suite.engine import checkpoint as ckpt
 from cl_suite.engine.build import (UNIFORM_SAMPLER, DatasetFacts, build_augment_config, build_logger,
                                    build_method)
-from cl_suite.engine.other_datasets import (build_dataset_for_evaluation, dataset_names, load_other_dataset,
-                                            ood_augment_config, set_root)
+from cl_suite.engine.other_datasets import (build_dataset_for_evaluation, check_root_given, dataset_names,
+                                            load_other_dataset, ood_augment_config, set_root)
 from cl_suite.engine.probe import OnlineProbe
 from cl_suite.engine.run_log import say
 from cl_suite.engine.validation import ConfigError, validate_evaluate_config, validate_evaluation_against_data
@@ -315,6 +315,9 @@ def evaluate_run(cfg: DictConfig) -> dict[str, Any]:
                           "a linear probe on; use an image folder with class folders (transfer_dataset=imagefolder "
                           "transfer_root=<dir with train/ and test/>)")
     protocols = check_protocols(cfg.protocol, ood_names, transfer_names)
+    check_root_given(ood_names if "ood" in protocols else [], cfg.ood_root, "ood_root", "ood_dataset")
+    check_root_given(transfer_names if "transfer" in protocols else [], cfg.transfer_root, "transfer_root",
+                     "transfer_dataset")
     device = resolve_device(cfg.device)
     if cfg.run is None:
         path, export, train_cfg = exported_backbone(cfg)
@@ -379,6 +382,7 @@ def evaluate_run(cfg: DictConfig) -> dict[str, Any]:
             for name in transfer_names:
                 other, other_aug = load_other_dataset(name, train_cfg, aug_cfg.crop_size, cfg.transfer_root,
                                                       "transfer_root")
+                validate_evaluation_against_data(cfg, other, ["knn"], "transfer_dataset")  # its kNN votes too
                 results["transfer"].update(transfer_protocol_metrics(encode(other, other_aug), other.num_classes,
                                                                      name, ev, cfg.seed))
         elif protocol == "lowshot":

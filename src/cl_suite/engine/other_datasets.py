@@ -29,6 +29,17 @@ def dataset_names(value, key: str) -> list[str]:
     return names
 
 
+def check_root_given(names: list[str], root: str | None, key: str, names_key: str) -> None:
+    """An option without a default folder (``root: ???``: the image folders) needs the ``key`` setting; before:
+    the literal ``???`` was read as a folder of the working directory, once the features were extracted."""
+    if root is not None:
+        return
+    for name in names:
+        if OmegaConf.is_missing(OmegaConf.load(CONF_DIR / "dataset" / f"{name}.yaml"), "root"):
+            raise ConfigError(f"{names_key}={name} needs {key}=<dir>: the {name} option has no default folder "
+                              f"(its dataset.root is ???), e.g. {names_key}={name} {key}=/data/my_images")
+
+
 def set_root(dataset: DictConfig, root: str | None, key: str) -> None:
     """Point a data set config at ``root`` (the ``key`` setting); refused for data sets that read no files."""
     if root is None:

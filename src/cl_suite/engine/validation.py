@@ -538,13 +538,14 @@ def validate_against_data(cfg: DictConfig, data) -> None:
                           f"{cfg.trainer.batch_size} images in dataset={data.name}: expected an integer in [0, {batches}]")
 
 
-def _check_neighbour_counts(e: DictConfig, data, protocols) -> None:
+def _check_neighbour_counts(e: DictConfig, data, protocols, setting: str = "dataset") -> None:
     """A k larger than the training split it searches cannot be honoured (kNN votes come from labelled
-    images only); refused here rather than clamped, so the recorded k is the k used."""
+    images only); refused here rather than clamped, so the recorded k is the k used. ``setting`` names the
+    data set in the message (``transfer_dataset``: evaluate.py's transfer protocol)."""
     labelled = int((data.train.labels >= 0).sum())
     if "knn" in protocols and e.knn.k > labelled:
         raise ConfigError(f"evaluation.knn.k={e.knn.k} is larger than the {labelled} labelled training images of "
-                          f"dataset={data.name}: expected an integer in [1, {labelled}]; lower it")
+                          f"{setting}={data.name}: expected an integer in [1, {labelled}]; lower it")
     if "ood" in protocols and e.ood.score == "knn" and e.ood.k > len(data.train):
         raise ConfigError(f"evaluation.ood.k={e.ood.k} is larger than the {len(data.train)} training images of "
                           f"dataset={data.name}: expected an integer in [1, {len(data.train)}]; lower it")
@@ -559,6 +560,6 @@ def validate_evaluate_config(cfg: DictConfig) -> None:
     _bool(cfg, "wandb")
 
 
-def validate_evaluation_against_data(cfg: DictConfig, data, protocols) -> None:
-    """evaluate.py's checks that need the run's data set, right after it is read."""
-    _check_neighbour_counts(cfg.evaluation, data, protocols)
+def validate_evaluation_against_data(cfg: DictConfig, data, protocols, setting: str = "dataset") -> None:
+    """evaluate.py's checks that need the run's data set (or a ``setting=transfer_dataset``), right after it is read."""
+    _check_neighbour_counts(cfg.evaluation, data, protocols, setting)
