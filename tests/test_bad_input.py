@@ -322,6 +322,26 @@ def test_unreadable_image_names_the_file_and_writes_no_cache(tmp_path, bad_file,
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
+
+def test_every_unreadable_image_is_named_in_one_error(tmp_path):
+    """Before: the first unreadable file stopped the decoding, so a tree with 12 bad files took 12 runs (each a
+    full decode of the tree) to find them; now one error names the first 10 (in path order) and counts the rest."""
+    from cl_suite.data.imagefolder import CACHE_DIR_NAME, MAX_UNREADABLE_NAMED, UnreadableImageError
+
+    first = _image_folder(tmp_path / "data", "bad_00.jpg", b"<html>404</html>")
+    bad = [first] + [first.with_name(f"bad_{i:02d}.jpg") for i in range(1, MAX_UNREADABLE_NAMED + 2)]
+    for path in bad[1:]:
+        path.write_bytes(b"")
+    cfg = compose_train(TINY + ["dataset=imagefolder", f"dataset.root={tmp_path / 'data'}", "dataset.image_size=16",
+                                "dataset.augment.crop_size=16", "trainer.batch_size=2"], tmp_path / "run")
+    with pytest.raises(UnreadableImageError) as err:
+        train(cfg)
+    message = str(err.value)
+    assert message.startswith(f"cannot read {len(bad)} image files: {', '.join(map(str, bad[:MAX_UNREADABLE_NAMED]))}"
+                              " and 2 more (the first: UnidentifiedImageError: ")
+    assert str(bad[-1]) not in message and "Remove or replace them" in message
+    assert not (tmp_path / "data" / CACHE_DIR_NAME).exists()
+
 def _class_tree(root, classes_per_split):
     """``root/<split>/<class>/<i>.png`` for ``{split: [class, ...]}``, two 8x8 images per class."""
     from PIL import Image

@@ -255,11 +255,21 @@ def _pixels_crc(images: torch.Tensor) -> int:
 PROGRESS_MIN_IMAGES = 2000
 
 
+# An error names at most this many of the unreadable files (and counts the rest).
+MAX_UNREADABLE_NAMED = 10
+
+
 def _decode_all(paths: list[str], image_size: int, num_workers: int, what: str = "images") -> torch.Tensor:
+    """Every image decoded; an unreadable file does not stop the others, so that the error names all of them
+    (one per run cost a full decode of the tree per bad file)."""
     images = torch.empty((len(paths), 3, image_size, image_size), dtype=torch.uint8)
+    unreadable: list[tuple[int, UnreadableImageError]] = []
 
     def decode_into(index: int) -> None:
-        images[index] = decode_image(paths[index], image_size)
+        try:
+            images[index] = decode_image(paths[index], image_size)
+        except UnreadableImageError as err:
+            unreadable.append((index, err))  # list.append is atomic under the GIL
 
     from tqdm import tqdm  # imported here: only folder data sets decode
 
@@ -273,6 +283,17 @@ def _decode_all(paths: list[str], image_size: int, num_workers: int, what: str =
             with ThreadPoolExecutor(max_workers=num_workers) as pool:
                 for _ in pool.map(decode_into, range(len(paths))):  # re-raises the first worker error
                     bar.update(1)
+    if len(unreadable) == 1:
+        raise unreadable[0][1]
+    if unreadable:
+        unreadable.sort(key=lambda pair: pair[0])
+        named = [shown_path(paths[index]) for index, _ in unreadable[:MAX_UNREADABLE_NAMED]]
+        more = len(unreadable) - len(named)
+        cause = unreadable[0][1].__cause__
+        raise UnreadableImageError(
+            f"cannot read {len(unreadable)} image files: {', '.join(named)}{f' and {more} more' if more else ''} "
+            f"(the first: {type(cause).__name__}: {cause}). Remove or replace them (truncated copies or downloads?) "
+            "and run again")
     return images
 
 
