@@ -579,6 +579,37 @@ def test_ood_on_a_plain_folder_of_images_and_roots_that_name_their_setting(tmp_p
                                     "dataset.augment.crop_size=16"], tmp_path / "run2"))
 
 
+
+@pytest.mark.parametrize("run_dataset, image_size, fraction", [
+    (["dataset=imagefolder", "dataset.image_size=48", "dataset.augment.crop_size=40",
+      "dataset.augment.eval_crop_fraction=0.875"], 48, 0.875),
+    (["dataset=digits"], 16, 1.0),
+    (["dataset=cifar10"], 32, 1.0),  # a fixed-size data set: its crop size
+])
+def test_a_folder_of_ood_or_transfer_images_is_framed_as_the_runs_images(tmp_path, run_dataset, image_size, fraction):
+    """An image folder has no size of its own: OOD/transfer folders are stored at the run's image size and
+    centre-cropped by its eval fraction (their option's 32 px would be blurred up to a 224-px encoder's
+    input); a named data set keeps its own size and framing."""
+    import numpy as np
+    from PIL import Image
+
+    from cl_suite.engine.other_datasets import load_other_dataset, ood_augment_config
+    from helpers import compose_train
+
+    folder = tmp_path / "ood"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 256, (70, 90, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    run_cfg = compose_train(run_dataset + ["dataset.root=/unused"] * (run_dataset[0] == "dataset=imagefolder"))
+    aug = run_cfg.dataset.augment
+    other, other_aug = load_other_dataset("image_files", run_cfg, aug.crop_size, str(folder), "ood_root")
+    assert tuple(other.test.images.shape) == (3, 3, image_size, image_size)
+    assert other_aug.eval_crop_fraction == ood_augment_config(other_aug, other_aug).eval_crop_fraction == fraction
+    assert other_aug.crop_size == aug.crop_size
+    named, named_aug = load_other_dataset("synthetic", run_cfg, aug.crop_size)
+    assert named.test.images.shape[-1] == 16 and named_aug.eval_crop_fraction == 1.0  # synthetic.yaml's own
+
 def test_evaluate_explains_dataset_root_overrides_instead_of_a_struct_error():
     from cl_suite.cli import misplaced_dataset_override
 

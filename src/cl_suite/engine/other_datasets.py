@@ -52,9 +52,20 @@ def set_root(dataset: DictConfig, root: str | None, key: str) -> None:
 
 def dataset_config(name: str, run_cfg: DictConfig, root: str | None = None, key: str = "root") -> DictConfig:
     """The ``dataset`` node of option ``name``, resolved against the run's config (paths, env); ``root``
-    (the ``key`` setting, e.g. ``ood_root``) replaces its ``dataset.root``."""
+    (the ``key`` setting, e.g. ``ood_root``) replaces its ``dataset.root``.
+
+    A folder of the user's own images (an option without a default folder: ``imagefolder``,
+    ``image_files``) has no size of its own: it is framed as the run's images, stored at the run's
+    ``dataset.image_size`` (its crop size where the run's data have a fixed size, as CIFAR) and centre-
+    cropped by the run's ``eval_crop_fraction``. Its option's defaults (32 px, fraction 1) would present
+    blurred-up 32 px images to an encoder trained at 224, a difference an OOD detector picks up."""
     cfg = OmegaConf.create(OmegaConf.to_container(run_cfg, resolve=False))
-    cfg.dataset = OmegaConf.load(CONF_DIR / "dataset" / f"{name}.yaml")
+    option = OmegaConf.load(CONF_DIR / "dataset" / f"{name}.yaml")
+    if OmegaConf.is_missing(option, "root") and "image_size" in option:
+        run_dataset = run_cfg.dataset
+        option.image_size = run_dataset.get("image_size", run_dataset.augment.crop_size)
+        option.augment.eval_crop_fraction = run_dataset.augment.eval_crop_fraction
+    cfg.dataset = option  # (a copy: OmegaConf copies an assigned node)
     set_root(cfg.dataset, root, key)
     return cfg.dataset
 
