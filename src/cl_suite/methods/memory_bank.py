@@ -8,8 +8,11 @@ from torch import nn
 
 class MemoryBank(nn.Module):
     """Rows are updated after each optimizer step as ``row <- normalize(m row + (1 - m) embedding)``
-    (m = 0 overwrites, as the Ring configs do). Embeddings and labels are buffers, so a checkpoint holds
-    the bank. Initialised as Wu et al.: uniform in [-1/sqrt(d/3), 1/sqrt(d/3)], then normalised."""
+    (m = 0 overwrites, as the Ring configs do), the rule of Wu et al.'s code (zhirongw/lemniscate.pytorch,
+    ``NCEAverage``/``LinearAverage`` backward) and of the Ring code's ``NCE``. Embeddings and labels are
+    buffers, so a checkpoint holds the bank. Initialised as the Ring code's ``MemoryBank``: uniform in
+    [-1/sqrt(d/3), 1/sqrt(d/3)], then normalised (lemniscate draws the same rows but leaves them raw, norms
+    about 0.8-1.2, so there a row's first update at m > 0 mixes in an unnormalised row)."""
 
     def __init__(self, size: int, dim: int, momentum: float):
         super().__init__()
