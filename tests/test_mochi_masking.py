@@ -202,6 +202,68 @@ def test_mochi_preset_masks_and_trains_two_steps(tmp_path):
     assert (stored[128:] == -1).all()
 
 
+# ---- the mochi preset as the trainer builds it, against davidsvy/hard-negative-mixing src/moco.py ----
+#
+# MoCo.forward restated (beyond reference_mochi_loss above, which restates its logits and loss): the key
+# encoder starts as a copy of the query encoder and moves as key <- m key + (1 - m) query at the start of
+# every forward (with the query parameters after the previous optimizer step); the keys are normalised;
+# after the logits, _dequeue_and_enqueue writes the keys into rows ptr .. ptr + B - 1 of the (K, d) queue
+# and the batch's file indices into queue_file (which starts at -1), and ptr <- (ptr + B) mod K.
+
+def test_mochi_preset_steps_equal_the_reference_loss_and_queue_write():
+    """Three steps of the composed mochi preset (queue 12, batch 4, N/s/s' = 4/3/2; step 2 and 3 meet
+    older keys of their own images), with an SGD step between them: loss and gradients equal the
+    reference's in float64 with the same draws, and the key encoder, the queue, its image indices and the
+    pointer equal the reference's after each step."""
+    import copy
+
+    from cl_suite.engine.build import DatasetFacts, build_method
+    from helpers import compose_train
+
+    cfg = compose_train(["method=mochi", "backbone=small_convnet", "backbone.widths=[4,8]",
+                         "method.projector_hidden_dims=[16]", "method.projector_dim=8", "method.queue_size=12",
+                         f"sampler.n_hard={N_HARD}", f"sampler.s1={S1}", f"sampler.s2={S2}"])
+    torch.manual_seed(0)
+    method = build_method(cfg, DatasetFacts(num_samples=100, num_classes=10)).train()
+    m = cfg.method.momentum
+    assert isinstance(method.sampler, MixingSampler) and method.mask_same_image and method.temperature == T
+    key_net = copy.deepcopy(method.key_encoder).double()
+    queue, queue_file, ptr = method.queue.embeddings.double().clone(), torch.full((12,), -1), 0
+    params = method.query_parameters()
+    for step, idx in enumerate([[5, 9, 11, 2], [9, 3, 5, 7], [2, 7, 0, 1]]):
+        indices = torch.tensor(idx)
+        g = torch.Generator().manual_seed(step)
+        x1, x2 = torch.randn(4, 3, 8, 8, generator=g), torch.randn(4, 3, 8, 8, generator=g)
+        with torch.no_grad():  # the reference's forward: momentum update first
+            for pk, pq in zip(key_net.parameters(), params):
+                pk.mul_(m).add_(pq.double() * (1 - m))
+            k = F.normalize(key_net.projector(key_net.backbone(x2.double())), dim=1)
+        method.set_progress(step, 3)
+        torch.manual_seed(100 + step)
+        out = method((x1, x2), torch.zeros(4, dtype=torch.long), indices)
+        grads = torch.autograd.grad(out.loss, params)
+        q = F.normalize(method.projector(method.backbone(x1)).double(), dim=1)
+        ref = reference_mochi_loss(q, k, queue, queue_file, indices, seed=100 + step)
+        ref_grads = torch.autograd.grad(ref, params)
+        assert out.loss.item() == pytest.approx(ref.item(), rel=1e-5)
+        for a, b in zip(grads, ref_grads):
+            torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5)
+        queue[ptr:ptr + 4], queue_file[ptr:ptr + 4], ptr = k, indices, (ptr + 4) % 12
+        with torch.no_grad():
+            for p, grad in zip(params, grads):
+                p.sub_(0.5 * grad)
+        method.after_step(out.memory, step, 3)
+        torch.testing.assert_close(method.queue.embeddings.double(), queue, rtol=1e-5, atol=1e-6)
+        assert method.queue.indices.tolist() == queue_file.tolist() and int(method.queue.ptr) == ptr
+        if step:  # an anchor met an older key of its own image: the mask was exercised
+            assert (indices[:, None] == method.queue.indices[None, :ptr - 4]).any()
+    with torch.no_grad():
+        for pk, pq in zip(key_net.parameters(), params):
+            pk.mul_(m).add_(pq.double() * (1 - m))
+    for ours, theirs in zip(method.key_parameters(), key_net.parameters()):
+        torch.testing.assert_close(ours.double(), theirs, rtol=1e-6, atol=1e-7)
+
+
 # ---- 2 processes x B/2 equal 1 process x B (torchrun, gloo), with masking and mixing active ----
 
 @pytest.mark.slow
