@@ -775,6 +775,26 @@ def test_rince_preset_steps_equal_the_reference_ranking_loss(overrides, opt):
             assert la == lb and ea == pytest.approx(eb, abs=1e-6)
 
 
+def test_rince_bank_not_a_multiple_of_the_batch_evicts_other_rows_of_the_oldest_batch_than_the_reference():
+    """README's RINCE text: with a bank of 10 and batches of 4 both banks hold the 10 newest keys of two
+    whole batches and the oldest one's two rows, but the reference (prepend, then cut the last rows:
+    ``ContrastiveRanking.enqueue``) keeps that batch's first two rows, the suite's FIFO pointer its last two."""
+    cfg = compose_train(["method=rince", "backbone.widths=[4,8]", "method.projector_hidden_dims=[16]",
+                         "method.projector_dim=8", "method.bank_size=10"])
+    torch.manual_seed(0)
+    method = build_method(cfg, DatasetFacts(num_samples=100, num_classes=15,
+                                            coarse_of_class=torch.arange(15) % 3)).train()
+    bank, bank_labels = method.queue.embeddings.clone(), method.queue.labels.clone()
+    batches = [(F.normalize(torch.randn(4, 8), dim=1), torch.arange(4) + 4 * b) for b in range(3)]
+    for rows, labels in batches:
+        method.after_step((rows, labels), 0, 1)
+        bank, bank_labels = torch.cat([rows, bank[:-4]]), torch.cat([labels, bank_labels[:-4]])
+    assert sorted(bank_labels.tolist()) == [0, 1, *range(4, 12)]
+    assert sorted(method.queue.labels.tolist()) == [2, 3, *range(4, 12)]
+    for label in [*range(4, 12)]:  # the two whole batches: the same rows
+        torch.testing.assert_close(method.queue.embeddings[method.queue.labels == label], bank[bank_labels == label])
+
+
 # ---- SupCon preset against a transcription of HobbitLong/SupContrast losses.py SupConLoss ----
 #
 # Restated for labels and contrast_mode 'all': features [bsz, n_views, d] unbound along the views and
