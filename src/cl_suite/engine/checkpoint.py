@@ -387,6 +387,7 @@ _ADDED_DEFAULTS = (
     ("probe", None, {"optimizer": "adamw", "momentum": 0.9, "batch_size_reference": None, "schedule": "constant"}),
     ("optimizer", "LARS", {"clip_lr": False, "trust_denominator": "update_norm"}),
     ("scheduler", "warmup_cosine", {"warmup_prefix": True}),
+    ("method", "MoCo", {"queue_per_view": False}),
 )
 
 
