@@ -332,7 +332,8 @@ SOLO_LEARN_SCRIPTS = {
                    optimizer=dict(name="sgd", lr=0.4, classifier_lr=0.1, weight_decay=1e-5)),
     "mocov2plus": dict(aug=SOLO_SYMMETRIC_WEAK, method=dict(temperature=0.2, projector_hidden_dims=[2048],
                                                             projector_dim=256, queue_size=32768, momentum=0.99,
-                                                            momentum_final=0.999, symmetric=True),
+                                                            momentum_final=0.999, symmetric=True,
+                                                            queue_per_view=True),
                        optimizer=dict(name="sgd", lr=0.3, classifier_lr=0.3, weight_decay=1e-4)),
 }
 

@@ -156,17 +156,19 @@ def test_a_batch_larger_than_the_queue_keeps_its_newest_rows():
 #
 # vturrisi/solo-learn solo/methods/mocov2plus.py + solo/losses/mocov2plus.py + solo/utils/momentum.py,
 # restated: both views are queries and keys; loss = (CE(q1, k2, queue[1]) + CE(q2, k1, queue[0])) / 2 with
-# two (dim, K) queues, queue[0] of view-1 keys and queue[1] of view-2 keys, both written at the same ptr
-# (K % B asserted); the momentum update after the optimizer step with tau_s = final - (final - base) *
-# (cos(pi s / S) + 1) / 2 for the s-th step (s from 0). The suite keeps one queue for both views: the
-# documented difference, asserted below.
+# queue a (2, dim, K) buffer, queue[0] of view-1 keys and queue[1] of view-2 keys, read as a detached clone
+# before the step; then keys = stack(gather(k1), gather(k2)) is written into queue[:, :, ptr:ptr + B] and
+# ptr <- (ptr + B) mod K, one pointer for both (K % B asserted); the momentum update after the optimizer
+# step with tau_s = final - (final - base) * (cos(pi s / S) + 1) / 2 for the s-th step (s from 0). The
+# suite's method.queue_per_view=true (the solo_mocov2plus recipes) is this; false keeps one queue for both
+# views, asserted below as well.
 
 class AuthorsMoCo:
     def __init__(self, method, m, t):
         self.key_net = copy.deepcopy(method.key_encoder).double().train()
         for pk, pq in zip(self.key_net.parameters(), method.query_parameters()):
             pk.data.copy_(pq.data)  # param_k.data.copy_(param_q.data)
-        self.queue = method.queue.embeddings.double().T.clone()  # (dim, K)
+        self.queue = method.queue_for(0).embeddings.double().T.clone()  # (dim, K): view 1's queries' queue
         self.ptr, self.m, self.t = 0, m, t
 
     @torch.no_grad()
@@ -244,28 +246,78 @@ def test_moco_preset_steps_equal_the_reference_logits_queue_and_key_encoder():
         authors.enqueue(torch.zeros(5, 8, dtype=torch.float64))
 
 
-def test_solo_mocov2plus_recipe_steps_equal_solo_learn_up_to_the_documented_shared_queue():
-    """Three steps of the solo_mocov2plus_cifar10 recipe's method (queue 16, batch 4) against the
-    solo-learn transcription above: the key encoder follows solo-learn's cosine tau (0.99 -> 0.999, s-th
-    step's tau after its optimizer step). The documented difference (the recipe's comment): solo-learn
-    keeps one queue per view (q1 meets past view-2 keys, q2 past view-1 keys), the suite one queue that
-    receives both views' keys (view 2's, then view 1's, 2B rows a step) and serves both directions. So
-    the loss equals solo-learn's at the first step (both of its queues started as the suite's rows), and
-    at every step equals solo-learn's loss function applied to the suite's shared queue; after the first
-    write it differs from solo-learn's."""
-    method, cfg = moco_preset("experiment=solo_mocov2plus_cifar10", "method.queue_size=16")
+def solo_step_inputs(step):
+    g = torch.Generator().manual_seed(10 + step)
+    return torch.randn(4, 3, 8, 8, generator=g), torch.randn(4, 3, 8, 8, generator=g)
+
+
+def test_solo_mocov2plus_recipe_steps_equal_solo_learns_per_view_queues():
+    """Four steps of the solo_mocov2plus_cifar10 recipe's method (queue_per_view; queue 12, batch 4: the
+    pointer wraps at the fourth step) against the solo-learn transcription above, its (2, dim, K) queue
+    starting as the suite's two queues: the loss and the query encoder's gradients equal solo-learn's
+    (q1 against k2 and the view-2 queue, q2 against k1 and the view-1 queue), the key encoder follows its
+    cosine tau (0.99 -> 0.999, the s-th step's tau after its optimizer step), and after each step queue[0]
+    holds the view-1 keys and queue[1] the view-2 keys at the shared pointer; the suite's queues also hold
+    each key's label and image index."""
+    method, cfg = moco_preset("experiment=solo_mocov2plus_cifar10", "method.queue_size=12")
     c = cfg.method
-    assert (c.symmetric, c.momentum, c.momentum_final, c.temperature, c.shuffle_bn, c.queue_size) == \
-        (True, 0.99, 0.999, 0.2, False, 16)
+    assert (c.symmetric, c.queue_per_view, c.momentum, c.momentum_final, c.temperature, c.shuffle_bn,
+            c.queue_size, type(method.sampler).__name__) == (True, True, 0.99, 0.999, 0.2, False, 12, "UniformSampler")
+    solo = AuthorsMoCo(method, None, c.temperature)
+    queue = torch.stack([q.embeddings.double().T.clone() for q in method.queues])  # (2, dim, K)
+    assert not torch.allclose(queue[0], queue[1])  # two queues, not one twice
+    queue_ptr, size = 0, 12
+    labels_written, indices_written = torch.full((size,), -1), torch.full((size,), -1)
+    params = method.query_parameters()
+    total = 4
+    for step in range(total):
+        x1, x2 = solo_step_inputs(step)
+        labels, indices = torch.tensor([3, 1, 4, 1]) + step, torch.arange(4) + 4 * step
+        out = method((x1, x2), labels, indices)
+        grads = torch.autograd.grad(out.loss, params)
+        q1, q2 = (F.normalize(method.projector(method.backbone(x)).double(), dim=1) for x in (x1, x2))
+        k1, k2 = solo.keys(x1), solo.keys(x2)
+        theirs = (solo.loss(q1, k2, queue[1]) + solo.loss(q2, k1, queue[0])) / 2
+        ref_grads = torch.autograd.grad(theirs, params)
+        assert out.loss.item() == pytest.approx(theirs.item(), rel=1e-5)
+        for a, b in zip(grads, ref_grads):
+            torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5)
+        keys = torch.stack((k1, k2))  # _dequeue_and_enqueue
+        batch = keys.shape[1]
+        assert size % batch == 0
+        queue[:, :, queue_ptr:queue_ptr + batch] = keys.permute(0, 2, 1)
+        labels_written[queue_ptr:queue_ptr + batch], indices_written[queue_ptr:queue_ptr + batch] = labels, indices
+        queue_ptr = (queue_ptr + batch) % size
+        sgd_step(params, grads)
+        method.after_step(out.memory, step, total)
+        tau = c.momentum_final - (c.momentum_final - c.momentum) * (math.cos(math.pi * step / total) + 1) / 2
+        solo.momentum_update(params, tau)  # on_train_batch_end, after the optimizer step
+        for ours, ref in zip(method.key_parameters(), solo.key_net.parameters()):
+            torch.testing.assert_close(ours.double(), ref, rtol=1e-6, atol=1e-7)
+        for view, ours in enumerate(method.queues):
+            torch.testing.assert_close(ours.embeddings.double(), queue[view].T, rtol=1e-5, atol=1e-6)
+            assert torch.equal(ours.labels, labels_written) and torch.equal(ours.indices, indices_written)
+            assert int(ours.ptr) == queue_ptr
+    assert queue_ptr == 4  # wrapped
+
+
+def test_solo_mocov2plus_with_queue_per_view_false_shares_one_queue():
+    """The recipe with method.queue_per_view=false: one queue receives both views' keys (view 2's, then
+    view 1's, 2B rows a step) and serves both directions. So the loss equals solo-learn's at the first
+    step (both of its queues started as the suite's rows), and at every step equals solo-learn's loss
+    function applied to the shared queue; after the first write it differs from solo-learn's."""
+    method, cfg = moco_preset("experiment=solo_mocov2plus_cifar10", "method.queue_size=16",
+                              "method.queue_per_view=false")
+    c = cfg.method
+    assert (c.symmetric, c.queue_per_view, c.queue_size) == (True, False, 16)
     solo = AuthorsMoCo(method, None, c.temperature)
     queues = [solo.queue.clone(), solo.queue.clone()]  # solo-learn's queue[0] (view-1 keys), queue[1] (view 2)
-    shared = solo.queue.clone()  # the suite's documented queue, written with solo-learn's FIFO
+    shared = solo.queue.clone()  # the suite's queue, written with solo-learn's FIFO
     shared_ptr = 0
     params = method.query_parameters()
     total = 3
     for step in range(total):
-        g = torch.Generator().manual_seed(10 + step)
-        x1, x2 = torch.randn(4, 3, 8, 8, generator=g), torch.randn(4, 3, 8, 8, generator=g)
+        x1, x2 = solo_step_inputs(step)
         out = method((x1, x2), torch.arange(4), torch.arange(4))
         grads = torch.autograd.grad(out.loss, params)
         q1, q2 = (F.normalize(method.projector(method.backbone(x)).double(), dim=1) for x in (x1, x2))
@@ -288,10 +340,92 @@ def test_solo_mocov2plus_recipe_steps_equal_solo_learn_up_to_the_documented_shar
         sgd_step(params, grads)
         method.after_step(out.memory, step, total)
         tau = c.momentum_final - (c.momentum_final - c.momentum) * (math.cos(math.pi * step / total) + 1) / 2
-        solo.momentum_update(params, tau)  # on_train_batch_end, after the optimizer step
+        solo.momentum_update(params, tau)
         for ours, ref in zip(method.key_parameters(), solo.key_net.parameters()):
             torch.testing.assert_close(ours.double(), ref, rtol=1e-6, atol=1e-7)
         torch.testing.assert_close(method.queue.embeddings.double(), shared.T, rtol=1e-5, atol=1e-6)
         assert int(method.queue.ptr) == shared_ptr
     # solo-learn's queues after three steps: view-1 keys in queue[0], view-2 keys in queue[1], 12 columns each
     assert not torch.allclose(queues[0][:, :12], queues[1][:, :12])
+
+
+# ---- method.queue_per_view: one queue per view (solo-learn's mocov2plus) ----
+
+@pytest.mark.parametrize("value", ["yes", 1, None])
+def test_queue_per_view_must_be_true_or_false(value):
+    with pytest.raises(ValueError, match=f"method.queue_per_view={value!r} is not allowed: expected true or false"):
+        make(symmetric=True, queue_per_view=value)
+
+
+def test_queue_per_view_without_symmetric_is_refused_naming_both_settings():
+    """With symmetric=false only view 1 is a query: a second queue would never be read."""
+    with pytest.raises(ValueError, match="method.queue_per_view=true is not allowed with method.symmetric=false") as err:
+        make(queue_per_view=True)
+    assert "set method.symmetric=true, or method.queue_per_view=false" in str(err.value)
+    from cl_suite.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="method.queue_per_view=true is not allowed with method.symmetric=false"):
+        moco_preset("method=moco", "method.queue_per_view=true")
+
+
+def test_queue_per_view_gives_each_direction_the_other_views_queue_labels_and_mask():
+    """What the sampler gets: q1 (positive k2) the view-2 queue's rows, labels and same-image mask, q2
+    (positive k1) the view-1 queue's, so every sampler (ring, mixing, hard, ...) works on the right queue."""
+    calls = []
+
+    class Recording(UniformSampler):
+        def forward(self, **kwargs):
+            calls.append(kwargs)
+            return super().forward(**kwargs)
+
+    torch.manual_seed(0)
+    method = MoCo(SmallConvNet(widths=[4, 8]), Recording(), projector_hidden_dims=[16], projector_dim=8,
+                  queue_size=6, symmetric=True, queue_per_view=True, mask_same_image=True)
+    assert len(method.queues) == 2 and not hasattr(method, "queue")
+    for view, queue in enumerate(method.queues):  # view 1's queue holds image 7, view 2's image 8
+        queue.push(F.normalize(torch.randn(6, 8), dim=1), torch.full((6,), 10 + view), torch.full((6,), 7 + view))
+    x1, x2 = torch.randn(2, 3, 8, 8), torch.randn(2, 3, 8, 8)
+    method((x1, x2), torch.zeros(2, dtype=torch.long), torch.tensor([7, 8]))
+    first, second = calls
+    assert first["candidates"] is method.queues[1].embeddings and second["candidates"] is method.queues[0].embeddings
+    assert first["candidate_labels"].tolist() == [11] * 6 and second["candidate_labels"].tolist() == [10] * 6
+    assert first["candidate_mask"].tolist() == [[True] * 6, [False] * 6]  # image 8 is in the view-2 queue
+    assert second["candidate_mask"].tolist() == [[False] * 6, [True] * 6]  # image 7 in the view-1 queue
+    assert MoCo.candidates_per_anchor({"queue_size": 6, "queue_per_view": True}, 2) == 6
+
+
+def test_queue_per_view_state_dict_restores_both_queues_and_refuses_the_other_layout():
+    """Both queues (rows, labels, indices, pointer) are in the state dict and come back; a checkpoint of the
+    one-queue layout, or the other way round, is refused naming method.queue_per_view."""
+    from cl_suite.engine import checkpoint as ckpt
+
+    method = make(queue_size=12, symmetric=True, queue_per_view=True)
+    one_step(method, torch.randn(4, 3, 8, 8), torch.randn(4, 3, 8, 8), torch.arange(4))
+    state = method.state_dict()
+    assert {f"queues.{v}.{key}" for v in (0, 1) for key in ("embeddings", "labels", "indices", "ptr", "filled")} <= set(state)
+    assert not any(key.startswith("queue.") for key in state)
+    fresh = make(queue_size=12, symmetric=True, queue_per_view=True)
+    fresh.load_state_dict(state)
+    for ours, saved in zip(fresh.queues, method.queues):
+        for key in ("embeddings", "labels", "indices", "ptr", "filled"):
+            assert torch.equal(getattr(ours, key), getattr(saved, key))
+    assert int(fresh.queues[0].ptr) == int(fresh.queues[1].ptr) == 4
+    shared = make(queue_size=12, symmetric=True)
+    for saved_flag, source, target in [(True, method, shared), (False, shared, method)]:
+        saved_cfg = {"method": {"symmetric": True, "queue_per_view": saved_flag}}
+        current_cfg = {"method": {"symmetric": True, "queue_per_view": not saved_flag}}
+        with pytest.raises(ckpt.CheckpointError, match=(
+                f"method.queue_per_view: checkpoint {saved_flag}, this run {not saved_flag}")):
+            ckpt.load_state_or_explain(target, source.state_dict(), "last.pt", "method", saved_cfg, current_cfg)
+
+
+def test_a_moco_checkpoint_from_before_queue_per_view_resumes_as_one_queue_without_a_change():
+    from cl_suite.engine import checkpoint as ckpt
+
+    current = {"method": {"_target_": "cl_suite.methods.MoCo", "symmetric": True, "queue_per_view": False}}
+    saved = {"method": {"_target_": "cl_suite.methods.MoCo", "symmetric": True}}
+    assert ckpt.config_differences(saved, current, ("method",))  # without the default: a false "change"
+    assert ckpt.config_differences(ckpt.with_added_defaults(saved, current), current, ("method",)) == []
+    per_view = {"method": {**current["method"], "queue_per_view": True}}
+    assert ckpt.config_differences(ckpt.with_added_defaults(saved, per_view), per_view, ("method",)) == [
+        "method.queue_per_view: checkpoint False, this run True"]
