@@ -1,6 +1,7 @@
 """One full training step (method + online probe) of SimCLR, MoCo, IR, CMC, SupCon (with a bank) and
-RINCE, and two of NNCLR and KMCLR (the second step looks its positives up in what the first one wrote),
-on 1 process (python) or 2 (torchrun).
+RINCE, and two of NNCLR and KMCLR (the second step looks its positives up in what the first one wrote)
+and of symmetric MoCo with one queue per view and same-image masking (the second step masks what the
+first one wrote into each view's queue), on 1 process (python) or 2 (torchrun).
 
 The models have no BatchNorm (whose statistics are per process by design; NNCLR's and KMCLR's heads
 have theirs replaced by identities), so W processes x B/W images must give the same updated parameters
@@ -43,6 +44,9 @@ def main(out_path: str) -> None:
     torch.manual_seed(2)
     moco = MoCo(LinearBackbone(), UniformSampler(), temperature=0.3, queue_size=12, momentum=0.9,
                 momentum_final=0.9, **head)
+    torch.manual_seed(2)
+    moco_per_view = MoCo(LinearBackbone(), UniformSampler(), temperature=0.3, queue_size=12, momentum=0.9,
+                         momentum_final=0.9, symmetric=True, queue_per_view=True, mask_same_image=True, **head)
     torch.manual_seed(3)
     ir = InstanceRecognition(LinearBackbone(), UniformSampler(), num_samples=global_batch, temperature=0.3,
                              projector_dim=6, num_negatives=5)
@@ -61,7 +65,8 @@ def main(out_path: str) -> None:
     kmclr = without_batch_norm(KMCLR(LinearBackbone(), UniformSampler(), steps_per_epoch=1, temperature=0.3,
                                      num_prototypes=4, **nn_heads))
     states = {}
-    for name, method, steps in [("simclr", simclr, 1), ("moco", moco, 1), ("ir", ir, 1), ("cmc", cmc, 1),
+    for name, method, steps in [("simclr", simclr, 1), ("moco", moco, 1), ("moco_per_view", moco_per_view, 2),
+                                ("ir", ir, 1), ("cmc", cmc, 1),
                                 ("supcon", supcon, 1), ("rince", rince, 1), ("nnclr", nnclr, 2), ("kmclr", kmclr, 2)]:
         torch.manual_seed(7)  # the same generator state on every process, as the trainer's seeding gives
         states[name] = one_step(method, x1, x2, labels, rank, world, steps)

@@ -44,16 +44,23 @@ def test_every_sampler_on_two_processes_equals_one_process(tmp_path):
 def test_full_training_step_on_two_processes_equals_one_process(tmp_path):
     """Method and online-probe parameters after one step, MoCo's and RINCE's key encoders and queues (the
     keys of both processes, in global batch order), IR's and CMC's banks, SupCon's bank; after two steps
-    NNCLR's support set and KMCLR's prototypes and the parameters trained on their look-ups; tolerance 1e-6
+    NNCLR's support set and KMCLR's prototypes and the parameters trained on their look-ups, and symmetric
+    MoCo's two per-view queues (method.queue_per_view: each view's all-gathered keys in its own queue on
+    every process; the second step masks the first one's keys of the same images); tolerance 1e-6
     (float32 summation order)."""
     one, two = one_and_two_processes("ddp_train_step_script.py", tmp_path)
-    assert set(one) == {"simclr", "moco", "ir", "cmc", "supcon", "rince", "nnclr", "kmclr"}
+    assert set(one) == {"simclr", "moco", "moco_per_view", "ir", "cmc", "supcon", "rince", "nnclr", "kmclr"}
     for name in one:
         for key in one[name]:
             torch.testing.assert_close(two[name][key], one[name][key], rtol=1e-6, atol=1e-6, msg=f"{name} {key}")
         assert {k.split(".")[0] for k in one[name]} == {"method", "probe"}
     assert int(one["moco"]["method.queue.ptr"]) == 8
     assert torch.equal(one["moco"]["method.queue.labels"][:8], torch.arange(8) % 3)
+    per_view = one["moco_per_view"]
+    for view in (0, 1):  # both steps' 8 keys of the view, FIFO of 12, image indices in global batch order
+        assert int(per_view[f"method.queues.{view}.ptr"]) == 16 % 12
+        assert per_view[f"method.queues.{view}.indices"].tolist() == [4, 5, 6, 7, 4, 5, 6, 7, 0, 1, 2, 3]
+    assert not torch.allclose(per_view["method.queues.0.embeddings"], per_view["method.queues.1.embeddings"])
     assert int(one["nnclr"]["method.support_set.ptr"]) == 16 % 12  # both steps' 8 projections, FIFO of 12
 
 
