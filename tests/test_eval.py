@@ -1,5 +1,6 @@
 """Evaluation protocols against independent (slow, brute-force or sklearn) computations: kNN, top-k
 accuracy, the cached-feature linear probe, retrieval (mAP, P@k, R@k) and OOD detection (AUROC, FPR@95)."""
+import json
 import math
 import statistics
 import subprocess
@@ -407,7 +408,8 @@ def test_evaluate_run_runs_every_protocol_into_eval_json_and_the_report_reads_it
     # each protocol keeps the settings it ran with: the first call's linear probe had 5 epochs, OOD used gmm
     assert on_disk["settings"]["linear"]["evaluation"]["linear"]["epochs"] == 5
     assert on_disk["settings"]["ood"]["evaluation"]["ood"]["score"] == "gmm"
-    assert "ood_dataset" not in on_disk["settings"]["linear"] and on_disk["settings"]["ood"]["ood_root"] is None
+    assert "ood_dataset" not in on_disk["settings"]["linear"] and on_disk["settings"]["ood"]["ood_root"] == {
+        "synthetic": None}
     job = read_job(run, tmp_path)
     assert job.ok and job.metrics["eval/ood/synthetic/auroc"] == ood["ood/synthetic/auroc"]
 
@@ -579,6 +581,48 @@ def test_ood_on_a_plain_folder_of_images_and_roots_that_name_their_setting(tmp_p
                                     "dataset.augment.crop_size=16"], tmp_path / "run2"))
 
 
+
+
+def test_a_later_ood_call_on_another_data_set_adds_to_the_earlier_ones(tmp_path):
+    """Each OOD set needs its own call when their folders differ (ood_root applies to the call's sets): the
+    sets of earlier calls with the same settings stay in eval.json, each with its folder; other settings
+    replace them, and so does an entry of another shape (untrusted)."""
+    import numpy as np
+    from PIL import Image
+
+    from helpers import evaluate_in_process, trained_run
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(12):
+        Image.fromarray(rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    run = tmp_path / "run"
+    trained_run(run, ["trainer.max_steps=1"])
+
+    def evaluate(*overrides):
+        evaluate_in_process(run, "wandb=false", "protocol=ood", *overrides)
+        return json.loads((run / "eval.json").read_text())
+
+    first = evaluate("ood_dataset=synthetic")["protocols"]["ood"]
+    both = evaluate("ood_dataset=image_files", f"ood_root={folder}")
+    assert set(both["protocols"]["ood"]) == {f"ood/{n}/{m}" for n in ("synthetic", "image_files")
+                                             for m in ("auroc", "fpr95")}
+    assert {k: both["protocols"]["ood"][k] for k in first} == first
+    assert both["settings"]["ood"]["ood_dataset"] == ["synthetic", "image_files"]
+    assert both["settings"]["ood"]["ood_root"] == {"synthetic": None, "image_files": str(folder)}
+    assert both["metrics"]["ood/synthetic/auroc"] == first["ood/synthetic/auroc"]
+    again = evaluate("ood_dataset=synthetic")  # a set evaluated again replaces its own numbers only
+    assert set(again["protocols"]["ood"]) == set(both["protocols"]["ood"])
+    assert again["settings"]["ood"]["ood_dataset"] == ["image_files", "synthetic"]
+    other = evaluate("ood_dataset=synthetic", "evaluation.ood.k=3")  # other settings: not comparable
+    assert set(other["protocols"]["ood"]) == {"ood/synthetic/auroc", "ood/synthetic/fpr95"}
+    assert other["settings"]["ood"]["ood_root"] == {"synthetic": None}
+    damaged = json.loads((run / "eval.json").read_text())
+    damaged["settings"]["ood"]["ood_root"] = "/elsewhere"  # another shape: replaced, never half-used
+    (run / "eval.json").write_text(json.dumps(damaged))
+    replaced = evaluate("ood_dataset=image_files", f"ood_root={folder}", "evaluation.ood.k=3")
+    assert set(replaced["protocols"]["ood"]) == {"ood/image_files/auroc", "ood/image_files/fpr95"}
 
 @pytest.mark.parametrize("run_dataset, image_size, fraction", [
     (["dataset=imagefolder", "dataset.image_size=48", "dataset.augment.crop_size=40",

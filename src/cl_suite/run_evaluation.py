@@ -389,8 +389,10 @@ def evaluate_run(cfg: DictConfig) -> dict[str, Any]:
             results["lowshot"] = lowshot_protocol_metrics(feats, data.num_classes, ev, cfg.seed)
 
     evaluation = OmegaConf.to_container(ev, resolve=True)
-    other_data = {"ood": {"ood_dataset": ood_names, "ood_root": cfg.ood_root},
-                  "transfer": {"transfer_dataset": transfer_names, "transfer_root": cfg.transfer_root}}
+    # per data set: a later call with another data set (and its own root) adds to these (_merge_data_sets)
+    other_data = {"ood": {"ood_dataset": ood_names, "ood_root": {name: cfg.ood_root for name in ood_names}},
+                  "transfer": {"transfer_dataset": transfer_names,
+                               "transfer_root": {name: cfg.transfer_root for name in transfer_names}}}
     settings = {p: {"evaluation": evaluation, "seed": cfg.seed, "dataset_root": cfg.dataset_root,
                     **other_data.get(p, {})} for p in results}
     result = _merge_with_previous(eval_json, {
@@ -518,6 +520,8 @@ def _merge_with_previous(path: Path, result: dict[str, Any]) -> dict[str, Any]:
         if same and isinstance(previous.get("protocols"), dict) and isinstance(previous.get("settings"), dict):
             kept = {p: m for p, m in previous["protocols"].items() if p not in result["protocols"]
                     and isinstance(previous["settings"].get(p), dict)}  # files before settings: not kept
+            for protocol in _PER_DATA_SET.keys() & result["protocols"].keys() & previous["protocols"].keys():
+                _merge_data_sets(protocol, previous, result)
             result["protocols"] = {**kept, **result["protocols"]}
             result["settings"] = {**{p: previous["settings"][p] for p in kept}, **result["settings"]}
         elif not same and isinstance(previous.get("protocols"), dict) and previous["protocols"]:
@@ -528,3 +532,34 @@ def _merge_with_previous(path: Path, result: dict[str, Any]) -> dict[str, Any]:
                     "are replaced: they were computed on another data set, checkpoint or step")
     result["metrics"] = {k: v for metrics in result["protocols"].values() for k, v in metrics.items()}
     return result
+
+
+# protocol -> its settings that name the data sets and their folders
+_PER_DATA_SET = {"ood": ("ood_dataset", "ood_root"), "transfer": ("transfer_dataset", "transfer_root")}
+
+
+def _merge_data_sets(protocol: str, previous: dict[str, Any], result: dict[str, Any]) -> None:
+    """Keep the numbers of the data sets an earlier ``ood``/``transfer`` evaluation of the same checkpoint
+    covered and this one did not (SVHN, then a folder of Tiny-ImageNet with its own ``ood_root``), when
+    everything else it ran with was the same; otherwise this call's entry replaces the earlier one. The
+    earlier file is untrusted: an entry of any other shape is replaced, never half-used."""
+    names_key, roots_key = _PER_DATA_SET[protocol]
+    metrics, settings = result["protocols"][protocol], result["settings"][protocol]
+    old_metrics, old_settings = previous["protocols"][protocol], previous["settings"].get(protocol)
+    if not (isinstance(old_metrics, dict) and isinstance(old_settings, dict)):
+        return
+    names, roots = old_settings.get(names_key), old_settings.get(roots_key)
+    if not (isinstance(names, list) and all(isinstance(n, str) for n in names) and isinstance(roots, dict)
+            and set(roots) == set(names) and all(r is None or isinstance(r, str) for r in roots.values())):
+        return  # another shape (a file written before roots were kept per data set): replaced
+
+    def others(node: dict) -> dict:
+        return {k: v for k, v in node.items() if k not in (names_key, roots_key)}
+
+    if others(old_settings) != others(settings):
+        return  # other evaluation settings, seed or data folder: not comparable, replaced
+    earlier = [n for n in names if n not in settings[names_key]]
+    kept = {k: v for k, v in old_metrics.items() for n in earlier if k.startswith(f"{protocol}/{n}/")}
+    result["protocols"][protocol] = {**kept, **metrics}
+    settings[names_key] = earlier + settings[names_key]
+    settings[roots_key] = {**{n: roots[n] for n in earlier}, **settings[roots_key]}
