@@ -546,22 +546,28 @@ def test_evaluate_ignores_the_trained_sampler_so_renamed_sampler_settings_still_
     assert math.isclose(result["metrics"]["knn/top1"], final["knn/top1"], abs_tol=1e-6)
 
 
+def random_images(folder, count: int, shape=(20, 20, 3), name="{}.png"):
+    """``count`` images of random pixels in ``folder`` (created), named ``name.format(i)``."""
+    import numpy as np
+    from PIL import Image
+
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8)).save(folder / name.format(i))
+
+
 def test_ood_on_a_plain_folder_of_images_and_roots_that_name_their_setting(tmp_path):
     """evaluate.py pointed at any folder of images (no classes, no train/test split: Tiny-ImageNet's
     val/images) through ood_dataset=image_files ood_root=<dir>; roots for data sets that read no files
     are refused naming the setting."""
-    import numpy as np
-    from PIL import Image
 
     from cl_suite.engine.trainer import train
     from cl_suite.engine.validation import ConfigError
     from helpers import TINY, compose_train, evaluate_in_process, trained_run
 
     folder = tmp_path / "tiny-imagenet" / "val" / "images"
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    for i in range(12):
-        Image.fromarray(rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)).save(folder / f"val_{i}.JPEG")
+    random_images(folder, 12, name="val_{}.JPEG")
     run = tmp_path / "run"
     trained_run(run, ["trainer.max_steps=2"])
 
@@ -587,16 +593,11 @@ def test_a_later_ood_call_on_another_data_set_adds_to_the_earlier_ones(tmp_path)
     """Each OOD set needs its own call when their folders differ (ood_root applies to the call's sets): the
     sets of earlier calls with the same settings stay in eval.json, each with its folder; other settings
     replace them, and so does an entry of another shape (untrusted)."""
-    import numpy as np
-    from PIL import Image
 
     from helpers import evaluate_in_process, trained_run
 
     folder = tmp_path / "images"
-    folder.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(12):
-        Image.fromarray(rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    random_images(folder, 12)
     run = tmp_path / "run"
     trained_run(run, ["trainer.max_steps=1"])
 
@@ -634,17 +635,12 @@ def test_a_folder_of_ood_or_transfer_images_is_framed_as_the_runs_images(tmp_pat
     """An image folder has no size of its own: OOD/transfer folders are stored at the run's image size and
     centre-cropped by its eval fraction (their option's 32 px would be blurred up to a 224-px encoder's
     input); a named data set keeps its own size and framing."""
-    import numpy as np
-    from PIL import Image
 
     from cl_suite.engine.other_datasets import load_other_dataset, ood_augment_config
     from helpers import compose_train
 
     folder = tmp_path / "ood"
-    folder.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(3):
-        Image.fromarray(rng.integers(0, 256, (70, 90, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    random_images(folder, 3, shape=(70, 90, 3))
     run_cfg = compose_train(run_dataset + ["dataset.root=/unused"] * (run_dataset[0] == "dataset=imagefolder"))
     aug = run_cfg.dataset.augment
     other, other_aug = load_other_dataset("image_files", run_cfg, aug.crop_size, str(folder), "ood_root")
