@@ -154,3 +154,15 @@ def test_gradient_clipping_clips_the_method_gradients_to_the_configured_norm(tmp
     assert norm.item() == pytest.approx(clip, rel=1e-3)
     probe = torch.linalg.vector_norm(torch.cat([p.grad.flatten() for p in trainer.probe.parameters()]))
     assert probe.item() > 10 * clip
+
+
+@pytest.mark.parametrize("crop_size, warned", [(24, True), (16, False)])
+def test_images_stored_smaller_than_the_crop_are_named_at_start_up(tmp_path, capsys, crop_size, warned):
+    """synthetic stores its images at 16 px: a 24-px crop upsamples every view, said once at start-up (an
+    image folder at its default 32 px with crop_size=224 trained on blurred-up thumbnails in silence)."""
+    train(compose_train(TINY + ["dataset=synthetic", f"dataset.augment.crop_size={crop_size}", "trainer.max_steps=1",
+                                "trainer.eval_at_init=false", "evaluation.linear.epochs=1"], tmp_path))
+    out = capsys.readouterr()
+    line = f"warning: the training images are stored at 16x16 px, smaller than dataset.augment.crop_size={crop_size}"
+    assert (line in out.out + out.err) == warned
+    assert ("upsampled" in (tmp_path / "train.log").read_text()) == warned

@@ -342,6 +342,9 @@ class Trainer:
         self.record_config = self._record_config()
         if not self.training_was_done:  # (a finished run trains with nothing: its note says so)
             self._print(_batch_and_rate(cfg.optimizer, t.batch_size, self.world))
+            upsampled = _upsampling_warning(self.data.pretrain.images, self.aug_cfg.crop_size)
+            if upsampled:
+                self._warn(upsampled)
         if self.main and t.save_checkpoints:  # a full disk or read-only folder fails now, not at the first save
             folder = self.run_dir / ckpt.CHECKPOINT_DIR
             state_bytes = sum(v.numel() * v.element_size() for part in (self.method, self.probe)
@@ -854,6 +857,18 @@ def _batch_and_rate(optimizer_cfg: DictConfig, batch_size: int, world: int) -> s
     rate = (f"optimizer.lr {optimizer_cfg.lr:g} x {batch_size}/{ref} = {lr:g}" if ref
             else f"{lr:g} (optimizer.batch_size_reference=null: not scaled with the batch)")
     return f"batch {batch_size} images per step{split}; peak learning rate {rate}"
+
+
+def _upsampling_warning(images: torch.Tensor | None, crop_size: int) -> str | None:
+    """A warning when the stored training images (in memory: ``images``) are smaller than the crop: every
+    view is then upsampled (an image folder at its default 32 px with crop_size=224 trains on blurred-up
+    thumbnails without a word); None when they are not, or are read from files at their own sizes."""
+    if images is None or min(images.shape[-2:]) >= crop_size:
+        return None
+    height, width = images.shape[-2:]
+    return (f"warning: the training images are stored at {height}x{width} px, smaller than "
+            f"dataset.augment.crop_size={crop_size}: every view is upsampled from them (an image folder stores "
+            f"its images at dataset.image_size: set it >= the crop size, e.g. dataset.image_size=256 for 224)")
 
 
 def _fmt(metrics: dict[str, Any]) -> str:
