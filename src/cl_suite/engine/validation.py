@@ -24,7 +24,7 @@ import typing
 from typing import TYPE_CHECKING, Any
 
 import torch
-from hydra.utils import get_class
+from hydra.utils import get_class, get_object
 from omegaconf import DictConfig, OmegaConf
 
 from cl_suite.engine.config_arguments import ArgumentError, check_group_arguments, value_fits
@@ -198,6 +198,7 @@ def validate_train_config(cfg: DictConfig) -> AugmentConfig:
         _check_group_signatures(cfg)
     except ArgumentError as err:
         raise ConfigError(str(err)) from None
+    _check_method_and_sampler_classes(cfg)
     augment = _check_dataset(cfg.dataset)
     _check_sampler_values(cfg)
     _check_method_sizes(cfg.method)
@@ -481,6 +482,24 @@ def _check_scheduler(cfg: DictConfig) -> None:
         _number(s, "scheduler.min_lr_ratio", 0.0, 1.0, low_open=False)
     if "warmup_prefix" in s:
         _bool(s, "scheduler.warmup_prefix")
+
+
+def _check_method_and_sampler_classes(cfg: DictConfig) -> None:
+    """A method or sampler of one's own is called through its base class (the start-up checks call its
+    ``candidates_per_anchor`` / ``check_candidates``, the loop its ``forward`` and ``negative_term``): one that
+    is no subclass, or a sampler without ``negative_term``, would fail later with an AttributeError or a
+    bare NotImplementedError."""
+    from cl_suite.methods.base import ContrastiveMethod
+    from cl_suite.samplers.base import NegativeSampler
+
+    for group, base in (("method", ContrastiveMethod), ("sampler", NegativeSampler)):
+        target = get_object(cfg[group]._target_)
+        if not (isinstance(target, type) and issubclass(target, base)):
+            raise ConfigError(f"{group}._target_={cfg[group]._target_!r} is not a subclass of "
+                              f"{base.__module__}.{base.__name__}: a {group} of your own must subclass it")
+    if get_object(cfg.sampler._target_).negative_term is NegativeSampler.negative_term:
+        raise ConfigError(f"sampler._target_={cfg.sampler._target_!r} does not implement negative_term(ctx): a "
+                          "sampler returns its negative term, a NegativeTerm with one log N_a per anchor")
 
 
 def _check_backbone_input_size(cfg: DictConfig) -> None:

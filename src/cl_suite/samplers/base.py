@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from cl_suite.errors import ConfigError
 from cl_suite.objectives import infonce_from_log_mass
 
 HISTOGRAM_BINS = 50  # similarity histograms over [-1, 1]
@@ -129,6 +130,7 @@ class NegativeSampler(nn.Module):
             ctx = Contrast(anchors, candidates, pos_sim, cand_sim, candidate_mask, float(temperature),
                            with_diagnostics=self.record_diagnostics)
             term = self.negative_term(ctx)
+            check_term(self, term, tuple(cand_sim.shape))
             loss = infonce_from_log_mass(pos_sim, term.log_mass, temperature)
         if not self.record_diagnostics:
             return SamplerOutput(loss=loss)
@@ -137,6 +139,27 @@ class NegativeSampler(nn.Module):
 
     def negative_term(self, ctx: Contrast) -> NegativeTerm:
         raise NotImplementedError
+
+
+def class_name(obj: object) -> str:
+    """``module.Class`` of ``obj``: how a config's ``_target_`` names it."""
+    return f"{type(obj).__module__}.{type(obj).__qualname__}"
+
+
+def check_term(sampler: NegativeSampler, term: Any, shape: tuple[int, int]) -> None:
+    """What ``negative_term`` returned must be a ``NegativeTerm`` with one log mass per anchor and, if set,
+    one weight per (anchor, candidate): a (A, 1) or scalar log mass would broadcast against the (A,)
+    positives into a loss that is silently wrong. Shapes only (no host sync)."""
+    if not isinstance(term, NegativeTerm):
+        raise ConfigError(f"sampler._target_={class_name(sampler)!r}: negative_term returned {type(term).__name__}; "
+                          "expected cl_suite.samplers.base.NegativeTerm(log_mass=<(A,) log N_a>)")
+    if not isinstance(term.log_mass, torch.Tensor) or tuple(term.log_mass.shape) != shape[:1]:
+        got = tuple(term.log_mass.shape) if isinstance(term.log_mass, torch.Tensor) else type(term.log_mass).__name__
+        raise ConfigError(f"sampler._target_={class_name(sampler)!r}: negative_term returned log_mass of shape {got}; "
+                          f"expected {shape[:1]}, one log N_a per anchor")
+    if term.weights is not None and tuple(term.weights.shape) != shape:
+        raise ConfigError(f"sampler._target_={class_name(sampler)!r}: negative_term returned weights of shape "
+                          f"{tuple(term.weights.shape)}; expected {shape} (anchors x candidates) or None")
 
 
 @torch.no_grad()
