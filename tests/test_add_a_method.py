@@ -21,7 +21,7 @@ from cl_suite.engine.checkpoint import load_checkpoint
 from cl_suite.engine.trainer import train
 from cl_suite.engine.validation import ConfigError, validate_train_config
 from cl_suite.samplers import MixingSampler, RingSampler
-from helpers import CONF, TINY, compose_train, user_module
+from helpers import CONF, TINY, compose_train, evaluate_in_process, trained_run, user_module
 
 MODULE = "cl_suite_test_added_method"
 
@@ -192,3 +192,176 @@ def test_a_preset_file_for_the_new_method_needs_no_change_to_the_suite(new_metho
     with pytest.raises(ConfigError, match=r"method\.both_view is not a setting of .*CrossViewCLR; did you mean "
                                           r"method\.both_views\?"):
         validate_train_config(composed("+method.both_view=true"))
+
+
+# ---- a sampler of one's own: one file too (`sampler._target_=<module>.<Class>`) ----
+
+SAMPLER_MODULE = "cl_suite_test_added_sampler"
+
+SAMPLER_SOURCE = '''
+"""Negative samplers that are not part of the suite, and the mistakes one makes writing one."""
+import torch
+from torch import nn
+
+from cl_suite.errors import ConfigError
+from cl_suite.samplers.base import NegativeSampler, NegativeTerm
+
+
+class TopKSampler(NegativeSampler):
+    """The k most similar candidates of each anchor are its negatives."""
+
+    @classmethod
+    def check_candidates(cls, sampler_cfg, count, source):
+        if sampler_cfg.get("k", 4) > count:
+            raise ConfigError(f"sampler.k={sampler_cfg.k} is larger than the {count} candidates of {source}")
+
+    def __init__(self, k: int = 4):
+        super().__init__()
+        self.k = k
+
+    def negative_term(self, ctx):
+        logits = (ctx.cand_sim / ctx.temperature).masked_fill(~ctx.mask, float("-inf"))
+        return NegativeTerm(log_mass=torch.logsumexp(logits.topk(self.k, dim=1).values, dim=1))
+
+
+class KeepDimSampler(NegativeSampler):
+    """A (A, 1) log mass: broadcast against the (A,) positives it would make an (A, A) loss."""
+
+    def negative_term(self, ctx):
+        return NegativeTerm(log_mass=torch.logsumexp(ctx.cand_sim / ctx.temperature, dim=1, keepdim=True))
+
+
+class TensorSampler(NegativeSampler):
+    """Returns the log mass itself instead of a NegativeTerm."""
+
+    def negative_term(self, ctx):
+        return torch.logsumexp(ctx.cand_sim / ctx.temperature, dim=1)
+
+
+class NoTermSampler(NegativeSampler):
+    """Forgot negative_term."""
+
+
+class ModuleSampler(nn.Module):
+    """Not a NegativeSampler at all."""
+
+    def forward(self, anchors, positives, candidates, candidate_mask, temperature, anchor_labels=None,
+                candidate_labels=None):
+        return (anchors * positives).sum(1).mean()
+'''
+
+SAMPLER = f"sampler._target_={SAMPLER_MODULE}"
+
+
+@pytest.fixture
+def new_sampler(tmp_path, monkeypatch):
+    with user_module(tmp_path, monkeypatch, SAMPLER_MODULE, SAMPLER_SOURCE) as folder:
+        yield folder
+
+
+@pytest.mark.parametrize("method", ["simclr", "moco"])
+def test_a_new_sampler_trains_with_simclr_and_moco_and_is_evaluated_once_trusted(new_sampler, method):
+    run = new_sampler / "run"
+    sizes = ["method.queue_size=256"] if method == "moco" else []
+    final = trained_run(run, [f"method={method}", *sizes, f"{SAMPLER}.TopKSampler", "+sampler.k=8",
+                              "trainer.max_steps=2", "evaluation.linear.epochs=1"])
+    assert final["step"] == 2
+    with pytest.raises(ConfigError, match=rf"sampler\._target_: '{SAMPLER_MODULE}\.TopKSampler' is not one of the "
+                                          "suite's own targets"):
+        evaluate_in_process(run, "protocol=knn", "wandb=false")
+    evaluated = evaluate_in_process(run, "protocol=knn", "wandb=false", f"trust_targets=[{SAMPLER_MODULE}]")
+    assert 0 <= evaluated["metrics"]["knn/top1"] <= 100
+
+
+@pytest.mark.parametrize("name, message", [
+    ("NoTermSampler", r"^sampler\._target_='{m}\.NoTermSampler' does not implement negative_term\(ctx\)"),
+    ("ModuleSampler", r"^sampler\._target_='{m}\.ModuleSampler' is not a subclass of "
+                      r"cl_suite\.samplers\.base\.NegativeSampler: a sampler of your own must subclass it$"),
+])
+def test_a_sampler_that_does_not_implement_the_interface_is_refused_at_start_up(new_sampler, name, message):
+    with pytest.raises(ConfigError, match=message.format(m=SAMPLER_MODULE)):
+        validate_train_config(compose_train(TINY + [f"{SAMPLER}.{name}"]))
+
+
+@pytest.mark.parametrize("name, message", [
+    # 2B = 128 SimCLR anchors: a (128, 1) log mass used to broadcast into a (128, 128) loss, silently
+    ("KeepDimSampler", r"^sampler\._target_='{m}\.KeepDimSampler': negative_term returned log_mass of shape "
+                       r"\(128, 1\); expected \(128,\), one log N_a per anchor$"),
+    ("TensorSampler", r"^sampler\._target_='{m}\.TensorSampler': negative_term returned Tensor; expected "
+                      r"cl_suite\.samplers\.base\.NegativeTerm"),
+])
+def test_a_negative_term_of_the_wrong_type_or_shape_is_refused_at_the_first_step(new_sampler, name, message):
+    cfg = compose_train(TINY + [f"{SAMPLER}.{name}", "trainer.max_steps=1"], new_sampler / "run")
+    validate_train_config(cfg)
+    with pytest.raises(ConfigError, match=message.format(m=SAMPLER_MODULE)):
+        train(cfg)
+
+
+# ---- the mistakes one makes writing a method ----
+
+BAD_METHOD_SOURCE = '''
+import torch
+from torch import nn
+
+from cl_suite.methods.base import ContrastiveMethod, MethodOutput
+
+
+class Pooled(ContrastiveMethod):
+    """A method whose forward returns ``what``: its loss alone, an unreduced loss, or a full output."""
+
+    def __init__(self, backbone, sampler, temperature: float = 0.5, what: str = "loss"):
+        super().__init__()
+        self.backbone, self.sampler, self.temperature, self.what = backbone, sampler, temperature, what
+
+    def forward(self, views, labels, indices=None):
+        h1, h2 = self.backbone(views[0]), self.backbone(views[1])
+        b = len(h1)
+        z1, z2 = torch.nn.functional.normalize(h1, dim=1), torch.nn.functional.normalize(h2, dim=1)
+        out = self.sampler(anchors=z1, positives=z2, candidates=z2, candidate_mask=~torch.eye(b, dtype=torch.bool),
+                           temperature=self.temperature)
+        if self.what == "loss":
+            return out.loss
+        loss = out.loss.expand(b) if self.what == "per_anchor" else out.loss
+        return MethodOutput(loss=loss, features=torch.cat([h1, h2]).detach(), feature_labels=labels.repeat(2))
+
+
+class NotAMethod(nn.Module):
+    def __init__(self, backbone, sampler, temperature: float = 0.5):
+        super().__init__()
+        self.backbone = backbone
+'''
+
+BAD_METHOD_MODULE = "cl_suite_test_bad_method"
+BAD_METHOD = [f"method._target_={BAD_METHOD_MODULE}.Pooled", "~method.form", "~method.concat_views",
+              "~method.projector_hidden_dims", "~method.projector_dim", "~method.projector_batch_norm"]
+
+
+@pytest.fixture
+def bad_method(tmp_path, monkeypatch):
+    with user_module(tmp_path, monkeypatch, BAD_METHOD_MODULE, BAD_METHOD_SOURCE) as folder:
+        yield folder
+
+
+@pytest.mark.parametrize("what, message", [
+    ("loss", r"^method\._target_='{m}\.Pooled': forward returned Tensor; expected "
+             r"cl_suite\.methods\.base\.MethodOutput\(loss=<scalar>"),
+    ("per_anchor", r"^method\._target_='{m}\.Pooled': forward returned a loss of shape \(64,\); expected a scalar"),
+])
+def test_a_method_output_of_the_wrong_type_or_shape_is_named_at_the_first_step(bad_method, what, message):
+    cfg = compose_train(TINY + BAD_METHOD + [f"+method.what={what}", "trainer.max_steps=1",
+                                             "trainer.eval_at_init=false"], bad_method / "run")
+    validate_train_config(cfg)
+    with pytest.raises(ConfigError, match=message.format(m=BAD_METHOD_MODULE)):
+        train(cfg)
+    cfg = compose_train(TINY + BAD_METHOD + ["+method.what=output", "trainer.max_steps=1", "trainer.eval_at_init=false",
+                                             "evaluation.linear.epochs=1"], bad_method / "good")
+    assert train(cfg)["step"] == 1  # the same method returning a MethodOutput with a scalar loss trains
+
+
+def test_a_method_that_is_no_contrastive_method_is_refused_at_start_up(bad_method):
+    with pytest.raises(ConfigError, match=rf"^method\._target_='{BAD_METHOD_MODULE}\.NotAMethod' is not a subclass of "
+                                          r"cl_suite\.methods\.base\.ContrastiveMethod: a method of your own must "
+                                          r"subclass it$"):
+        validate_train_config(compose_train(TINY + [f"method._target_={BAD_METHOD_MODULE}.NotAMethod", "~method.form",
+                                                    "~method.concat_views", "~method.projector_hidden_dims",
+                                                    "~method.projector_dim", "~method.projector_batch_norm"]))

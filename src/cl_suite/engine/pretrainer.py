@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from cl_suite.engine.probe import OnlineProbe
-from cl_suite.methods.base import ContrastiveMethod, MethodOutput
+from cl_suite.methods.base import ContrastiveMethod, MethodOutput, check_output
 
 
 class Pretrainer(nn.Module):
@@ -19,5 +19,6 @@ class Pretrainer(nn.Module):
     def forward(self, views: tuple[torch.Tensor, torch.Tensor], labels: torch.Tensor, indices: torch.Tensor
                 ) -> tuple[MethodOutput, torch.Tensor, torch.Tensor]:
         out = self.method(views, labels, indices)
+        check_output(self.method, out)
         probe_loss, probe_logits = self.probe(out.features, out.feature_labels)
         return out, probe_loss, probe_logits

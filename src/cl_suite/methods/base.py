@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cl_suite.samplers.base import NegativeSampler
+from cl_suite.errors import ConfigError
+from cl_suite.samplers.base import NegativeSampler, class_name
 
 
 def unit_projection(projector: nn.Module, features: torch.Tensor) -> torch.Tensor:
@@ -27,6 +28,24 @@ class MethodOutput:
     # What this step writes into the method's memory (queue, bank, support set): detached, all-gathered
     # tensors that the loop hands back to ``after_step`` once the optimizer has stepped. None: nothing.
     memory: tuple[torch.Tensor, ...] | None = None
+
+
+def check_output(method: nn.Module, out: object) -> None:
+    """What a method's ``forward`` returned must be a ``MethodOutput`` with a scalar loss and one label per
+    feature row (the loop backpropagates the loss, the online probe reads the features); a method of one's
+    own that returns something else is named here instead of failing deep in the loop. Shapes only."""
+    if not isinstance(out, MethodOutput):
+        raise ConfigError(f"method._target_={class_name(method)!r}: forward returned {type(out).__name__}; "
+                          "expected cl_suite.methods.base.MethodOutput(loss=<scalar>, features=<(n, F)>, "
+                          "feature_labels=<(n,)>)")
+    if not isinstance(out.loss, torch.Tensor) or out.loss.ndim != 0:
+        got = tuple(out.loss.shape) if isinstance(out.loss, torch.Tensor) else type(out.loss).__name__
+        raise ConfigError(f"method._target_={class_name(method)!r}: forward returned a loss of shape {got}; "
+                          "expected a scalar (shape (), e.g. the mean over anchors)")
+    if out.features.ndim != 2 or out.feature_labels.shape != out.features.shape[:1]:
+        raise ConfigError(f"method._target_={class_name(method)!r}: forward returned features of shape "
+                          f"{tuple(out.features.shape)} and feature_labels of shape {tuple(out.feature_labels.shape)}; "
+                          "expected (n, F) and (n,)")
 
 
 class ContrastiveMethod(nn.Module):
