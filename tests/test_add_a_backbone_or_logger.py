@@ -40,6 +40,24 @@ class PatchNet(nn.Module):
         return self.embed(x).mean(dim=(2, 3))
 
 
+class UnpooledNet(PatchNet):
+    """A mistake: the patch embeddings themselves, (n, width, h, w), not pooled."""
+
+    def forward(self, x):
+        return self.embed(x)
+
+
+class WidthlessNet(nn.Module):
+    """A mistake: no num_features."""
+
+    def __init__(self, width: int = 16):
+        super().__init__()
+        self.embed = nn.Conv2d(3, width, 4, stride=4)
+
+    def forward(self, x):
+        return self.embed(x).mean(dim=(2, 3))
+
+
 class JsonLinesLogger:
     """One JSON line per log call, into ``<run dir>/<filename>``."""
 
@@ -105,3 +123,18 @@ def test_a_run_with_both_trains_logs_and_tells_a_resumed_logger_its_step(new_par
     assert starts == [None, 2]
     steps = [line["step"] for line in lines if "train/loss" in line]
     assert steps == [1, 2, 3]
+
+
+@pytest.mark.parametrize("name, message", [
+    ("UnpooledNet", r"^backbone\._target_='{m}\.UnpooledNet' returned \(2, 16, 4, 4\) for 2 images of "
+                    r"dataset\.augment\.crop_size=16; expected \(2, 16\): pooled features of its num_features=16$"),
+    ("WidthlessNet", r"^backbone\._target_='{m}\.WidthlessNet' has num_features=None: a backbone sets "
+                     r"self\.num_features to the width"),
+])
+def test_a_backbone_without_num_features_or_pooled_features_is_named_before_the_first_step(new_parts, name, message):
+    patch = ["+backbone.patch=4"] if name == "UnpooledNet" else []
+    cfg = compose_train(TINY + [f"backbone._target_={MODULE}.{name}", "~backbone.widths", *patch, "trainer.max_steps=1"],
+                        new_parts / "run")
+    validate_train_config(cfg)
+    with pytest.raises(ConfigError, match=message.format(m=MODULE)):
+        train(cfg)

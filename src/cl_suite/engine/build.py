@@ -112,7 +112,32 @@ def build_method(cfg: DictConfig, facts: DatasetFacts) -> ContrastiveMethod:
                           "RINCE have several positives per anchor, the supervised baseline none); "
                           "allowed: sampler=uniform")
     backbone = instantiate_unwrapped(cfg.backbone, _convert_="all")
+    check_backbone(backbone, cfg)
     return instantiate_unwrapped(cfg.method, backbone=backbone, _convert_="all", **extra)
+
+
+def check_backbone(backbone: torch.nn.Module, cfg: DictConfig) -> None:
+    """A backbone is used through ``num_features`` (the width of the heads' and the probe's input) and a
+    forward from (n, 3, crop, crop) images to (n, num_features) features. A backbone of one's own is run
+    once on two blank images (eval mode, no gradient: no BatchNorm statistic changes), so a missing
+    ``num_features`` or unpooled or other-width features are named here, not as a matmul error in a head."""
+    target, width = cfg.backbone._target_, getattr(backbone, "num_features", None)
+    if not isinstance(width, int) or isinstance(width, bool) or width < 1:
+        raise ConfigError(f"backbone._target_={target!r} has num_features={width!r}: a backbone sets "
+                          "self.num_features to the width of the (n, num_features) features its forward returns")
+    if target.startswith("cl_suite."):
+        return
+    crop, training = int(cfg.dataset.augment.crop_size), backbone.training
+    try:
+        with torch.no_grad():
+            features = backbone.eval()(torch.zeros(2, 3, crop, crop))
+    finally:
+        backbone.train(training)
+    shape = tuple(features.shape) if isinstance(features, torch.Tensor) else type(features).__name__
+    if shape != (2, width):
+        raise ConfigError(f"backbone._target_={target!r} returned {shape} for 2 images of "
+                          f"dataset.augment.crop_size={crop}; expected (2, {width}): pooled features of its "
+                          f"num_features={width}")
 
 
 def build_logger(cfg: DictConfig, run_dir: str, run_config: DictConfig, run_id: str | None = None,
