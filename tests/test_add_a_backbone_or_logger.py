@@ -1,4 +1,4 @@
-"""A new backbone or logger is one file too: start-up validation calls the class's own check
+"""A new backbone, logger or data set is one file too: start-up validation calls the class's own check
 (``check_input_size(cfg, crop_size)`` of a backbone, ``check_config(cfg, key)`` of a logger) and names
 neither class. The classes are written into a module in ``tmp_path`` (on ``sys.path`` for the test only)."""
 from __future__ import annotations
@@ -56,6 +56,24 @@ class WidthlessNet(nn.Module):
 
     def forward(self, x):
         return self.embed(x).mean(dim=(2, 3))
+
+
+def load_blobs(per_class: int = 16, image_size: int = 16):
+    """A data set of one's own: a reader returning the suite's ImageDataset (one uint8 tensor per split)."""
+    from cl_suite.data.types import ImageDataset, ImageSplit
+
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(3).repeat_interleave(per_class)
+    colour = torch.rand(3, 3, 1, 1, generator=g)[labels] * 200
+    split = ImageSplit(labels=labels, images=(colour + 55 * torch.rand(len(labels), 3, image_size, image_size,
+                                                                        generator=g)).to(torch.uint8))
+    return ImageDataset(name="blobs", pretrain=split, train=split, test=split, classes=["a", "b", "c"],
+                        image_size=image_size)
+
+
+def load_pairs(image_size: int = 16):
+    """A mistake: (images, labels) instead of an ImageDataset."""
+    return torch.zeros(8, 3, image_size, image_size, dtype=torch.uint8), torch.zeros(8, dtype=torch.long)
 
 
 class JsonLinesLogger:
@@ -137,4 +155,17 @@ def test_a_backbone_without_num_features_or_pooled_features_is_named_before_the_
                         new_parts / "run")
     validate_train_config(cfg)
     with pytest.raises(ConfigError, match=message.format(m=MODULE)):
+        train(cfg)
+
+
+def test_a_data_set_of_ones_own_trains_and_a_reader_returning_another_type_is_named(new_parts):
+    dataset = [f"dataset._target_={MODULE}.load_blobs", "~dataset.test_fraction", "~dataset.split_seed",
+               "trainer.batch_size=16", "evaluation.knn.k=5", "evaluation.linear.epochs=1"]
+    final = train(compose_train(TINY + dataset + ["trainer.max_steps=1", "trainer.eval_at_init=false"],
+                                new_parts / "run"))
+    assert final["step"] == 1
+    cfg = compose_train(TINY + [f"dataset._target_={MODULE}.load_pairs", "~dataset.test_fraction",
+                                "~dataset.split_seed"], new_parts / "pairs")
+    with pytest.raises(ConfigError, match=rf"^dataset\._target_='{MODULE}\.load_pairs' returned tuple; expected "
+                                          r"cl_suite\.data\.types\.ImageDataset"):
         train(cfg)
