@@ -151,8 +151,8 @@ def test_a_run_with_both_trains_logs_and_tells_a_resumed_logger_its_step(new_par
 ])
 def test_a_backbone_without_num_features_or_pooled_features_is_named_before_the_first_step(new_parts, name, message):
     patch = ["+backbone.patch=4"] if name == "UnpooledNet" else []
-    cfg = compose_train(TINY + [f"backbone._target_={MODULE}.{name}", "~backbone.widths", *patch, "trainer.max_steps=1"],
-                        new_parts / "run")
+    cfg = compose_train(TINY + [f"backbone._target_={MODULE}.{name}", "~backbone.widths", *patch,
+                                "trainer.max_steps=1"], new_parts / "run")
     validate_train_config(cfg)
     with pytest.raises(ConfigError, match=message.format(m=MODULE)):
         train(cfg)

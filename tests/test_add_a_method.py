@@ -116,7 +116,8 @@ def test_a_run_of_the_new_method_is_evaluated_once_its_module_is_trusted(new_met
             return evaluate_run(compose(config_name="evaluate", overrides=[f"run={run}", "protocol=knn", "wandb=false",
                                                                             *extra]))
 
-    with pytest.raises(ConfigError, match=r"is not one of the suite's own targets(.|\n)*trust_targets=\[<its module>\]"):
+    with pytest.raises(ConfigError, match=rf"is not one of the suite's own targets(.|\n)*"
+                                          rf"trust_targets=\[{MODULE}\]\)$"):
         evaluate()
     with pytest.raises(ConfigError, match=r"trust_targets=\['cl_suite'\] is not allowed"):
         evaluate("trust_targets=[cl_suite]")
@@ -267,7 +268,7 @@ def test_a_new_sampler_trains_with_simclr_and_moco_and_is_evaluated_once_trusted
                               "trainer.max_steps=2", "evaluation.linear.epochs=1"])
     assert final["step"] == 2
     with pytest.raises(ConfigError, match=rf"sampler\._target_: '{SAMPLER_MODULE}\.TopKSampler' is not one of the "
-                                          "suite's own targets"):
+                                          rf"suite's own targets(.|\n)*trust_targets=\[{SAMPLER_MODULE}\]\)$"):
         evaluate_in_process(run, "protocol=knn", "wandb=false")
     evaluated = evaluate_in_process(run, "protocol=knn", "wandb=false", f"trust_targets=[{SAMPLER_MODULE}]")
     assert 0 <= evaluated["metrics"]["knn/top1"] <= 100

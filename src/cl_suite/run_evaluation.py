@@ -128,8 +128,23 @@ def check_run_config(cfg: DictConfig, path: Path, trusted: tuple[str, ...] = ())
             + "\nAllowed: " + ", ".join(f"{group}._target_: " + " or ".join(map(_shown, allowed))
                                          for group, allowed in TARGET_SLOTS.items())
             + f"; interpolations through {', '.join(sorted(SAFE_RESOLVERS))} "
-              "or cl_suite.* resolvers. Nothing was instantiated. Did train.py write this folder? (A method or "
-              "backbone of your own: trust_targets=[<its module>])")
+              "or cl_suite.* resolvers. Nothing was instantiated. Did train.py write this folder? (Code of your "
+              f"own, a method, sampler, backbone, data set or logger: {_trust_hint(cfg, problems, trusted)})")
+
+
+def _trust_hint(cfg: DictConfig, problems: dict[str, str], trusted: tuple[str, ...]) -> str:
+    """``trust_targets=[...]``: the modules already trusted and those of the refused ``_target_`` values that
+    name code outside the suite (written out, not interpolated), for the refusal's last line."""
+    written = OmegaConf.to_container(cfg, resolve=False)
+    modules = list(trusted)
+    for key_path in problems:
+        node: Any = written
+        for part in key_path.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        if (isinstance(node, str) and "." in node and "${" not in node and not node.startswith("cl_suite.")
+                and node not in LIBRARY_TARGETS and node.rsplit(".", 1)[0] not in modules):
+            modules.append(node.rsplit(".", 1)[0])
+    return f"trust_targets=[{','.join(modules) or '<its module>'}]"
 
 
 def _shown(allowed: str) -> str:

@@ -32,8 +32,8 @@ def build_dataset(cfg: DictConfig) -> ImageDataset:
         kwargs.pop(key, None)
     data = reader(**kwargs)
     if not isinstance(data, ImageDataset):
-        raise ConfigError(f"dataset._target_={cfg._target_!r} returned {type(data).__name__}; expected "
-                          "cl_suite.data.types.ImageDataset (pretrain, train and test ImageSplits, classes, image_size)")
+        raise ConfigError(f"dataset._target_={cfg._target_!r} returned {type(data).__name__}; expected cl_suite."
+                          "data.types.ImageDataset (pretrain, train and test ImageSplits, classes, image_size)")
     data.name = cfg.name
     return data
 
