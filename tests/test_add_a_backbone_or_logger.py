@@ -169,3 +169,16 @@ def test_a_data_set_of_ones_own_trains_and_a_reader_returning_another_type_is_na
     with pytest.raises(ConfigError, match=rf"^dataset\._target_='{MODULE}\.load_pairs' returned tuple; expected "
                                           r"cl_suite\.data\.types\.ImageDataset"):
         train(cfg)
+
+
+def test_the_export_of_a_backbone_of_ones_own_says_it_is_not_exported_and_what_to_do(new_parts):
+    from cl_suite.export import ExportError, export_backbone
+
+    run = new_parts / "run"
+    train(compose_train(TINY + BACKBONE + ["trainer.max_steps=1", "trainer.eval_at_init=false",
+                                           "evaluation.linear.epochs=1"], run))
+    with pytest.raises(ExportError, match=rf"backbone\._target_='{MODULE}\.PatchNet' is a backbone of your own; the "
+                                          r"export writes only the suite's backbones .*--trust-target covers a method "
+                                          rf"of your own, not a backbone.*trust_targets=\[{MODULE}\]"):
+        export_backbone(run, trusted=(MODULE,))
+    assert not list(run.glob("backbone_*"))

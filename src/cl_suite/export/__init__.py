@@ -302,6 +302,13 @@ def export_backbone(source: str | Path, fmt: str = "state_dict", out: str | Path
     backbone_cfg = {k: v for k, v in config["backbone"].items() if k != "pretrained_file"}
     if "pretrained_file" in config["backbone"]:
         backbone_cfg["pretrained_file"] = None
+    target = backbone_cfg.get("_target_")
+    if isinstance(target, str) and target not in BACKBONE_CLASSES and not target.startswith("cl_suite."):
+        raise ExportError(f"{where}: backbone._target_={target!r} is a backbone of your own; the export writes only "
+                          "the suite's backbones (load_backbone rebuilds them from the header; --trust-target covers "
+                          "a method of your own, not a backbone): evaluate the run with evaluate.py "
+                          f"trust_targets=[{target.rsplit('.', 1)[0]}], or load the checkpoint's backbone.* tensors "
+                          "into your module")
     backbone = build_backbone(backbone_cfg, where)
     weights = {k[len("backbone."):]: v.detach().cpu().clone() for k, v in state["method"].items()
                if k.startswith("backbone.")}
