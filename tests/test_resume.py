@@ -370,6 +370,37 @@ def test_a_run_stopped_early_and_started_again_with_a_shorter_schedule_is_contin
     assert saved["steps_per_epoch"] == (2 if override == "trainer.batch_size=64" else 4)
 
 
+def test_a_checkpoint_without_its_steps_per_epoch_counts_its_end_in_this_runs(tmp_path, monkeypatch, capsys):
+    """A checkpoint written before they were recorded: its own end is counted in this run's steps per
+    epoch (the same where the batch size is unchanged), so a run stopped at step 10 of its 16 and started
+    again with 2 epochs (8 steps) is continued, not taken as finished."""
+    run_dir = tmp_path / "run"
+    _stopped_run(run_dir, monkeypatch, RUN, at_step=10)
+    for path in (run_dir / "checkpoints").glob("*.pt"):
+        state = ckpt.load_checkpoint(path)
+        del state["steps_per_epoch"]
+        ckpt.save_checkpoint(path, state)
+    capsys.readouterr()
+    final = train(compose_train(RUN + ["trainer.epochs=2"], run_dir))
+    out = capsys.readouterr().out
+    assert "training is complete" not in out and "trainer.epochs: checkpoint 4, this run 2" in out
+    assert final["step"] == 10
+
+
+@pytest.mark.parametrize("recorded, used", [(1, 1), (8, 8), (None, 4), (0, 4), (-2, 4), (True, 4), (2.0, 4),
+                                            ("8", 4)])
+def test_a_checkpoints_own_end_uses_its_recorded_steps_per_epoch_if_a_whole_number_from_1(recorded, used):
+    """The steps per epoch a checkpoint records count its own end (1: a batch of the whole data set);
+    anything else (absent, 0, a bool, a float or text in a damaged file) falls back to this run's (4)."""
+    from types import SimpleNamespace
+
+    from cl_suite.engine.trainer import Trainer
+
+    fake = SimpleNamespace(steps_per_epoch=4)
+    saved = {"trainer": {"epochs": 3, "max_steps": None}}
+    assert Trainer._stop_step_of(fake, saved, recorded) == 3 * used
+
+
 def test_a_finished_run_extended_and_stopped_has_no_final_numbers_until_its_new_end(tmp_path, monkeypatch):
     run_dir = tmp_path / "run"
     train(compose_train(RUN + ["trainer.max_steps=4"], run_dir))
