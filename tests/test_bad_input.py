@@ -341,6 +341,7 @@ def test_every_unreadable_image_is_named_in_one_error(tmp_path):
                               " and 2 more (the first: UnidentifiedImageError: ")
     assert str(bad[-1]) not in message and "Remove or replace them" in message
     assert not (tmp_path / "data" / CACHE_DIR_NAME).exists()
+    assert (tmp_path / "run" / "refused.txt").read_text() == message  # an UnreadableImageError is no ConfigError
 
 def _class_tree(root, classes_per_split):
     """``root/<split>/<class>/<i>.png`` for ``{split: [class, ...]}``, two 8x8 images per class."""
@@ -374,6 +375,7 @@ def test_a_bad_image_folder_layout_is_a_user_error_naming_the_folder(tmp_path, l
     with pytest.raises(UserError) as err:
         train(cfg)
     assert named in str(err.value).replace(str(tmp_path / "data") + "/", "")
+    assert (tmp_path / "run" / "refused.txt").read_text() == str(err.value)  # the folder says why it holds no run
 
 
 def test_an_image_folder_of_one_class_is_refused_before_training(tmp_path):
@@ -404,6 +406,26 @@ def test_a_job_refused_once_its_data_are_read_says_why_in_its_folder(tmp_path):
     (job,) = collect_jobs(tmp_path / "sweep")
     assert job.status == "failed" and job.reason.startswith(
         "refused at start-up: trainer.batch_size=8 is larger than the 4 training images"), job.reason
+
+
+def test_a_run_folder_refused_once_its_data_are_read_keeps_its_run_unlabelled(tmp_path):
+    """A folder that holds a run, started again with a batch larger than its data set: refused after the data
+    are read, but no refused.txt: the run it holds stays reported as that run, not as a refused job."""
+    from cl_suite.report.jobs import collect_jobs
+
+    _class_tree(tmp_path / "data", {"train": ["a", "b"], "test": ["a", "b"]})
+    run = tmp_path / "sweep" / "0"
+    overrides = TINY + ["dataset=imagefolder", f"dataset.root={tmp_path / 'data'}", "dataset.image_size=16",
+                        "dataset.augment.crop_size=16", "evaluation.knn.k=1", "trainer.eval_at_init=false"]
+    cfg = compose_train(overrides + ["trainer.batch_size=2", "trainer.max_steps=1"], run)
+    train(cfg)
+    (run / ".hydra").mkdir(exist_ok=True)
+    OmegaConf.save(cfg, run / ".hydra" / "config.yaml")
+    with pytest.raises(ConfigError, match="trainer.batch_size=8 is larger than the 4 training images"):
+        train(compose_train(overrides + ["trainer.batch_size=8", "trainer.max_steps=1"], run))
+    assert not (run / "refused.txt").exists()
+    (job,) = collect_jobs(tmp_path / "sweep")
+    assert job.status == "ok", job.reason
 
 
 def test_evaluate_refuses_an_image_folder_without_its_root_and_a_transfer_k_beyond_its_images(tmp_path):
