@@ -333,6 +333,35 @@ def test_imagefolder_corrupt_image_names_file(tmp_path):
         lazy.train.read_image(2)  # sorted: 000.png, 001.png, broken.png
 
 
+def test_imagefolder_unreadable_images_are_named_in_path_order_escaped_and_counted(tmp_path, monkeypatch):
+    """Two unreadable files: one error names both in path order (the decoding threads finish in any order;
+    here the first is held back), each name escaped (a newline in a file name cannot start a line of its
+    own), and no " and 0 more" below the named maximum."""
+    import time
+
+    from cl_suite.data import imagefolder
+
+    _write_tree(tmp_path, "train", ["a", "b"], 2)
+    _write_tree(tmp_path, "test", ["a", "b"], 1, seed=1)
+    first, second = tmp_path / "train" / "a" / "x\n1.png", tmp_path / "train" / "b" / "zz.png"
+    first.write_bytes(b"<html>404</html>")
+    second.write_bytes(b"")
+    decode = imagefolder.decode_image
+
+    def slow_first(path, image_size):
+        if os.fspath(path) == os.fspath(first):
+            time.sleep(0.5)
+        return decode(path, image_size)
+
+    monkeypatch.setattr(imagefolder, "decode_image", slow_first)
+    with pytest.raises(UnreadableImageError) as err:
+        load_imagefolder(tmp_path, image_size=16, cache=False, num_workers=8)  # a thread per image
+    message = str(err.value)
+    assert "\n" not in message and "more" not in message
+    assert message.startswith(f"cannot read 2 image files: {tmp_path}/train/a/x\\x0a1.png, {second} (the first: "
+                              "UnidentifiedImageError: "), message
+
+
 def test_imagefolder_mismatched_classes(tmp_path):
     _write_tree(tmp_path, "train", ["a", "b"], 1)
     _write_tree(tmp_path, "test", ["a", "c"], 1)
