@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from cl_suite.data import UnreadableImageError, load_cifar10, load_cifar100, load_imagefolder
+from cl_suite.data import ImageFolderLayoutError, UnreadableImageError, load_cifar10, load_cifar100, load_imagefolder
 from cl_suite.data.types import CorruptDataError
 
 
@@ -37,7 +37,7 @@ def test_imagefolder_symlink_loop_is_refused(tmp_path):
     _tree(tmp_path)
     link = tmp_path / "train" / "a" / "loop"
     link.symlink_to("..", target_is_directory=True)  # train/a/loop -> train
-    with pytest.raises(ValueError, match="symlink") as info:
+    with pytest.raises(ImageFolderLayoutError, match="symlink") as info:  # a UserError: one line, no traceback
         load_imagefolder(tmp_path, cache=False, num_workers=0)
     assert str(link) in str(info.value)
 
@@ -46,7 +46,7 @@ def test_imagefolder_second_link_to_a_class_folder_is_refused(tmp_path):
     # Not a loop, but b's images would also be labelled 'a'.
     _tree(tmp_path)
     (tmp_path / "train" / "a" / "more").symlink_to(tmp_path / "train" / "b", target_is_directory=True)
-    with pytest.raises(ValueError, match=r"reached twice|second time"):
+    with pytest.raises(ImageFolderLayoutError, match=r"reached twice|second time"):
         load_imagefolder(tmp_path, cache=False, num_workers=0)
 
 
@@ -59,7 +59,7 @@ def test_imagefolder_link_outside_root_is_refused(tmp_path, kind):
     Image.new("RGB", (8, 8), (1, 2, 3)).save(outside / "x.png")
     link = root / "train" / "a" / ("x.png" if kind == "file" else "sub")
     link.symlink_to(outside / "x.png" if kind == "file" else outside, target_is_directory=kind == "folder")
-    with pytest.raises(ValueError, match="outside the data root") as info:
+    with pytest.raises(ImageFolderLayoutError, match="outside the data root") as info:
         load_imagefolder(root, cache=False, num_workers=0)
     assert str(link) in str(info.value) and str(root) in str(info.value)
     link.unlink()  # a link inside the root stays allowed
