@@ -2,6 +2,7 @@
 import re
 
 import pytest
+import torch
 from hydra.errors import MissingConfigException
 from omegaconf import OmegaConf
 
@@ -389,6 +390,20 @@ def test_an_image_folder_of_one_class_is_refused_before_training(tmp_path):
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
+def test_the_one_class_refusal_names_the_class_the_labelled_images_hold():
+    """The class named is the one of the labelled training images, not the data set's first class (a data
+    set whose other classes are only in its unlabelled images)."""
+    from types import SimpleNamespace
+
+    from cl_suite.engine.validation import validate_against_data
+
+    data = SimpleNamespace(name="mine", classes=["cat", "dog"],
+                           train=SimpleNamespace(labels=torch.tensor([1, -1, 1, -1])))
+    cfg = compose_train(TINY + ["dataset=synthetic"])
+    with pytest.raises(ConfigError, match=re.escape("dataset=mine has one class ('dog') in its labelled training")):
+        validate_against_data(cfg, data)
+
+
 def test_a_job_refused_once_its_data_are_read_says_why_in_its_folder(tmp_path):
     """A batch larger than the image folder is refused after the data set is read. Before: the folder held no
     refused.txt, so the sweep report listed the job as "crashed before its first checkpoint"."""
@@ -437,10 +452,15 @@ def test_evaluate_refuses_an_image_folder_without_its_root_and_a_transfer_k_beyo
     run = tmp_path / "run"
     trained_run(run, ["trainer.max_steps=1", "trainer.eval_at_init=false"])
     for overrides, named in [(["protocol=ood", "ood_dataset=image_files"], "ood_dataset=image_files needs ood_root=<dir>"),
+                             (["protocol=ood", "ood_dataset=[cifar10,image_files]"],  # each data set of a list
+                              "ood_dataset=image_files needs ood_root=<dir>"),
                              (["protocol=transfer", "transfer_dataset=imagefolder"],
                               "transfer_dataset=imagefolder needs transfer_root=<dir>")]:
         with pytest.raises(ConfigError, match=re.escape(named)):
             evaluate_in_process(run, "wandb=false", *overrides)
+    # the settings of a protocol not run are not read: no root needed
+    assert list(evaluate_in_process(run, "wandb=false", "protocol=knn", "ood_dataset=image_files",
+                                    "transfer_dataset=imagefolder")["protocols"]) == ["knn"]
     _class_tree(tmp_path / "small", {"train": ["a", "b"], "test": ["a", "b"]})  # 4 labelled train images
     with pytest.raises(ConfigError, match=re.escape("evaluation.knn.k=20 is larger than the 4 labelled training "
                                                     "images of transfer_dataset=imagefolder")):
