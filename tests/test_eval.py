@@ -630,6 +630,7 @@ def test_a_later_ood_call_on_another_data_set_adds_to_the_earlier_ones(tmp_path)
       "dataset.augment.eval_crop_fraction=0.875"], 48, 0.875),
     (["dataset=digits"], 16, 1.0),
     (["dataset=cifar10"], 32, 1.0),  # a fixed-size data set: its crop size
+    (["dataset=stl10"], 96, 1.0),  # not 32 px
 ])
 def test_a_folder_of_ood_or_transfer_images_is_framed_as_the_runs_images(tmp_path, run_dataset, image_size, fraction):
     """An image folder has no size of its own: OOD/transfer folders are stored at the run's image size and
