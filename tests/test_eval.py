@@ -624,6 +624,71 @@ def test_a_later_ood_call_on_another_data_set_adds_to_the_earlier_ones(tmp_path)
     (run / "eval.json").write_text(json.dumps(damaged))
     replaced = evaluate("ood_dataset=image_files", f"ood_root={folder}", "evaluation.ood.k=3")
     assert set(replaced["protocols"]["ood"]) == {"ood/image_files/auroc", "ood/image_files/fpr95"}
+    damaged = json.loads((run / "eval.json").read_text())
+    damaged["settings"]["ood"]["ood_root"] = {"other": None}  # roots of other sets than those named: replaced
+    (run / "eval.json").write_text(json.dumps(damaged))
+    replaced = evaluate("ood_dataset=synthetic", "evaluation.ood.k=3")
+    assert set(replaced["protocols"]["ood"]) == {"ood/synthetic/auroc", "ood/synthetic/fpr95"}
+    assert replaced["settings"]["ood"]["ood_root"] == {"synthetic": None}
+
+
+@pytest.mark.parametrize("damage", [
+    {"settings": {"ood_dataset": [["a"]]}},  # a name that is not text (unhashable)
+    {"settings": {"ood_root": {"a": 5}}},  # a root that is not a folder
+    {"settings": {"ood_dataset": "a"}},  # not a list
+    {"metrics": ["ood/a/auroc"]},  # metrics that are not a mapping
+    {"entry": "ood"},  # settings that are not a mapping
+    {},  # the control: the same shape is merged
+])
+def test_an_earlier_ood_entry_of_another_shape_is_replaced_not_half_used(tmp_path, damage):
+    """eval.json is untrusted: an earlier entry whose data sets, roots, metrics or settings have another
+    shape is replaced by this call's, never merged (nor a Python error)."""
+    from cl_suite.run_evaluation import _merge_with_previous
+
+    settings = {"evaluation": {"k": 1}, "seed": 0, "dataset_root": None, "ood_dataset": ["a"], "ood_root": {"a": None}}
+    settings.update(damage.get("settings", {}))
+    previous = {"checkpoint": "c.pt", "step": 2, "dataset": "digits",
+                "protocols": {"ood": damage.get("metrics", {"ood/a/auroc": 50.0, "ood/ab/auroc": 1.0})},
+                "settings": {"ood": damage.get("entry", settings)}}
+    path = tmp_path / "eval.json"
+    path.write_text(json.dumps(previous))
+    result = {"checkpoint": "c.pt", "step": 2, "dataset": "digits", "protocols": {"ood": {"ood/b/auroc": 60.0}},
+              "settings": {"ood": {"evaluation": {"k": 1}, "seed": 0, "dataset_root": None, "ood_dataset": ["b"],
+                                   "ood_root": {"b": "/b"}}}}
+    merged = _merge_with_previous(path, result)
+    if not damage:  # (numbers of a set its settings do not name, ab, are dropped)
+        assert merged["protocols"] == {"ood": {"ood/a/auroc": 50.0, "ood/b/auroc": 60.0}}
+        assert merged["settings"]["ood"]["ood_root"] == {"a": None, "b": "/b"}
+        return
+    assert merged["protocols"] == {"ood": {"ood/b/auroc": 60.0}}
+    assert merged["settings"]["ood"]["ood_dataset"] == ["b"] and merged["settings"]["ood"]["ood_root"] == {"b": "/b"}
+
+
+def test_a_later_transfer_call_on_another_data_set_adds_to_the_earlier_ones(tmp_path):
+    """As for OOD: a transfer call on an image folder (its own transfer_root) after one on a named data set
+    keeps the earlier set's numbers and records each set's folder; the protocols of earlier calls stay."""
+
+    from helpers import evaluate_in_process, trained_run
+
+    folder = tmp_path / "transfer"
+    for split in ("train", "test"):
+        for label in ("a", "b"):
+            random_images(folder / split / label, 2)
+    run = tmp_path / "run"
+    trained_run(run, ["trainer.max_steps=1"])
+
+    def evaluate(*overrides):
+        evaluate_in_process(run, "wandb=false", "evaluation.knn.k=3", *overrides)
+        return json.loads((run / "eval.json").read_text())
+
+    knn = evaluate("protocol=knn")["protocols"]["knn"]  # an eval.json without a transfer entry
+    first = evaluate("protocol=transfer", "transfer_dataset=synthetic")["protocols"]["transfer"]
+    both = evaluate("protocol=transfer", "transfer_dataset=imagefolder", f"transfer_root={folder}")
+    assert both["protocols"]["knn"] == knn
+    assert {k: both["protocols"]["transfer"][k] for k in first} == first
+    assert {k.split("/")[1] for k in both["protocols"]["transfer"]} == {"synthetic", "imagefolder"}
+    assert both["settings"]["transfer"]["transfer_dataset"] == ["synthetic", "imagefolder"]
+    assert both["settings"]["transfer"]["transfer_root"] == {"synthetic": None, "imagefolder": str(folder)}
 
 @pytest.mark.parametrize("run_dataset, image_size, fraction", [
     (["dataset=imagefolder", "dataset.image_size=48", "dataset.augment.crop_size=40",
