@@ -504,6 +504,8 @@ def test_a_checkpoint_name_is_a_pt_file_or_one_of_the_runs_checkpoints(tmp_path,
 @pytest.mark.parametrize("save_checkpoints, says", [
     ("true", "has no checkpoint yet: it stopped (refused or crashed) before its first one"),
     ("false", "the run saved no checkpoint (trainer.save_checkpoints=false"),
+    # a config from before the setting existed: such a run saved checkpoints
+    (None, "has no checkpoint yet: it stopped (refused or crashed) before its first one"),
 ])
 def test_a_run_without_checkpoints_is_explained_by_its_own_settings(tmp_path, save_checkpoints, says):
     """A run that crashed or was refused before its first checkpoint was said to have run with
@@ -515,12 +517,12 @@ def test_a_run_without_checkpoints_is_explained_by_its_own_settings(tmp_path, sa
 
     run = tmp_path / "run"
     (run / ".hydra").mkdir(parents=True)
-    OmegaConf.save(compose_train(TINY + [f"trainer.save_checkpoints={save_checkpoints}"], run),
-                   run / ".hydra" / "config.yaml")
+    setting = "~trainer.save_checkpoints" if save_checkpoints is None else f"trainer.save_checkpoints={save_checkpoints}"
+    OmegaConf.save(compose_train(TINY + [setting], run), run / ".hydra" / "config.yaml")
     with pytest.raises(MissingPathError, match="checkpoint='last'") as err:
         evaluate_in_process(run, "protocol=knn", "wandb=false")
     assert says in str(err.value)
-    assert (str(run / "train.log") in str(err.value)) == (save_checkpoints == "true")
+    assert (str(run / "train.log") in str(err.value)) == (save_checkpoints != "false")
 
 def test_evaluate_ignores_the_trained_sampler_so_renamed_sampler_settings_still_evaluate(tmp_path):
     """Evaluation only encodes and samplers hold no state: a run folder whose sampler config uses keys
