@@ -319,6 +319,7 @@ def test_unreadable_image_names_the_file_and_writes_no_cache(tmp_path, bad_file,
     with pytest.raises(UnreadableImageError) as err:
         train(cfg)
     assert str(path) in str(err.value) and "Remove or replace" in str(err.value)
+    assert str(err.value).startswith(f"cannot read image file {path}: ")  # one file: its own error, not "1 image files"
     assert not (tmp_path / "data" / CACHE_DIR_NAME).exists()
     assert not (tmp_path / "run" / "checkpoints").exists()
 
