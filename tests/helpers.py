@@ -41,6 +41,20 @@ def compose_train(overrides: list[str], output_dir: Path | None = None) -> DictC
     return cfg
 
 
+
+def refused_at_the_first_step(overrides: list[str], run_dir: Path, message: str) -> None:
+    """A config of ``overrides`` passes the start-up checks, and its run stops at the first step with a
+    ConfigError matching ``message`` (code of one's own that only shows its mistake when it runs)."""
+    import pytest
+
+    from cl_suite.engine.trainer import train
+    from cl_suite.engine.validation import ConfigError, validate_train_config
+
+    cfg = compose_train(overrides + ["trainer.max_steps=1"], run_dir)
+    validate_train_config(cfg)
+    with pytest.raises(ConfigError, match=message):
+        train(cfg)
+
 def trained_run(run: Path, overrides: list[str]) -> dict:
     """A tiny run trained in process into ``run`` (TINY + ``overrides``, no evaluation at step 0), with the
     ``.hydra/config.yaml`` that train.py's Hydra writes and evaluate.py reads; returns its final numbers."""

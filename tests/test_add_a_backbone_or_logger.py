@@ -9,7 +9,7 @@ import pytest
 
 from cl_suite.engine.trainer import train
 from cl_suite.engine.validation import ConfigError, validate_train_config
-from helpers import TINY, compose_train, user_module
+from helpers import TINY, compose_train, refused_at_the_first_step, user_module
 
 MODULE = "cl_suite_test_added_parts"
 
@@ -151,11 +151,8 @@ def test_a_run_with_both_trains_logs_and_tells_a_resumed_logger_its_step(new_par
 ])
 def test_a_backbone_without_num_features_or_pooled_features_is_named_before_the_first_step(new_parts, name, message):
     patch = ["+backbone.patch=4"] if name == "UnpooledNet" else []
-    cfg = compose_train(TINY + [f"backbone._target_={MODULE}.{name}", "~backbone.widths", *patch,
-                                "trainer.max_steps=1"], new_parts / "run")
-    validate_train_config(cfg)
-    with pytest.raises(ConfigError, match=message.format(m=MODULE)):
-        train(cfg)
+    refused_at_the_first_step(TINY + [f"backbone._target_={MODULE}.{name}", "~backbone.widths", *patch],
+                              new_parts / "run", message.format(m=MODULE))
 
 
 def test_a_data_set_of_ones_own_trains_and_a_reader_returning_another_type_is_named(new_parts):

@@ -21,7 +21,8 @@ from cl_suite.engine.checkpoint import load_checkpoint
 from cl_suite.engine.trainer import train
 from cl_suite.engine.validation import ConfigError, validate_train_config
 from cl_suite.samplers import MixingSampler, RingSampler
-from helpers import CONF, TINY, compose_train, evaluate_in_process, trained_run, user_module
+from helpers import (CONF, TINY, compose_train, evaluate_in_process, refused_at_the_first_step, trained_run,
+                     user_module)
 
 MODULE = "cl_suite_test_added_method"
 
@@ -292,10 +293,7 @@ def test_a_sampler_that_does_not_implement_the_interface_is_refused_at_start_up(
                       r"cl_suite\.samplers\.base\.NegativeTerm"),
 ])
 def test_a_negative_term_of_the_wrong_type_or_shape_is_refused_at_the_first_step(new_sampler, name, message):
-    cfg = compose_train(TINY + [f"{SAMPLER}.{name}", "trainer.max_steps=1"], new_sampler / "run")
-    validate_train_config(cfg)
-    with pytest.raises(ConfigError, match=message.format(m=SAMPLER_MODULE)):
-        train(cfg)
+    refused_at_the_first_step(TINY + [f"{SAMPLER}.{name}"], new_sampler / "run", message.format(m=SAMPLER_MODULE))
 
 
 # ---- the mistakes one makes writing a method ----
@@ -349,11 +347,8 @@ def bad_method(tmp_path, monkeypatch):
     ("per_anchor", r"^method\._target_='{m}\.Pooled': forward returned a loss of shape \(64,\); expected a scalar"),
 ])
 def test_a_method_output_of_the_wrong_type_or_shape_is_named_at_the_first_step(bad_method, what, message):
-    cfg = compose_train(TINY + BAD_METHOD + [f"+method.what={what}", "trainer.max_steps=1",
-                                             "trainer.eval_at_init=false"], bad_method / "run")
-    validate_train_config(cfg)
-    with pytest.raises(ConfigError, match=message.format(m=BAD_METHOD_MODULE)):
-        train(cfg)
+    refused_at_the_first_step(TINY + BAD_METHOD + [f"+method.what={what}", "trainer.eval_at_init=false"],
+                              bad_method / "run", message.format(m=BAD_METHOD_MODULE))
     cfg = compose_train(TINY + BAD_METHOD + ["+method.what=output", "trainer.max_steps=1", "trainer.eval_at_init=false",
                                              "evaluation.linear.epochs=1"], bad_method / "good")
     assert train(cfg)["step"] == 1  # the same method returning a MethodOutput with a scalar loss trains

@@ -29,13 +29,24 @@ def dataset_names(value, key: str) -> list[str]:
     return names
 
 
+def option_config(name: str) -> DictConfig:
+    """The ``conf/dataset`` option ``name`` as written (unresolved)."""
+    return OmegaConf.load(CONF_DIR / "dataset" / f"{name}.yaml")
+
+
+def reads_a_users_folder(option: DictConfig) -> bool:
+    """An option without a default folder (``root: ???``): a folder of the user's own images (``imagefolder``,
+    ``image_files``), at any size."""
+    return OmegaConf.is_missing(option, "root")
+
+
 def check_root_given(names: list[str], root: str | None, key: str, names_key: str) -> None:
-    """An option without a default folder (``root: ???``: the image folders) needs the ``key`` setting; before:
-    the literal ``???`` was read as a folder of the working directory, once the features were extracted."""
+    """An option that reads a user's folder needs the ``key`` setting; before: the literal ``???`` was read as
+    a folder of the working directory, once the features were extracted."""
     if root is not None:
         return
     for name in names:
-        if OmegaConf.is_missing(OmegaConf.load(CONF_DIR / "dataset" / f"{name}.yaml"), "root"):
+        if reads_a_users_folder(option_config(name)):
             raise ConfigError(f"{names_key}={name} needs {key}=<dir>: the {name} option has no default folder "
                               f"(its dataset.root is ???), e.g. {names_key}={name} {key}=/data/my_images")
 
@@ -60,8 +71,8 @@ def dataset_config(name: str, run_cfg: DictConfig, root: str | None = None, key:
     cropped by the run's ``eval_crop_fraction``. Its option's defaults (32 px, fraction 1) would present
     blurred-up 32 px images to an encoder trained at 224, a difference an OOD detector picks up."""
     cfg = OmegaConf.create(OmegaConf.to_container(run_cfg, resolve=False))
-    option = OmegaConf.load(CONF_DIR / "dataset" / f"{name}.yaml")
-    if OmegaConf.is_missing(option, "root") and "image_size" in option:
+    option = option_config(name)
+    if reads_a_users_folder(option) and "image_size" in option:
         run_dataset = run_cfg.dataset
         option.image_size = run_dataset.get("image_size", run_dataset.augment.crop_size)
         option.augment.eval_crop_fraction = run_dataset.augment.eval_crop_fraction

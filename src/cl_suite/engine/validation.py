@@ -492,12 +492,13 @@ def _check_method_and_sampler_classes(cfg: DictConfig) -> None:
     from cl_suite.methods.base import ContrastiveMethod
     from cl_suite.samplers.base import NegativeSampler
 
+    classes = {}
     for group, base in (("method", ContrastiveMethod), ("sampler", NegativeSampler)):
-        target = get_object(cfg[group]._target_)
-        if not (isinstance(target, type) and issubclass(target, base)):
+        classes[group] = get_object(cfg[group]._target_)
+        if not (isinstance(classes[group], type) and issubclass(classes[group], base)):
             raise ConfigError(f"{group}._target_={cfg[group]._target_!r} is not a subclass of "
                               f"{base.__module__}.{base.__name__}: a {group} of your own must subclass it")
-    if get_object(cfg.sampler._target_).negative_term is NegativeSampler.negative_term:
+    if classes["sampler"].negative_term is NegativeSampler.negative_term:
         raise ConfigError(f"sampler._target_={cfg.sampler._target_!r} does not implement negative_term(ctx): a "
                           "sampler returns its negative term, a NegativeTerm with one log N_a per anchor")
 
