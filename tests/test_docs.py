@@ -16,7 +16,7 @@ from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from cl_suite.engine.validation import validate_evaluate_config, validate_train_config
-from helpers import CONF, ROOT
+from helpers import CONF, ROOT, TINY
 
 # The READMEs, and the usage lines in the headers of the config files and sweep recipes.
 DOCS = ("README.md", "multirun/README.md", "ARCHITECTURE.md",
@@ -109,3 +109,19 @@ def test_the_readmes_library_example_runs_as_printed():
     namespace: dict = {}
     exec(compile(block.replace("range(200)", "range(2)"), "README.md", "exec"), namespace)  # noqa: S102
     assert namespace["loss"].ndim == 0 and namespace["step"] == 1
+
+
+def test_the_readmes_python_api_example_runs_as_printed(tmp_path, monkeypatch):
+    """The "From Python" block in a fresh namespace, in an empty working directory, with few steps."""
+    text = (ROOT / "README.md").read_text()
+    (block,) = re.findall(r"```python\n(.*?)```", text.split("## From Python (a notebook)", 1)[1].split("\n## ", 1)[0],
+                          flags=re.S)
+    assert '"trainer.epochs=5"' in block
+    quick = ", ".join(f'"{o}"' for o in TINY + ["trainer.max_steps=2", "trainer.eval_at_init=false",
+                                                "evaluation.linear.epochs=2"])
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(block.replace('"trainer.epochs=5"', quick), "README.md", "exec"), namespace)  # noqa: S102
+    assert [run.dir for run in namespace["runs"]] == [tmp_path / f"outputs/nb/tau_{tau}" for tau in (0.0, 0.05, 0.1)]
+    assert set(namespace["knn"]) == {"knn/top1", "knn/top5"} and not namespace["encoder"].training
+    assert (tmp_path / "outputs/nb/tau_0.0/eval.json").is_file()

@@ -25,6 +25,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("export", "report"),
     ("run_evaluation",),
     ("cli",),
+    ("api",),  # uses cli's override checks
     ("train", "evaluate"),
 ]
 LAYER_OF = {package: rank for rank, packages in enumerate(LAYERS) for package in packages}

@@ -267,6 +267,51 @@ def resolve_source(source: str | Path, checkpoint: str | None = None) -> tuple[P
     return path, run_dir
 
 
+@dataclasses.dataclass
+class CheckpointBackbone:
+    """The encoder of a training checkpoint: the suite's backbone module with its weights, in eval mode."""
+
+    backbone: nn.Module
+    backbone_cfg: dict[str, Any]  # the run's backbone config (pretrained_file: None: the weights are loaded)
+    weights: dict[str, torch.Tensor]  # the backbone's tensors (CPU copies)
+    config: dict[str, Any]  # the whole run config the checkpoint holds
+    state: dict[str, Any]  # the checkpoint itself
+
+
+def checkpoint_backbone(path: Path, trusted: tuple[str, ...] = ()) -> CheckpointBackbone:
+    """The encoder of the training checkpoint ``path``, read by ``engine.checkpoint.load_checkpoint``
+    (weights only, checksum checked), rebuilt from the run config it holds (only the suite's backbone
+    classes) and loaded strictly. ``trusted``: modules of the user's own method, imported to check that its
+    representation is the backbone's."""
+    state = ckpt.load_checkpoint(path)
+    config = state.get("config")
+    if not isinstance(config, dict) or not isinstance(config.get("backbone"), dict):
+        raise ExportError(f"checkpoint {str(path)!r} holds no run config (saved by an older cl_suite?): cannot tell "
+                          "which backbone its weights belong to")
+    _check_method_encodes_with_backbone(path, config, trusted)
+    where = f"checkpoint {str(path)!r}"
+    backbone_cfg = {k: v for k, v in config["backbone"].items() if k != "pretrained_file"}
+    if "pretrained_file" in config["backbone"]:
+        backbone_cfg["pretrained_file"] = None
+    target = backbone_cfg.get("_target_")
+    if isinstance(target, str) and target not in BACKBONE_CLASSES and not target.startswith("cl_suite."):
+        raise ExportError(f"{where}: backbone._target_={target!r} is a backbone of your own; the export (and "
+                          "api.load_encoder) rebuild only the suite's backbones (--trust-target covers a method of your "
+                          "own, not a backbone): evaluate the run with evaluate.py "
+                          f"trust_targets=[{target.rsplit('.', 1)[0]}], or load the checkpoint's backbone.* tensors "
+                          "into your module")
+    backbone = build_backbone(backbone_cfg, where)
+    weights = {k[len("backbone."):]: v.detach().cpu().clone() for k, v in state["method"].items()
+               if k.startswith("backbone.")}
+    try:
+        backbone.load_state_dict(weights, strict=True)
+    except RuntimeError as err:
+        details = "\n  ".join(str(err).splitlines()[1:4])
+        raise ExportError(f"{where}: its backbone weights do not fit its own backbone config:\n  {details}") from None
+    backbone.eval()
+    return CheckpointBackbone(backbone, backbone_cfg, weights, config, state)
+
+
 def default_output(run_dir: Path, checkpoint: Path, fmt: str) -> Path:
     """``<run>/backbone_<format>.pt`` for ``last``, ``<run>/backbone_<format>_<checkpoint>.pt`` otherwise."""
     suffix = "" if checkpoint.name == ckpt.LAST else f"_{checkpoint.stem}"
@@ -292,32 +337,10 @@ def export_backbone(source: str | Path, fmt: str = "state_dict", out: str | Path
     if out.exists() and os.path.samefile(out, path):
         raise ExportError(f"--out {str(out)!r} is the checkpoint itself; choose another file")
 
-    state = ckpt.load_checkpoint(path)
-    config = state.get("config")
-    if not isinstance(config, dict) or not isinstance(config.get("backbone"), dict):
-        raise ExportError(f"checkpoint {str(path)!r} holds no run config (saved by an older cl_suite?): cannot tell "
-                          "which backbone its weights belong to")
-    _check_method_encodes_with_backbone(path, config, trusted)
+    found = checkpoint_backbone(path, trusted)
+    state, config, backbone, backbone_cfg, weights = (found.state, found.config, found.backbone, found.backbone_cfg,
+                                                      found.weights)
     where = f"checkpoint {str(path)!r}"
-    backbone_cfg = {k: v for k, v in config["backbone"].items() if k != "pretrained_file"}
-    if "pretrained_file" in config["backbone"]:
-        backbone_cfg["pretrained_file"] = None
-    target = backbone_cfg.get("_target_")
-    if isinstance(target, str) and target not in BACKBONE_CLASSES and not target.startswith("cl_suite."):
-        raise ExportError(f"{where}: backbone._target_={target!r} is a backbone of your own; the export writes only "
-                          "the suite's backbones (load_backbone rebuilds them from the header; --trust-target covers "
-                          "a method of your own, not a backbone): evaluate the run with evaluate.py "
-                          f"trust_targets=[{target.rsplit('.', 1)[0]}], or load the checkpoint's backbone.* tensors "
-                          "into your module")
-    backbone = build_backbone(backbone_cfg, where)
-    weights = {k[len("backbone."):]: v.detach().cpu().clone() for k, v in state["method"].items()
-               if k.startswith("backbone.")}
-    try:
-        backbone.load_state_dict(weights, strict=True)
-    except RuntimeError as err:
-        details = "\n  ".join(str(err).splitlines()[1:4])
-        raise ExportError(f"{where}: its backbone weights do not fit its own backbone config:\n  {details}") from None
-    backbone.eval()
 
     dataset = config.get("dataset") if isinstance(config.get("dataset"), dict) else {}
     input_size = (dataset.get("augment") or {}).get("crop_size")

@@ -1,0 +1,187 @@
+"""Train and evaluate from Python (a notebook, a script of one's own): the runs of ``train.py`` and
+``evaluate.py``, with the same config tree, checks, run folders and records.
+
+    from cl_suite import api
+
+    run = api.train(["method=dcl", "sampler.tau_plus=0.1", "trainer.epochs=5"], run_dir="outputs/nb/dcl")
+    run.metrics["linear/top1"]               # the final numbers train.py prints at the end
+    api.evaluate(run.dir, ["protocol=[knn,retrieval]"])["protocols"]["knn"]
+    encoder = api.load_encoder(run.dir)      # the trained backbone, in eval mode
+
+Overrides are the command line's, one string each (``key=value``, ``group=option``, ``+key=value``). A
+run folder written here is one that ``python evaluate.py run=<dir>``, ``python -m cl_suite.export`` and
+the sweep report (``python -m cl_suite.report <folder of runs>``) read like any other: its ``.hydra/``
+record holds the composed config, Hydra's settings and the overrides. A sweep is a loop over ``train``
+with one ``run_dir`` per job under one folder; Hydra's ``-m`` sweeps, launchers and torchrun stay on the
+command line.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+
+import cl_suite.resolvers  # noqa: F401  (the ${cl_suite.*:} resolvers the config tree uses)
+from cl_suite.engine.validation import ConfigError
+from cl_suite.paths import CHECKPOINT_DIR, CONF_DIR
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """A finished training run: its folder and its final numbers (``metrics.json``'s ``final``)."""
+
+    dir: Path
+    metrics: dict[str, float]
+
+
+def train_config(overrides: Sequence[str] = (), run_dir: str | Path | None = None) -> DictConfig:
+    """The config ``train(overrides, run_dir)`` runs, composed as ``python train.py <overrides>`` composes it
+    (``paths.output_dir`` is the run folder); to read or print, e.g. ``OmegaConf.to_yaml(...)``."""
+    job = _compose_job("train", overrides, run_dir)
+    cfg = _task_config(job)
+    cfg.paths.output_dir = job.hydra.runtime.output_dir  # resolved: the job's Hydra settings are not set here
+    return cfg
+
+
+def train(overrides: Sequence[str] = (), run_dir: str | Path | None = None) -> Run:
+    """Pre-train as ``python train.py <overrides>`` does, in this process; return the finished run.
+
+    ``run_dir``: the run folder (default: ``outputs/<date>/<time>`` under the working directory, as
+    train.py). A folder that holds a run continues it (``resume=auto``, as train.py), or, finished, only
+    re-runs its final evaluation when the evaluation settings changed. A config that cannot work raises
+    ``cl_suite.errors.ConfigError`` (a ``UserError``: its message is the whole story). A run stopped by a
+    signal (SIGTERM, SIGINT) saves its checkpoint and raises ``SystemExit(128 + signal)``, as train.py
+    exits: calling ``train`` again with the same ``run_dir`` continues it."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from cl_suite.engine.trainer import train as run_training
+
+    job = _compose_job("train", overrides, run_dir)
+    hydra_config = HydraConfig.instance()
+    before = hydra_config.cfg
+    try:
+        # As Hydra's run_job: the job's Hydra settings are readable (${hydra:...}, the .hydra/ record the
+        # trainer writes, the recipe's published-number check) while the job runs, and only then.
+        hydra_config.set_config(job)
+        final = run_training(_task_config(job))
+    finally:
+        hydra_config.cfg = before
+    return Run(dir=Path(job.hydra.runtime.output_dir), metrics=dict(final))
+
+
+def evaluate(run: str | Path, overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """Evaluate as ``python evaluate.py run=<run> <overrides>`` does (``protocol=[linear,knn]``,
+    ``checkpoint=best``, ``ood_dataset=...``); return what it writes to ``<run>/eval.json``: ``protocols``
+    (each protocol's metrics), ``metrics`` (flat), the checkpoint, step and settings.
+
+    ``run`` is a run folder (its last checkpoint), a checkpoint file in a run's ``checkpoints/``, or a
+    backbone file of ``python -m cl_suite.export`` (evaluate.py's ``checkpoint=<file>``; ``dataset=<option>``
+    may then choose the data set)."""
+    from cl_suite.run_evaluation import evaluate_run
+
+    path = Path(run).expanduser()
+    taken = ("run", "checkpoint") if path.is_file() else ("run",)
+    given = [o for o in overrides if isinstance(o, str) and _key(o) in taken]
+    if given:
+        raise ConfigError(f"evaluate({str(run)!r}, {list(overrides)}): {given[0]} names what to evaluate, which the "
+                          "first argument already does (a run folder, a checkpoint in its checkpoints/, or an "
+                          "exported backbone file)")
+    cfg = _task_config(_compose_job("evaluate", overrides))
+    run_of_file = path.parent.parent
+    if path.is_file() and path.parent.name == CHECKPOINT_DIR and (run_of_file / ".hydra" / "config.yaml").is_file():
+        cfg.run, cfg.checkpoint = str(run_of_file), str(path)  # evaluate.py run=<run> checkpoint=<file>
+    elif path.is_file():  # an exported backbone: evaluate.py's checkpoint=<file> without run=
+        cfg.checkpoint = str(path)
+    else:
+        cfg.run = str(path)
+    return evaluate_run(cfg)
+
+
+def load_encoder(run: str | Path, checkpoint: str = "last", trust_targets: Sequence[str] = ()):
+    """The encoder of a run's checkpoint (``checkpoints/<checkpoint>.pt``, or a ``.pt`` path), as the
+    suite's backbone module with its trained weights, on the CPU, in eval mode: ``encoder(x)`` gives
+    ``(N, encoder.num_features)`` features of images normalised with the run's ``dataset.mean``/``std``.
+    Read as ``python -m cl_suite.export`` reads it (weights only, checksum checked); ``trust_targets``:
+    modules of a method of one's own (export's ``--trust-target``)."""
+    from cl_suite.export import checkpoint_backbone, resolve_source
+
+    path, _ = resolve_source(run, None if Path(run).is_file() else checkpoint)
+    return checkpoint_backbone(path, tuple(trust_targets)).backbone
+
+
+def _key(override: str) -> str:
+    return override.partition("=")[0].lstrip("+~")
+
+
+def _is_sweep(override: str) -> bool:
+    from hydra.errors import HydraException
+
+    from cl_suite.sweeps import parse_overrides
+
+    try:
+        return parse_overrides([override])[0].is_sweep_override()
+    except HydraException:  # not an override at all: composing says what is wrong with it
+        return False
+
+
+def _compose_job(config_name: str, overrides: Sequence[str], run_dir: str | Path | None = None) -> DictConfig:
+    """The job's whole config, Hydra's node included, with ``hydra.runtime.output_dir`` set as Hydra's
+    ``run_job`` sets it (for ``train``: ``run_dir``, else the resolved ``hydra.run.dir``)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+
+    from cl_suite.cli import logger_setting_under_debug
+
+    if isinstance(overrides, str):
+        raise ConfigError(f"overrides={overrides!r}: pass a list of overrides, one string each "
+                          f"([{', '.join(repr(o) for o in overrides.split())}])")
+    overrides = list(overrides)
+    for override in overrides:
+        if not isinstance(override, str):
+            raise ConfigError(f"override {override!r} is not a string: write it as on the command line, e.g. "
+                              "'trainer.epochs=5'")
+        if override in ("-m", "--multirun") or _key(override) in ("hydra/launcher", "hydra/sweeper"):
+            raise ConfigError(f"{override}: sweeps and launchers are train.py's (python train.py -m ...); from "
+                              "Python, call train() once per job, each with its own run_dir")
+    swept = [override for override in overrides if _is_sweep(override)]
+    if swept:
+        raise ConfigError(f"{swept[0]}: a sweep value (a,b / range() / choice()) needs train.py -m; from Python, "
+                          "call train() once per value, each with its own run_dir")
+    hint = logger_setting_under_debug(overrides) if config_name == "train" else None
+    if hint:
+        raise ConfigError(hint.removeprefix("error: "))
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            job = compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
+    except Exception as error:  # Hydra's composition errors: a mistyped key or option, a sweep value
+        from hydra.errors import HydraException
+
+        if not isinstance(error, HydraException):
+            raise
+        message = str(error).split("\nConfig search path:")[0]  # Hydra's search path: the package's own conf/
+        raise ConfigError(f"{config_name} overrides {overrides}: {message}") from None
+    hydra_config = HydraConfig.instance()
+    before = hydra_config.cfg
+    try:
+        hydra_config.set_config(job)  # for ${hydra:...} in the folder's name
+        folder = run_dir if run_dir is not None else OmegaConf.select(job, "hydra.run.dir")
+        output_dir = os.path.abspath(os.path.expanduser(str(folder)))
+    finally:
+        hydra_config.cfg = before
+    with read_write(job.hydra), open_dict(job.hydra):
+        job.hydra.run.dir = output_dir  # the record says where the run went, as hydra.run.dir=<dir> would
+        job.hydra.runtime.output_dir = output_dir
+    return job
+
+
+def _task_config(job: DictConfig) -> DictConfig:
+    """The job's own config: Hydra's node removed, as Hydra's ``run_job`` hands it to the task."""
+    task = copy.deepcopy(job)
+    with read_write(task), open_dict(task):
+        del task["hydra"]
+    return task

@@ -1,0 +1,140 @@
+"""``cl_suite.api``: train, evaluate and load an encoder from Python, with the run folders, records and
+checks of train.py / evaluate.py; a folder of such runs is a sweep the report reads."""
+import json
+
+import pytest
+import torch
+import yaml
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import OmegaConf
+
+from cl_suite import api
+from cl_suite.engine import checkpoint as ckpt
+from cl_suite.engine.validation import ConfigError
+from cl_suite.export import export_backbone, load_backbone
+from cl_suite.report.jobs import collect_jobs
+from helpers import TINY, compose_train, evaluate_in_process, to_plain
+
+QUICK = TINY + ["trainer.max_steps=2", "trainer.eval_at_init=false", "evaluation.linear.epochs=2"]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Two DCL runs of a tau_plus 'sweep' written by api.train, as a notebook would loop over a value."""
+    folder = tmp_path_factory.mktemp("sweep")
+    done = [api.train(QUICK + ["method=dcl", f"sampler.tau_plus={tau}"], run_dir=folder / f"tau_{tau}")
+            for tau in (0.0, 0.1)]
+    return folder, done
+
+
+def test_train_returns_the_runs_final_numbers_and_leaves_the_record_train_py_writes(runs):
+    folder, (run, _) = runs
+    assert run.dir == (folder / "tau_0.0").resolve()
+    saved = json.loads((run.dir / "metrics.json").read_text())
+    assert run.metrics == saved["final"] and 0 <= run.metrics["linear/top1"] <= 100 and run.metrics["step"] == 2
+    assert (run.dir / ckpt.CHECKPOINT_DIR / ckpt.LAST).is_file() and (run.dir / "train.log").is_file()
+    record = run.dir / ".hydra"
+    overrides = QUICK + ["method=dcl", "sampler.tau_plus=0.0"]
+    assert yaml.safe_load((record / "overrides.yaml").read_text()) == overrides
+    hydra = yaml.safe_load((record / "hydra.yaml").read_text())["hydra"]
+    assert hydra["runtime"]["output_dir"] == hydra["run"]["dir"] == str(run.dir)
+    assert hydra["runtime"]["choices"]["method"] == "dcl" and hydra["job"]["name"] == "train"
+    # The config is the one Hydra composes for these overrides (paths.output_dir stays ${hydra:...}, as
+    # train.py records it), and the settings were applied.
+    recorded = OmegaConf.load(record / "config.yaml")
+    assert OmegaConf.to_container(recorded.paths)["output_dir"] == "${hydra:runtime.output_dir}"
+    expected = to_plain(compose_train(overrides, run.dir))
+    recorded.paths.output_dir = str(run.dir)
+    assert to_plain(recorded) == expected and recorded.sampler.tau_plus == 0.0
+    assert not HydraConfig.initialized()  # the job's Hydra settings are not left behind
+
+
+def test_a_folder_of_api_runs_is_a_sweep_the_report_reads(runs):
+    folder, done = runs
+    jobs = collect_jobs(folder)
+    assert [job.status for job in jobs] == ["ok", "ok"]
+    assert [job.settings["sampler.tau_plus"] for job in jobs] == [0.0, 0.1]
+    assert [job.metrics["linear/top1"] for job in jobs] == pytest.approx([r.metrics["linear/top1"] for r in done])
+
+
+def test_evaluate_gives_evaluate_pys_numbers_and_writes_eval_json(runs):
+    _, (run, _) = runs
+    result = api.evaluate(run.dir, ["protocol=[knn,retrieval]"])
+    assert set(result["protocols"]) == {"knn", "retrieval"} and result["step"] == 2
+    assert json.loads((run.dir / "eval.json").read_text())["protocols"] == result["protocols"]
+    again = evaluate_in_process(run.dir, "protocol=[knn,retrieval]")  # evaluate.py's own entry
+    assert again["protocols"] == result["protocols"]
+    assert result["protocols"]["knn"]["knn/top1"] == pytest.approx(run.metrics["knn/top1"])
+
+
+def test_load_encoder_is_the_trained_backbone_as_the_export_writes_it(runs):
+    _, (run, _) = runs
+    encoder = api.load_encoder(run.dir)
+    assert not encoder.training and type(encoder).__name__ == "SmallConvNet"
+    out, _ = export_backbone(run.dir, out=run.dir / "encoder.pt")
+    x = torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(encoder(x), load_backbone(out)(x), rtol=0, atol=0)
+    state = ckpt.load_checkpoint(run.dir / "checkpoints" / "last.pt")
+    weights = {k[len("backbone."):]: v for k, v in state["method"].items() if k.startswith("backbone.")}
+    assert weights and all(torch.equal(encoder.state_dict()[k], v) for k, v in weights.items())
+    # A training checkpoint path names itself; the exported result evaluates to the run's numbers.
+    file_encoder = api.load_encoder(run.dir / "checkpoints" / "last.pt")
+    torch.testing.assert_close(file_encoder(x), encoder(x), rtol=0, atol=0)
+    exported = api.evaluate(out, ["protocol=[knn]"])
+    assert exported["protocols"]["knn"]["knn/top1"] == pytest.approx(run.metrics["knn/top1"])
+    assert (run.dir / "encoder.eval.json").is_file()
+
+
+def test_evaluate_a_checkpoint_file_of_a_run_as_evaluate_py_run_and_checkpoint(runs):
+    _, (_, run) = runs
+    step = sorted((run.dir / "checkpoints").glob("step_*.pt"))[-1]
+    result = api.evaluate(step, ["protocol=[knn]"])
+    assert result["checkpoint"] == str(step) and result["step"] == 2
+    assert result["protocols"]["knn"]["knn/top1"] == pytest.approx(run.metrics["knn/top1"])
+
+
+def test_train_again_into_a_finished_run_trains_nothing_and_returns_its_numbers(runs, capsys):
+    _, (_, run) = runs
+    again = api.train(QUICK + ["method=dcl", "sampler.tau_plus=0.1"], run_dir=run.dir)
+    assert again == run
+    assert "this run already finished at step 2" in capsys.readouterr().out
+
+
+def test_train_config_is_the_composed_config_with_the_run_folder(tmp_path):
+    cfg = api.train_config(["method=hcl", "sampler.beta=0.5"], run_dir=tmp_path / "x")
+    assert cfg.paths.output_dir == str(tmp_path / "x") and cfg.sampler.beta == 0.5
+    assert cfg.sampler._target_ == "cl_suite.samplers.HardSampler" and "hydra" not in cfg
+    default = api.train_config()
+    assert default.paths.output_dir.startswith(str(__import__("pathlib").Path.cwd() / "outputs"))
+    assert not HydraConfig.initialized()
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ("method=dcl", r"overrides='method=dcl': pass a list of overrides, one string each \(\['method=dcl'\]\)"),
+    ([3], "override 3 is not a string"),
+    (["seed=0,1"], r"seed=0,1: a sweep value .* call train\(\) once per value"),
+    (["-m", "seed=1"], r"-m: sweeps and launchers are train.py's"),
+    (["hydra/launcher=local"], "hydra/launcher=local: sweeps and launchers"),
+    (["trainer.epoch=3"], r"train overrides \['trainer.epoch=3'\]: Could not override 'trainer.epoch'"),
+    (["method=nope"], r"Could not find 'method/nope'\n\nAvailable options in 'method':(?s:(?!Config search path).)*$"),
+    (["debug=fast", "logger.mode=offline"], "choose the logger too"),
+])
+def test_overrides_that_cannot_be_one_job_are_refused_by_name(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        api.train_config(overrides)
+    assert not HydraConfig.initialized()
+
+
+def test_a_refused_config_raises_and_leaves_no_hydra_settings_behind(tmp_path):
+    with pytest.raises(ConfigError, match="trainer.batch_size"):
+        api.train(QUICK + ["trainer.batch_size=0"], run_dir=tmp_path / "run")
+    assert not HydraConfig.initialized()
+    assert (tmp_path / "run" / "refused.txt").is_file()  # as train.py leaves it: a report lists the job as failed
+
+
+def test_evaluate_refuses_a_second_name_for_what_it_evaluates(runs):
+    _, (run, _) = runs
+    with pytest.raises(ConfigError, match=r"run=elsewhere names what to evaluate"):
+        api.evaluate(run.dir, ["run=elsewhere"])
+    with pytest.raises(ConfigError, match=r"checkpoint=best names what to evaluate"):
+        api.evaluate(run.dir / "checkpoints" / "last.pt", ["checkpoint=best"])
