@@ -93,6 +93,16 @@ def test_evaluate_a_checkpoint_file_of_a_run_as_evaluate_py_run_and_checkpoint(r
     assert result["protocols"]["knn"]["knn/top1"] == pytest.approx(run.metrics["knn/top1"])
 
 
+def test_train_in_process_gives_back_the_callers_thread_count(tmp_path):
+    before = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        api.train(QUICK + ["trainer.threads=1", "trainer.save_checkpoints=false"], run_dir=tmp_path / "run")
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_train_again_into_a_finished_run_trains_nothing_and_returns_its_numbers(runs, capsys):
     _, (_, run) = runs
     again = api.train(QUICK + ["method=dcl", "sampler.tau_plus=0.1"], run_dir=run.dir)

@@ -215,6 +215,9 @@ def _train(cfg: DictConfig, device_type: str, run_log: RunLog, augment: AugmentC
             run_log.open(run_dir)
             if outdated:
                 say(outdated)
+        # The process's thread count comes back when the job ends: a caller that trains in process (api.train
+        # from a notebook, a multirun's next job) keeps its own setting.
+        teardown.callback(torch.set_num_threads, torch.get_num_threads())
         threads, why = set_threads(cfg.trainer.threads, device_type)
         if is_main_process():
             say(f"device {device_type}, {threads} CPU thread(s) ({why}; trainer.threads={cfg.trainer.threads})")
