@@ -234,6 +234,7 @@ BAD_OVERRIDES = [
     ("trainer.log_every_steps=0", "trainer.log_every_steps=0"),
     ("trainer.grad_clip=0", "trainer.grad_clip=0"),
     ("trainer.compile_mode=fast", "trainer.compile_mode='fast'"),
+    ("trainer.compile_mode=max-autotune", "trainer.compile_mode=max-autotune has no effect with trainer.compile=false"),
     ("trainer.channels_last=maybe", "trainer.channels_last='maybe'"),
     ("probe.lr=0", "probe.lr=0"),
     ("probe.weight_decay=inf", "probe.weight_decay=inf"),

@@ -272,6 +272,9 @@ def _check_trainer(cfg: DictConfig) -> None:
     if t.channels_last not in ("auto", True, False):
         raise ConfigError(f"trainer.channels_last={t.channels_last!r} is not allowed: expected auto, true or false")
     _choice(t, "trainer.compile_mode", COMPILE_MODES)
+    if t.compile_mode != "default" and not t.compile:
+        raise ConfigError(f"trainer.compile_mode={t.compile_mode} has no effect with trainer.compile=false (nothing is "
+                          "compiled): add trainer.compile=true, or leave compile_mode at default")
     _choice(t, "trainer.nonfinite", NONFINITE_MODES)
     _choice(t, "trainer.best_mode", ("max", "min"))
     _check_best_metric(cfg)
