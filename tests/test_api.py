@@ -135,6 +135,12 @@ def test_overrides_that_cannot_be_one_job_are_refused_by_name(overrides, message
     assert not HydraConfig.initialized()
 
 
+def test_the_run_folder_is_named_once(tmp_path):
+    assert api.train_config([f"hydra.run.dir={tmp_path}/a"]).paths.output_dir == str(tmp_path / "a")
+    with pytest.raises(ConfigError, match="run_dir='b' and the override hydra.run.dir both name the run folder"):
+        api.train_config([f"hydra.run.dir={tmp_path}/a"], run_dir="b")
+
+
 def test_a_refused_config_raises_and_leaves_no_hydra_settings_behind(tmp_path):
     with pytest.raises(ConfigError, match="trainer.batch_size"):
         api.train(QUICK + ["trainer.batch_size=0"], run_dir=tmp_path / "run")

@@ -148,6 +148,8 @@ def _compose_job(config_name: str, overrides: Sequence[str], run_dir: str | Path
         if override in ("-m", "--multirun") or _key(override) in ("hydra/launcher", "hydra/sweeper"):
             raise ConfigError(f"{override}: sweeps and launchers are train.py's (python train.py -m ...); from "
                               "Python, call train() once per job, each with its own run_dir")
+    if run_dir is not None and any(_key(o) == "hydra.run.dir" for o in overrides):
+        raise ConfigError(f"run_dir={str(run_dir)!r} and the override hydra.run.dir both name the run folder: pass one")
     swept = [override for override in overrides if _is_sweep(override)]
     if swept:
         raise ConfigError(f"{swept[0]}: a sweep value (a,b / range() / choice()) needs train.py -m; from Python, "
