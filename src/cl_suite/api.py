@@ -134,6 +134,7 @@ def _compose_job(config_name: str, overrides: Sequence[str], run_dir: str | Path
     ``run_job`` sets it (for ``train``: ``run_dir``, else the resolved ``hydra.run.dir``)."""
     from hydra import compose, initialize_config_dir
     from hydra.core.hydra_config import HydraConfig
+    from hydra.errors import HydraException
 
     from cl_suite.cli import logger_setting_under_debug
 
@@ -160,11 +161,7 @@ def _compose_job(config_name: str, overrides: Sequence[str], run_dir: str | Path
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             job = compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
-    except Exception as error:  # Hydra's composition errors: a mistyped key or option, a sweep value
-        from hydra.errors import HydraException
-
-        if not isinstance(error, HydraException):
-            raise
+    except HydraException as error:  # a mistyped key or option, a value of the wrong type
         message = str(error).split("\nConfig search path:")[0]  # Hydra's search path: the package's own conf/
         raise ConfigError(f"{config_name} overrides {overrides}: {message}") from None
     hydra_config = HydraConfig.instance()
