@@ -235,7 +235,10 @@ def authors_schedule(policy, final, anneal_steps, total_steps, step_size=0.1, de
 
 @pytest.mark.parametrize("policy", ["linear", "step", "exponential"])
 @pytest.mark.parametrize("final, anneal_steps, step_size", [(0.1, 390, 0.1), (0.1, 1000, 0.1), (0.25, 77, 0.05),
-                                                            (0.1, 7, 0.1), (0.3, 1, 0.2)])
+                                                            (0.1, 7, 0.1), (0.3, 1, 0.2),
+                                                            # (1 + d - u) / d not whole: numpy's ceil counts the
+                                                            # values (0.5: 7 of them, up to 1.1; 0.33: 8)
+                                                            (0.5, 100, 0.1), (0.33, 95, 0.1)])
 def test_anneal_schedules_equal_the_authors_policies(policy, final, anneal_steps, step_size):
     # The code's step schedule is shorter than the run when the values do not divide the annealing steps
     # (it would index past its end in the last steps); compare where it is defined.
@@ -297,6 +300,27 @@ def test_borders_are_the_authors_truncated_products():
     assert ring_borders(0.5, 0.1, 512) == (25, 256)
     assert ring_borders(0.29, 0.1, 100) == (2, 28)  # 0.29 * 100 = 28.999999999999996 in double, as in their code
     assert ring_borders(1.0, 0.0, 7) == (0, 7)
+
+
+def test_an_outer_fraction_above_one_is_clipped_to_the_pool_as_the_authors_slices_do():
+    # The step policy's first value exceeds 1 for most finals (final 0.5: 1.0999999999999999, numpy's
+    # arange). The code's ``sorted[:, :O]`` slice then holds the whole pool and its hole is int(l * pool):
+    # the borders clip O to the pool before I is taken, in the scalar and the per-anchor arithmetic.
+    u = anneal_outer_fraction("step", 0.5, 0, 60)
+    assert u == np.arange(0.5, 1.1, 0.1)[-1] > 1.0
+    assert ring_borders(u, 0.1, 123) == (12, 123)  # not (13, 135)
+    torch.manual_seed(6)
+    q, k, queue = unit(torch.randn(4, 8)), unit(torch.randn(4, 8)), unit(torch.randn(123, 8))
+    sampler = RingSampler(0.5, 0.1, anneal="step", anneal_epochs=60.0)
+    sampler.set_progress(0, steps_per_epoch=1)
+    leaves = [x.clone().requires_grad_() for x in (q, k, queue)]
+    out = sampler(*leaves, None, T)
+    assert out.stats["ring/outer_fraction"].item() == pytest.approx(u) and out.stats["ring/width"].item() == 111
+    ref_leaves = [x.double().requires_grad_() for x in (q, k, queue)]
+    ref = authors_moco_ring(*ref_leaves, T, u, 0.1)
+    assert math.isclose(out.loss.item(), ref.item(), rel_tol=1e-5)
+    for g, h in zip(torch.autograd.grad(out.loss, leaves), torch.autograd.grad(ref, ref_leaves)):
+        torch.testing.assert_close(g.double(), h, rtol=1e-4, atol=1e-6)
 
 
 def test_full_ring_equals_uniform_infonce():

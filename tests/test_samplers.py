@@ -114,8 +114,8 @@ def test_hard_equals_the_hcl_equation(views, beta, tau_plus):
 def test_hcl_log_ratio_and_its_hand_written_gradient(beta):
     # HardLogRatio's backward is written by hand: check it against autograd's numerical gradient (float64),
     # with masked candidates more similar than every kept one (the shift must use the kept ones) and a row
-    # with one kept candidate; the value against the two log-sum-exps it replaces, at t = 0.05 where
-    # unshifted exponentials would overflow float32.
+    # with one kept candidate; the value against the two log-sum-exps it replaces, at t = 0.05 (exponents
+    # up to 80 here: the float32 overflow the shift prevents is checked at t = 0.01 below).
     torch.manual_seed(1)
     sim = torch.rand(5, 7, dtype=torch.float64) * 2 - 1
     mask = torch.rand(5, 7) > 0.3
@@ -140,6 +140,29 @@ def test_hcl_log_ratio_and_its_hand_written_gradient(beta):
     kept = torch.where(empty.any(dim=1), value, torch.zeros_like(value))
     grad = torch.autograd.grad(kept.sum(), sim)[0]
     assert torch.isfinite(grad).all() and grad[2].abs().max() == 0
+
+
+@pytest.mark.parametrize("beta", [0.5, 1.0, 3.0])
+def test_hcl_log_ratio_in_float32_is_exact_where_unshifted_exponentials_overflow(beta):
+    # At t = 0.01 and cosines near 1, exp((1 + beta) s / t) is exp(150..400): inf in float32. The forward
+    # pass shifts each row by its largest *unmasked* similarity; rows with masked candidates (the shift
+    # must ignore them) and full rows, against float64 log-sum-exps, gradient against float64 autograd.
+    torch.manual_seed(11)
+    sim = 0.75 + 0.25 * torch.rand(4, 9, dtype=torch.float64)
+    mask = torch.ones(4, 9, dtype=torch.bool)
+    mask[1, :3] = False
+    mask[3, 4] = False
+    t = 0.01
+    leaf, sim64 = sim.float().requires_grad_(), sim.clone().requires_grad_()
+    value = HardLogRatio.apply(leaf, mask, t, beta)
+    x = sim64 / t
+    ref = (torch.logsumexp(((1 + beta) * x).masked_fill(~mask, float("-inf")), dim=1)
+           - torch.logsumexp((beta * x).masked_fill(~mask, float("-inf")), dim=1))
+    torch.testing.assert_close(value.double(), ref.detach(), rtol=1e-5, atol=1e-4)
+    weights = torch.arange(1.0, 5.0, dtype=torch.float64)  # a different upstream gradient per row
+    (grad,) = torch.autograd.grad((value * weights.float()).sum(), leaf)
+    (ref_grad,) = torch.autograd.grad((ref * weights).sum(), sim64)
+    torch.testing.assert_close(grad.double(), ref_grad, rtol=1e-4, atol=1e-3)
 
 
 @pytest.mark.parametrize("u, l", [(1.0, 0.0), (0.7, 0.3), (0.5, 0.1), (0.35, 0.5)])
@@ -320,6 +343,20 @@ def test_dcl_clamp_binds_for_some_anchors_and_not_others():
         torch.testing.assert_close(g.double(), h, rtol=1e-4, atol=1e-6)
 
 
+def test_dcl_at_a_debiased_sum_of_exactly_zero_takes_the_floor_with_finite_gradients():
+    # R = tau_plus N P exactly (here in float32: log R = 0, log(tau_plus N P) = log 0.5 + log 1 + s+/t = 0):
+    # the debiased sum is 0, not positive, so the floor N e^{-1/t} holds and no log(0) enters the gradient.
+    from cl_suite.objectives import debiased_log_mass
+
+    log_sum = torch.zeros(1, requires_grad=True)
+    pos_sim = torch.tensor([-math.log(0.5)], dtype=torch.float32, requires_grad=True)
+    mask = torch.ones(1, 1, dtype=torch.bool)
+    log_mass = debiased_log_mass(log_sum, pos_sim, mask, 1.0, 0.5)
+    assert log_mass.item() == -1.0  # log(1 * e^{-1/t}) at t = 1
+    grads = torch.autograd.grad(log_mass.sum(), (log_sum, pos_sim))
+    assert all(torch.isfinite(g).all() and g.abs().max() == 0 for g in grads)
+
+
 def test_hcl_weights_are_normalised_by_their_mean_not_their_sum():
     # All candidates equally similar: w is constant, so R = sum w n / mean w = N e^{s/t} for any beta
     # (a sum-normalised R would be e^{s/t}, N times too small, and the loss a lot smaller).
@@ -332,6 +369,22 @@ def test_hcl_weights_are_normalised_by_their_mean_not_their_sum():
     assert math.isclose(out.loss.item(), expected.item(), rel_tol=1e-5)
     # ... and the diagnostic weights are normalised per row: uniform here, 50 effective negatives.
     assert out.stats["negatives/effective"].item() == pytest.approx(50.0, rel=1e-5)
+
+
+@pytest.mark.parametrize("beta", [0.5, 2.0])
+def test_hcl_effective_negatives_are_the_ess_of_its_importance_weights_per_anchor(beta):
+    # negatives/effective = mean over anchors of (sum w)^2 / sum w^2, w_j = exp(beta s_j / t) over the
+    # anchor's unmasked candidates (README: "HCL: the effective sample size of its weights"); ragged mask.
+    anchors, positives, candidates, mask = ragged_batch(8)
+    out = HardSampler(beta=beta, tau_plus=0.1)(anchors, positives, candidates, mask, T)
+    sim = (anchors @ candidates.T).double()
+    ess = []
+    for a in range(sim.shape[0]):
+        w = torch.exp(beta * sim[a][mask[a]] / T)
+        ess.append((w.sum() ** 2 / (w ** 2).sum()).item())
+    assert out.stats["negatives/effective"].item() == pytest.approx(sum(ess) / len(ess), rel=1e-5)
+    fraction = sum(e / mask[a].sum().item() for a, e in enumerate(ess)) / len(ess)
+    assert out.stats["negatives/effective_fraction"].item() == pytest.approx(fraction, rel=1e-5)
 
 
 # ---- limits between samplers ----
@@ -410,6 +463,12 @@ def test_n_hard_larger_than_the_candidates_is_a_clear_error():
     anchors = F.normalize(torch.randn(3, 4), dim=1)
     with pytest.raises(ValueError, match="sampler.n_hard=64 is larger than the 10 candidates"):
         MixingSampler(n_hard=64)(anchors, anchors, F.normalize(torch.randn(10, 4), dim=1), None, 0.1)
+    # exactly as many unmasked candidates as the hard set is allowed (the hard set is all of them)
+    mask = torch.ones(3, 12, dtype=torch.bool)
+    mask[:, :2] = False
+    pool = F.normalize(torch.randn(12, 4), dim=1)
+    out = MixingSampler(n_hard=10, s1=2, s2=2)(anchors, anchors, pool, mask, 0.1)
+    assert torch.isfinite(out.loss) and out.stats["mixing/synthetic"].item() == 4
 
 
 def test_false_negative_rate_counts_same_class_weight():
@@ -419,6 +478,10 @@ def test_false_negative_rate_counts_same_class_weight():
                            candidate_labels=torch.tensor([0, 0, 1, 2, 2, -1]))
     # anchor 0: 2 of 5 labelled candidates share its class; anchor 1: 1 of 5 -> 3 / 10
     assert out.stats["negatives/false_negative_rate"].item() == pytest.approx(0.3)
+    # an unlabelled anchor (-1) is left out, also against the unlabelled candidates (-1 == -1 is no class)
+    out = UniformSampler()(anchors, anchors, candidates, None, 0.5, anchor_labels=torch.tensor([0, -1]),
+                           candidate_labels=torch.tensor([0, 0, 1, -1, -1, 2]))
+    assert out.stats["negatives/false_negative_rate"].item() == pytest.approx(0.5)  # anchor 0: 2 of 4
 
 
 # ---- DCL / HCL presets against a transcription of the authors' criterion ----
