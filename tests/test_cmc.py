@@ -1,4 +1,5 @@
 """CMC: the Lab conversion against reference colours, the cross-view banks, the concatenated features."""
+import numpy as np
 import pytest
 import torch
 
@@ -38,6 +39,30 @@ def test_rgb_to_lab_is_skimages_rgb2lab_white_point_included():
     expected = torch.stack([skimage_rgb2lab(c) for c in colours])
     torch.testing.assert_close(got, expected, atol=2e-4, rtol=0)
     assert got[0, 1] == pytest.approx(-0.0025, abs=2e-4)
+
+
+def test_the_encoders_see_cmcs_normalised_lab_of_the_images_rgb():
+    # The first view arrives normalised with the data set's mean/std: undone to RGB in [0, 1], then
+    # rgb2lab and CMC's Normalize (train_CMC.py: mean (50, 6.025, -6.6895), std (50, 92.208, 101.1675)),
+    # L to the L stem, ab to the ab stem (models/resnet.py: torch.split(x, [1, 2], dim=1)).
+    torch.manual_seed(0)
+    mean, std = [0.4, 0.5, 0.6], [0.2, 0.25, 0.3]
+    method = CMC(SmallConvNet(widths=[4]), UniformSampler(), num_samples=8, mean=mean, std=std, projector_dim=6)
+    rgb = torch.rand(2, 3, 4, 4, dtype=torch.float64)
+    images = ((rgb - torch.tensor(mean, dtype=torch.float64).view(1, 3, 1, 1))
+              / torch.tensor(std, dtype=torch.float64).view(1, 3, 1, 1)).float()
+    seen = {}
+    method.l_stem.register_forward_hook(lambda m, args, out: seen.update(l=args[0]))
+    method.ab_stem.register_forward_hook(lambda m, args, out: seen.update(ab=args[0]))
+    method.encode(images)
+    lab = torch.empty_like(rgb)
+    for n, i, j in np.ndindex(2, 4, 4):
+        lab[n, :, i, j] = skimage_rgb2lab(rgb[n, :, i, j])
+    cmc_mean = torch.tensor([(0 + 100) / 2, (-86.183 + 98.233) / 2, (-107.857 + 94.478) / 2], dtype=torch.float64)
+    cmc_std = torch.tensor([(100 - 0) / 2, (86.183 + 98.233) / 2, (107.857 + 94.478) / 2], dtype=torch.float64)
+    expected = (lab - cmc_mean.view(1, 3, 1, 1)) / cmc_std.view(1, 3, 1, 1)
+    torch.testing.assert_close(seen["l"].double(), expected[:, :1], atol=1e-5, rtol=0)
+    torch.testing.assert_close(seen["ab"].double(), expected[:, 1:], atol=1e-5, rtol=0)
 
 
 def make(num_samples=8, **kwargs):

@@ -17,6 +17,7 @@ from cl_suite.engine.trainer import train
 from cl_suite.engine.validation import ConfigError
 from cl_suite.methods import KMCLR, NNCLR, RINCE, MoCo, SimCLR, SupCon
 from cl_suite.methods.kmclr import OnlineKMeans
+from cl_suite.methods.simclr import embed_two_views
 from cl_suite.objectives import ranked_infonce_loss, supervised_contrastive_loss
 from cl_suite.models import SmallConvNet
 from cl_suite.samplers import UniformSampler
@@ -239,6 +240,42 @@ def test_supcon_loss_and_gradient_equal_the_slow_equation():
                                rtol=1e-4, atol=1e-7)
 
 
+def slow_supcon_against(anchors, candidates, anchor_labels, candidate_labels, contrast, t):
+    """Eq. 2 with A(i) = the candidates ``contrast`` allows (in-batch views but i itself, written bank
+    rows), P(i) those of them with i's label; loops in float64."""
+    total, counted = 0.0, 0
+    for i in range(len(anchors)):
+        allowed = [a for a in range(len(candidates)) if contrast[i, a]]
+        positives = [p for p in allowed if candidate_labels[p] == anchor_labels[i]]
+        if not positives:
+            continue
+        denominator = sum(torch.exp(anchors[i] @ candidates[a] / t) for a in allowed)
+        total = total - sum(torch.log(torch.exp(anchors[i] @ candidates[p] / t) / denominator)
+                            for p in positives) / len(positives)
+        counted += 1
+    return total / counted
+
+
+def test_supcon_with_a_bank_equals_the_slow_equation():
+    # With a bank the candidates are not the anchors (2B in-batch views + K bank rows, two never written):
+    # the normaliser of anchor i is its own row's, over its own A(i).
+    torch.manual_seed(2)
+    z = F.normalize(torch.randn(8, 6), dim=1).requires_grad_()
+    bank = F.normalize(torch.randn(5, 6), dim=1)
+    labels = torch.tensor([0, 1, 0, 2, 0, 1, 0, 3])
+    bank_labels = torch.tensor([1, 0, 2, -1, -1])
+    written = torch.tensor([True, True, True, False, False])
+    contrast = torch.cat([~torch.eye(8, dtype=torch.bool), written.expand(8, -1)], dim=1)
+    candidates_labels = torch.cat([labels, bank_labels])
+    loss, positives = supervised_contrastive_loss(z, torch.cat([z, bank]), labels, candidates_labels, contrast, T)
+    z64 = z.detach().double().requires_grad_()
+    ref = slow_supcon_against(z64, torch.cat([z64, bank.double()]), labels, candidates_labels, contrast, T)
+    assert loss.item() == pytest.approx(ref.item(), rel=1e-6)
+    torch.testing.assert_close(torch.autograd.grad(loss, z)[0].double(), torch.autograd.grad(ref, z64)[0],
+                               rtol=1e-4, atol=1e-7)
+    assert positives.item() == pytest.approx(21 / 8)  # class 0: 4 x (3 + 1 bank row); 1: 2 x (1 + 1); 2: 1; 3: 0
+
+
 def test_supcon_with_all_labels_distinct_is_simclr():
     kwargs = dict(temperature=T, projector_hidden_dims=[16], projector_dim=8)
     supcon, simclr = small(SupCon, **kwargs), small(SimCLR, sampler=UniformSampler(), **kwargs)
@@ -254,7 +291,10 @@ def test_supcon_bank_adds_labelled_positives_after_the_step():
     x1, x2 = images(4)
     out = method((x1, x2), torch.tensor([0, 1, 0, 1]))
     assert float(out.stats["supcon/positives_per_anchor"]) == 3  # other view + the same-class pair's 2 views
+    with torch.no_grad():  # one row per image: its view-1 projection (BN over both views, as in forward)
+        view1 = embed_two_views(method.backbone, method.projector, (x1, x2), method.concat_views)[1][:4]
     method.after_step(out.memory, 0, 1)
+    torch.testing.assert_close(method.bank.embeddings[:4], view1)
     out = method((x1, x2), torch.tensor([0, 1, 0, 1]))
     assert float(out.stats["supcon/positives_per_anchor"]) == 5  # + 2 bank rows of the class
 
@@ -449,6 +489,27 @@ def test_evaluate_rebuilds_methods_that_need_dataset_facts(tmp_path, choice):
     with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
         eval_cfg = compose(config_name="evaluate", overrides=[f"run={run}", "protocol=[knn]", "wandb=false"])
     assert evaluate_run(eval_cfg)["metrics"]["knn/top1"] == pytest.approx(final["knn/top1"], abs=1e-6)
+
+
+def test_nnclr_diagnostics_are_the_mean_of_both_directions():
+    # The loss is 1/2 l(NN(z2), p1) + 1/2 l(NN(z1), p2); each per-step diagnostic (similarity means,
+    # histograms, effective negatives, false-negative rate) is the mean of the two directions' numbers.
+    class StatsRecorder(UniformSampler):
+        def forward(self, *args, **kwargs):
+            out = super().forward(*args, **kwargs)
+            self.calls.append(out.stats)
+            return out
+
+    method = make_nnclr(support_set_size=16)
+    method.sampler = StatsRecorder()
+    method.sampler.calls = []
+    method.support_set.push(torch.randn(16, 8), torch.arange(16) % 3)
+    x1, x2 = images(6, seed=3)
+    out = method((x1, x2), torch.tensor([0, 1, 2, 0, 1, 1]))
+    first, second = method.sampler.calls
+    assert set(first) <= set(out.stats) and not torch.equal(first["sim/positive_mean"], second["sim/positive_mean"])
+    for key in first:
+        torch.testing.assert_close(out.stats[key], (first[key] + second[key]) / 2)
 
 
 def test_nnclr_each_prediction_is_paired_with_the_other_views_neighbour():
