@@ -1,10 +1,14 @@
 """``cl_suite.api``: train, evaluate and load an encoder from Python, with the run folders, records and
 checks of train.py / evaluate.py; a folder of such runs is a sweep the report reads."""
 import json
+import sys
 
+import hydra
 import pytest
 import torch
 import yaml
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 
@@ -154,3 +158,30 @@ def test_evaluate_refuses_a_second_name_for_what_it_evaluates(runs):
         api.evaluate(run.dir, ["run=elsewhere"])
     with pytest.raises(ConfigError, match=r"checkpoint=best names what to evaluate"):
         api.evaluate(run.dir / "checkpoints" / "last.pt", ["checkpoint=best"])
+
+
+def test_the_api_composes_beside_the_callers_own_hydra(tmp_path, monkeypatch):
+    """A notebook that uses Hydra itself (hydra.initialize()), a Hydra app of one's own that trains: the api
+    composes its own config tree, and the caller's Hydra comes back as it was."""
+    (tmp_path / "mine.yaml").write_text("x: 1\n")
+    with initialize_config_dir(version_base="1.3", config_dir=str(tmp_path)):
+        callers = GlobalHydra.instance().hydra
+        assert api.train_config(["method=dcl", "sampler.tau_plus=0.2"]).sampler.tau_plus == 0.2
+        assert GlobalHydra.instance().hydra is callers
+        assert compose(config_name="mine", overrides=["x=2"]).x == 2  # the caller's own Hydra still composes
+    seen = []
+
+    @hydra.main(version_base="1.3", config_path=str(tmp_path), config_name="mine")
+    def app(cfg):
+        seen.append(api.train(QUICK + ["trainer.save_checkpoints=false", f"seed={cfg.x}"], run_dir=tmp_path / "run"))
+        seen.append(HydraConfig.get().runtime.output_dir)  # the app's own settings again
+
+    monkeypatch.setattr(sys, "argv", ["app.py", f"hydra.run.dir={tmp_path / 'app'}", "hydra/job_logging=none",
+                                      "hydra/hydra_logging=none", "hydra.output_subdir=null"])
+    app()
+    run, app_dir = seen
+    assert app_dir == str(tmp_path / "app") and run.metrics["step"] == 2
+    assert OmegaConf.load(run.dir / ".hydra" / "config.yaml").seed == 1
+    record = yaml.safe_load((run.dir / ".hydra" / "hydra.yaml").read_text())["hydra"]
+    assert record["job"]["name"] == "train" and record["runtime"]["output_dir"] == str(tmp_path / "run")
+

@@ -17,6 +17,7 @@ command line.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import os
@@ -57,20 +58,13 @@ def train(overrides: Sequence[str] = (), run_dir: str | Path | None = None) -> R
     ``cl_suite.errors.ConfigError`` (a ``UserError``: its message is the whole story). A run stopped by a
     signal (SIGTERM, SIGINT) saves its checkpoint and raises ``SystemExit(128 + signal)``, as train.py
     exits: calling ``train`` again with the same ``run_dir`` continues it."""
-    from hydra.core.hydra_config import HydraConfig
-
     from cl_suite.engine.trainer import train as run_training
 
     job = _compose_job("train", overrides, run_dir)
-    hydra_config = HydraConfig.instance()
-    before = hydra_config.cfg
-    try:
-        # As Hydra's run_job: the job's Hydra settings are readable (${hydra:...}, the .hydra/ record the
-        # trainer writes, the recipe's published-number check) while the job runs, and only then.
-        hydra_config.set_config(job)
+    # As Hydra's run_job: the job's Hydra settings are readable (${hydra:...}, the .hydra/ record the
+    # trainer writes, the recipe's published-number check) while the job runs, and only then.
+    with _hydra_settings(job):
         final = run_training(_task_config(job))
-    finally:
-        hydra_config.cfg = before
     return Run(dir=Path(job.hydra.runtime.output_dir), metrics=dict(final))
 
 
@@ -133,7 +127,7 @@ def _compose_job(config_name: str, overrides: Sequence[str], run_dir: str | Path
     """The job's whole config, Hydra's node included, with ``hydra.runtime.output_dir`` set as Hydra's
     ``run_job`` sets it (for ``train``: ``run_dir``, else the resolved ``hydra.run.dir``)."""
     from hydra import compose, initialize_config_dir
-    from hydra.core.hydra_config import HydraConfig
+    from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import HydraException
 
     from cl_suite.cli import logger_setting_under_debug
@@ -158,24 +152,41 @@ def _compose_job(config_name: str, overrides: Sequence[str], run_dir: str | Path
     hint = logger_setting_under_debug(overrides) if config_name == "train" else None
     if hint:
         raise ConfigError(hint.removeprefix("error: "))
+    # A caller's own Hydra (inside a Hydra app, after hydra.initialize()) is set aside while this composes.
+    global_hydra = GlobalHydra.instance()
+    callers = global_hydra.hydra
+    global_hydra.clear()
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             job = compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
     except HydraException as error:  # a mistyped key or option, a value of the wrong type
         message = str(error).split("\nConfig search path:")[0]  # Hydra's search path: the package's own conf/
         raise ConfigError(f"{config_name} overrides {overrides}: {message}") from None
-    hydra_config = HydraConfig.instance()
-    before = hydra_config.cfg
-    try:
-        hydra_config.set_config(job)  # for ${hydra:...} in the folder's name
+    finally:
+        global_hydra.hydra = callers
+        GlobalHydra.set_instance(global_hydra)  # initialize's exit put a copy of the cleared one in its place
+    with _hydra_settings(job):  # for ${hydra:...} in the folder's name
         folder = run_dir if run_dir is not None else OmegaConf.select(job, "hydra.run.dir")
         output_dir = os.path.abspath(os.path.expanduser(str(folder)))
-    finally:
-        hydra_config.cfg = before
     with read_write(job.hydra), open_dict(job.hydra):
         job.hydra.run.dir = output_dir  # the record says where the run went, as hydra.run.dir=<dir> would
         job.hydra.runtime.output_dir = output_dir
     return job
+
+
+@contextlib.contextmanager
+def _hydra_settings(job: DictConfig):
+    """The job's Hydra settings (``HydraConfig``) inside the block; the caller's (none, or its own Hydra
+    app's) after it."""
+    from hydra.core.hydra_config import HydraConfig
+
+    hydra_config = HydraConfig.instance()
+    before = hydra_config.cfg
+    try:
+        hydra_config.set_config(job)
+        yield
+    finally:
+        hydra_config.cfg = before
 
 
 def _task_config(job: DictConfig) -> DictConfig:
