@@ -17,7 +17,7 @@ from cl_suite.engine import checkpoint as ckpt
 from cl_suite.engine.validation import ConfigError
 from cl_suite.export import export_backbone, load_backbone
 from cl_suite.report.jobs import collect_jobs
-from helpers import TINY, compose_train, evaluate_in_process, to_plain
+from helpers import TINY, compose_train, evaluate_in_process, run_cli, to_plain
 
 QUICK = TINY + ["trainer.max_steps=2", "trainer.eval_at_init=false", "evaluation.linear.epochs=2"]
 
@@ -43,6 +43,9 @@ def test_train_returns_the_runs_final_numbers_and_leaves_the_record_train_py_wri
     hydra = yaml.safe_load((record / "hydra.yaml").read_text())["hydra"]
     assert hydra["runtime"]["output_dir"] == hydra["run"]["dir"] == str(run.dir)
     assert hydra["runtime"]["choices"]["method"] == "dcl" and hydra["job"]["name"] == "train"
+    # As Hydra's own run records it (test_the_record_is_the_one_train_py_writes compares a whole CLI run's)
+    assert hydra["mode"] == "RUN" and hydra["overrides"]["hydra"] == ["hydra.mode=RUN"]
+    assert {"path": "cl_suite.conf", "schema": "pkg", "provider": "main"} in hydra["runtime"]["config_sources"]
     # The config is the one Hydra composes for these overrides (paths.output_dir stays ${hydra:...}, as
     # train.py records it), and the settings were applied.
     recorded = OmegaConf.load(record / "config.yaml")
@@ -129,6 +132,7 @@ def test_train_config_is_the_composed_config_with_the_run_folder(tmp_path):
     (["seed=0,1"], r"seed=0,1: a sweep value .* call train\(\) once per value"),
     (["-m", "seed=1"], r"-m: sweeps and launchers are train.py's"),
     (["hydra/launcher=local"], "hydra/launcher=local: sweeps and launchers"),
+    (["hydra.mode=MULTIRUN", "seed=1"], "hydra.mode=MULTIRUN: sweeps and launchers"),
     (["trainer.epoch=3"], r"train overrides \['trainer.epoch=3'\]: Could not override 'trainer.epoch'"),
     (["method=nope"], r"Could not find 'method/nope'\n\nAvailable options in 'method':(?s:(?!Config search path).)*$"),
     (["debug=fast", "logger.mode=offline"], "choose the logger too"),
@@ -185,3 +189,21 @@ def test_the_api_composes_beside_the_callers_own_hydra(tmp_path, monkeypatch):
     record = yaml.safe_load((run.dir / ".hydra" / "hydra.yaml").read_text())["hydra"]
     assert record["job"]["name"] == "train" and record["runtime"]["output_dir"] == str(tmp_path / "run")
 
+
+@pytest.mark.slow
+def test_the_record_is_the_one_train_py_writes(tmp_path):
+    """train.py and api.train with the same overrides: the same .hydra/ record but for the folder's name,
+    and each entry point reads the other's run."""
+    overrides = QUICK + ["method=dcl"]
+    proc = run_cli("train.py", overrides + [f"hydra.run.dir={tmp_path / 'cli'}"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = api.train(overrides + [f"hydra.run.dir={tmp_path / 'api'}"])
+    for name in ("config.yaml", "hydra.yaml", "overrides.yaml"):
+        cli_text = (tmp_path / "cli" / ".hydra" / name).read_text()
+        assert (run.dir / ".hydra" / name).read_text() == cli_text.replace(str(tmp_path / "cli"), str(run.dir)), name
+    assert api.evaluate(tmp_path / "cli", ["protocol=[knn]"])["protocols"]["knn"]["knn/top1"] == pytest.approx(
+        run.metrics["knn/top1"])
+    proc = run_cli("evaluate.py", [f"run={run.dir}", "protocol=[knn]"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((run.dir / "eval.json").read_text())["protocols"]["knn"]["knn/top1"] == pytest.approx(
+        run.metrics["knn/top1"])

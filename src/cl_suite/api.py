@@ -29,7 +29,9 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 import cl_suite.resolvers  # noqa: F401  (the ${cl_suite.*:} resolvers the config tree uses)
 from cl_suite.engine.validation import ConfigError
-from cl_suite.paths import CHECKPOINT_DIR, CONF_DIR
+from cl_suite.paths import CHECKPOINT_DIR
+
+CONF_MODULE = "cl_suite.conf"  # the config tree, as cli.py's @hydra.main finds it (config_path="conf")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,7 +128,7 @@ def _is_sweep(override: str) -> bool:
 def _compose_job(config_name: str, overrides: Sequence[str], run_dir: str | Path | None = None) -> DictConfig:
     """The job's whole config, Hydra's node included, with ``hydra.runtime.output_dir`` set as Hydra's
     ``run_job`` sets it (for ``train``: ``run_dir``, else the resolved ``hydra.run.dir``)."""
-    from hydra import compose, initialize_config_dir
+    from hydra import compose, initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import HydraException
 
@@ -140,7 +142,8 @@ def _compose_job(config_name: str, overrides: Sequence[str], run_dir: str | Path
         if not isinstance(override, str):
             raise ConfigError(f"override {override!r} is not a string: write it as on the command line, e.g. "
                               "'trainer.epochs=5'")
-        if override in ("-m", "--multirun") or _key(override) in ("hydra/launcher", "hydra/sweeper"):
+        if override in ("-m", "--multirun") or _key(override) in ("hydra/launcher", "hydra/sweeper") or (
+                _key(override) == "hydra.mode" and override.partition("=")[2].strip().upper() == "MULTIRUN"):
             raise ConfigError(f"{override}: sweeps and launchers are train.py's (python train.py -m ...); from "
                               "Python, call train() once per job, each with its own run_dir")
     if run_dir is not None and any(_key(o) == "hydra.run.dir" for o in overrides):
@@ -152,13 +155,16 @@ def _compose_job(config_name: str, overrides: Sequence[str], run_dir: str | Path
     hint = logger_setting_under_debug(overrides) if config_name == "train" else None
     if hint:
         raise ConfigError(hint.removeprefix("error: "))
+    # hydra.mode=RUN as Hydra's own run adds it (the record's hydra.mode and overrides.hydra say RUN)
+    mode = [] if any(_key(o) == "hydra.mode" for o in overrides) else ["hydra.mode=RUN"]
     # A caller's own Hydra (inside a Hydra app, after hydra.initialize()) is set aside while this composes.
     global_hydra = GlobalHydra.instance()
     callers = global_hydra.hydra
     global_hydra.clear()
     try:
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            job = compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
+        # The config module, as the CLI's @hydra.main names it: the record's config source is the same.
+        with initialize_config_module(config_module=CONF_MODULE, version_base="1.3"):
+            job = compose(config_name=config_name, overrides=overrides + mode, return_hydra_config=True)
     except HydraException as error:  # a mistyped key or option, a value of the wrong type
         message = str(error).split("\nConfig search path:")[0]  # Hydra's search path: the package's own conf/
         raise ConfigError(f"{config_name} overrides {overrides}: {message}") from None
