@@ -129,6 +129,8 @@ def test_train_config_is_the_composed_config_with_the_run_folder(tmp_path):
 @pytest.mark.parametrize("overrides, message", [
     ("method=dcl", r"overrides='method=dcl': pass a list of overrides, one string each \(\['method=dcl'\]\)"),
     ([3], "override 3 is not a string"),
+    ({"method": "dcl", "seed": 1}, r"overrides=\{'method': 'dcl', 'seed': 1\} is a mapping: pass a list of "
+                                   r"overrides, one string each, as on the command line \(\['method=...', 'seed=...'\]\)"),
     (["seed=0,1"], r"seed=0,1: a sweep value .* call train\(\) once per value"),
     (["-m", "seed=1"], r"-m: sweeps and launchers are train.py's"),
     (["hydra/launcher=local"], "hydra/launcher=local: sweeps and launchers"),
@@ -154,6 +156,14 @@ def test_a_refused_config_raises_and_leaves_no_hydra_settings_behind(tmp_path):
         api.train(QUICK + ["trainer.batch_size=0"], run_dir=tmp_path / "run")
     assert not HydraConfig.initialized()
     assert (tmp_path / "run" / "refused.txt").is_file()  # as train.py leaves it: a report lists the job as failed
+
+
+def test_overrides_given_as_a_generator_or_a_tuple_are_all_applied(runs, tmp_path):
+    _, (_, run) = runs
+    result = api.evaluate(run.dir, (o for o in ["protocol=[knn]", "evaluation.knn.k=7"]))
+    assert result["settings"]["knn"]["evaluation"]["knn"]["k"] == 7
+    cfg = api.train_config((o for o in ["method=dcl", "sampler.tau_plus=0.3"]), run_dir=tmp_path)
+    assert cfg.sampler.tau_plus == 0.3 and api.train_config(("method=dcl", "sampler.tau_plus=0.3"), tmp_path) == cfg
 
 
 def test_evaluate_refuses_a_second_name_for_what_it_evaluates(runs):

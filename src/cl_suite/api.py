@@ -21,7 +21,7 @@ import contextlib
 import copy
 import dataclasses
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -80,11 +80,12 @@ def evaluate(run: str | Path, overrides: Sequence[str] = ()) -> dict[str, Any]:
     may then choose the data set)."""
     from cl_suite.run_evaluation import evaluate_run
 
+    overrides = _override_list(overrides)  # once: a generator is read here, not again when composing
     path = Path(run).expanduser()
     taken = ("run", "checkpoint") if path.is_file() else ("run",)
-    given = [o for o in overrides if isinstance(o, str) and _key(o) in taken]
+    given = [o for o in overrides if _key(o) in taken]
     if given:
-        raise ConfigError(f"evaluate({str(run)!r}, {list(overrides)}): {given[0]} names what to evaluate, which the "
+        raise ConfigError(f"evaluate({str(run)!r}, {overrides}): {given[0]} names what to evaluate, which the "
                           "first argument already does (a run folder, a checkpoint in its checkpoints/, or an "
                           "exported backbone file)")
     cfg = _task_config(_compose_job("evaluate", overrides))
@@ -125,6 +126,23 @@ def _is_sweep(override: str) -> bool:
         return False
 
 
+def _override_list(overrides: Sequence[str]) -> list[str]:
+    """``overrides`` (a list, a tuple, a generator) as a list of strings; a string or a mapping is refused,
+    saying how to write it."""
+    if isinstance(overrides, str):
+        raise ConfigError(f"overrides={overrides!r}: pass a list of overrides, one string each "
+                          f"([{', '.join(repr(o) for o in overrides.split())}])")
+    if isinstance(overrides, Mapping):
+        raise ConfigError(f"overrides={dict(overrides)!r} is a mapping: pass a list of overrides, one string each, "
+                          f"as on the command line ([{', '.join(repr(f'{key}=...') for key in overrides)}])")
+    overrides = list(overrides)
+    for override in overrides:
+        if not isinstance(override, str):
+            raise ConfigError(f"override {override!r} is not a string: write it as on the command line, e.g. "
+                              "'trainer.epochs=5'")
+    return overrides
+
+
 def _compose_job(config_name: str, overrides: Sequence[str], run_dir: str | Path | None = None) -> DictConfig:
     """The job's whole config, Hydra's node included, with ``hydra.runtime.output_dir`` set as Hydra's
     ``run_job`` sets it (for ``train``: ``run_dir``, else the resolved ``hydra.run.dir``)."""
@@ -134,14 +152,8 @@ def _compose_job(config_name: str, overrides: Sequence[str], run_dir: str | Path
 
     from cl_suite.cli import logger_setting_under_debug
 
-    if isinstance(overrides, str):
-        raise ConfigError(f"overrides={overrides!r}: pass a list of overrides, one string each "
-                          f"([{', '.join(repr(o) for o in overrides.split())}])")
-    overrides = list(overrides)
+    overrides = _override_list(overrides)
     for override in overrides:
-        if not isinstance(override, str):
-            raise ConfigError(f"override {override!r} is not a string: write it as on the command line, e.g. "
-                              "'trainer.epochs=5'")
         if override in ("-m", "--multirun") or _key(override) in ("hydra/launcher", "hydra/sweeper") or (
                 _key(override) == "hydra.mode" and override.partition("=")[2].strip().upper() == "MULTIRUN"):
             raise ConfigError(f"{override}: sweeps and launchers are train.py's (python train.py -m ...); from "
