@@ -92,6 +92,15 @@ def test_load_encoder_is_the_trained_backbone_as_the_export_writes_it(runs):
     assert (run.dir / "encoder.eval.json").is_file()
 
 
+def test_load_encoder_reads_paths_under_the_home_folder(runs, monkeypatch):
+    folder, (run, _) = runs
+    monkeypatch.setenv("HOME", str(folder))
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    expected = api.load_encoder(run.dir)(x)
+    for path in (f"~/{run.dir.name}", f"~/{run.dir.name}/checkpoints/last.pt"):
+        torch.testing.assert_close(api.load_encoder(path)(x), expected, rtol=0, atol=0)
+
+
 def test_evaluate_a_checkpoint_file_of_a_run_as_evaluate_py_run_and_checkpoint(runs):
     _, (_, run) = runs
     step = sorted((run.dir / "checkpoints").glob("step_*.pt"))[-1]

@@ -107,7 +107,8 @@ def load_encoder(run: str | Path, checkpoint: str = "last", trust_targets: Seque
     modules of a method of one's own (export's ``--trust-target``)."""
     from cl_suite.export import checkpoint_backbone, resolve_source
 
-    path, _ = resolve_source(run, None if Path(run).is_file() else checkpoint)
+    run = Path(run).expanduser()
+    path, _ = resolve_source(run, None if run.is_file() else checkpoint)
     return checkpoint_backbone(path, tuple(trust_targets)).backbone
 
 
