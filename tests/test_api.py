@@ -126,6 +126,12 @@ def test_train_again_into_a_finished_run_trains_nothing_and_returns_its_numbers(
     assert "this run already finished at step 2" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("overrides, kept", [([], True), (["trainer.epochs=10"], False)])
+def test_train_config_drops_a_recipes_published_number_where_train_does(overrides, kept, tmp_path):
+    cfg = api.train_config(["experiment=dcl_stl10", *overrides], run_dir=tmp_path)
+    assert cfg.published == (compose_train(["experiment=dcl_stl10"]).published if kept else None)
+
+
 def test_train_config_is_the_composed_config_with_the_run_folder(tmp_path):
     cfg = api.train_config(["method=hcl", "sampler.beta=0.5"], run_dir=tmp_path / "x")
     assert cfg.paths.output_dir == str(tmp_path / "x") and cfg.sampler.beta == 0.5

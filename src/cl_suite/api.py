@@ -45,8 +45,12 @@ class Run:
 def train_config(overrides: Sequence[str] = (), run_dir: str | Path | None = None) -> DictConfig:
     """The config ``train(overrides, run_dir)`` runs, composed as ``python train.py <overrides>`` composes it
     (``paths.output_dir`` is the run folder); to read or print, e.g. ``OmegaConf.to_yaml(...)``."""
+    from cl_suite.engine.trainer import drop_outdated_published
+
     job = _compose_job("train", overrides, run_dir)
     cfg = _task_config(job)
+    with _hydra_settings(job):
+        drop_outdated_published(cfg)  # as train does: a recipe's number is not that of a run that changes its setting
     cfg.paths.output_dir = job.hydra.runtime.output_dir  # resolved: the job's Hydra settings are not set here
     return cfg
 
