@@ -187,6 +187,10 @@ def test_evaluate_refuses_a_second_name_for_what_it_evaluates(runs):
         api.evaluate(run.dir, ["run=elsewhere"])
     with pytest.raises(ConfigError, match=r"checkpoint=best names what to evaluate"):
         api.evaluate(run.dir / "checkpoints" / "last.pt", ["checkpoint=best"])
+    # evaluate.py's hint: the run's data set is moved with dataset_root=, not with its dataset.* keys
+    with pytest.raises(ConfigError, match=r"^dataset.root=/data is not an evaluate.py setting. The run's own data set is "
+                                          r"moved with dataset_root=<dir>"):
+        api.evaluate(run.dir, ["dataset.root=/data"])
 
 
 def test_the_api_composes_beside_the_callers_own_hydra(tmp_path, monkeypatch):

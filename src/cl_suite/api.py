@@ -155,7 +155,7 @@ def _compose_job(config_name: str, overrides: Sequence[str], run_dir: str | Path
     from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import HydraException
 
-    from cl_suite.cli import logger_setting_under_debug
+    from cl_suite.cli import logger_setting_under_debug, misplaced_dataset_override
 
     overrides = _override_list(overrides)
     for override in overrides:
@@ -169,7 +169,8 @@ def _compose_job(config_name: str, overrides: Sequence[str], run_dir: str | Path
     if swept:
         raise ConfigError(f"{swept[0]}: a sweep value (a,b / range() / choice()) needs train.py -m; from Python, "
                           "call train() once per value, each with its own run_dir")
-    hint = logger_setting_under_debug(overrides) if config_name == "train" else None
+    # train.py's and evaluate.py's own hints for an override Hydra would only call unknown
+    hint = logger_setting_under_debug(overrides) if config_name == "train" else misplaced_dataset_override(overrides)
     if hint:
         raise ConfigError(hint.removeprefix("error: "))
     # hydra.mode=RUN as Hydra's own run adds it (the record's hydra.mode and overrides.hydra say RUN)
