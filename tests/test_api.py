@@ -14,10 +14,12 @@ from omegaconf import OmegaConf
 
 from cl_suite import api
 from cl_suite.engine import checkpoint as ckpt
+from cl_suite.engine.logger import offline_run_folders
 from cl_suite.engine.validation import ConfigError
 from cl_suite.export import export_backbone, load_backbone
 from cl_suite.report.jobs import collect_jobs
 from helpers import TINY, compose_train, evaluate_in_process, run_cli, to_plain
+from wandb_records import run_contents
 
 QUICK = TINY + ["trainer.max_steps=2", "trainer.eval_at_init=false", "evaluation.linear.epochs=2"]
 
@@ -132,6 +134,28 @@ def test_train_config_drops_a_recipes_published_number_where_train_does(override
     assert cfg.published == (compose_train(["experiment=dcl_stl10"]).published if kept else None)
 
 
+def test_train_with_wandb_leaves_the_callers_own_wandb_run_active(tmp_path, monkeypatch):
+    """A notebook that logs its own analysis to wandb, then trains (and evaluates) with logger=wandb: its own
+    run stays the active wandb.run; each training job is a run of its own, finished."""
+    import wandb
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    mine = wandb.init(project="my-notebook", dir=tmp_path)
+    try:
+        run = api.train([o for o in QUICK if o != "logger=none"] + ["logger=wandb"], run_dir=tmp_path / "run")
+        api.evaluate(run.dir, ["protocol=[knn]"])  # into the training job's wandb run, as evaluate.py
+        assert wandb.run is mine
+        mine.log({"analysis": 1})  # raised wandb's UsageError: the run had been finished by the job's
+    finally:
+        mine.finish()
+    trained, evaluated = (run_contents(next(folder.glob("run-*.wandb")))  # one run id, a folder per process
+                          for folder in offline_run_folders(run.dir / "wandb", ckpt.load_checkpoint(
+                              run.dir / "checkpoints" / "last.pt")["wandb_run_id"]))
+    assert trained["exit_code"] == evaluated["exit_code"] == 0
+    assert trained["summary"]["knn/top1"] == pytest.approx(run.metrics["knn/top1"])
+    assert "eval/knn/top1" in evaluated["summary"]
+
+
 def test_train_config_is_the_composed_config_with_the_run_folder(tmp_path):
     cfg = api.train_config(["method=hcl", "sampler.beta=0.5"], run_dir=tmp_path / "x")
     assert cfg.paths.output_dir == str(tmp_path / "x") and cfg.sampler.beta == 0.5
@@ -145,7 +169,7 @@ def test_train_config_is_the_composed_config_with_the_run_folder(tmp_path):
     ("method=dcl", r"overrides='method=dcl': pass a list of overrides, one string each \(\['method=dcl'\]\)"),
     ([3], "override 3 is not a string"),
     ({"method": "dcl", "seed": 1}, r"overrides=\{'method': 'dcl', 'seed': 1\} is a mapping: pass a list of "
-                                   r"overrides, one string each, as on the command line \(\['method=...', 'seed=...'\]\)"),
+     r"overrides, one string each, as on the command line \(\['method=...', 'seed=...'\]\)"),
     (["seed=0,1"], r"seed=0,1: a sweep value .* call train\(\) once per value"),
     (["-m", "seed=1"], r"-m: sweeps and launchers are train.py's"),
     (["hydra/launcher=local"], "hydra/launcher=local: sweeps and launchers"),
@@ -188,8 +212,8 @@ def test_evaluate_refuses_a_second_name_for_what_it_evaluates(runs):
     with pytest.raises(ConfigError, match=r"checkpoint=best names what to evaluate"):
         api.evaluate(run.dir / "checkpoints" / "last.pt", ["checkpoint=best"])
     # evaluate.py's hint: the run's data set is moved with dataset_root=, not with its dataset.* keys
-    with pytest.raises(ConfigError, match=r"^dataset.root=/data is not an evaluate.py setting. The run's own data set is "
-                                          r"moved with dataset_root=<dir>"):
+    with pytest.raises(ConfigError, match=r"^dataset.root=/data is not an evaluate.py setting. The run's own data "
+                                          r"set is moved with dataset_root=<dir>"):
         api.evaluate(run.dir, ["dataset.root=/data"])
 
 

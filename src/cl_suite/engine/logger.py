@@ -176,7 +176,9 @@ class WandbLogger:
 
     The run is finished in ``finish`` (the loop calls it in a ``finally``): under a Hydra multirun an
     unfinished run would be silently reused by the next job's ``wandb.init``. Its exit code is the run's
-    exit status: wandb marks a run that ends with a non-zero code as failed, not finished.
+    exit status: wandb marks a run that ends with a non-zero code as failed, not finished. It is a run of
+    its own beside any other of the process (``reinit="create_new"``): a notebook's own wandb run, active
+    while ``cl_suite.api.train`` runs, stays active and stays ``wandb.run``.
     """
 
     wants_media = True
@@ -204,7 +206,7 @@ class WandbLogger:
         self._run = wandb.init(
             project=project, entity=entity, mode=self.mode, group=group, job_type=job_type,
             tags=list(tags) if tags else None, name=name, dir=run_dir, config=run_config,
-            id=run_id, resume="allow" if run_id else None, reinit="finish_previous",
+            id=run_id, resume="allow" if run_id else None, reinit="create_new",
         )
         self.run_id = self._run.id
         self._run.define_metric("epoch")
