@@ -190,6 +190,17 @@ def test_the_run_folder_is_named_once(tmp_path):
         api.train_config([f"hydra.run.dir={tmp_path}/a"], run_dir="b")
 
 
+def test_a_run_folder_named_with_an_interpolation_is_resolved_once_and_recorded_so(tmp_path):
+    run = api.train(QUICK + ["trainer.save_checkpoints=false"], run_dir=tmp_path / "${hydra:job.name}-${now:%f}")
+    assert run.dir.parent == tmp_path and run.dir.name.startswith("train-") and run.dir.is_dir()
+    hydra = yaml.safe_load((run.dir / ".hydra" / "hydra.yaml").read_text())["hydra"]
+    assert hydra["runtime"]["output_dir"] == hydra["run"]["dir"] == str(run.dir)  # the folder, not ${now:%f}
+    for run_dir, overrides in ((tmp_path / "a${b}", []), (tmp_path / "a${b", []), (None, ["hydra.run.dir=/x/${b}"])):
+        with pytest.raises(ConfigError, match=r"(run_dir='.*'|hydra.run.dir): .*\(a \$\{...\} in the run folder's name "
+                                              r"is an interpolation, as in hydra.run.dir\)"):
+            api.train_config(overrides, run_dir)
+
+
 def test_a_refused_config_raises_and_leaves_no_hydra_settings_behind(tmp_path):
     with pytest.raises(ConfigError, match="trainer.batch_size"):
         api.train(QUICK + ["trainer.batch_size=0"], run_dir=tmp_path / "run")

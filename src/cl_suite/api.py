@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+from omegaconf.errors import OmegaConfBaseException
 
 import cl_suite.resolvers  # noqa: F401  (the ${cl_suite.*:} resolvers the config tree uses)
 from cl_suite.engine.validation import ConfigError
@@ -59,11 +60,12 @@ def train(overrides: Sequence[str] = (), run_dir: str | Path | None = None) -> R
     """Pre-train as ``python train.py <overrides>`` does, in this process; return the finished run.
 
     ``run_dir``: the run folder (default: ``outputs/<date>/<time>`` under the working directory, as
-    train.py). A folder that holds a run continues it (``resume=auto``, as train.py), or, finished, only
-    re-runs its final evaluation when the evaluation settings changed. A config that cannot work raises
-    ``cl_suite.errors.ConfigError`` (a ``UserError``: its message is the whole story). A run stopped by a
-    signal (SIGTERM, SIGINT) saves its checkpoint and raises ``SystemExit(128 + signal)``, as train.py
-    exits: calling ``train`` again with the same ``run_dir`` continues it."""
+    train.py; a ``${...}`` in it is resolved once, as in ``hydra.run.dir``). A folder that holds a run
+    continues it (``resume=auto``, as train.py), or, finished, only re-runs its final evaluation when the
+    evaluation settings changed. A config that cannot work raises ``cl_suite.errors.ConfigError`` (a
+    ``UserError``: its message is the whole story). A run stopped by a signal (SIGTERM, SIGINT) saves its
+    checkpoint and raises ``SystemExit(128 + signal)``, as train.py exits: calling ``train`` again with the
+    same ``run_dir`` continues it."""
     from cl_suite.engine.trainer import train as run_training
 
     job = _compose_job("train", overrides, run_dir)
@@ -189,9 +191,17 @@ def _compose_job(config_name: str, overrides: Sequence[str], run_dir: str | Path
     finally:
         global_hydra.hydra = callers
         GlobalHydra.set_instance(global_hydra)  # initialize's exit put a copy of the cleared one in its place
-    with _hydra_settings(job):  # for ${hydra:...} in the folder's name
-        folder = run_dir if run_dir is not None else OmegaConf.select(job, "hydra.run.dir")
-        output_dir = os.path.abspath(os.path.expanduser(str(folder)))
+    try:
+        if run_dir is not None:  # in hydra.run.dir's place: resolved once, as Hydra's run_job resolves it
+            with read_write(job.hydra):
+                job.hydra.run.dir = str(run_dir)
+        with _hydra_settings(job):  # for ${hydra:...} in the folder's name
+            folder = OmegaConf.select(job, "hydra.run.dir")
+    except OmegaConfBaseException as error:  # a ${...} in the name that does not resolve
+        given = f"run_dir={str(run_dir)!r}" if run_dir is not None else "hydra.run.dir"
+        raise ConfigError(f"{given}: {str(error).splitlines()[0]} (a ${{...}} in the run folder's name is an "
+                          "interpolation, as in hydra.run.dir)") from None
+    output_dir = os.path.abspath(os.path.expanduser(str(folder)))
     with read_write(job.hydra), open_dict(job.hydra):
         job.hydra.run.dir = output_dir  # the record says where the run went, as hydra.run.dir=<dir> would
         job.hydra.runtime.output_dir = output_dir
