@@ -2,6 +2,7 @@
 checks of train.py / evaluate.py; a folder of such runs is a sweep the report reads."""
 import json
 import sys
+import threading
 
 import hydra
 import pytest
@@ -13,8 +14,10 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 
 from cl_suite import api
+from cl_suite.api import JobRunningError
 from cl_suite.engine import checkpoint as ckpt
 from cl_suite.engine.logger import offline_run_folders
+from cl_suite.engine.trainer import Trainer
 from cl_suite.engine.validation import ConfigError
 from cl_suite.export import export_backbone, load_backbone
 from cl_suite.report.jobs import collect_jobs
@@ -109,6 +112,38 @@ def test_evaluate_a_checkpoint_file_of_a_run_as_evaluate_py_run_and_checkpoint(r
     result = api.evaluate(step, ["protocol=[knn]"])
     assert result["checkpoint"] == str(step) and result["step"] == 2
     assert result["protocols"]["knn"]["knn/top1"] == pytest.approx(run.metrics["knn/top1"])
+
+
+def test_a_job_asked_for_while_one_trains_in_another_thread_is_refused(runs, tmp_path, monkeypatch):
+    """Hydra's settings, the run log and the thread count are the process's: a second job at once (a notebook
+    that trains in a background thread) would write into the first's train.log and folder."""
+    _, (run, _) = runs
+    training, go_on = threading.Event(), threading.Event()
+    original = Trainer.train_step
+
+    def train_step(self, *args, **kwargs):
+        if threading.current_thread().name == "bg":  # the background job holds at its first step
+            training.set()
+            assert go_on.wait(timeout=120)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "train_step", train_step)
+    done = []
+    background = threading.Thread(target=lambda: done.append(api.train(QUICK, run_dir=tmp_path / "bg")), name="bg")
+    background.start()
+    try:
+        assert training.wait(timeout=120)
+        for call in (lambda: api.train(QUICK, run_dir=tmp_path / "fg"), lambda: api.train_config(),
+                     lambda: api.evaluate(run.dir, ["protocol=[knn]"])):
+            with pytest.raises(JobRunningError, match=r"api.\w+: api.train in thread 'bg' is still running in this "
+                                                      r"process"):
+                call()
+    finally:
+        go_on.set()
+        background.join(timeout=120)
+    (bg,) = done
+    assert bg.metrics["step"] == 2 and not (tmp_path / "fg").exists()
+    assert api.train_config(run_dir=tmp_path / "next").paths.output_dir == str(tmp_path / "next")  # free again
 
 
 def test_train_in_process_gives_back_the_callers_thread_count(tmp_path):

@@ -13,14 +13,16 @@ run folder written here is one that ``python evaluate.py run=<dir>``, ``python -
 the sweep report (``python -m cl_suite.report <folder of runs>``) read like any other: its ``.hydra/``
 record holds the composed config, Hydra's settings and the overrides. A sweep is a loop over ``train``
 with one ``run_dir`` per job under one folder; Hydra's ``-m`` sweeps, launchers and torchrun stay on the
-command line.
+command line. One job at a time in a process (``JobRunningError`` for a call from another thread meanwhile).
 """
 from __future__ import annotations
 
 import contextlib
 import copy
 import dataclasses
+import functools
 import os
+import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -30,9 +32,43 @@ from omegaconf.errors import OmegaConfBaseException
 
 import cl_suite.resolvers  # noqa: F401  (the ${cl_suite.*:} resolvers the config tree uses)
 from cl_suite.engine.validation import ConfigError
+from cl_suite.errors import UserError
 from cl_suite.paths import CHECKPOINT_DIR
 
 CONF_MODULE = "cl_suite.conf"  # the config tree, as cli.py's @hydra.main finds it (config_path="conf")
+
+
+class JobRunningError(UserError, RuntimeError):
+    """An api job was asked for while another one runs in this process, in another thread."""
+
+
+# Hydra's settings (HydraConfig, GlobalHydra), the run log (train.log, the console) and torch's thread count
+# are the process's: two jobs at once in threads would write into each other's. One at a time, then.
+_ONE_JOB = threading.RLock()
+_running: list[str] = []  # what runs now, outermost first: "api.train in thread 'MainThread'"
+
+
+def _one_job(function):
+    """``function`` runs alone among the api's jobs of this process (a nested call in the same thread is
+    fine); a call from another thread meanwhile raises ``JobRunningError`` at once rather than waiting
+    (a notebook that trains in a background thread would otherwise hang on its next call)."""
+
+    @functools.wraps(function)
+    def alone(*args, **kwargs):
+        if not _ONE_JOB.acquire(blocking=False):
+            raise JobRunningError(
+                f"api.{function.__name__}: {_running[0] if _running else 'another api job'} is still running in "
+                "this process, and an api job has "
+                "Hydra's settings, the run log and torch's thread count to itself: call this when it has returned, "
+                "or run jobs in parallel as processes (python train.py ... each, or a ProcessPoolExecutor)")
+        _running.append(f"api.{function.__name__} in thread {threading.current_thread().name!r}")
+        try:
+            return function(*args, **kwargs)
+        finally:
+            _running.pop()
+            _ONE_JOB.release()
+
+    return alone
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +79,7 @@ class Run:
     metrics: dict[str, float]
 
 
+@_one_job
 def train_config(overrides: Sequence[str] = (), run_dir: str | Path | None = None) -> DictConfig:
     """The config ``train(overrides, run_dir)`` runs, composed as ``python train.py <overrides>`` composes it
     (``paths.output_dir`` is the run folder); to read or print, e.g. ``OmegaConf.to_yaml(...)``."""
@@ -56,6 +93,7 @@ def train_config(overrides: Sequence[str] = (), run_dir: str | Path | None = Non
     return cfg
 
 
+@_one_job
 def train(overrides: Sequence[str] = (), run_dir: str | Path | None = None) -> Run:
     """Pre-train as ``python train.py <overrides>`` does, in this process; return the finished run.
 
@@ -76,6 +114,7 @@ def train(overrides: Sequence[str] = (), run_dir: str | Path | None = None) -> R
     return Run(dir=Path(job.hydra.runtime.output_dir), metrics=dict(final))
 
 
+@_one_job
 def evaluate(run: str | Path, overrides: Sequence[str] = ()) -> dict[str, Any]:
     """Evaluate as ``python evaluate.py run=<run> <overrides>`` does (``protocol=[linear,knn]``,
     ``checkpoint=best``, ``ood_dataset=...``); return what it writes to ``<run>/eval.json``: ``protocols``
