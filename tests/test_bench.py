@@ -13,7 +13,8 @@ from helpers import ROOT
 SMALLEST = {
     "augment_throughput.py": ["--images", "64", "--pil-images", "8", "--batch", "32", "--repeats", "1",
                               "--workers", "0"],
-    "ddp_scaling.py": ["--batch", "16", "--iters", "1", "--warmup", "1"],
+    # one layout without a process group, one DDP layout (gloo): each is a torchrun launch of its own
+    "ddp_scaling.py": ["--layouts", "1x1", "2x1", "--batch", "16", "--iters", "1", "--warmup", "1"],
     "diagnostics_cost.py": ["--batches", "64", "--iters", "2", "--rounds", "1"],
     "framework_cost.py": ["--methods", "simclr", "moco", "--iters", "1", "--rounds", "1"],
     "hcl_estimator.py": ["--anchors", "16", "--candidates", "30", "--iters", "1", "--rounds", "1"],
@@ -21,7 +22,7 @@ SMALLEST = {
     "ring_fidelity.py": [],
     "sampler_cost.py": ["--iters", "1", "--rounds", "1"],  # batch 128: MoCHi's n_hard=128 needs the candidates
     "startup.py": ["--pairs", "1"],
-    "step_overhead.py": ["--runs", "small_convnet:32", "resnet18:16", "--iters", "1", "--warmup", "1"],
+    "step_overhead.py": ["--runs", "small_convnet:32", "resnet18:4", "--iters", "1", "--warmup", "1"],
 }
 MODULES = {"common.py", "tables.py"}  # imported by the scripts, not run
 # Run at tiny sizes by the GPU check's dry run (stage costs, tests/test_gpu_check.py), so not again here.
