@@ -2,7 +2,7 @@
 image-folder cache that every later stage's ``dataset=cifar10_jpg`` loads in a second.
 
 GPU run: unpack the whole archive (``--archive``, default ``.gpu_data/cifar10-jpg.tar.gz``), decode the
-60k JPEGs. Dry run (``GPU_CHECK_DRY=1``): a tiny tree of 40 train / 20 test images per class, taken from
+60k JPEGs. Dry run (``GPU_CHECK_DRY=1``): a tiny tree of 20 train / 10 test images per class, taken from
 the archive when it is there, else written from random pixels, so the dry run needs no data at all.
 """
 from __future__ import annotations
@@ -18,7 +18,8 @@ from pathlib import Path
 
 import _shared
 
-TINY_PER_CLASS = {"train": 40, "test": 20}
+# 200 train images: 6 steps of batch 32 per epoch for the study, 12 of 16 for the throughput stage
+TINY_PER_CLASS = {"train": 20, "test": 10}
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 

@@ -195,7 +195,7 @@ def main() -> None:
     dry, cuda = _shared.DRY, torch.cuda.is_available()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--backbone", default="small_convnet" if dry else "resnet18")
-    p.add_argument("--batch", type=int, default=32 if dry else 512)
+    p.add_argument("--batch", type=int, default=16 if dry else 512)  # dry: warm-up + steps + 7 loader batches fit 200 images
     p.add_argument("--precision", default="fp32" if dry or not cuda else "bf16")
     p.add_argument("--warmup", type=int, default=2 if dry else 10, help="loop steps before timing (compilation)")
     p.add_argument("--steps", type=int, default=4 if dry else 40, help="timed loop steps (inside epoch 0)")
