@@ -9,21 +9,16 @@ from cl_suite.engine.trainer import train
 from helpers import SAMPLERLESS_METHODS, TINY, compose_train, group_options, run_cli, valid_pair
 
 
-@pytest.fixture(scope="module")
-def cli_run(tmp_path_factory):
-    """One real `python train.py` run, shared by the tests that read its files."""
-    run_dir = tmp_path_factory.mktemp("run")
+@pytest.mark.slow
+def test_train_cli_writes_run_files_and_learns_and_evaluate_cli_reproduces_its_numbers(tmp_path):
+    """One real `python train.py` run, then `python evaluate.py` on it (one test: xdist would otherwise train
+    the run once per worker that runs a test reading it)."""
+    run_dir = tmp_path / "run"
     # k=200 and a narrow net: the random-init kNN is far from perfect, so learning shows.
     args = ["logger=none", "trainer.epochs=8", "trainer.progress_bar=false", "backbone.widths=[16,32]",
             "evaluation.knn.k=200", "evaluation.linear.epochs=20", f"hydra.run.dir={run_dir}"]
     proc = run_cli("train.py", args)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return run_dir, proc
-
-
-@pytest.mark.slow
-def test_train_cli_writes_run_files_and_learns(cli_run):
-    run_dir, proc = cli_run
     assert (run_dir / ".hydra" / "config.yaml").is_file()
     state = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=False)
     assert state["step"] == 8 * (1437 // 256) and state["epoch"] == 8
@@ -36,10 +31,7 @@ def test_train_cli_writes_run_files_and_learns(cli_run):
     # The console ends with the protocol-labelled table.
     assert "kNN (frozen, un-augmented)" in proc.stdout and "linear (frozen, cached features)" in proc.stdout
 
-
-@pytest.mark.slow
-def test_evaluate_cli_reproduces_the_final_numbers(cli_run):
-    run_dir, _ = cli_run
+    # evaluate.py reproduces the final numbers
     proc = run_cli("evaluate.py", [f"run={run_dir}", "evaluation.knn.k=200", "evaluation.linear.epochs=20"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads((run_dir / "eval.json").read_text())
