@@ -1,7 +1,9 @@
 """torchrun with 2 CPU processes (gloo): global negatives are exact, and a run writes one run dir."""
 import os
+import runpy
 import subprocess
 import sys
+from unittest import mock
 
 import pytest
 import torch
@@ -16,12 +18,13 @@ def torchrun(args, timeout=900, env=None):
 
 
 def one_and_two_processes(script_name, tmp_path):
-    """Run a tests/ script as one plain process and as 2 torchrun processes; load what each saved."""
+    """Run a tests/ script as one process (this one: without torchrun's environment it joins no process
+    group, as a plain `python script` would; the global generator is restored after it) and as 2 torchrun
+    processes; load what each saved."""
     script = str(ROOT / "tests" / script_name)
-    env = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}:{ROOT / 'tests'}"}
-    single = subprocess.run([sys.executable, script, str(tmp_path / "one.pt")], env=env, capture_output=True,
-                            text=True, timeout=600)
-    assert single.returncode == 0, single.stderr[-3000:]
+    assert int(os.environ.get("WORLD_SIZE", "1")) <= 1 and not torch.distributed.is_initialized()
+    with torch.random.fork_rng(devices=[]), mock.patch.object(sys, "argv", [script, str(tmp_path / "one.pt")]):
+        runpy.run_path(script, run_name="__main__")
     proc = torchrun([script, str(tmp_path / "two.pt")])
     assert proc.returncode == 0, proc.stderr[-3000:]
     return torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "two.pt")
