@@ -850,7 +850,9 @@ def test_evaluate_multirun_logs_into_each_run_folder_and_keeps_out_of_multirun(t
 @pytest.mark.slow
 def test_evaluate_multirun_keeps_each_runs_wandb_name_group_and_sweep_values(tmp_path):
     """evaluate.py -m over the runs of a training sweep writes eval/* into each run's wandb run; its own
-    multirun (run=a,b) must not rename the runs nor replace their `sweep` values (dashboards group by them)."""
+    multirun (run=a,b) must not rename the runs nor replace their `sweep` values (dashboards group by them).
+    The training sweep first: Hydra runs sweep jobs in one process, so an unfinished wandb run would be
+    reused by the next job; each job has its own run dir and its own wandb run."""
     from helpers import TINY, run_cli
     from wandb_records import run_contents
 
@@ -860,6 +862,12 @@ def test_evaluate_multirun_keeps_each_runs_wandb_name_group_and_sweep_values(tmp
             "evaluation.linear.epochs=1", "evaluation.embedding_snapshot=0", f"hydra.sweep.dir={tmp_path}"]
     proc = run_cli("train.py", args, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
+    run_ids = set()
+    for job in ("0", "1"):
+        assert json.loads((tmp_path / job / "metrics.json").read_text())["final"]["step"] == 2
+        (run,) = (tmp_path / job / "wandb").glob("offline-run-*")
+        run_ids.add(run.name.rsplit("-", 1)[-1])
+    assert len(run_ids) == 2
     trained = {job: {p.name for p in (tmp_path / job / "wandb").glob("offline-run-*")} for job in ("0", "1")}
     proc = run_cli("evaluate.py", ["-m", f"run={tmp_path / '0'},{tmp_path / '1'}", "protocol=knn"], env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]

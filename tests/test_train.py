@@ -73,21 +73,6 @@ def test_wandb_offline_run_files(tmp_path, monkeypatch):
     assert list(runs[0].glob(f"run-{state['wandb_run_id']}.wandb")), "the .wandb log of the checkpoint's run id"
 
 
-@pytest.mark.slow
-def test_multirun_gives_each_job_its_own_run_dir_and_wandb_run(tmp_path):
-    """Hydra runs sweep jobs in one process: an unfinished wandb run would be reused by the next job."""
-    args = ["-m", "seed=0,1", "trainer.max_steps=2", "trainer.eval_at_init=false", "trainer.progress_bar=false",
-            "evaluation.linear.epochs=2", "backbone.widths=[8,16]", f"hydra.sweep.dir={tmp_path}"]
-    proc = run_cli("train.py", args, env={"WANDB_MODE": "offline"})
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    run_ids = set()
-    for job in ("0", "1"):
-        assert json.loads((tmp_path / job / "metrics.json").read_text())["final"]["step"] == 2
-        (run,) = (tmp_path / job / "wandb").glob("offline-run-*")
-        run_ids.add(run.name.rsplit("-", 1)[-1])
-    assert len(run_ids) == 2
-
-
 def test_bf16_autocast_trains_on_cpu_with_a_finite_fp32_loss(tmp_path):
     cfg = compose_train(TINY + ["trainer.precision=bf16", "trainer.max_steps=3", "trainer.eval_at_init=false",
                                 "trainer.log_every_steps=1"], tmp_path)
