@@ -57,19 +57,28 @@ def assert_same_tensors(a, b, where=""):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["simclr", "moco"])  # moco: the queue, its pointer, the key encoder
-def test_sigterm_mid_epoch_then_rerun_equals_the_uninterrupted_run(tmp_path, method):
+@pytest.mark.parametrize(("method", "signum"), [
+    ("simclr", signal.SIGINT),  # Ctrl-C at the terminal
+    ("moco", signal.SIGTERM),  # a launcher's stop; moco: the queue, its pointer, the key encoder
+], ids=["simclr-ctrl_c", "moco-sigterm"])
+def test_a_stop_signal_mid_epoch_then_rerun_equals_the_uninterrupted_run(tmp_path, method, signum):
+    """Either stop signal (each path once: the two signals share everything after their handler, the two
+    methods everything before the state they save) saves the step it stopped at, exits as stopped by that
+    signal, and the same command continues to the uninterrupted run's state, bit for bit."""
     code, out = finish(start(tmp_path / "full", method))
     assert code == 0, out[-2000:]
 
     proc = start(tmp_path / "killed", method)
     for line in proc.stdout:  # wait until the first epoch is done, then pre-empt the second
         if line.startswith(f"epoch 1/{EPOCHS}:"):
-            proc.send_signal(signal.SIGTERM)
+            proc.send_signal(signum)
             break
     code, out = finish(proc)
-    assert code == 128 + signal.SIGTERM, out[-2000:]
+    assert code == 128 + signum, out[-2000:]
+    assert "Traceback" not in out and "KeyboardInterrupt" not in out
     assert "Run the same command again to continue" in out
+    if signum == signal.SIGINT:
+        assert "Ctrl-C: stopping after this step" in out
     state = load(tmp_path / "killed")
     assert STEPS_PER_EPOCH < state["step"] < 2 * STEPS_PER_EPOCH, "the signal should land inside epoch 2"
     assert state["history"]["epochs"][-1]["stopped_by_signal"]
@@ -95,23 +104,6 @@ def test_sigusr1_is_a_stop_signal_and_the_previous_handler_comes_back():
         os.kill(os.getpid(), signal.SIGUSR1)  # delivered to the main thread before the next bytecode
         assert guard.received == signal.SIGUSR1
     assert signal.getsignal(signal.SIGUSR1) is before
-
-
-@pytest.mark.slow
-def test_ctrl_c_saves_the_step_and_the_same_command_continues(tmp_path):
-    proc = start(tmp_path / "run", "simclr")
-    for line in proc.stdout:
-        if line.startswith(f"epoch 1/{EPOCHS}:"):
-            proc.send_signal(signal.SIGINT)
-            break
-    code, out = finish(proc)
-    assert code == 128 + signal.SIGINT, out[-2000:]
-    assert "Traceback" not in out and "KeyboardInterrupt" not in out
-    assert "Ctrl-C: stopping after this step" in out and "Run the same command again to continue" in out
-    state = load(tmp_path / "run")
-    assert STEPS_PER_EPOCH < state["step"] < 2 * STEPS_PER_EPOCH
-    code, out = finish(start(tmp_path / "run", "simclr"))
-    assert code == 0 and f"at step {state['step']}" in out, out[-2000:]
 
 
 def test_a_second_ctrl_c_interrupts_at_once():
