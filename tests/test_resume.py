@@ -236,29 +236,12 @@ def test_resumed_run_continues_the_same_wandb_run(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_refused_reruns_leave_the_finished_runs_record_as_it_was(tmp_path):
-    """Through train.py (Hydra writes the record): a re-run into a finished run's folder that is refused,
-    for its config or at resume for another objective, must not relabel the run."""
-    args = TINY + ["dataset=synthetic", "trainer.max_steps=2", "trainer.eval_at_init=false", "trainer.device=cpu",
-                   "evaluation.linear.epochs=1", "evaluation.embedding_snapshot=0", f"hydra.run.dir={tmp_path}"]
-    first = run_cli("train.py", args)
-    assert first.returncode == 0, first.stderr[-2000:]
-    record = {name: (tmp_path / ".hydra" / name).read_text() for name in ("config.yaml", "overrides.yaml")}
-    refused = run_cli("train.py", args + ["method=dcl", "sampler.tau_plus=1.0"])
-    assert refused.returncode != 0 and "sampler.tau_plus=1.0 is not allowed" in refused.stderr
-    other = run_cli("train.py", args + ["method=dcl"])
-    assert other.returncode != 0 and "already holds a run with another objective" in other.stderr
-    assert record == {name: (tmp_path / ".hydra" / name).read_text() for name in record}
-    again = run_cli("train.py", args)  # the same command again: accepted (it only re-runs the final evaluation)
-    assert again.returncode == 0, again.stderr[-2000:]
-    assert record["config.yaml"] == (tmp_path / ".hydra" / "config.yaml").read_text()
-
-
-@pytest.mark.slow
-def test_a_finished_run_started_again_with_other_settings_keeps_its_records(tmp_path):
-    """Nothing is trained when a finished run is started again, so another optimizer setting on that command
-    line must not relabel the run: its .hydra record, its checkpoint's config and its wandb run keep the
-    settings it trained with. Changed evaluation settings are evaluated again and recorded, alone."""
+def test_a_finished_run_started_again_refused_or_with_other_settings_keeps_its_records(tmp_path):
+    """Through train.py (Hydra writes the record), on one finished run. A re-run into its folder that is
+    refused, for its config or at resume for another objective, must not relabel the run. Nothing is trained
+    when a finished run is started again, so another optimizer setting on that command line must not relabel
+    the run either: its .hydra record, its checkpoint's config and its wandb run keep the settings it trained
+    with. Changed evaluation settings are evaluated again and recorded, alone."""
     from omegaconf import OmegaConf
 
     from wandb_records import run_contents
@@ -272,9 +255,20 @@ def test_a_finished_run_started_again_with_other_settings_keeps_its_records(tmp_
     assert first.returncode == 0, first.stderr[-2000:]
     names = ("config.yaml", "overrides.yaml", "hydra.yaml")
     record = {name: (tmp_path / ".hydra" / name).read_text() for name in names}
-    wandb_runs = sorted((tmp_path / "wandb").glob("offline-run-*"))
-    assert len(wandb_runs) == 1
+    assert len(list((tmp_path / "wandb").glob("offline-run-*"))) == 1
 
+    # Refused re-runs: for their config, at resume for another objective; then the same command, accepted
+    refused = run_cli("train.py", args + ["method=dcl", "sampler.tau_plus=1.0"], env=env)
+    assert refused.returncode != 0 and "sampler.tau_plus=1.0 is not allowed" in refused.stderr
+    other = run_cli("train.py", args + ["method=dcl"], env=env)
+    assert other.returncode != 0 and "already holds a run with another objective" in other.stderr
+    assert all(record[name] == (tmp_path / ".hydra" / name).read_text() for name in ("config.yaml", "overrides.yaml"))
+    again = run_cli("train.py", args, env=env)  # the same command again: accepted (it only re-runs the final evaluation)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert record["config.yaml"] == (tmp_path / ".hydra" / "config.yaml").read_text()
+
+    # Another optimizer setting: not applied, nothing trained, nothing relabelled
+    wandb_runs = sorted((tmp_path / "wandb").glob("offline-run-*"))
     again = run_cli("train.py", args + ["optimizer.lr=0.5"], env=env)
     assert again.returncode == 0, again.stderr[-2000:]
     assert "optimizer.lr: checkpoint 0.06, this run 0.5" in again.stdout and "not applied" in again.stdout
