@@ -1,6 +1,7 @@
 """torchrun with 2 CPU processes (gloo): global negatives are exact, and a run writes one run dir."""
 import os
 import runpy
+import shutil
 import subprocess
 import sys
 from unittest import mock
@@ -8,13 +9,24 @@ from unittest import mock
 import pytest
 import torch
 
+from cl_suite.distributed import GLOO_EXIT_ABORT, aborted_at_exit
 from helpers import ROOT, TINY
 
 
-def torchrun(args, timeout=900, env=None):
+def torchrun(args, timeout=900, env=None, fresh=None):
+    """2 CPU processes under torchrun. A launch whose process aborted at exit, after its work, as torch's gloo
+    threads sometimes make it (``cl_suite.distributed.GLOO_EXIT_ABORT``), runs once more, ``fresh`` (a folder
+    the launch writes) removed first."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": f"{ROOT / 'src'}:{ROOT / 'tests'}", **(env or {})}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *args]
-    return subprocess.run(cmd, cwd=ROOT, env=env, timeout=timeout, capture_output=True, text=True)
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, timeout=timeout, capture_output=True, text=True)
+    if proc.returncode != 0 and aborted_at_exit(proc.stderr):
+        print(f"torchrun {args[0]}: a process aborted at exit ({GLOO_EXIT_ABORT!r}); launching once more",
+              file=sys.stderr)
+        if fresh is not None:
+            shutil.rmtree(fresh)
+        proc = subprocess.run(cmd, cwd=ROOT, env=env, timeout=timeout, capture_output=True, text=True)
+    return proc
 
 
 def one_and_two_processes(script_name, tmp_path):
@@ -72,7 +84,7 @@ def test_torchrun_training_writes_one_run_dir_one_checkpoint_one_wandb_run(tmp_p
     outputs = tmp_path / "outputs"
     args = [o for o in TINY if not o.startswith(("trainer.epochs", "logger"))] + [
         "logger=wandb", "trainer.max_steps=4", "trainer.eval_at_init=false", f"hydra.run.dir={outputs}/run"]
-    proc = torchrun([str(ROOT / "train.py"), *args], env={"WANDB_MODE": "offline"})
+    proc = torchrun([str(ROOT / "train.py"), *args], env={"WANDB_MODE": "offline"}, fresh=outputs)
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = outputs / "run"
     assert [p.name for p in outputs.iterdir()] == ["run"]
@@ -102,3 +114,32 @@ def test_a_global_batch_that_does_not_split_over_the_processes_is_one_error_line
     run = tmp_path / "run"
     assert "trainer.batch_size=63 is not allowed" in (run / "refused.txt").read_text()
     assert (run / ".hydra" / "config.yaml").is_file()
+
+
+@pytest.mark.slow
+def test_a_launch_that_aborts_at_exit_runs_once_more(tmp_path, capsys):
+    """The harness's answer to torch's gloo exit-time abort (``GLOO_EXIT_ABORT``): the first launch's rank 1
+    aborts after its work, as torch does, and the launch runs once more in a fresh folder; any other failure
+    is not retried."""
+    script = tmp_path / "abort_once.py"
+    script.write_text(
+        "import os, sys\nfrom pathlib import Path\n"
+        "out = Path(sys.argv[1]); marker = Path(sys.argv[2])\n"
+        "out.mkdir(exist_ok=True)\n"
+        "(out / f'rank{os.environ[\"RANK\"]}').write_text(os.environ['TORCHELASTIC_RESTART_COUNT'])\n"
+        "if os.environ['RANK'] == '1' and not marker.exists():\n"
+        "    marker.write_text('aborted')\n"
+        f"    sys.stderr.write({GLOO_EXIT_ABORT!r} + '\\n'); sys.stderr.flush(); os.abort()\n")
+    out, marker = tmp_path / "out", tmp_path / "marker"
+    (tmp_path / "out").mkdir()
+    (out / "from_the_first_launch").write_text("")
+    proc = torchrun([str(script), str(out), str(marker)], timeout=300, fresh=out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert marker.read_text() == "aborted" and sorted(p.name for p in out.iterdir()) == ["rank0", "rank1"]
+    assert "abort_once.py: a process aborted at exit" in capsys.readouterr().err
+
+    failing = tmp_path / "fails.py"
+    failing.write_text("import os, sys\nif os.environ['RANK'] == '1':\n    sys.stderr.write('other failure\\n'); os.abort()\n")
+    proc = torchrun([str(failing)], timeout=300)
+    assert proc.returncode != 0 and "other failure" in proc.stderr
+    assert "launching once more" not in capsys.readouterr().err
