@@ -19,7 +19,8 @@ from cl_suite.engine import checkpoint as ckpt
 from cl_suite.engine.logger import offline_run_folders
 from cl_suite.engine.trainer import Trainer
 from cl_suite.engine.validation import ConfigError
-from cl_suite.export import export_backbone, load_backbone
+from cl_suite.errors import MissingPathError
+from cl_suite.export import ExportError, export_backbone, load_backbone
 from cl_suite.report.jobs import collect_jobs
 from helpers import TINY, compose_train, evaluate_in_process, run_cli, to_plain
 from wandb_records import run_contents
@@ -92,6 +93,11 @@ def test_load_encoder_is_the_trained_backbone_as_the_export_writes_it(runs):
     # A training checkpoint path names itself; the exported result evaluates to the run's numbers.
     file_encoder = api.load_encoder(run.dir / "checkpoints" / "last.pt")
     torch.testing.assert_close(file_encoder(x), encoder(x), rtol=0, atol=0)
+    with pytest.raises(ConfigError, match="checkpoint='best' names a checkpoint of a run folder, but .*last.pt' is a "
+                                          "checkpoint file"):
+        api.load_encoder(run.dir / "checkpoints" / "last.pt", checkpoint="best")
+    with pytest.raises(MissingPathError, match=r"checkpoint='epoch_9': .* does not exist; available: \['best', 'last'"):
+        api.load_encoder(run.dir, checkpoint="epoch_9")
     exported = api.evaluate(out, ["protocol=[knn]"])
     assert exported["protocols"]["knn"]["knn/top1"] == pytest.approx(run.metrics["knn/top1"])
     assert (run.dir / "encoder.eval.json").is_file()
@@ -154,6 +160,12 @@ def test_train_in_process_gives_back_the_callers_thread_count(tmp_path):
         assert torch.get_num_threads() == 3
     finally:
         torch.set_num_threads(before)
+    # A run that saves no checkpoint has no encoder to load, and the error says which setting made it so.
+    with pytest.raises(MissingPathError, match=r"checkpoint='last': .*last.pt does not exist; the run saved no "
+                                               r"checkpoint \(trainer.save_checkpoints=false"):
+        api.load_encoder(tmp_path / "run")
+    with pytest.raises(ExportError, match="no such run dir or checkpoint file"):
+        api.load_encoder(tmp_path / "no run here")
 
 
 def test_train_again_into_a_finished_run_trains_nothing_and_returns_its_numbers(runs, capsys):

@@ -3,6 +3,7 @@ loaded back with the documented one-liners into the same features; damaged files
 on an exported file gives the run's numbers."""
 import math
 import os
+import shlex
 import subprocess
 import sys
 
@@ -220,10 +221,15 @@ def test_evaluate_refuses_mixed_up_arguments_and_untrusted_headers(small_run, tm
     from cl_suite.engine.validation import ConfigError
 
     run_dir, _ = small_run
-    out, _ = export_backbone(run_dir, out=tmp_path / "encoder.pt")
+    # In a folder whose name Hydra would read as a sweep (the comma) and the shell would split (the space):
+    # the command the error suggests is pasted as printed.
+    out, _ = export_backbone(run_dir, out=tmp_path / "my exports, v1" / "encoder.pt")
     with pytest.raises(ConfigError, match="is an exported backbone, not a training checkpoint: evaluate it without "
-                                          "run="):
-        evaluate(f"run={run_dir}", f"checkpoint={out}")
+                                          "run=") as refused:
+        evaluate(f"run={run_dir}", f"'checkpoint=\"{out}\"'"[1:-1])
+    suggested = shlex.split(str(refused.value).rpartition(": ")[2])
+    assert suggested[:2] == ["python", "evaluate.py"] and len(suggested) == 3
+    assert evaluate("protocol=knn", suggested[2])["metrics"]["knn/top1"] > 0.2
     with pytest.raises(ConfigError, match="dataset= is for an exported backbone file"):
         evaluate(f"run={run_dir}", "dataset=digits")
     with pytest.raises(ConfigError, match="checkpoint='last' without run=: expected an exported backbone file"):

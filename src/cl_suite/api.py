@@ -144,16 +144,29 @@ def evaluate(run: str | Path, overrides: Sequence[str] = ()) -> dict[str, Any]:
     return evaluate_run(cfg)
 
 
-def load_encoder(run: str | Path, checkpoint: str = "last", trust_targets: Sequence[str] = ()):
-    """The encoder of a run's checkpoint (``checkpoints/<checkpoint>.pt``, or a ``.pt`` path), as the
-    suite's backbone module with its trained weights, on the CPU, in eval mode: ``encoder(x)`` gives
-    ``(N, encoder.num_features)`` features of images normalised with the run's ``dataset.mean``/``std``.
+def load_encoder(run: str | Path, checkpoint: str | None = None, trust_targets: Sequence[str] = ()):
+    """The encoder of a run's checkpoint (``checkpoints/<checkpoint>.pt``, default ``last``, or a ``.pt``
+    path), as the suite's backbone module with its trained weights, on the CPU, in eval mode: ``encoder(x)``
+    gives ``(N, encoder.num_features)`` features of images normalised with the run's ``dataset.mean``/``std``.
     Read as ``python -m cl_suite.export`` reads it (weights only, checksum checked); ``trust_targets``:
     modules of a method of one's own (export's ``--trust-target``)."""
-    from cl_suite.export import checkpoint_backbone, resolve_source
+    from cl_suite.export import ExportError, checkpoint_backbone, resolve_source
 
     run = Path(run).expanduser()
-    path, _ = resolve_source(run, None if run.is_file() else checkpoint)
+    if run.is_file() and checkpoint is not None:
+        raise ConfigError(f"checkpoint={checkpoint!r} names a checkpoint of a run folder, but {str(run)!r} is a "
+                          "checkpoint file: pass the run folder with checkpoint=, or the file alone")
+    try:
+        path, _ = resolve_source(run, checkpoint)
+    except ExportError:
+        if not (run / ".hydra" / "config.yaml").is_file():
+            raise
+        # A run folder without that checkpoint: evaluate.py's reading of it says why (a run that saves none).
+        from cl_suite.run_evaluation import find_checkpoint, load_run_config
+
+        saves = load_run_config(run, tuple(trust_targets)).trainer.get("save_checkpoints", True)
+        find_checkpoint(run, checkpoint or "last", bool(saves))
+        raise
     return checkpoint_backbone(path, tuple(trust_targets)).backbone
 
 

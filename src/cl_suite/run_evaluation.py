@@ -24,6 +24,7 @@ from cl_suite.engine.run_log import say
 from cl_suite.engine.validation import ConfigError, validate_evaluate_config, validate_evaluation_against_data
 from cl_suite.errors import MissingPathError
 from cl_suite.files import load_untrusted_yaml, printable, read_json_object
+from cl_suite.sweeps import command_override
 from cl_suite.eval.protocols import (check_protocols, encode_split, encode_splits, knn_metrics, linear_metrics,
                                      lowshot_protocol_metrics, online_probe_metrics, ood_protocol_metrics,
                                      retrieval_protocol_metrics, transfer_protocol_metrics)
@@ -456,7 +457,7 @@ def _load_training_checkpoint(path: Path, device: torch.device) -> dict[str, Any
         except ExportError:
             raise err from None  # not an export either: the checkpoint's own error stands
         raise ConfigError(f"checkpoint={str(path)!r} is an exported backbone, not a training checkpoint: "
-                          f"evaluate it without run=: python evaluate.py checkpoint={path}") from None
+                          f"evaluate it without run=: python evaluate.py {command_override('checkpoint', path)}") from None
 
 
 def exported_backbone(cfg: DictConfig):

@@ -98,3 +98,36 @@ def current_sweep_job() -> tuple[str, dict[str, Any]] | None:
     values = override_values(list(hydra_cfg.overrides.task))
     keys = swept_keys(Path(hydra_cfg.sweep.dir)) or list(values)
     return str(hydra_cfg.sweep.dir), {k: values[k] for k in keys if k in values}
+
+
+def command_override(key: str, value: Any) -> str:
+    """``key=value`` as one shell word that Hydra reads back as the string ``str(value)``: for commands the
+    suite prints (``python evaluate.py run=<dir>``) that a user pastes as they are. Plain where Hydra's
+    grammar reads the plain form back unchanged, else a quoted Hydra string (``run='/runs/a,b'``, which
+    would otherwise be a sweep); shell-quoted where the shell would split or expand it."""
+    import re
+
+    from hydra.errors import HydraException
+
+    text = str(value)
+    try:
+        plain = parse_overrides([f"{key}={text}"])[0]
+        if not plain.is_sweep_override() and plain.value() == text:
+            return _shell_word(f"{key}={text}")
+    except HydraException:
+        pass
+    # In a quoted Hydra string a backslash escapes only a run of backslashes before a quote or the end.
+    escaped = re.sub(r"(\\+)(?='|$)", lambda m: m.group(1) * 2, text).replace("'", "\\'")
+    return _shell_word(f"{key}='{escaped}'")
+
+
+def _shell_word(word: str) -> str:
+    """``word`` as one word for a POSIX shell: as it is where nothing in it is special to the shell, else in
+    double quotes where nothing in it is special inside them (``"run='/runs/a,b'"``), else shlex's quoting."""
+    import shlex
+
+    if shlex.quote(word) == word:
+        return word
+    if not any(c in word for c in '"$`\\!'):
+        return f'"{word}"'
+    return shlex.quote(word)

@@ -47,6 +47,7 @@ from cl_suite.engine.validation import ConfigError, validate_against_data, valid
 from cl_suite.errors import UserError
 from cl_suite.files import atomic_write
 from cl_suite.paths import REFUSED_FILE
+from cl_suite.sweeps import command_override
 
 
 
@@ -259,7 +260,8 @@ def _train(cfg: DictConfig, device_type: str, run_log: RunLog, augment: AugmentC
         trainer._warn(f"warning: {trainer.nonfinite.total_skipped} of this run's {trainer.step} steps had a non-finite "
                       "loss and were skipped (trainer.nonfinite=skip); see train/skipped_steps in metrics.json")
     if cfg.trainer.save_checkpoints:
-        trainer._print(f"run folder: {trainer.run_dir}  (re-evaluate: python evaluate.py run={trainer.run_dir})")
+        trainer._print(f"run folder: {trainer.run_dir}  "
+                       f"(re-evaluate: python evaluate.py {command_override('run', trainer.run_dir)})")
     else:
         trainer._print(f"run folder: {trainer.run_dir}  (no checkpoint: trainer.save_checkpoints=false)")
     return final
@@ -395,7 +397,8 @@ class Trainer:
         if self.nothing_to_do:
             # A finished run started again (the same command, a resumed sweep): nothing left to do.
             self._print(f"this run already finished at step {self.step} with these evaluation settings; its final "
-                        f"metrics are in metrics.json (evaluate again: python evaluate.py run={self.run_dir})")
+                        "metrics are in metrics.json (evaluate again: python evaluate.py "
+                        f"{command_override('run', self.run_dir)})")
             return self.history["final"]
         if self._last_saved_step != self.step:  # the trained weights are on disk before the (long) evaluation
             self.save()

@@ -30,6 +30,7 @@ import dataclasses
 import json
 import os
 import pickle
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -114,9 +115,11 @@ def read_export(path: str | Path, map_location: str | torch.device = "cpu") -> E
     if isinstance(data, dict) and data.get("format") == FORMAT_TAG:
         return _read_state_dict_format(path, data)
     if isinstance(data, dict) and "method" in data and "step" in data:
+        from cl_suite.sweeps import command_override
+
         raise ExportError(f"{str(path)!r} is a training checkpoint, not an exported backbone: evaluate it with "
-                          f"`python evaluate.py run=<its run dir> checkpoint={path}`, or export it first with "
-                          f"`python -m cl_suite.export {path}`")
+                          f"`python evaluate.py run=<its run dir> {command_override('checkpoint', path)}`, or "
+                          f"export it first with `python -m cl_suite.export {shlex.quote(str(path))}`")
     if isinstance(data, dict) and data and all(isinstance(k, str) and isinstance(v, torch.Tensor)
                                                for k, v in data.items()):
         return _read_library_format(path, data)

@@ -1,0 +1,32 @@
+"""Overrides in the commands the suite prints: pasted into a shell, Hydra reads back the value."""
+import shlex
+
+import pytest
+
+from cl_suite.sweeps import command_override, parse_overrides
+
+
+@pytest.mark.parametrize("value, printed", [
+    ("outputs/2026-12-01/10-00-00", "run=outputs/2026-12-01/10-00-00"),  # as it is: nothing to quote
+    ("/runs/a b", '"run=/runs/a b"'),  # the shell would split it
+    ("/runs/a,b", "\"run='/runs/a,b'\""),  # Hydra would sweep it
+    ("/runs/lr=0.1", "\"run='/runs/lr=0.1'\""),
+    ("/runs/[b]", "\"run='/runs/[b]'\""),
+    (" lead", "\"run=' lead'\""),  # Hydra would strip the space
+    ("null", "\"run='null'\""),  # Hydra would read None
+    ("1", "\"run='1'\""),  # or an int
+    ("/runs/a'b", None),
+    ("/runs/a\\b", None),
+    ("/runs/a\\", None),
+    ("/runs/a\\'b", None),
+    ("/runs/$HOME", "'run=/runs/$HOME'"),  # the shell must not expand it
+    ("/runs/a\"b!", None),
+])
+def test_a_printed_override_is_one_shell_word_that_hydra_reads_back(value, printed):
+    word = command_override("run", value)
+    if printed is not None:
+        assert word == printed
+    (arg,) = shlex.split(word)
+    (override,) = parse_overrides([arg])
+    assert override.key_or_group == "run" and not override.is_sweep_override()
+    assert override.value() == value and isinstance(override.value(), str)
