@@ -43,7 +43,7 @@ def worker(args) -> None:
 
     with contextlib.ExitStack() as teardown:  # as in trainer.train: the group goes away last
         init_distributed(args.device)
-        teardown.callback(cleanup_distributed)
+        teardown.push(lambda exc_type, exc, tb: cleanup_distributed(wait_for_all=exc_type is None))
         steps = args.warmup + args.iters
         trainer = common.build_trainer(
             [f"trainer.device={args.device}", f"backbone={args.backbone}", f"trainer.batch_size={args.batch}",

@@ -62,7 +62,7 @@ def main(out_path: str) -> None:
                                    out.stats["negatives/false_negative_rate"].view(1)).mean()}
     if rank == 0:
         torch.save(results, out_path)
-    cleanup_distributed()
+    cleanup_distributed(wait_for_all=True)  # rank 0 has written its file before any process exits
 
 
 if __name__ == "__main__":

@@ -72,7 +72,7 @@ def main(out_path: str) -> None:
         states[name] = one_step(method, x1, x2, labels, rank, world, steps)
     if rank == 0:
         torch.save(states, out_path)
-    cleanup_distributed()
+    cleanup_distributed(wait_for_all=True)  # rank 0 has written its file before any process exits
 
 
 if __name__ == "__main__":

@@ -143,3 +143,31 @@ def test_a_launch_that_aborts_at_exit_runs_once_more(tmp_path, capsys):
     proc = torchrun([str(failing)], timeout=300)
     assert proc.returncode != 0 and "other failure" in proc.stderr
     assert "launching once more" not in capsys.readouterr().err
+
+
+def test_a_job_waits_for_every_process_before_leaving_the_group_unless_it_failed(tmp_path, monkeypatch):
+    """A finished job waits at a barrier before destroy_process_group (no process exits while rank 0 still
+    writes the run's files); a failed one does not (the others may wait in a collective for it)."""
+    import cl_suite.distributed as distributed
+    import cl_suite.engine.trainer as trainer_module
+    from cl_suite.engine.trainer import Trainer, train
+    from helpers import compose_train
+
+    calls = []
+    monkeypatch.setattr(distributed, "is_distributed", lambda: True)
+    monkeypatch.setattr(distributed.dist, "barrier", lambda: calls.append("barrier"))
+    monkeypatch.setattr(distributed.dist, "destroy_process_group", lambda: calls.append("destroy"))
+    distributed.cleanup_distributed(wait_for_all=True)
+    distributed.cleanup_distributed()
+    assert calls == ["barrier", "destroy", "destroy"]
+    monkeypatch.undo()
+
+    waits = []
+    monkeypatch.setattr(trainer_module, "cleanup_distributed", lambda wait_for_all=False: waits.append(wait_for_all))
+    quick = TINY + ["trainer.max_steps=1", "trainer.eval_at_init=false", "trainer.save_checkpoints=false",
+                    "trainer.threads=1"]
+    train(compose_train(quick, tmp_path / "finished"))
+    monkeypatch.setattr(Trainer, "fit", lambda self: (_ for _ in ()).throw(RuntimeError("a step failed")))
+    with pytest.raises(RuntimeError, match="a step failed"):
+        train(compose_train(quick, tmp_path / "failed"))
+    assert waits == [True, False]

@@ -99,8 +99,13 @@ def aborted_at_exit(stderr: str) -> bool:
     return GLOO_EXIT_ABORT in stderr and "SIGABRT" in stderr
 
 
-def cleanup_distributed() -> None:
+def cleanup_distributed(wait_for_all: bool = False) -> None:
+    """Leave the process group. ``wait_for_all`` (a job that ended without an error): first wait until every
+    process got here, so no process exits while another still writes the run's files (torchrun stops every
+    process of a job once one has exited with an error, as the gloo exit-time abort above does)."""
     if is_distributed():
+        if wait_for_all:
+            dist.barrier()
         dist.destroy_process_group()
 
 

@@ -195,7 +195,8 @@ def _train(cfg: DictConfig, device_type: str, run_log: RunLog, augment: AugmentC
         # unfinished run hangs at exit, or is silently reused by the next job of a multirun), and the
         # run folder's lock is released after the last file of the run is written.
         init_distributed(device_type)
-        teardown.callback(cleanup_distributed)
+        # After an error no waiting for the others: they may be waiting in a collective for this process.
+        teardown.push(lambda exc_type, exc, tb: cleanup_distributed(wait_for_all=exc_type is None))
         if cfg.trainer.batch_size % get_world_size():  # checked here: the process count is known from now on
             error = ConfigError(f"trainer.batch_size={cfg.trainer.batch_size} is not allowed with {get_world_size()} "
                                 f"processes: the global batch is split evenly, so it must be a multiple of "
