@@ -1,4 +1,5 @@
-"""Overrides in the commands the suite prints: pasted into a shell, Hydra reads back the value."""
+"""Values as the suite prints them: overrides in the commands it suggests (pasted into a shell, Hydra reads
+back the value) and values in its error messages (as a config file or an override writes them)."""
 import shlex
 
 import pytest
@@ -30,3 +31,14 @@ def test_a_printed_override_is_one_shell_word_that_hydra_reads_back(value, print
     (override,) = parse_overrides([arg])
     assert override.key_or_group == "run" and not override.is_sweep_override()
     assert override.value() == value and isinstance(override.value(), str)
+
+
+def test_an_error_shows_a_value_as_the_user_writes_it():
+    from omegaconf import OmegaConf
+
+    from cl_suite.errors import as_written
+
+    values = (None, True, False, "auto", 0.1, 3)
+    assert [as_written(v) for v in values] == ["null", "true", "false", "'auto'", "0.1", "3"]
+    assert as_written([1, None, "a"]) == as_written(OmegaConf.create([1, None, "a"])) == "[1, null, 'a']"
+    assert as_written({"a": [True]}) == as_written(OmegaConf.create({"a": [True]})) == "{a: [true]}"

@@ -205,7 +205,7 @@ def test_value_fits_judges_booleans_lengths_elements_and_mappings():
 
 def test_a_boolean_for_an_integer_setting_is_refused_by_its_key():
     """sampler.s1=true: the mixing sampler's own check takes True for the integer 1 (bool is an int)."""
-    with pytest.raises(ConfigError, match=r"sampler\.s1=True is not allowed: expected an integer"):
+    with pytest.raises(ConfigError, match=r"sampler\.s1=true is not allowed: expected an integer"):
         validate_train_config(compose_train(TINY + ["sampler=mixing", "sampler.s1=true"]))
 
 

@@ -27,6 +27,24 @@ class MissingPathError(UserError, FileNotFoundError):
     exist or is not what the setting expects. The message names the setting and the path."""
 
 
+def as_written(value: Any) -> str:
+    """``value`` as a user writes it in a config file or an override, for error messages: ``null``,
+    ``true``/``false``, ``'text'``, ``0.1``, ``[1, 2]``, ``{a: 1}`` (Python's repr would say None, True)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if type(value).__module__.startswith("omegaconf"):  # a ListConfig / DictConfig node
+        from omegaconf import OmegaConf
+
+        return as_written(OmegaConf.to_container(value))
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(as_written(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {as_written(v)}" for k, v in value.items()) + "}"
+    return repr(value)
+
+
 def _compact_error(message: str) -> Exception:
     # Hydra prints a CompactHydraException's text alone (no traceback), in single runs and for the
     # failed job of a sweep, and exits with status 1. Imported here: this module stays import-light.

@@ -22,7 +22,7 @@ from cl_suite.engine.other_datasets import (build_dataset_for_evaluation, check_
 from cl_suite.engine.probe import OnlineProbe
 from cl_suite.engine.run_log import say
 from cl_suite.engine.validation import ConfigError, validate_evaluate_config, validate_evaluation_against_data
-from cl_suite.errors import MissingPathError
+from cl_suite.errors import MissingPathError, as_written
 from cl_suite.files import load_untrusted_yaml, printable, read_json_object
 from cl_suite.sweeps import command_override
 from cl_suite.eval.protocols import (check_protocols, encode_split, encode_splits, knn_metrics, linear_metrics,
@@ -498,8 +498,8 @@ def trusted_targets(cfg: DictConfig) -> tuple[str, ...]:
     bad = [n for n in names if not isinstance(n, str) or not re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*", n)
            or n == "cl_suite" or n.startswith("cl_suite.")]
     if bad:
-        raise ConfigError(f"trust_targets={names!r} is not allowed: expected dotted names of your own modules or "
-                          f"classes (e.g. trust_targets=[mymethods]), not {bad!r}")
+        raise ConfigError(f"trust_targets={as_written(names)} is not allowed: expected dotted names of your own "
+                          f"modules or classes (e.g. trust_targets=[mymethods]), not {bad!r}")
     return tuple(names)
 
 

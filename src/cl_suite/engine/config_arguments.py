@@ -19,7 +19,7 @@ from typing import Any
 from hydra.utils import get_object
 from omegaconf import DictConfig, OmegaConf
 
-from cl_suite.errors import UserError
+from cl_suite.errors import UserError, as_written
 
 # Hydra's own keys of a ``_target_`` node, never constructor arguments.
 HYDRA_KEYS = ("_target_", "_partial_", "_convert_", "_recursive_", "_args_")
@@ -96,7 +96,7 @@ def check_group_arguments(group: str, node: DictConfig, injected: Sequence[str] 
     ``suite_keys``: read by the suite, not passed to the constructor)."""
     target_name = node.get("_target_")
     if not isinstance(target_name, str):
-        raise ArgumentError(f"{group}._target_={target_name!r} is not allowed: expected an import path")
+        raise ArgumentError(f"{group}._target_={as_written(target_name)} is not allowed: expected an import path")
     try:
         target = get_object(target_name)
     except Exception as err:
@@ -121,7 +121,7 @@ def check_group_arguments(group: str, node: DictConfig, injected: Sequence[str] 
         if OmegaConf.is_config(value):
             value = OmegaConf.to_container(value, resolve=True)
         if key in hints and not value_fits(value, hints[key]):
-            raise ArgumentError(f"{group}.{key}={value!r} is not allowed: expected {_describe(hints[key])}")
+            raise ArgumentError(f"{group}.{key}={as_written(value)} is not allowed: expected {_describe(hints[key])}")
     for key, param in params.items():
         if (param.default is inspect.Parameter.empty and key not in node and key not in injected
                 and param.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)):

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from cl_suite.engine.diagnostics import is_histogram
-from cl_suite.errors import ConfigError, UserError
+from cl_suite.errors import ConfigError, UserError, as_written
 
 
 class LoggerUnavailable(UserError, ImportError):
@@ -233,7 +233,7 @@ class WandbLogger:
             raise ConfigError(f"{key}.mode={cfg.mode!r} is not one of {WANDB_MODES}")
         wandb_mode_from_environment()  # at start-up, not when the logger is built
         if "project" in cfg and not (isinstance(cfg.project, str) and cfg.project):
-            raise ConfigError(f"{key}.project={cfg.project!r} is not allowed: expected a non-empty name")
+            raise ConfigError(f"{key}.project={as_written(cfg.project)} is not allowed: expected a non-empty name")
 
     def log(self, metrics: dict[str, Any], step: int) -> None:
         if step < self._run.step:  # a resumed run's steps up to its last logged one: wandb would drop them

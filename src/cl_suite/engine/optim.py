@@ -5,6 +5,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from cl_suite.errors import as_written
+
 # Keys of an optimizer config that configure the suite, not the optimizer's constructor.
 SUITE_KEYS = ("name", "batch_size_reference", "exclude_bias_and_norm")
 
@@ -38,10 +40,10 @@ class LARS(torch.optim.Optimizer):
             raise ValueError(f"LARS: need lr > 0, 0 <= momentum < 1, weight_decay >= 0, eta > 0; got "
                              f"lr={lr}, momentum={momentum}, weight_decay={weight_decay}, eta={eta}")
         if trust_denominator not in TRUST_DENOMINATORS:
-            raise ValueError(f"optimizer.trust_denominator={trust_denominator!r} is not allowed: expected one of "
-                             f"{', '.join(TRUST_DENOMINATORS)}")
+            raise ValueError(f"optimizer.trust_denominator={as_written(trust_denominator)} is not allowed: expected "
+                             f"one of {', '.join(TRUST_DENOMINATORS)}")
         if not isinstance(clip_lr, bool):
-            raise ValueError(f"optimizer.clip_lr={clip_lr!r} is not allowed: expected true or false")
+            raise ValueError(f"optimizer.clip_lr={as_written(clip_lr)} is not allowed: expected true or false")
         super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, eta=eta,
                                       lars_adaptation=lars_adaptation, clip_lr=clip_lr,
                                       trust_denominator=trust_denominator))

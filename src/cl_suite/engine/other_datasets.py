@@ -12,7 +12,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from cl_suite.data.augment import AugmentConfig
 from cl_suite.data.types import DatasetNotFoundError, ImageDataset
 from cl_suite.engine.build import build_augment_config, build_dataset
-from cl_suite.errors import ConfigError
+from cl_suite.errors import ConfigError, as_written
 from cl_suite.paths import CONF_DIR
 
 
@@ -24,8 +24,8 @@ def dataset_names(value, key: str) -> list[str]:
     names = [value] if isinstance(value, str) else list(value) if isinstance(value, (list, ListConfig)) else None
     available = sorted(p.stem for p in (CONF_DIR / "dataset").glob("*.yaml"))
     if names is None or any(not isinstance(n, str) or n not in available for n in names):
-        raise ConfigError(f"{key}={value!r} is not allowed: expected a conf/dataset option (or a list of them), "
-                         f"one of {available}")
+        raise ConfigError(f"{key}={as_written(value)} is not allowed: expected a conf/dataset option (or a list of "
+                          f"them), one of {available}")
     return names
 
 

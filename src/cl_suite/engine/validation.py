@@ -33,7 +33,7 @@ from cl_suite.engine.numerics import MODES as NONFINITE_MODES
 from cl_suite.engine.optim import TRUST_DENOMINATORS
 from cl_suite.engine.probe import PROBE_OPTIMIZERS, PROBE_SCHEDULES
 from cl_suite.engine.precision import PRECISION_DTYPES
-from cl_suite.errors import ConfigError
+from cl_suite.errors import ConfigError, as_written
 from cl_suite.paths import CONF_DIR
 
 if TYPE_CHECKING:
@@ -58,7 +58,7 @@ def _int(cfg: DictConfig, key: str, minimum: int, allow_none: bool = False, maxi
             maximum is not None and value > maximum):
         allowed = (f"an integer >= {minimum}" if maximum is None else f"an integer in [{minimum}, {maximum}]") + (
             " or null" if allow_none else "")
-        raise ConfigError(f"{key}={value!r} is not allowed: expected {allowed}")
+        raise ConfigError(f"{key}={as_written(value)} is not allowed: expected {allowed}")
 
 
 def _number(cfg: DictConfig, key: str, low: float = 0.0, high: float | None = None, low_open: bool = True,
@@ -72,7 +72,7 @@ def _number(cfg: DictConfig, key: str, low: float = 0.0, high: float | None = No
             high is None or (value < high if high_open else value <= high))
     if not ok:
         interval = f"{'(' if low_open else '['}{low}, {'inf' if high is None else high}{')' if high_open or high is None else ']'}"
-        raise ConfigError(f"{key}={value!r} is not allowed: expected a finite number in {interval}")
+        raise ConfigError(f"{key}={as_written(value)} is not allowed: expected a finite number in {interval}")
 
 
 def _positive(cfg: DictConfig, key: str) -> None:
@@ -82,7 +82,7 @@ def _positive(cfg: DictConfig, key: str) -> None:
 def _bool(cfg: DictConfig, key: str) -> None:
     value = _get(cfg, key)
     if not isinstance(value, bool):
-        raise ConfigError(f"{key}={value!r} is not allowed: expected true or false")
+        raise ConfigError(f"{key}={as_written(value)} is not allowed: expected true or false")
 
 
 def _choice(cfg: DictConfig, key: str, allowed: tuple) -> None:
@@ -100,10 +100,10 @@ def _check_finite_numbers(value: Any, key: str = "") -> None:
     elif isinstance(value, list):
         for v in value:
             if isinstance(v, float) and not math.isfinite(v):
-                raise ConfigError(f"{key}={value!r} is not allowed: expected finite numbers (no nan or inf)")
+                raise ConfigError(f"{key}={as_written(value)} is not allowed: expected finite numbers (no nan or inf)")
             _check_finite_numbers(v, key)
     elif isinstance(value, float) and not math.isfinite(value):
-        raise ConfigError(f"{key}={value!r} is not allowed: expected a finite number (no nan or inf)")
+        raise ConfigError(f"{key}={as_written(value)} is not allowed: expected a finite number (no nan or inf)")
 
 
 def _defaults_groups(primary: DictConfig) -> list[str]:
@@ -172,7 +172,7 @@ def _check_known_keys(node: dict, tree: dict, source: str, prefix: str = "") -> 
         name = f"{prefix}{key}"
         if key not in tree:
             known = [prefix + k for k in sorted(tree)]
-            raise ConfigError(f"{name}={value!r} is not allowed ({source} has no such key): "
+            raise ConfigError(f"{name}={as_written(value)} is not allowed ({source} has no such key): "
                               + _unknown_key_message([name], known))
         sub = tree[key]
         if isinstance(sub, dict) and isinstance(value, dict):
@@ -226,7 +226,7 @@ def _check_published(block: Any) -> None:
     shape = ("expected null or a block with exactly the keys value (a number in [0, 100], in percent), "
              f"metric ({' | '.join(PUBLISHED_METRICS)}), protocol and source (one-line texts)")
     if not OmegaConf.is_dict(block):
-        raise ConfigError(f"published={block!r} is not allowed: {shape}")
+        raise ConfigError(f"published={as_written(block)} is not allowed: {shape}")
     keys = [str(k) for k in block]
     if sorted(keys) != sorted(PUBLISHED_KEYS):
         missing = [f"published.{k}" for k in PUBLISHED_KEYS if k not in keys]
@@ -239,7 +239,7 @@ def _check_published(block: Any) -> None:
     for key in ("protocol", "source"):
         text = block[key]
         if not isinstance(text, str) or not text.strip() or "\n" in text:
-            raise ConfigError(f"published.{key}={text!r} is not allowed: expected a non-empty one-line text")
+            raise ConfigError(f"published.{key}={as_written(text)} is not allowed: expected a non-empty one-line text")
 
 
 def _check_trainer(cfg: DictConfig) -> None:
@@ -261,8 +261,8 @@ def _check_trainer(cfg: DictConfig) -> None:
         try:
             _int(t, "trainer.threads", 1)
         except ConfigError:
-            raise ConfigError(f"trainer.threads={t.threads!r} is not allowed: expected auto (the cores free of "
-                              "other work) or an integer >= 1") from None
+            raise ConfigError(f"trainer.threads={as_written(t.threads)} is not allowed: expected auto (the cores "
+                              "free of other work) or an integer >= 1") from None
     for key in ("eval_at_init", "compile", "sync_batchnorm", "data_on_device", "progress_bar", "save_checkpoints"):
         _bool(t, f"trainer.{key}")
     _choice(t, "trainer.precision", tuple(PRECISION_DTYPES))
@@ -270,7 +270,8 @@ def _check_trainer(cfg: DictConfig) -> None:
         raise ConfigError("trainer.precision='fp16' needs a CUDA device (its loss scaling is a CUDA GradScaler); "
                           "use trainer.precision=bf16 on the CPU")
     if t.channels_last not in ("auto", True, False):
-        raise ConfigError(f"trainer.channels_last={t.channels_last!r} is not allowed: expected auto, true or false")
+        raise ConfigError(f"trainer.channels_last={as_written(t.channels_last)} is not allowed: expected auto, true "
+                          "or false")
     _choice(t, "trainer.compile_mode", COMPILE_MODES)
     if t.compile_mode != "default" and not t.compile:
         raise ConfigError(f"trainer.compile_mode={t.compile_mode} has no effect with trainer.compile=false (nothing is "
@@ -281,7 +282,8 @@ def _check_trainer(cfg: DictConfig) -> None:
     if t.sync_batchnorm and (str(t.device) == "cpu" or not torch.cuda.is_available()):
         raise ConfigError("trainer.sync_batchnorm=true needs CUDA (torch's SyncBatchNorm has no CPU path)")
     if cfg.resume is not None and not isinstance(cfg.resume, str):
-        raise ConfigError(f"resume={cfg.resume!r} is not allowed: expected auto, null, a .pt file or a run dir")
+        raise ConfigError(f"resume={as_written(cfg.resume)} is not allowed: expected auto, null, a .pt file or a "
+                          "run dir")
     if t.grad_clip is not None:
         _positive(t, "trainer.grad_clip")
     # nonfinite=skip stops once more than this share of the run's steps were skipped; 1 = never
@@ -303,13 +305,14 @@ def _check_device(node: DictConfig, key: str) -> None:
     device = str(_get(node, key))
     index = re.fullmatch(r"cuda:(\d+)", device)
     if not (device in ("auto", "cpu", "cuda") or index):
-        raise ConfigError(f"{key}={device!r} is not allowed: expected auto, cpu, cuda or cuda:N (N a GPU index)")
+        raise ConfigError(f"{key}={as_written(device)} is not allowed: expected auto, cpu, cuda or cuda:N (N a GPU "
+                          "index)")
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"{key}={device!r} is not allowed: CUDA is not available on this machine; "
+        raise ConfigError(f"{key}={as_written(device)} is not allowed: CUDA is not available on this machine; "
                           f"use {key}=cpu or auto")
     if index and int(index[1]) >= torch.cuda.device_count():
         count = torch.cuda.device_count()
-        raise ConfigError(f"{key}={device!r} is not allowed: this machine has {count} GPU(s), "
+        raise ConfigError(f"{key}={as_written(device)} is not allowed: this machine has {count} GPU(s), "
                           f"cuda:0 .. cuda:{count - 1}")
 
 
@@ -339,8 +342,8 @@ def _check_best_metric(cfg: DictConfig) -> None:
     mid_run = "" if "train/epoch_loss" in names else (
         " (training numbers such as train/epoch_loss need trainer.eval_every_epochs between 1 and "
         "trainer.epochs - 1: they are compared at eval epochs only)")
-    raise ConfigError(f"trainer.best_metric={metric!r} is not allowed: this run never measures it, so best.pt "
-                      f"would never be written; expected one of {', '.join(names)}"
+    raise ConfigError(f"trainer.best_metric={as_written(metric)} is not allowed: this run never measures it, so "
+                      f"best.pt would never be written; expected one of {', '.join(names)}"
                       f"{', or diag/<name>' if 'train/epoch_loss' in names else ''}, or null for no best.pt"
                       f"{mid_run}")
 
@@ -363,15 +366,15 @@ def _check_evaluation(e: DictConfig) -> None:
         ks = e.retrieval.ks
         if not OmegaConf.is_list(ks) or not ks or not all(
                 isinstance(k, int) and not isinstance(k, bool) and k >= 1 for k in ks):
-            raise ConfigError(f"evaluation.retrieval.ks={ks!r} is not allowed: expected a non-empty list of "
+            raise ConfigError(f"evaluation.retrieval.ks={as_written(ks)} is not allowed: expected a non-empty list of "
                               "integers >= 1")
     if "lowshot" in e:
         fractions = e.lowshot.fractions
         if not OmegaConf.is_list(fractions) or not fractions or not all(
                 isinstance(f, (int, float)) and not isinstance(f, bool) and 0 < f <= 1 for f in fractions) \
                 or len(set(fractions)) != len(fractions):
-            raise ConfigError(f"evaluation.lowshot.fractions={fractions!r} is not allowed: expected a non-empty "
-                              "list of distinct numbers in (0, 1], e.g. [0.01, 0.1]")
+            raise ConfigError(f"evaluation.lowshot.fractions={as_written(fractions)} is not allowed: expected a "
+                              "non-empty list of distinct numbers in (0, 1], e.g. [0.01, 0.1]")
         if "draws" in e.lowshot:
             _int(e.lowshot, "evaluation.lowshot.draws", 1)
     if "ood" in e:
@@ -404,8 +407,8 @@ def _check_dataset(d: DictConfig) -> AugmentConfig:
         value = d.get(key)
         if not OmegaConf.is_list(value) or len(value) not in (1, 3) or not all(
                 isinstance(v, int) and not isinstance(v, bool) or isinstance(v, float) and math.isfinite(v) for v in value):
-            raise ConfigError(f"dataset.{key}={value!r} is not allowed: expected a list of 1 or 3 finite numbers "
-                              "(one per image channel)")
+            raise ConfigError(f"dataset.{key}={as_written(value)} is not allowed: expected a list of 1 or 3 finite "
+                              "numbers (one per image channel)")
     if any(v <= 0 for v in d.std):
         raise ConfigError(f"dataset.std={list(d.std)} is not allowed: every channel's std must be > 0")
     if "image_size" in d:
@@ -448,8 +451,8 @@ def _check_method_sizes(m: DictConfig) -> None:
     hidden = m.get("projector_hidden_dims")
     if hidden is not None and not (OmegaConf.is_list(hidden) and all(
             isinstance(h, int) and not isinstance(h, bool) and h >= 1 for h in hidden)):
-        raise ConfigError(f"method.projector_hidden_dims={hidden!r} is not allowed: expected a list of integers >= 1 "
-                          "([] for a linear head)")
+        raise ConfigError(f"method.projector_hidden_dims={as_written(hidden)} is not allowed: expected a list of "
+                          "integers >= 1 ([] for a linear head)")
 
 
 def _check_optimizer(o: DictConfig) -> None:
@@ -462,7 +465,7 @@ def _check_optimizer(o: DictConfig) -> None:
         betas = o.betas
         if not OmegaConf.is_list(betas) or len(betas) != 2 or not all(
                 isinstance(b, (int, float)) and 0 <= b < 1 for b in betas):
-            raise ConfigError(f"optimizer.betas={betas!r} is not allowed: expected two numbers in [0, 1)")
+            raise ConfigError(f"optimizer.betas={as_written(betas)} is not allowed: expected two numbers in [0, 1)")
     if "eta" in o:
         _positive(o, "optimizer.eta")
     if "clip_lr" in o:

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cl_suite.distributed import gather_no_grad
+from cl_suite.errors import as_written
 from cl_suite.methods.base import ContrastiveMethod, MethodOutput, unit_projection
 from cl_suite.methods.memory_bank import MemoryBank
 from cl_suite.models.heads import mlp
@@ -131,7 +132,8 @@ class CMC(ContrastiveMethod):
                  criterion: Literal["softmax", "nce"] = "softmax"):
         super().__init__()
         if criterion not in CRITERIA:
-            raise ValueError(f"method.criterion={criterion!r} is not allowed: expected one of {', '.join(CRITERIA)}")
+            raise ValueError(f"method.criterion={as_written(criterion)} is not allowed: expected one of "
+                             f"{', '.join(CRITERIA)}")
         if criterion == "nce" and not isinstance(sampler, UniformSampler):
             kind = type(sampler).__name__
             raise ValueError(f"method.criterion=nce cannot be used with sampler={kind.removesuffix('Sampler').lower()} "

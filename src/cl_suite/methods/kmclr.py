@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cl_suite.errors import as_written
 from cl_suite.methods.nnclr import LookedUpPositiveCLR
 from cl_suite.samplers.base import NegativeSampler
 
@@ -43,9 +44,11 @@ class OnlineKMeans(nn.Module):
     def __init__(self, num_prototypes: int, dim: int, reset_interval: int | None, reassignment_ratio: float = 0.01):
         super().__init__()
         if isinstance(num_prototypes, bool) or not isinstance(num_prototypes, int) or num_prototypes < 2:
-            raise ValueError(f"method.num_prototypes={num_prototypes!r} is not allowed: expected an integer >= 2")
+            raise ValueError(f"method.num_prototypes={as_written(num_prototypes)} is not allowed: expected an "
+                             "integer >= 2")
         if reset_interval is not None and (not isinstance(reset_interval, int) or reset_interval < 1):
-            raise ValueError(f"reset interval {reset_interval!r} is not allowed: expected an integer >= 1 or null")
+            raise ValueError(f"reset interval {as_written(reset_interval)} is not allowed: expected an integer >= 1 "
+                             "or null")
         if not 0.0 <= reassignment_ratio < 1.0:
             raise ValueError(f"method.reassignment_ratio={reassignment_ratio} is not allowed: expected [0, 1)")
         self.reset_interval = reset_interval

@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from cl_suite.distributed import gather_no_grad
+from cl_suite.errors import as_written
 from cl_suite.methods.base import ContrastiveMethod, MethodOutput, unit_projection
 from cl_suite.methods.momentum import attach_key_encoder
 from cl_suite.methods.queue import FeatureQueue
@@ -83,10 +84,12 @@ class MoCo(ContrastiveMethod):
         self.temperature = checked_temperature(temperature)
         self.symmetric = symmetric
         if not isinstance(mask_same_image, bool):
-            raise ValueError(f"method.mask_same_image={mask_same_image!r} is not allowed: expected true or false")
+            raise ValueError(f"method.mask_same_image={as_written(mask_same_image)} is not allowed: expected true "
+                             "or false")
         self.mask_same_image = mask_same_image
         if not isinstance(queue_per_view, bool):
-            raise ValueError(f"method.queue_per_view={queue_per_view!r} is not allowed: expected true or false")
+            raise ValueError(f"method.queue_per_view={as_written(queue_per_view)} is not allowed: expected true or "
+                             "false")
         if queue_per_view and not symmetric:
             raise ValueError("method.queue_per_view=true is not allowed with method.symmetric=false: one queue per "
                              "query view (solo-learn's mocov2plus) needs both views as queries; set "

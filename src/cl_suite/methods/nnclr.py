@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cl_suite.distributed import gather_no_grad, gather_with_grad, get_rank
+from cl_suite.errors import as_written
 from cl_suite.losses import in_batch_negatives
 from cl_suite.methods.base import ContrastiveMethod, MethodOutput
 from cl_suite.methods.queue import FeatureQueue
@@ -148,7 +149,7 @@ class NNCLR(LookedUpPositiveCLR):
                  neighbours: int = 1):
         super().__init__(backbone, sampler, temperature, projector_hidden_dims, projector_dim, predictor_hidden_dims)
         if isinstance(neighbours, bool) or not isinstance(neighbours, int) or not 1 <= neighbours:
-            raise ValueError(f"method.neighbours={neighbours!r} is not allowed: expected an integer >= 1")
+            raise ValueError(f"method.neighbours={as_written(neighbours)} is not allowed: expected an integer >= 1")
         self.support_set = SupportSet(support_set_size, projector_dim, key="method.support_set_size")
         self.neighbours = neighbours
 

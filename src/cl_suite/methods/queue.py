@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cl_suite.errors import as_written
+
 
 class FeatureQueue(nn.Module):
     """``size`` rows of ``dim``-d embeddings with labels and data set indices (-1 = unknown), written in
@@ -27,7 +29,7 @@ class FeatureQueue(nn.Module):
     def __init__(self, size: int, dim: int, key: str = "method.queue_size"):
         super().__init__()
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-            raise ValueError(f"{key}={size!r} is not allowed: expected an integer >= 1")
+            raise ValueError(f"{key}={as_written(size)} is not allowed: expected an integer >= 1")
         self.register_buffer("embeddings", F.normalize(torch.randn(size, dim), dim=1))
         self.register_buffer("labels", torch.full((size,), -1, dtype=torch.long))
         self.register_buffer("indices", torch.full((size,), -1, dtype=torch.long))

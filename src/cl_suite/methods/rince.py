@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from cl_suite.distributed import gather_no_grad
+from cl_suite.errors import as_written
 from cl_suite.methods.base import ContrastiveMethod, MethodOutput, unit_projection
 from cl_suite.methods.momentum import attach_key_encoder
 from cl_suite.methods.queue import FeatureQueue
@@ -55,7 +56,7 @@ class RINCE(ContrastiveMethod):
             raise ValueError(f"method.rank_similarities={sims} is not allowed: expected one or two strictly "
                              "decreasing values in [0, 1] (same class, then same superclass), e.g. [1.0, 0.75]")
         if isinstance(bank_size, bool) or not isinstance(bank_size, int) or bank_size < 1:
-            raise ValueError(f"method.bank_size={bank_size!r} is not allowed: expected an integer >= 1")
+            raise ValueError(f"method.bank_size={as_written(bank_size)} is not allowed: expected an integer >= 1")
         super().__init__()
         self.backbone = backbone
         self.projector = mlp(backbone.num_features, list(projector_hidden_dims), projector_dim,

@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from cl_suite.distributed import gather_no_grad, gather_with_grad
+from cl_suite.errors import as_written
 from cl_suite.losses import two_view_contrast
 from cl_suite.methods.base import ContrastiveMethod, MethodOutput, unit_projection
 from cl_suite.models.heads import mlp
@@ -58,7 +59,8 @@ class SimCLR(ContrastiveMethod):
     ):
         super().__init__()
         if form not in SIMCLR_FORMS:
-            raise ValueError(f"method.form={form!r} is not allowed: expected one of {', '.join(SIMCLR_FORMS)}")
+            raise ValueError(f"method.form={as_written(form)} is not allowed: expected one of "
+                             f"{', '.join(SIMCLR_FORMS)}")
         self.form = form
         self.backbone = backbone
         self.sampler = sampler

@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from cl_suite.distributed import gather_no_grad, gather_with_grad, get_rank
+from cl_suite.errors import as_written
 from cl_suite.losses import in_batch_negatives
 from cl_suite.methods.base import ContrastiveMethod, MethodOutput
 from cl_suite.methods.queue import FeatureQueue
@@ -30,7 +31,8 @@ class SupCon(ContrastiveMethod):
                  projector_batch_norm: bool = True, concat_views: bool = False, bank_size: int = 0):
         super().__init__()
         if isinstance(bank_size, bool) or not isinstance(bank_size, int) or bank_size < 0:
-            raise ValueError(f"method.bank_size={bank_size!r} is not allowed: expected an integer >= 0 (0 = no bank)")
+            raise ValueError(f"method.bank_size={as_written(bank_size)} is not allowed: expected an integer >= 0 (0 "
+                             "= no bank)")
         self.backbone = backbone
         self.temperature = checked_temperature(temperature)
         self.concat_views = concat_views

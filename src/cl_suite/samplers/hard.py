@@ -5,6 +5,7 @@ import math
 
 import torch
 
+from cl_suite.errors import as_written
 from cl_suite.objectives import hard_log_mass, hard_weights
 from cl_suite.samplers.base import Contrast, NegativeSampler, NegativeTerm
 from cl_suite.samplers.debiased import check_tau_plus
@@ -62,12 +63,12 @@ class HardSampler(NegativeSampler):
         if anneal_epochs is not None and not (
                 isinstance(anneal_epochs, (int, float)) and not isinstance(anneal_epochs, bool)
                 and math.isfinite(anneal_epochs) and float(anneal_epochs).is_integer() and anneal_epochs >= 1):
-            raise ValueError(f"sampler.anneal_epochs={anneal_epochs} is not allowed: expected a whole number of "
-                             "epochs >= 1 (the length of the run, trainer.epochs) or null")
+            raise ValueError(f"sampler.anneal_epochs={as_written(anneal_epochs)} is not allowed: expected a whole "
+                             "number of epochs >= 1 (the length of the run, trainer.epochs) or null")
         if anneal is not None and (anneal_epochs is None or anneal_epochs < ANNEAL_LEVELS):
-            raise ValueError(f"sampler.anneal_epochs={anneal_epochs} is not allowed with sampler.anneal={anneal}: "
-                             f"the schedule changes beta every floor(anneal_epochs / {ANNEAL_LEVELS}) epochs, so "
-                             f"it needs anneal_epochs >= {ANNEAL_LEVELS}")
+            raise ValueError(f"sampler.anneal_epochs={as_written(anneal_epochs)} is not allowed with "
+                             f"sampler.anneal={anneal}: the schedule changes beta every floor(anneal_epochs / "
+                             f"{ANNEAL_LEVELS}) epochs, so it needs anneal_epochs >= {ANNEAL_LEVELS}")
         self.beta = float(beta)
         self.tau_plus = check_tau_plus(tau_plus)
         self.anneal = anneal

@@ -36,7 +36,7 @@ import math
 
 import torch
 
-from cl_suite.errors import ConfigError
+from cl_suite.errors import ConfigError, as_written
 from cl_suite.objectives import ring_log_mass, ring_selection, ring_width
 from cl_suite.samplers.base import Contrast, NegativeSampler, NegativeTerm, config_value
 
@@ -76,7 +76,8 @@ def anneal_outer_fraction(schedule: str | None, final: float, step: int, anneal_
         return final + (n_values - 1 - step // hold) * delta
     if schedule == "exponential":
         return (ANNEAL_START - final) * math.exp(-decay * step) + final
-    raise ValueError(f"sampler.anneal={schedule!r} is not allowed: expected null or one of {', '.join(ANNEAL_SCHEDULES)}")
+    raise ValueError(f"sampler.anneal={as_written(schedule)} is not allowed: expected null or one of "
+                     f"{', '.join(ANNEAL_SCHEDULES)}")
 
 
 class RingSampler(NegativeSampler):
@@ -105,7 +106,7 @@ class RingSampler(NegativeSampler):
             raise ValueError(f"sampler.num_samples={num_samples} is not allowed: expected null (every ring element "
                              "once) or an integer >= 1 (draws with replacement per anchor)")
         if anneal is not None and anneal not in ANNEAL_SCHEDULES:
-            raise ValueError(f"sampler.anneal={anneal!r} is not allowed: expected null (constant) or one of "
+            raise ValueError(f"sampler.anneal={as_written(anneal)} is not allowed: expected null (constant) or one of "
                              f"{', '.join(ANNEAL_SCHEDULES)} (the Ring code's threshold policies)")
         if not (math.isfinite(anneal_epochs) and anneal_epochs >= 0):
             raise ValueError(f"sampler.anneal_epochs={anneal_epochs} is not allowed: expected a finite number >= 0")
