@@ -1,6 +1,7 @@
 """``cl_suite.api``: train, evaluate and load an encoder from Python, with the run folders, records and
 checks of train.py / evaluate.py; a folder of such runs is a sweep the report reads."""
 import json
+import os
 import sys
 import threading
 
@@ -318,3 +319,24 @@ def test_the_record_is_the_one_train_py_writes(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads((run.dir / "eval.json").read_text())["protocols"]["knn"]["knn/top1"] == pytest.approx(
         run.metrics["knn/top1"])
+
+
+def test_hydra_job_env_set_is_set_while_the_job_runs_and_chdir_is_refused(tmp_path, monkeypatch):
+    """As Hydra's run_job: hydra.job.env_set's variables are the job's (the caller's come back after it);
+    hydra.job.chdir=true would move the caller's working directory, so it is refused by name."""
+    import cl_suite.engine.trainer as trainer_module
+    import cl_suite.run_evaluation as evaluation_module
+
+    seen = []
+    monkeypatch.setattr(trainer_module, "train", lambda cfg: seen.append(
+        (os.environ.get("CL_SUITE_A"), os.environ.get("CL_SUITE_B"))) or {"step": 0})
+    monkeypatch.setattr(evaluation_module, "evaluate_run", lambda cfg: seen.append(os.environ.get("CL_SUITE_A")))
+    monkeypatch.setenv("CL_SUITE_A", "caller's")
+    monkeypatch.delenv("CL_SUITE_B", raising=False)
+    api.train(["+hydra.job.env_set.CL_SUITE_A=for_the_job", "+hydra.job.env_set.CL_SUITE_B=${hydra:job.name}"],
+              run_dir=tmp_path / "run")
+    api.evaluate(tmp_path, ["+hydra.job.env_set.CL_SUITE_A=for_evaluation"])
+    assert seen == [("for_the_job", "train"), "for_evaluation"]
+    assert os.environ["CL_SUITE_A"] == "caller's" and "CL_SUITE_B" not in os.environ
+    with pytest.raises(ConfigError, match="hydra.job.chdir=true: an api job runs in this process's working directory"):
+        api.train(["hydra.job.chdir=true"], run_dir=tmp_path / "run")

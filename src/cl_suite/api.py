@@ -109,7 +109,7 @@ def train(overrides: Sequence[str] = (), run_dir: str | Path | None = None) -> R
     job = _compose_job("train", overrides, run_dir)
     # As Hydra's run_job: the job's Hydra settings are readable (${hydra:...}, the .hydra/ record the
     # trainer writes, the recipe's published-number check) while the job runs, and only then.
-    with _hydra_settings(job):
+    with _hydra_settings(job), _job_environment(job):
         final = run_training(_task_config(job))
     return Run(dir=Path(job.hydra.runtime.output_dir), metrics=dict(final))
 
@@ -133,7 +133,8 @@ def evaluate(run: str | Path, overrides: Sequence[str] = ()) -> dict[str, Any]:
         raise ConfigError(f"evaluate({str(run)!r}, {overrides}): {given[0]} names what to evaluate, which the "
                           "first argument already does (a run folder, a checkpoint in its checkpoints/, or an "
                           "exported backbone file)")
-    cfg = _task_config(_compose_job("evaluate", overrides))
+    job = _compose_job("evaluate", overrides)
+    cfg = _task_config(job)
     run_of_file = path.parent.parent
     if path.is_file() and path.parent.name == CHECKPOINT_DIR and (run_of_file / ".hydra" / "config.yaml").is_file():
         cfg.run, cfg.checkpoint = str(run_of_file), str(path)  # evaluate.py run=<run> checkpoint=<file>
@@ -141,7 +142,8 @@ def evaluate(run: str | Path, overrides: Sequence[str] = ()) -> dict[str, Any]:
         cfg.checkpoint = str(path)
     else:
         cfg.run = str(path)
-    return evaluate_run(cfg)
+    with _job_environment(job):
+        return evaluate_run(cfg)
 
 
 def load_encoder(run: str | Path, checkpoint: str | None = None, trust_targets: Sequence[str] = ()):
@@ -253,6 +255,10 @@ def _compose_job(config_name: str, overrides: Sequence[str], run_dir: str | Path
         given = f"run_dir={str(run_dir)!r}" if run_dir is not None else "hydra.run.dir"
         raise ConfigError(f"{given}: {str(error).splitlines()[0]} (a ${{...}} in the run folder's name is an "
                           "interpolation, as in hydra.run.dir)") from None
+    if job.hydra.job.chdir:
+        raise ConfigError("hydra.job.chdir=true: an api job runs in this process's working directory (Hydra's chdir "
+                          "would move the caller's); relative paths in the config are read from "
+                          f"{os.getcwd()!r}. Drop the override, or run python train.py with it")
     output_dir = os.path.abspath(os.path.expanduser(str(folder)))
     with read_write(job.hydra), open_dict(job.hydra):
         job.hydra.run.dir = output_dir  # the record says where the run went, as hydra.run.dir=<dir> would
@@ -273,6 +279,24 @@ def _hydra_settings(job: DictConfig):
         yield
     finally:
         hydra_config.cfg = before
+
+
+@contextlib.contextmanager
+def _job_environment(job: DictConfig):
+    """As Hydra's ``run_job``: the environment variables of ``hydra.job.env_set`` are set while the job
+    runs; the caller's values (or their absence) are back after it."""
+    with _hydra_settings(job):  # a ${hydra:...} in a value
+        wanted = {str(k): str(v) for k, v in OmegaConf.to_container(job.hydra.job.env_set, resolve=True).items()}
+    saved = {name: os.environ.get(name) for name in wanted}
+    os.environ.update(wanted)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def _task_config(job: DictConfig) -> DictConfig:
