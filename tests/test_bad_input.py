@@ -436,6 +436,7 @@ def test_a_run_folder_refused_once_its_data_are_read_keeps_its_run_unlabelled(tm
                         "dataset.augment.crop_size=16", "evaluation.knn.k=1", "trainer.eval_at_init=false"]
     cfg = compose_train(overrides + ["trainer.batch_size=2", "trainer.max_steps=1"], run)
     train(cfg)
+    assert re.search(r"\]\[INFO\] decoding 4 images from .*train at 16x16", (run / "train.log").read_text())
     (run / ".hydra").mkdir(exist_ok=True)
     OmegaConf.save(cfg, run / ".hydra" / "config.yaml")
     with pytest.raises(ConfigError, match="trainer.batch_size=8 is larger than the 4 training images"):

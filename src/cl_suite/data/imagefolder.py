@@ -52,7 +52,9 @@ from cl_suite.data.types import DatasetNotFoundError, ImageDataset, ImageSplit
 from cl_suite.errors import UserError
 from cl_suite.files import printable
 
-log = logging.getLogger(__name__)
+# A child of the run's own logger (engine.run_log's ``cl_suite.run``): while a run is open its lines reach
+# the run's console and train.log, whichever entry point started it (train.py, api.train).
+log = logging.getLogger("cl_suite.run.data")
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
 CACHE_DIR_NAME = ".cl_suite_cache"
