@@ -824,6 +824,17 @@ def test_identical_configurations_are_within_noise_not_worse():
     assert (c.test, c.low, c.high, c.verdict) == ("welch", 0.0, 0.0, "within noise")
 
 
+def test_report_text_says_no_spread_is_for_a_non_zero_difference():
+    """report.md explains the verdicts: a zero-width interval at 0 (identical results) is `within noise`,
+    `n/a (no spread)` only a non-zero one; the text once said every equal difference was `n/a (no spread)`."""
+    from cl_suite.report.stats import compare
+    from cl_suite.report.table import STATISTICS_TEXT
+
+    assert compare({1: 80.0, 2: 81.0}, {1: 80.0, 2: 81.0}, lower_better=False).verdict == "within noise"
+    assert compare({1: 81.0, 2: 82.0}, {1: 80.0, 2: 81.0}, lower_better=False).verdict == "n/a (no spread)"
+    assert "the same non-zero difference" in STATISTICS_TEXT and "`within noise`" in STATISTICS_TEXT
+
+
 def test_error_bar_halfwidth_is_the_95_percent_t_interval_of_the_mean():
     import statistics
 

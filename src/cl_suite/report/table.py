@@ -467,7 +467,8 @@ STATISTICS_TEXT = (
     "over the two sets of seeds. Intervals are 95%, from the t-distribution. Verdict: `better` or `worse` "
     "when the interval excludes 0 (lower is better for losses and FPR, higher for everything else), "
     "`within noise` when it contains 0, `n/a (1 seed)` when there are not enough seeds for an interval, "
-    "`n/a (no spread)` when every seed gives the same difference (an interval of zero width is no evidence).")
+    "`n/a (no spread)` when every seed gives the same non-zero difference (an interval of zero width is no "
+    "evidence; identical results on every seed, [0, 0], contain 0: `within noise`).")
 
 
 REPEATS_TEXT = (
