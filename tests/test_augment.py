@@ -576,3 +576,22 @@ def test_eval_transform_centre_crop_offset_rounds_like_torchvision():
     cfg = AugmentConfig(eval_crop_fraction=32 / 35)
     want = TF.center_crop(imgs.float() / 255, [32, 32])
     assert torch.equal(eval_transform(imgs, cfg), normalize(want, CIFAR_MEAN, CIFAR_STD))
+
+
+@pytest.mark.parametrize("dataset", ["cifar10", "cifar100", "cifar10_jpg", "digits", "imagefolder", "stl10",
+                                     "synthetic"])
+def test_every_training_data_set_takes_the_crop_filter_from_the_command_line(dataset):
+    """``dataset.augment.crop_interpolation=bicubic`` (README) without a ``+``: every data set config holds
+    the crop's filter and antialias settings, at the augmentation's defaults."""
+    from cl_suite.data.augment import AugmentConfig
+    from cl_suite.engine.build import build_augment_config
+    from helpers import compose_train
+
+    default = build_augment_config(compose_train([f"dataset={dataset}"]).dataset)
+    assert (default.crop_interpolation, default.crop_antialias) == (AugmentConfig.crop_interpolation,
+                                                                    AugmentConfig.crop_antialias)
+    bicubic = build_augment_config(compose_train([f"dataset={dataset}", "dataset.augment.crop_interpolation=bicubic"]
+                                                 ).dataset)
+    no_antialias = build_augment_config(compose_train([f"dataset={dataset}", "dataset.augment.crop_antialias=false"]
+                                                      ).dataset)
+    assert (bicubic.crop_interpolation, no_antialias.crop_antialias) == ("bicubic", False)
