@@ -784,8 +784,15 @@ def test_evaluate_lowshot_at_fraction_one_is_the_linear_and_knn_protocols(tmp_pa
     assert low["lowshot/100pct/knn_k"] == low["lowshot/10pct/knn_k"] == 20  # evaluation.knn.k
     assert 0 <= low["lowshot/10pct/linear_top1"] <= 100
     # 0.1% of digits keeps one image per class: kNN votes with those 10, and says so
-    tiny = evaluate("protocol=lowshot", "evaluation.lowshot.fractions=[0.001]")["protocols"]["lowshot"]
+    tiny_result = evaluate("protocol=lowshot", "evaluation.lowshot.fractions=[0.001]")
+    tiny = tiny_result["protocols"]["lowshot"]
     assert tiny["lowshot/0.1pct/knn_k"] == 10 and 0 <= tiny["lowshot/0.1pct/knn_top1"] <= 100
+    # evaluate.py's console lines: the k as the count it is, next to the accuracies
+    from cl_suite.cli import evaluation_lines
+
+    lines = evaluation_lines(tiny_result).splitlines()
+    assert "lowshot" in lines and f"  {'lowshot/0.1pct/knn_k':<36}{10:8d}" in lines
+    assert f"  {'lowshot/0.1pct/knn_top1':<36}{tiny['lowshot/0.1pct/knn_top1']:8.2f}" in lines
     # Three draws: the mean (and sample std) of single-draw evaluations on the subsets of seeds 0, 1, 2
     # (the probe's own seed stays evaluate.py's seed, 0)
     three = evaluate("protocol=lowshot", "evaluation.lowshot.fractions=[0.1]", "evaluation.lowshot.draws=3")

@@ -130,12 +130,21 @@ def train_main() -> None:
 def _evaluate(cfg: DictConfig) -> None:
     from cl_suite.run_evaluation import evaluate_run
 
-    result = evaluate_run(cfg)
-    print(f"{result['checkpoint']} (epoch {result['epoch']}, step {result['step']})")
+    print(evaluation_lines(evaluate_run(cfg)))
+
+
+def evaluation_lines(result: dict) -> str:
+    """evaluate.py's console summary of ``result`` (eval.json's content): each protocol's metrics, the
+    accuracies with two decimals, a recorded setting (low-shot kNN's k) as the whole number it is."""
+    from cl_suite.report.table import RECORDED_SETTINGS_SUFFIXES
+
+    lines = [f"{result['checkpoint']} (epoch {result['epoch']}, step {result['step']})"]
     for protocol, metrics in result["protocols"].items():
-        print(protocol)
+        lines.append(protocol)
         for key, value in metrics.items():
-            print(f"  {key:<36}{value:8.2f}")
+            shown = f"{int(value):8d}" if key.endswith(RECORDED_SETTINGS_SUFFIXES) else f"{value:8.2f}"
+            lines.append(f"  {key:<36}{shown}")
+    return "\n".join(lines)
 
 
 def misplaced_dataset_override(argv: list[str]) -> str | None:
