@@ -146,20 +146,25 @@ def test_a_launch_that_aborts_at_exit_runs_once_more(tmp_path, capsys):
 
 
 def test_a_job_waits_for_every_process_before_leaving_the_group_unless_it_failed(tmp_path, monkeypatch):
-    """A finished job waits at a barrier before destroy_process_group (no process exits while rank 0 still
-    writes the run's files); a failed one does not (the others may wait in a collective for it)."""
+    """A finished CPU job waits for every process before destroy_process_group (no process exits while rank 0
+    still writes the run's files; up to an hour, for a wandb upload); a failed one does not (the others may
+    wait in a collective for it)."""
     import cl_suite.distributed as distributed
     import cl_suite.engine.trainer as trainer_module
     from cl_suite.engine.trainer import Trainer, train
     from helpers import compose_train
 
-    calls = []
+    calls, backend = [], ["gloo"]
     monkeypatch.setattr(distributed, "is_distributed", lambda: True)
-    monkeypatch.setattr(distributed.dist, "barrier", lambda: calls.append("barrier"))
+    monkeypatch.setattr(distributed.dist, "get_backend", lambda: backend[0])
+    monkeypatch.setattr(distributed.dist, "monitored_barrier",
+                        lambda timeout, wait_all_ranks: calls.append(("wait", timeout, wait_all_ranks)))
     monkeypatch.setattr(distributed.dist, "destroy_process_group", lambda: calls.append("destroy"))
     distributed.cleanup_distributed(wait_for_all=True)
     distributed.cleanup_distributed()
-    assert calls == ["barrier", "destroy", "destroy"]
+    backend[0] = "nccl"  # GPUs: no exit-time abort to wait out; torchrun waits for the processes that exit
+    distributed.cleanup_distributed(wait_for_all=True)
+    assert calls == [("wait", distributed.EXIT_WAIT, True), "destroy", "destroy", "destroy"]
     monkeypatch.undo()
 
     waits = []

@@ -99,13 +99,19 @@ def aborted_at_exit(stderr: str) -> bool:
     return GLOO_EXIT_ABORT in stderr and "SIGABRT" in stderr
 
 
+# How long the processes of a finished CPU job wait for each other before leaving: rank 0 may still be
+# finishing the logger's run (a wandb upload) after the others are done.
+EXIT_WAIT = timedelta(hours=1)
+
+
 def cleanup_distributed(wait_for_all: bool = False) -> None:
-    """Leave the process group. ``wait_for_all`` (a job that ended without an error): first wait until every
-    process got here, so no process exits while another still writes the run's files (torchrun stops every
-    process of a job once one has exited with an error, as the gloo exit-time abort above does)."""
+    """Leave the process group. ``wait_for_all`` (a job that ended without an error), on CPUs (gloo): first
+    wait until every process got here (up to ``EXIT_WAIT``), so no process exits while rank 0 still writes
+    the run's files: a process that aborts at exit (``GLOO_EXIT_ABORT``) makes torchrun stop the others. On
+    GPUs (nccl) the processes leave at once, as before: torchrun waits for the ones that exit normally."""
     if is_distributed():
-        if wait_for_all:
-            dist.barrier()
+        if wait_for_all and dist.get_backend() == "gloo":
+            dist.monitored_barrier(timeout=EXIT_WAIT, wait_all_ranks=True)
         dist.destroy_process_group()
 
 
