@@ -258,7 +258,7 @@ def _two_steps_on_this_many_processes(out_path: str) -> None:
         state = one_step(cmc, x1, x2, labels, rank, world)
     if rank == 0:
         torch.save(state, out_path)
-    cleanup_distributed()
+    cleanup_distributed(wait_for_all=True)  # rank 0 has written its file before any process exits
 
 
 if __name__ == "__main__":

@@ -330,7 +330,7 @@ def _two_step_job(out_path: str) -> None:
         state = one_step(method, x1, x2, labels, rank, world)
     if rank == 0:
         torch.save({"state": state, "masked_rows": masked_rows}, out_path)
-    cleanup_distributed()
+    cleanup_distributed(wait_for_all=True)  # rank 0 has written its file before any process exits
 
 
 if __name__ == "__main__":
