@@ -1,5 +1,6 @@
 """Values as the suite prints them: overrides in the commands it suggests (pasted into a shell, Hydra reads
 back the value) and values in its error messages (as a config file or an override writes them)."""
+import re
 import shlex
 
 import pytest
@@ -42,3 +43,15 @@ def test_an_error_shows_a_value_as_the_user_writes_it():
     assert [as_written(v) for v in values] == ["null", "true", "false", "'auto'", "0.1", "3"]
     assert as_written([1, None, "a"]) == as_written(OmegaConf.create([1, None, "a"])) == "[1, null, 'a']"
     assert as_written({"a": [True]}) == as_written(OmegaConf.create({"a": [True]})) == "{a: [true]}"
+
+
+def test_no_refusal_shows_a_value_as_python_writes_it():
+    """The 'KEY=VALUE is not allowed' messages go through as_written: a new one written with !r would say
+    None or True where the user wrote null or true."""
+    from helpers import ROOT
+
+    pattern = re.compile(r"=\{[^{}]*!r\} is not allowed")
+    found = [f"{path.relative_to(ROOT)}:{number}: {line.strip()}"
+             for path in sorted((ROOT / "src" / "cl_suite").rglob("*.py"))
+             for number, line in enumerate(path.read_text().splitlines(), 1) if pattern.search(line)]
+    assert not found, "use cl_suite.errors.as_written:\n" + "\n".join(found)
