@@ -21,7 +21,6 @@ import contextlib
 import itertools
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,7 +29,7 @@ from pathlib import Path
 import torch
 
 import common
-from cl_suite.distributed import GLOO_EXIT_ABORT, aborted_at_exit
+from cl_suite.distributed import run_torchrun
 from cl_suite.engine.precision import PRECISION_DTYPES
 
 CORES = os.cpu_count() or 1
@@ -87,12 +86,9 @@ def launch(layout: str, args, device: str) -> dict:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={procs}",
                __file__, *sys.argv[1:], "--worker", "--device", device, "--out", str(out)]
         env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-        result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=args.timeout)
-        if result.returncode != 0 and aborted_at_exit(result.stderr):  # torch's gloo threads at exit: once more
-            print(f"layout {layout}: a process aborted at exit ({GLOO_EXIT_ABORT!r}); launching once more",
-                  file=sys.stderr)
-            out.unlink(missing_ok=True)
-            result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=args.timeout)
+        # once more if a process aborted at exit (torch's gloo threads; see cl_suite.distributed)
+        result = run_torchrun(cmd, f"layout {layout}", lambda: out.unlink(missing_ok=True), env=env,
+                              timeout=args.timeout)
         if result.returncode != 0 or not out.exists():
             sys.exit(f"layout {layout} failed (exit {result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}")
         return json.loads(out.read_text())

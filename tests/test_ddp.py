@@ -2,31 +2,24 @@
 import os
 import runpy
 import shutil
-import subprocess
 import sys
 from unittest import mock
 
 import pytest
 import torch
 
-from cl_suite.distributed import GLOO_EXIT_ABORT, aborted_at_exit
+from cl_suite.distributed import GLOO_EXIT_ABORT, run_torchrun
 from helpers import ROOT, TINY
 
 
 def torchrun(args, timeout=900, env=None, fresh=None):
     """2 CPU processes under torchrun. A launch whose process aborted at exit, after its work, as torch's gloo
-    threads sometimes make it (``cl_suite.distributed.GLOO_EXIT_ABORT``), runs once more, ``fresh`` (a folder
-    the launch writes) removed first."""
+    threads sometimes make it (``cl_suite.distributed.run_torchrun``), runs once more, ``fresh`` (a folder the
+    launch writes) removed first."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": f"{ROOT / 'src'}:{ROOT / 'tests'}", **(env or {})}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *args]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, timeout=timeout, capture_output=True, text=True)
-    if proc.returncode != 0 and aborted_at_exit(proc.stderr):
-        print(f"torchrun {args[0]}: a process aborted at exit ({GLOO_EXIT_ABORT!r}); launching once more",
-              file=sys.stderr)
-        if fresh is not None:
-            shutil.rmtree(fresh)
-        proc = subprocess.run(cmd, cwd=ROOT, env=env, timeout=timeout, capture_output=True, text=True)
-    return proc
+    return run_torchrun(cmd, f"torchrun {args[0]}", (lambda: shutil.rmtree(fresh)) if fresh is not None else None,
+                        cwd=ROOT, env=env, timeout=timeout)
 
 
 def one_and_two_processes(script_name, tmp_path):

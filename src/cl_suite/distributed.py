@@ -6,6 +6,9 @@ Launch with ``torchrun``: it sets RANK/WORLD_SIZE/LOCAL_RANK, which ``init_distr
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+from collections.abc import Callable
 from datetime import timedelta
 
 import torch
@@ -87,16 +90,30 @@ def worker_rank_hydra_overrides() -> list[str]:
 
 # What a CPU (gloo) process of a torchrun job prints when it aborts after its work, at interpreter exit: once
 # DistributedDataParallel has been built, torch keeps the gloo process group's threads alive after
-# destroy_process_group (reproduced on torch 2.14.1: 'pt_gloo_runloop' threads outlive it even with the
-# DDP module, its reducer and its logger deleted and collected), and tearing them down at exit aborts now
-# and then (about 1 launch in 30 with other jobs on the same cores). The job's results are complete; tests
-# and benchmarks that launch torchrun on CPUs run such a launch once more.
+# destroy_process_group (measured on torch 2.14.1 and 2.11: 'pt_gloo_runloop' threads outlive it even with
+# the DDP module, its reducer and its logger deleted and collected), and tearing them down at exit aborts now
+# and then (2 of 180 launches of a test script with 3-4 launches at once on 2 cores; none of 8 alone). The
+# job's results are complete: tests and benchmarks that launch torchrun on CPUs run such a launch once more.
 GLOO_EXIT_ABORT = "terminate called without an active exception"
 
 
 def aborted_at_exit(stderr: str) -> bool:
     """Whether a failed torchrun launch's ``stderr`` is the gloo exit-time abort (``GLOO_EXIT_ABORT``)."""
     return GLOO_EXIT_ABORT in stderr and "SIGABRT" in stderr
+
+
+def run_torchrun(cmd: list[str], what: str, before_retry: Callable[[], None] | None = None,
+                 **run_kwargs) -> subprocess.CompletedProcess:
+    """``subprocess.run(cmd)`` of a torchrun command line, its output captured as text; once more (after
+    ``before_retry``, e.g. removing what the first launch wrote) when it failed with the gloo exit-time
+    abort, saying so on stderr (``what`` names the launch). Any other failure is returned as it is."""
+    proc = subprocess.run(cmd, capture_output=True, text=True, **run_kwargs)
+    if proc.returncode != 0 and aborted_at_exit(proc.stderr):
+        print(f"{what}: a process aborted at exit ({GLOO_EXIT_ABORT!r}); launching once more", file=sys.stderr)
+        if before_retry is not None:
+            before_retry()
+        proc = subprocess.run(cmd, capture_output=True, text=True, **run_kwargs)
+    return proc
 
 
 # How long the processes of a finished CPU job wait for each other before leaving: rank 0 may still be

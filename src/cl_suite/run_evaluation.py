@@ -24,10 +24,10 @@ from cl_suite.engine.run_log import say
 from cl_suite.engine.validation import ConfigError, validate_evaluate_config, validate_evaluation_against_data
 from cl_suite.errors import MissingPathError, as_written
 from cl_suite.files import load_untrusted_yaml, printable, read_json_object
-from cl_suite.sweeps import command_override
 from cl_suite.eval.protocols import (check_protocols, encode_split, encode_splits, knn_metrics, linear_metrics,
                                      lowshot_protocol_metrics, online_probe_metrics, ood_protocol_metrics,
                                      retrieval_protocol_metrics, transfer_protocol_metrics)
+from cl_suite.sweeps import command_override
 
 
 # Classes outside cl_suite that the suite's own config groups name (conf/optimizer): the only library
@@ -457,7 +457,8 @@ def _load_training_checkpoint(path: Path, device: torch.device) -> dict[str, Any
         except ExportError:
             raise err from None  # not an export either: the checkpoint's own error stands
         raise ConfigError(f"checkpoint={str(path)!r} is an exported backbone, not a training checkpoint: "
-                          f"evaluate it without run=: python evaluate.py {command_override('checkpoint', path)}") from None
+                          "evaluate it without run=: python evaluate.py "
+                          f"{command_override('checkpoint', path)}") from None
 
 
 def exported_backbone(cfg: DictConfig):
