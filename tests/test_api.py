@@ -169,6 +169,29 @@ def test_train_in_process_gives_back_the_callers_thread_count(tmp_path):
         api.load_encoder(tmp_path / "no run here")
 
 
+def _draws() -> tuple:
+    import random
+
+    import numpy as np
+    return random.random(), float(np.random.rand()), float(torch.rand(()))
+
+
+def test_train_and_evaluate_give_back_the_callers_random_state(runs, tmp_path):
+    """A job seeds the global generators with its seed; the notebook's own sequence continues after it as if
+    no job had run (and is not the job's seed's sequence)."""
+    import random
+
+    import numpy as np
+    for seeded in (random.seed, np.random.seed, torch.manual_seed):
+        seeded(1234)
+    expected = _draws()
+    for seeded in (random.seed, np.random.seed, torch.manual_seed):
+        seeded(1234)
+    api.train(QUICK + ["trainer.save_checkpoints=false", "seed=7"], run_dir=tmp_path / "run")
+    api.evaluate(runs[1][0].dir, ["protocol=[knn]", "seed=7"])
+    assert _draws() == expected
+
+
 def test_train_again_into_a_finished_run_trains_nothing_and_returns_its_numbers(runs, capsys):
     _, (_, run) = runs
     again = api.train(QUICK + ["method=dcl", "sampler.tau_plus=0.1"], run_dir=run.dir)

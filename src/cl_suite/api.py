@@ -109,7 +109,7 @@ def train(overrides: Sequence[str] = (), run_dir: str | Path | None = None) -> R
     job = _compose_job("train", overrides, run_dir)
     # As Hydra's run_job: the job's Hydra settings are readable (${hydra:...}, the .hydra/ record the
     # trainer writes, the recipe's published-number check) while the job runs, and only then.
-    with _hydra_settings(job), _job_environment(job):
+    with _hydra_settings(job), _job_environment(job), _callers_random_state():
         final = run_training(_task_config(job))
     return Run(dir=Path(job.hydra.runtime.output_dir), metrics=dict(final))
 
@@ -142,7 +142,7 @@ def evaluate(run: str | Path, overrides: Sequence[str] = ()) -> dict[str, Any]:
         cfg.checkpoint = str(path)
     else:
         cfg.run = str(path)
-    with _job_environment(job):
+    with _job_environment(job), _callers_random_state():
         return evaluate_run(cfg)
 
 
@@ -297,6 +297,20 @@ def _job_environment(job: DictConfig):
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+
+
+@contextlib.contextmanager
+def _callers_random_state():
+    """A job seeds the process's global generators (Python's, NumPy's, torch's CPU and CUDA ones) with its
+    ``seed``, as train.py and evaluate.py do; the caller's states are back after it, so a notebook's own
+    draws do not depend on whether (or how long) a job ran in between."""
+    from cl_suite.engine.trainer import rng_states, set_rng_states
+
+    states = rng_states()
+    try:
+        yield
+    finally:
+        set_rng_states(states)
 
 
 def _task_config(job: DictConfig) -> DictConfig:
