@@ -12,11 +12,13 @@ The scripts import this as ``common`` (``python bench/<script>.py`` puts bench/ 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import datetime
 import math
 import os
 import shutil
 import statistics
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -81,7 +83,9 @@ def build_trainer(overrides: list[str], images: int) -> Trainer:
     Under torchrun, call ``init_distributed`` first (as ``cl_suite.engine.trainer.train`` does)."""
     cfg = compose_config(overrides, images, temp_dir())
     validate_train_config(cfg)
-    trainer = Trainer(cfg, resolve_device(cfg.trainer.device))
+    # The trainer's start-up lines (the batch and learning rate) go to stderr: a script's stdout is its tables.
+    with contextlib.redirect_stdout(sys.stderr):
+        trainer = Trainer(cfg, resolve_device(cfg.trainer.device))
     trainer.model.train()
     return trainer
 
