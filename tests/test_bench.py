@@ -50,3 +50,21 @@ def test_bench_script_runs_at_its_smallest_size(script):
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "|" in proc.stdout  # a table was printed
+
+
+def test_the_peers_loader_is_timed_from_its_second_round_and_within_one_epoch():
+    """bench/gpu_check/throughput.py: the workers' first batches, made at once at start-up, are taken
+    untimed (a window starting earlier counted them as free: 16 workers came out ~1.25x too fast), and a
+    window longer than one epoch of the persistent iterator is refused before it is started."""
+    import argparse
+
+    sys.path.insert(0, str(ROOT / "bench" / "gpu_check"))
+    try:
+        import throughput
+    finally:
+        sys.path.remove(str(ROOT / "bench" / "gpu_check"))
+    args = argparse.Namespace(workers=16, batch=512, peer_warmup=None, peer_steps=None)
+    assert throughput.peer_window(args, batches_per_epoch=50_000 // 512) == (16, 32)
+    with pytest.raises(SystemExit, match="need 82 batches of 512, more than the 60 of one epoch"):
+        throughput.peer_window(args, batches_per_epoch=60)
+    assert throughput.peer_window(argparse.Namespace(workers=2, batch=16, peer_warmup=1, peer_steps=2), 12) == (1, 2)

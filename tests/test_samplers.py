@@ -271,13 +271,37 @@ def test_mixing_types_start_at_their_epochs():
     sampler = MixingSampler(n_hard=4, s1=3, s2=2, start_epoch1=1.0, start_epoch2=2.0)
     uniform = UniformSampler()(anchors, positives, pool, None, 0.2).loss
     for epoch, synthetic in [(0.0, 0), (0.99, 0), (1.0, 3), (1.5, 3), (2.0, 5), (7.0, 5)]:
-        sampler.epoch = epoch
+        sampler.set_progress(round(epoch * 100), steps_per_epoch=100)  # the loop sets the progress per step
         out = sampler(anchors, positives, pool, None, 0.2)
         assert out.stats["mixing/synthetic"].item() == synthetic
         if synthetic == 0:
             assert out.loss.item() == pytest.approx(uniform.item(), rel=1e-6)
         else:  # more negatives, larger loss
             assert out.loss.item() > uniform.item()
+
+
+def test_mixing_under_torch_compile_compiles_no_graph_for_the_progress_alone():
+    """The training progress changes at every step; the graph sees only the active (s1, s2), computed in
+    set_progress, so within a phase (the same types active) no step compiles a new graph. Read inside
+    the graph, the fractional epoch was guarded on (a second graph at step 1, before dynamo made it
+    symbolic) and the graph's count grew with the progress, not with what the sampler does."""
+    import torch._dynamo as dynamo
+
+    dynamo.reset()
+    dynamo.utils.counters.clear()
+    torch.manual_seed(0)
+    sampler = MixingSampler(n_hard=4, s1=3, s2=2, start_epoch1=1.0, start_epoch2=2.0)
+    compiled = torch.compile(sampler, backend="eager")
+    anchors, pool = F.normalize(torch.randn(4, 6), dim=1), F.normalize(torch.randn(16, 6), dim=1)
+    synthetics, graphs = [], []
+    for step in range(16):  # 4 steps per epoch: types 1 and 2 start at steps 4 and 8
+        sampler.set_progress(step, 4, record_diagnostics=True)
+        synthetics.append(compiled(anchors, anchors, pool, None, 0.2).stats["mixing/synthetic"].item())
+        graphs.append(dynamo.utils.counters["stats"]["unique_graphs"])
+    assert synthetics == [0] * 4 + [3] * 4 + [5] * 8
+    # step 4 mixes first (and checks the candidate counts once: a graph break), step 5 without the check
+    assert graphs[0] == graphs[3] and graphs[5] == graphs[7] and graphs[8] == graphs[15], graphs
+    dynamo.reset()
 
 
 # ---- ragged masks (a queue with same-image entries masked): N is counted per anchor ----

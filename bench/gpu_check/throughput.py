@@ -151,6 +151,21 @@ class PeerViews(torch.utils.data.Dataset):
         return self.transform(img), self.transform(img), int(self.labels[i]), i
 
 
+def peer_window(args, batches_per_epoch: int) -> tuple[int, int]:
+    """(untimed batches, timed batches) of the peers' loader. The workers start together and each makes a
+    batch at once, so a timing window that begins before that first round has been taken would count
+    up to ``workers`` ready batches as free (with 16 workers the loader came out ~1.25x too fast): by
+    default one round is taken untimed and two rounds are timed, and each phase (loader alone, then
+    2 fed warm-up steps and the fed steps) stays inside one epoch of the persistent iterator."""
+    warmup = args.workers if args.peer_warmup is None else args.peer_warmup
+    steps = 2 * max(args.workers, 1) if args.peer_steps is None else args.peer_steps
+    needed = warmup + 2 * steps + 2
+    if needed > batches_per_epoch:
+        raise SystemExit(f"--peer-warmup {warmup} and --peer-steps {steps} need {needed} batches of "
+                         f"{args.batch}, more than the {batches_per_epoch} of one epoch: lower them")
+    return warmup, steps
+
+
 def peers(trainer: Trainer, args) -> tuple[list[list[object]], float]:
     """Rows: the loader alone, and the loader feeding the same model/loss/optimizer on the device."""
     device, split = trainer.device, trainer.data.pretrain
@@ -159,13 +174,14 @@ def peers(trainer: Trainer, args) -> tuple[list[list[object]], float]:
     loader = torch.utils.data.DataLoader(ds, batch_size=args.batch, shuffle=True, num_workers=args.workers,
                                          pin_memory=device.type == "cuda", drop_last=True,
                                          persistent_workers=True, prefetch_factor=4)
+    warmup, steps = peer_window(args, len(loader))
     it = iter(loader)
-    for _ in range(args.peer_warmup):  # worker start-up and the first prefetches
+    for _ in range(warmup):  # worker start-up: the workers' first batches, made at once, are not timed
         next(it)
     start = time.perf_counter()
-    for _ in range(args.peer_steps):
+    for _ in range(steps):
         next(it)
-    alone = args.peer_steps * args.batch / (time.perf_counter() - start)
+    alone = steps * args.batch / (time.perf_counter() - start)
 
     real_augment, gen = trainer.augment, torch.Generator(device=device).manual_seed(0)
     trainer.augment = lambda images, generator: images  # the loader's views go straight to the step
@@ -180,10 +196,10 @@ def peers(trainer: Trainer, args) -> tuple[list[list[object]], float]:
             fed_step()
         sync(device)
         start = time.perf_counter()
-        for _ in range(args.peer_steps):
+        for _ in range(steps):
             fed_step()
         sync(device)
-        fed = args.peer_steps * args.batch / (time.perf_counter() - start)
+        fed = steps * args.batch / (time.perf_counter() - start)
     finally:
         trainer.augment = real_augment
         del it, loader
@@ -202,8 +218,8 @@ def main() -> None:
     p.add_argument("--iters", type=int, default=2 if dry else 10, help="breakdown: timed calls per round")
     p.add_argument("--rounds", type=int, default=1 if dry else 3)
     p.add_argument("--workers", type=int, default=2 if dry else min(16, os.cpu_count() or 1))
-    p.add_argument("--peer-warmup", type=int, default=1 if dry else 4)
-    p.add_argument("--peer-steps", type=int, default=2 if dry else 20)
+    p.add_argument("--peer-warmup", type=int, default=1 if dry else None, help="default: --workers batches")
+    p.add_argument("--peer-steps", type=int, default=2 if dry else None, help="default: 2 x --workers batches")
     p.add_argument("--variants", nargs="+", default=["eager:nhwc", "eager:nchw", "compiled:nhwc", "compiled:nchw"])
     p.add_argument("--cudnn-benchmark", action="store_true", help="torch.backends.cudnn.benchmark = True")
     p.add_argument("--override", nargs="*", default=[], help="extra train.yaml overrides")

@@ -18,8 +18,8 @@ class MixingSampler(NegativeSampler):
     (1 - beta) c_j) with the anchor a itself, beta ~ U[0, 0.5) so the anchor contributes less than half.
     The negative term is the InfoNCE sum over the real candidates plus exp(a.h/t) over the synthetics.
     Synthetics are detached (gradient reaches the encoder only through the anchor in a.h) and are
-    never stored in a queue. Type k is active once the training progress reaches ``start_epoch<k>``
-    (``self.epoch >= start_epoch<k>``, so 0 = from the start; the davidsvy implementation uses a strict
+    never stored in a queue. Type k is active once the training progress (``set_progress``) reaches
+    ``start_epoch<k>`` (``self.epoch >= start_epoch<k>``, so 0 = from the start; the davidsvy implementation uses a strict
     ``step > start`` and treats start = 0 as "off", which we do not copy). Random draws come from torch's
     global generator, which the trainer seeds and checkpoints. With s1 = s2 = 0 this is InfoNCE.
 
@@ -48,6 +48,18 @@ class MixingSampler(NegativeSampler):
         self.n_hard, self.s1, self.s2 = n_hard, s1, s2
         self.start_epoch1, self.start_epoch2 = float(start_epoch1), float(start_epoch2)
         self._checked_counts = False
+        self._synthetics_now = self._synthetics_at_this_step()
+
+    def set_progress(self, step: int, steps_per_epoch: int, record_diagnostics: bool = True) -> None:
+        super().set_progress(step, steps_per_epoch, record_diagnostics)
+        # Computed here, outside torch.compile's graph: comparing the (fractional, per-step) epoch inside it
+        # recompiled the graph at every step; the graph sees only (s1, s2) now, which change at most twice.
+        self._synthetics_now = self._synthetics_at_this_step()
+
+    def _synthetics_at_this_step(self) -> tuple[int, int]:
+        """(s1, s2) in use at the current progress: a type mixes from its start epoch on (inclusive)."""
+        return (self.s1 if self.epoch >= self.start_epoch1 else 0,
+                self.s2 if self.epoch >= self.start_epoch2 else 0)
 
     @classmethod
     def check_candidates(cls, sampler_cfg, count: int, source: str) -> None:
@@ -59,8 +71,7 @@ class MixingSampler(NegativeSampler):
                               f"{source}: lower sampler.n_hard or use more candidates")
 
     def negative_term(self, ctx: Contrast) -> NegativeTerm:
-        s1 = self.s1 if self.epoch >= self.start_epoch1 else 0
-        s2 = self.s2 if self.epoch >= self.start_epoch2 else 0
+        s1, s2 = self._synthetics_now
         synthetics = []
         if s1 or s2:
             if not self._checked_counts:  # one host sync, on the first batch that mixes
