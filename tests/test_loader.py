@@ -64,3 +64,19 @@ def test_every_seed_and_epoch_has_its_own_order():
         for epoch in range(5):
             orders[(seed, epoch)] = tuple(i for x in indices(b, epoch) for i in x)
     assert len(set(orders.values())) == len(orders)
+
+
+def test_a_resolved_cuda_device_carries_the_index_its_tensors_report(monkeypatch):
+    """``trainer.device=auto``/``cuda`` on a GPU: the loader keeps the data on the device and indexes it
+    there only when ``images.device == device``; a tensor on the GPU reports ``cuda:0``, and
+    ``torch.device("cuda") != torch.device("cuda:0")``, so an index-less device sent every batch through
+    the host-data branch (a CPU index copied to the GPU and a host sync per step)."""
+    from cl_suite.distributed import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    assert torch.device("cuda") != torch.device("cuda", 0)  # why the index matters
+    assert resolve_device("auto") == torch.device("cuda", 0)
+    assert resolve_device("cuda") == torch.device("cuda", 0)
+    assert resolve_device("cuda:1") == torch.device("cuda", 1)
+    assert resolve_device("cpu") == torch.device("cpu")

@@ -32,14 +32,18 @@ def is_main_process() -> bool:
 
 
 def resolve_device(name: str) -> torch.device:
-    """``auto`` -> cuda if available, else cpu; under torchrun, a process's cuda is its own GPU."""
+    """``auto`` -> cuda if available, else cpu; under torchrun, a process's cuda is its own GPU.
+
+    A CUDA device always carries its index (``cuda:0``, not ``cuda``), as a tensor's ``.device`` does:
+    ``torch.device("cuda") != torch.device("cuda:0")``, so code that asks whether a tensor is already on
+    the training device (the loader's GPU-resident data) would otherwise always answer no."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(name)
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise RuntimeError(f"trainer.device={name!r} but CUDA is not available; use trainer.device=cpu or auto")
-        if get_world_size() > 1:  # torchrun: one GPU per process
+        if get_world_size() > 1 or device.index is None:  # torchrun: one GPU per process (set_device)
             device = torch.device("cuda", torch.cuda.current_device())
     return device
 
