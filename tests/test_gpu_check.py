@@ -299,6 +299,22 @@ def test_imports_and_trains_without_wandb(tmp_path):
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["final"]["step"] == 3
 
 
+@pytest.mark.parametrize("workers", ["0", "2"])
+def test_pytest_stream_logs_each_test_once(tmp_path, workers):
+    """The correctness stage's pytest runs under pytest-xdist (pyproject's addopts: -n auto; the GPU image
+    has it): each finished test is one line of the stage's log, not one from the worker and one from the
+    controller (which doubled every count of the stage's table)."""
+    (tmp_path / "test_two.py").write_text("def test_a():\n    pass\n\ndef test_b():\n    pass\n")
+    log = tmp_path / "pytest.jsonl"
+    env = {**os.environ, "GPU_CHECK_PYTEST_LOG": str(log), "PYTHONPATH": str(ROOT / "bench" / "gpu_check")}
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "pytest_stream",
+                           "-n", workers, "test_two.py"], cwd=tmp_path, env=env, timeout=300,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    tests = sorted(json.loads(line)["test"] for line in log.read_text().splitlines())
+    assert tests == ["test_two.py::test_a", "test_two.py::test_b"]
+
+
 DRY_STAGES = {"data", "correctness", "throughput", "costs", "study"}
 
 

@@ -8,7 +8,9 @@ import os
 
 def pytest_runtest_logreport(report) -> None:
     path = os.environ.get("GPU_CHECK_PYTEST_LOG")
-    if not path:
+    # Under pytest-xdist (pyproject's addopts: -n auto) a worker's report reaches this hook twice: in the
+    # worker and again in the controller, which receives every worker's reports. The controller writes.
+    if not path or os.environ.get("PYTEST_XDIST_WORKER"):
         return
     # One line per test: its call phase, or the phase that failed/skipped before or after it.
     if report.when == "call" or (report.when == "setup" and report.outcome != "passed") or \
