@@ -288,11 +288,26 @@ NO_WANDB = textwrap.dedent("""
 """)
 
 
+def child_pythonpath(*first: str) -> str:
+    """PYTHONPATH of a child Python: ``first``, then this process's PYTHONPATH. On the GPU image hydra-core
+    and omegaconf are importable only from the wheels' folder that bench/gpu_check.sh puts on PYTHONPATH,
+    so a child given a PYTHONPATH of its own without it cannot import them."""
+    inherited = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    return os.pathsep.join([*first, *inherited])
+
+
+def test_child_pythonpath_keeps_the_wheels_folder(monkeypatch):
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(["/tmp/site", str(ROOT / "src")]))
+    assert child_pythonpath(str(ROOT / "src")).split(os.pathsep) == [str(ROOT / "src"), "/tmp/site", str(ROOT / "src")]
+    monkeypatch.delenv("PYTHONPATH")
+    assert child_pythonpath("a") == "a"
+
+
 @pytest.mark.slow
 def test_imports_and_trains_without_wandb(tmp_path):
     args = TINY + ["trainer.max_steps=3", "trainer.eval_at_init=false", "evaluation.linear.epochs=1",
                    f"hydra.run.dir={tmp_path / 'run'}"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": child_pythonpath(str(ROOT / "src"))}
     proc = subprocess.run([sys.executable, "-c", NO_WANDB, *args], cwd=ROOT, env=env, timeout=600,
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -306,7 +321,7 @@ def test_pytest_stream_logs_each_test_once(tmp_path, workers):
     controller (which doubled every count of the stage's table)."""
     (tmp_path / "test_two.py").write_text("def test_a():\n    pass\n\ndef test_b():\n    pass\n")
     log = tmp_path / "pytest.jsonl"
-    env = {**os.environ, "GPU_CHECK_PYTEST_LOG": str(log), "PYTHONPATH": str(ROOT / "bench" / "gpu_check")}
+    env = {**os.environ, "GPU_CHECK_PYTEST_LOG": str(log), "PYTHONPATH": child_pythonpath(str(ROOT / "bench" / "gpu_check"))}
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "pytest_stream",
                            "-n", workers, "test_two.py"], cwd=tmp_path, env=env, timeout=300,
                           capture_output=True, text=True)
