@@ -318,10 +318,12 @@ def test_imports_and_trains_without_wandb(tmp_path):
 def test_pytest_stream_logs_each_test_once(tmp_path, workers):
     """The correctness stage's pytest runs under pytest-xdist (pyproject's addopts: -n auto; the GPU image
     has it): each finished test is one line of the stage's log, not one from the worker and one from the
-    controller (which doubled every count of the stage's table)."""
+    controller (which doubled every count of the stage's table). Started as from a test in an xdist
+    worker (the correctness stage's own pytest), whose environment marks the worker."""
     (tmp_path / "test_two.py").write_text("def test_a():\n    pass\n\ndef test_b():\n    pass\n")
     log = tmp_path / "pytest.jsonl"
-    env = {**os.environ, "GPU_CHECK_PYTEST_LOG": str(log), "PYTHONPATH": child_pythonpath(str(ROOT / "bench" / "gpu_check"))}
+    env = {**os.environ, "GPU_CHECK_PYTEST_LOG": str(log), "PYTHONPATH": child_pythonpath(str(ROOT / "bench" / "gpu_check")),
+           "PYTEST_XDIST_WORKER": "gw0"}
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "pytest_stream",
                            "-n", workers, "test_two.py"], cwd=tmp_path, env=env, timeout=300,
                           capture_output=True, text=True)

@@ -6,11 +6,21 @@ import json
 import os
 
 
+_in_xdist_worker = False
+
+
+def pytest_configure(config) -> None:
+    # Under pytest-xdist (pyproject's addopts: -n auto) a worker's report reaches pytest_runtest_logreport
+    # twice: in the worker and again in the controller, which receives every worker's reports; only the
+    # controller writes. A worker's config has ``workerinput`` (PYTEST_XDIST_WORKER would also be set in a
+    # pytest that a worker's test starts, whose own controller must write).
+    global _in_xdist_worker
+    _in_xdist_worker = hasattr(config, "workerinput")
+
+
 def pytest_runtest_logreport(report) -> None:
     path = os.environ.get("GPU_CHECK_PYTEST_LOG")
-    # Under pytest-xdist (pyproject's addopts: -n auto) a worker's report reaches this hook twice: in the
-    # worker and again in the controller, which receives every worker's reports. The controller writes.
-    if not path or os.environ.get("PYTEST_XDIST_WORKER"):
+    if not path or _in_xdist_worker:
         return
     # One line per test: its call phase, or the phase that failed/skipped before or after it.
     if report.when == "call" or (report.when == "setup" and report.outcome != "passed") or \
