@@ -466,6 +466,26 @@ def test_resumed_trainer_restores_the_global_random_generators(finished_run, tmp
     assert random.getstate() == planted["python"]
 
 
+def test_cuda_generator_states_of_gpus_this_machine_lacks_are_not_restored(monkeypatch):
+    """A checkpoint holds one CUDA generator state per GPU of the machine that saved it (8 under an 8-GPU
+    torchrun); resumed on a machine with fewer, restoring them all indexed a generator that does not exist
+    (torch.cuda.set_rng_state_all: IndexError, so the resume was refused)."""
+    import random
+
+    import numpy as np
+
+    from cl_suite.engine.trainer import set_rng_states
+
+    restored = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", restored.extend)
+    saved = [torch.full((16,), i, dtype=torch.uint8) for i in range(8)]
+    set_rng_states({"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+                    "cuda": saved})
+    assert len(restored) == 1 and torch.equal(restored[0], saved[0])
+
+
 def test_evaluation_and_checkpoints_every_second_epoch(tmp_path):
     """trainer.eval_every_epochs=2 and checkpoint_every_epochs=2 in a 4-epoch run: the kNN monitor runs after
     epoch 2 (epoch 4 ends the run: its numbers are the final evaluation) and step files are written after

@@ -99,7 +99,10 @@ def set_rng_states(states: dict[str, Any]) -> None:
     np.random.set_state(states["numpy"])
     torch.set_rng_state(states["torch"].cpu())
     if "cuda" in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([s.cpu() for s in states["cuda"]])
+        # One state per GPU the saving machine showed: a run saved on 8 GPUs and resumed on fewer would
+        # index the generator of a GPU this machine lacks (IndexError, a refused resume); those it has.
+        saved = states["cuda"][: torch.cuda.device_count()]
+        torch.cuda.set_rng_state_all([s.cpu() for s in saved])
 
 
 def save_hydra_record(run_dir: Path, cfg: DictConfig, config_only: bool = False) -> None:
