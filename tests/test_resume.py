@@ -486,6 +486,20 @@ def test_cuda_generator_states_of_gpus_this_machine_lacks_are_not_restored(monke
     assert len(restored) == 1 and torch.equal(restored[0], saved[0])
 
 
+def test_a_run_saved_without_fp16_continues_with_a_fresh_loss_scaler(finished_run, tmp_path, monkeypatch):
+    """A run trained in fp32/bf16 continued with trainer.precision=fp16 (a GPU): its checkpoint's scaler
+    state is empty, which an enabled GradScaler refuses ('saved from a disabled instance'), so the resume was
+    refused. Here a CPU GradScaler, enabled, stands in for the GPU's."""
+    from cl_suite.engine.trainer import Trainer
+
+    real = torch.amp.GradScaler
+    monkeypatch.setattr(torch.amp, "GradScaler", lambda device, enabled=True: real("cpu", enabled=True))
+    last = finished_run / "checkpoints" / "last.pt"
+    assert ckpt.load_checkpoint(last)["scaler"] == {}
+    trainer = Trainer(compose_train(RUN + [f"resume={last}"], tmp_path / "resumed"), torch.device("cpu"))
+    assert trainer.step > 0 and trainer.scaler.is_enabled() and trainer.scaler.get_scale() == real("cpu").get_scale()
+
+
 def test_evaluation_and_checkpoints_every_second_epoch(tmp_path):
     """trainer.eval_every_epochs=2 and checkpoint_every_epochs=2 in a 4-epoch run: the kNN monitor runs after
     epoch 2 (epoch 4 ends the run: its numbers are the final evaluation) and step files are written after

@@ -686,9 +686,14 @@ class Trainer:
         ckpt.load_state_or_explain(self.method, state["method"], path, "method", saved, current)
         ckpt.load_state_or_explain(self.probe, state["probe"], path, "online probe", saved, current)
         ckpt.check_known_keys(path, "lr schedule", state["scheduler"], self.scheduler.state_dict())
-        for what, part, key in [("optimizer", self.optimizer, "optimizer"),
-                                ("online probe's optimizer", self.probe_optimizer, "probe_optimizer"),
-                                ("lr schedule", self.scheduler, "scheduler"), ("AMP scaler", self.scaler, "scaler")]:
+        parts = [("optimizer", self.optimizer, "optimizer"),
+                 ("online probe's optimizer", self.probe_optimizer, "probe_optimizer"),
+                 ("lr schedule", self.scheduler, "scheduler")]
+        # A run saved without fp16 has an empty scaler state, which an enabled GradScaler refuses ("saved from a
+        # disabled instance"): continued in fp16 (on a GPU) it starts from a fresh scaler, as a new fp16 run does.
+        if state["scaler"] or not self.scaler.is_enabled():
+            parts.append(("AMP scaler", self.scaler, "scaler"))
+        for what, part, key in parts:
             ckpt.applied_or_explained(path, what, lambda part=part, key=key: part.load_state_dict(state[key]))
         ckpt.check_optimizer_state(path, self.optimizer, "optimizer")
         ckpt.check_optimizer_state(path, self.probe_optimizer, "online probe's optimizer")
