@@ -500,6 +500,25 @@ def test_a_run_saved_without_fp16_continues_with_a_fresh_loss_scaler(finished_ru
     assert trainer.step > 0 and trainer.scaler.is_enabled() and trainer.scaler.get_scale() == real("cpu").get_scale()
 
 
+def test_each_process_saves_and_restores_the_generator_of_its_own_gpu(monkeypatch):
+    """Under torchrun every rank draws on its own GPU from a generator seeded and consumed alike, and rank 0
+    saves: the checkpoint holds the state of the saving process's GPU, restored into each resuming
+    process's own GPU (restoring all GPUs' states gave rank r rank 0's never-used generator of GPU r)."""
+    from cl_suite.engine.trainer import rng_states, set_rng_states
+
+    generators = {0: torch.full((16,), 7, dtype=torch.uint8), 3: torch.full((16,), 9, dtype=torch.uint8)}
+    current = {"device": 0}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda: generators[current["device"]].clone())
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state: generators.__setitem__(current["device"], state))
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", lambda states: pytest.fail("restored every GPU's state"))
+    saved = rng_states()  # rank 0, on GPU 0
+    assert torch.equal(saved["cuda_device"], torch.full((16,), 7, dtype=torch.uint8)) and "cuda" not in saved
+    current["device"] = 3  # rank 3 resumes on GPU 3
+    set_rng_states(saved)
+    assert torch.equal(generators[3], generators[0])
+
+
 def test_evaluation_and_checkpoints_every_second_epoch(tmp_path):
     """trainer.eval_every_epochs=2 and checkpoint_every_epochs=2 in a 4-epoch run: the kNN monitor runs after
     epoch 2 (epoch 4 ends the run: its numbers are the final evaluation) and step files are written after

@@ -87,10 +87,16 @@ def step_seed(seed: int, step: int, rank: int) -> int:
 
 def rng_states() -> dict[str, Any]:
     """The global generators. The loop itself draws from its own seeded generators, but models may not
-    (dropout, stochastic depth in timm models), so a resumed run restores these too."""
+    (dropout, stochastic depth in timm models), and the samplers' and banks' draws (MoCHi, IR/CMC, the
+    IR-Ring's) use the global generator of the training device, so a resumed run restores these too.
+
+    On CUDA, the generator of this process's GPU only (``cuda_device``): under torchrun each process draws
+    on its own GPU, every rank's generator is seeded alike and consumed alike (same ops, same shapes), so
+    the state rank 0 saves is every rank's. All GPUs' states (as older checkpoints hold, ``cuda``) would give
+    rank r the state of rank 0's never-used generator of GPU r."""
     states = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
-        states["cuda"] = torch.cuda.get_rng_state_all()
+        states["cuda_device"] = torch.cuda.get_rng_state()
     return states
 
 
@@ -98,9 +104,13 @@ def set_rng_states(states: dict[str, Any]) -> None:
     random.setstate(states["python"])
     np.random.set_state(states["numpy"])
     torch.set_rng_state(states["torch"].cpu())
-    if "cuda" in states and torch.cuda.is_available():
-        # One state per GPU the saving machine showed: a run saved on 8 GPUs and resumed on fewer would
-        # index the generator of a GPU this machine lacks (IndexError, a refused resume); those it has.
+    if not torch.cuda.is_available():
+        return
+    if "cuda_device" in states:  # into this process's GPU (torchrun's set_device), whichever rank saved it
+        torch.cuda.set_rng_state(states["cuda_device"].cpu())
+    elif "cuda" in states:
+        # An older checkpoint: one state per GPU the saving machine showed. A run saved on 8 GPUs and
+        # resumed on fewer would index the generator of a GPU this machine lacks (IndexError): those it has.
         saved = states["cuda"][: torch.cuda.device_count()]
         torch.cuda.set_rng_state_all([s.cpu() for s in saved])
 
