@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from cl_suite.engine.trainer import train
-from helpers import SAMPLERLESS_METHODS, TINY, compose_train, group_options, run_cli, valid_pair
+from helpers import SAMPLERLESS_METHODS, TINY, compose_train, group_options, run_cli, tiny_overrides, valid_pair
 
 
 @pytest.mark.slow
@@ -43,11 +43,10 @@ def test_train_cli_writes_run_files_and_learns_and_evaluate_cli_reproduces_its_n
     assert "evaluate" not in (run_dir / ".hydra" / "overrides.yaml").read_text()
 
 
-@pytest.mark.parametrize("method", ["simclr", "moco", "ir"])
-def test_resume_mid_epoch_equals_uninterrupted_run(tmp_path, method):
-    """Stop after 30 steps (mid-epoch 2), resume from the run dir: bit-identical weights (the MoCo queue,
-    its pointer and the key encoder, the IR memory bank and its random draws included) and metrics."""
-    common = TINY + ["trainer.epochs=3", "trainer.eval_at_init=false", f"method={method}"]
+def assert_resume_mid_epoch_equals_uninterrupted_run(tmp_path, overrides: list[str]) -> None:
+    """Stop after 30 steps (mid-epoch 2 of 3), resume from the run dir: bit-identical weights, buffers (queues,
+    banks, support sets, prototypes, momentum encoders) and final numbers."""
+    common = overrides + ["trainer.epochs=3", "trainer.eval_at_init=false"]
     full = train(compose_train(common, tmp_path / "full"))
     train(compose_train(common + ["trainer.max_steps=30"], tmp_path / "split"))
     first = torch.load(tmp_path / "split" / "checkpoints" / "last.pt", weights_only=False)
@@ -55,11 +54,36 @@ def test_resume_mid_epoch_equals_uninterrupted_run(tmp_path, method):
     resumed = train(compose_train(common + [f"resume={tmp_path / 'split'}"], tmp_path / "split"))
     a = torch.load(tmp_path / "full" / "checkpoints" / "last.pt", weights_only=False)
     b = torch.load(tmp_path / "split" / "checkpoints" / "last.pt", weights_only=False)
+    assert a["method"].keys() == b["method"].keys()
     for key in a["method"]:
         assert torch.equal(a["method"][key], b["method"][key]), key
     for key in a["probe"]:
         assert torch.equal(a["probe"][key], b["probe"][key]), key
     assert full == resumed
+
+
+@pytest.mark.parametrize("method", ["simclr", "moco", "ir"])
+def test_resume_mid_epoch_equals_uninterrupted_run(tmp_path, method):
+    """The MoCo queue, its pointer and the key encoder, the IR memory bank and its random draws included."""
+    assert_resume_mid_epoch_equals_uninterrupted_run(tmp_path, TINY + [f"method={method}"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("overrides", [
+    ["method=mochi"],  # the mixing draws from the global generator, the queue's image indices
+    ["method=cmc"],  # both colour banks and their draws
+    ["method=cmc", "method.criterion=nce"],  # NCE's normalising constants Z, fixed on the first step
+    ["method=nnclr", "method.support_set_size=256"],  # the support set and its pointer
+    ["method=kmclr"],  # the online k-means: prototypes, counts, the reassignment counter
+    ["method=supcon", "method.bank_size=128"],  # the labelled FIFO bank
+    ["method=rince", "method.class_groups=[[0,6,8,9],[1,4,7],[2,3,5]]"],  # the key encoder and labelled bank
+    ["method=ring_symmetric", "sampler.anneal=linear", "sampler.anneal_epochs=2"],  # the annealed ring
+    ["method=ir_ring"],  # the ring's draws with replacement over the whole bank
+    ["method=supervised"],
+], ids=lambda overrides: "-".join(o.split("=", 1)[1] for o in overrides)[:40])
+def test_every_kind_of_method_state_resumes_mid_epoch_as_the_uninterrupted_run(tmp_path, overrides):
+    method = overrides[0].split("=", 1)[1]
+    assert_resume_mid_epoch_equals_uninterrupted_run(tmp_path, tiny_overrides(method) + overrides)
 
 
 def test_wandb_offline_run_files(tmp_path, monkeypatch):
