@@ -509,14 +509,29 @@ def test_each_process_saves_and_restores_the_generator_of_its_own_gpu(monkeypatc
     generators = {0: torch.full((16,), 7, dtype=torch.uint8), 3: torch.full((16,), 9, dtype=torch.uint8)}
     current = {"device": 0}
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda: generators[current["device"]].clone())
-    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state: generators.__setitem__(current["device"], state))
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device: generators[current["device"]].clone())
+    monkeypatch.setattr(torch.cuda, "set_rng_state",
+                        lambda state, device: generators.__setitem__(current["device"], state))
     monkeypatch.setattr(torch.cuda, "set_rng_state_all", lambda states: pytest.fail("restored every GPU's state"))
     saved = rng_states()  # rank 0, on GPU 0
     assert torch.equal(saved["cuda_device"], torch.full((16,), 7, dtype=torch.uint8)) and "cuda" not in saved
     current["device"] = 3  # rank 3 resumes on GPU 3
     set_rng_states(saved)
     assert torch.equal(generators[3], generators[0])
+
+
+def test_the_generator_saved_and_restored_is_the_training_gpus(monkeypatch):
+    """trainer.device=cuda:1 in one process draws on GPU 1 while GPU 0 stays the current one: its state is
+    the one saved and restored."""
+    from cl_suite.engine.trainer import rng_states, set_rng_states
+
+    asked = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device: asked.append(device) or torch.zeros(16))
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device: asked.append(device))
+    set_rng_states(rng_states(torch.device("cuda", 1)), torch.device("cuda", 1))
+    set_rng_states(rng_states(torch.device("cpu")))  # a CPU run (or api's caller): the current GPU's
+    assert asked == [torch.device("cuda", 1)] * 2 + ["cuda"] * 2
 
 
 def test_evaluation_and_checkpoints_every_second_epoch(tmp_path):

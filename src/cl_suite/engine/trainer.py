@@ -85,29 +85,36 @@ def step_seed(seed: int, step: int, rank: int) -> int:
     return ((seed * 1_000_003 + step) * 1024 + rank) % 2**63
 
 
-def rng_states() -> dict[str, Any]:
+def rng_states(device: torch.device | None = None) -> dict[str, Any]:
     """The global generators. The loop itself draws from its own seeded generators, but models may not
     (dropout, stochastic depth in timm models), and the samplers' and banks' draws (MoCHi, IR/CMC, the
     IR-Ring's) use the global generator of the training device, so a resumed run restores these too.
 
-    On CUDA, the generator of this process's GPU only (``cuda_device``): under torchrun each process draws
+    On CUDA, the generator of the training GPU only (``cuda_device``; ``device``, by default the current
+    GPU, which torchrun's processes set to their own): under torchrun each process draws
     on its own GPU, every rank's generator is seeded alike and consumed alike (same ops, same shapes), so
     the state rank 0 saves is every rank's. All GPUs' states (as older checkpoints hold, ``cuda``) would give
     rank r the state of rank 0's never-used generator of GPU r."""
     states = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
-        states["cuda_device"] = torch.cuda.get_rng_state()
+        states["cuda_device"] = torch.cuda.get_rng_state(_cuda(device))
     return states
 
 
-def set_rng_states(states: dict[str, Any]) -> None:
+def _cuda(device: torch.device | None) -> torch.device | str:
+    """The GPU whose generator a run draws from: its training device (``trainer.device=cuda:1`` in one
+    process does not make GPU 1 the current one), else the current GPU."""
+    return device if device is not None and device.type == "cuda" else "cuda"
+
+
+def set_rng_states(states: dict[str, Any], device: torch.device | None = None) -> None:
     random.setstate(states["python"])
     np.random.set_state(states["numpy"])
     torch.set_rng_state(states["torch"].cpu())
     if not torch.cuda.is_available():
         return
     if "cuda_device" in states:  # into this process's GPU (torchrun's set_device), whichever rank saved it
-        torch.cuda.set_rng_state(states["cuda_device"].cpu())
+        torch.cuda.set_rng_state(states["cuda_device"].cpu(), _cuda(device))
     elif "cuda" in states:
         # An older checkpoint: one state per GPU the saving machine showed. A run saved on 8 GPUs and
         # resumed on fewer would index the generator of a GPU this machine lacks (IndexError): those it has.
@@ -658,7 +665,7 @@ class Trainer:
             "method": method_state, "probe": probe_state,
             "optimizer": self.optimizer.state_dict(), "probe_optimizer": self.probe_optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(), "step": self.step,
-            "epoch": self.epochs_done, "rng": rng_states(),
+            "epoch": self.epochs_done, "rng": rng_states(self.device),
             "config": self._checkpoint_config(), "wandb_run_id": self.logger.run_id,
             "history": self.history, "best": self.best, "skipped_steps": self.nonfinite.total_skipped,
             "threads": torch.get_num_threads(),
@@ -709,7 +716,7 @@ class Trainer:
         ckpt.check_optimizer_state(path, self.probe_optimizer, "online probe's optimizer")
         self.step, self.history = state["step"], state["history"]
         self._apply_probe_settings()
-        ckpt.applied_or_explained(path, "random number generator", lambda: set_rng_states(state["rng"]))
+        ckpt.applied_or_explained(path, "random number generator", lambda: set_rng_states(state["rng"], self.device))
         self.best = state.get("best", self.best)
         self.last_checkpoint, self._last_saved_step = path, self.step
         self.nonfinite.total_skipped = int(state.get("skipped_steps", 0))
