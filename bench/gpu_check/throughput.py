@@ -207,6 +207,23 @@ def peers(trainer: Trainer, args) -> tuple[list[list[object]], float]:
             ["loader feeding the same model + loss + optimizer", args.workers, f"{fed:,.0f}"]], fed
 
 
+def headline(rates: dict[str, float], is_r18: bool, workers: int) -> str:
+    """The stage's summary line from the variants measured so far (written after each one: a stage that
+    times out while compiling a later variant keeps the line of what it measured)."""
+    best = max((k for k in rates if k != "peers"), key=rates.get, default=None)
+    head = []
+    if "eager:nhwc" in rates:
+        ips = rates["eager:nhwc"]
+        head.append(f"eager NHWC {ips:,.0f} img/s ({50_000 / ips:.2f} s/epoch"
+                    + (f", MFU {100 * ips * common.SIMCLR_RESNET18_FLOPS_PER_IMAGE / PEAK:.1f}%" if is_r18 else "") + ")")
+    if best and best != "eager:nhwc":
+        head.append(f"best {best} {rates[best]:,.0f} img/s")
+    if "peers" in rates and best:
+        head.append(f"peers {rates['peers']:,.0f} img/s ({workers} workers): ours/peers "
+                    f"{rates.get('eager:nhwc', rates[best]) / rates['peers']:.1f}x")
+    return "; ".join(head)
+
+
 def main() -> None:
     dry, cuda = _shared.DRY, torch.cuda.is_available()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -253,6 +270,8 @@ def main() -> None:
             parts += ["\n### The peers' pipeline on the same GPU\n", _shared.table(["pipeline", "workers", "images/s"], peer_rows)]
         section.parts[2:] = ["\n".join(parts) + "\n"]
         section.flush()
+        if rates:
+            section.headline(headline(rates, is_r18, args.workers))
 
     for variant in args.variants:
         mode, fmt = variant.split(":")
@@ -285,19 +304,6 @@ def main() -> None:
         del trainer
         if cuda:
             torch.cuda.empty_cache()
-
-    best = max((k for k in rates if k != "peers"), key=rates.get, default=None)
-    head = []
-    if "eager:nhwc" in rates:
-        ips = rates["eager:nhwc"]
-        head.append(f"eager NHWC {ips:,.0f} img/s ({50_000 / ips:.2f} s/epoch"
-                    + (f", MFU {100 * ips * common.SIMCLR_RESNET18_FLOPS_PER_IMAGE / PEAK:.1f}%" if is_r18 else "") + ")")
-    if best and best != "eager:nhwc":
-        head.append(f"best {best} {rates[best]:,.0f} img/s")
-    if "peers" in rates:
-        head.append(f"peers {rates['peers']:,.0f} img/s ({args.workers} workers): ours/peers "
-                    f"{rates.get('eager:nhwc', rates[best]) / rates['peers']:.1f}x")
-    section.headline("; ".join(head))
 
 
 if __name__ == "__main__":
