@@ -53,10 +53,11 @@ def main() -> None:
                      f"{epochs[-1]['train/epoch_loss']:.3f}", f"{final['knn/top1']:.2f}", f"{final['linear/top1']:.2f}"])
         section.parts[2:] = [_shared.table(columns, rows) + "\n"]
         section.flush()
+        # After each method: a stage stopped at its deadline keeps the line of the methods that finished.
+        section.headline(", ".join(f"{r[0]} kNN {r[5]} / lin {r[6]}" for r in rows) + f" ({args.epochs} ep)")
         print(f"{method}: {rows[-1]} ({seconds:.0f} s with evaluation)", flush=True)
         if cuda:
             torch.cuda.empty_cache()
-    section.headline(", ".join(f"{r[0]} kNN {r[5]} / lin {r[6]}" for r in rows) + f" ({args.epochs} ep)")
 
 
 if __name__ == "__main__":
