@@ -429,14 +429,3 @@ def test_a_moco_checkpoint_from_before_queue_per_view_resumes_as_one_queue_witho
     per_view = {"method": {**current["method"], "queue_per_view": True}}
     assert ckpt.config_differences(ckpt.with_added_defaults(saved, per_view), per_view, ("method",)) == [
         "method.queue_per_view: checkpoint False, this run True"]
-
-
-def test_per_view_queues_say_where_the_queue_is_when_asked_for_the_one_queue():
-    method, _ = moco_preset("experiment=solo_mocov2plus_cifar10", "method.queue_size=16")
-    with pytest.raises(AttributeError, match=r"queue_per_view=true keeps one queue per view .* \.queues\[0\]"):
-        method.queue
-    assert method.queue_for(0) is method.queues[1] and not hasattr(method, "queue")
-    shared, _ = moco_preset("experiment=solo_mocov2plus_cifar10", "method.queue_size=16", "method.queue_per_view=false")
-    assert shared.queue_for(0) is shared.queue and shared.queue_for(1) is shared.queue
-    with pytest.raises(AttributeError, match="has no attribute 'queues'"):  # nn.Module's own message elsewhere
-        shared.queues

@@ -100,14 +100,6 @@ class MoCo(ContrastiveMethod):
         else:
             self.queue = FeatureQueue(queue_size, projector_dim)
 
-    def __getattr__(self, name: str):
-        # nn.Module's lookup of parameters, buffers and submodules; with queue_per_view there is no single
-        # ``queue``, and its AttributeError alone ('MoCo' object has no attribute 'queue') would not say why.
-        if name == "queue" and self.__dict__.get("queue_per_view"):
-            raise AttributeError("MoCo with method.queue_per_view=true keeps one queue per view and no .queue: "
-                                 "use .queues[0] (view-1 keys), .queues[1] (view-2 keys) or .queue_for(query_view)")
-        return super().__getattr__(name)
-
     def key_parameters(self):
         return list(self.key_encoder.parameters())
 
