@@ -54,7 +54,7 @@ def test_bench_script_runs_at_its_smallest_size(script):
 
 def test_the_peers_loader_is_timed_from_its_second_round_and_within_one_epoch():
     """bench/gpu_check/throughput.py: the workers' first batches, made at once at start-up, are taken
-    untimed (a window starting earlier counted them as free: 16 workers came out ~1.25x too fast), and a
+    untimed (a window starting earlier counted up to that many ready batches as free), and a
     window longer than one epoch of the persistent iterator is refused before it is started."""
     import argparse
 

@@ -154,9 +154,10 @@ class PeerViews(torch.utils.data.Dataset):
 def peer_window(args, batches_per_epoch: int) -> tuple[int, int]:
     """(untimed batches, timed batches) of the peers' loader. The workers start together and each makes a
     batch at once, so a timing window that begins before that first round has been taken would count
-    up to ``workers`` ready batches as free (with 16 workers the loader came out ~1.25x too fast): by
-    default one round is taken untimed and two rounds are timed, and each phase (loader alone, then
-    2 fed warm-up steps and the fed steps) stays inside one epoch of the persistent iterator."""
+    up to ``workers`` ready batches as free (the old default, 4 untimed and 20 timed with 16 workers, could
+    count 12 of the 20; not yet measured on a GPU). By default one round is taken untimed and two rounds
+    are timed, and each phase (loader alone, then 2 fed warm-up steps and the fed steps) stays inside one
+    epoch of the persistent iterator."""
     warmup = args.workers if args.peer_warmup is None else args.peer_warmup
     steps = 2 * max(args.workers, 1) if args.peer_steps is None else args.peer_steps
     needed = warmup + 2 * steps + 2

@@ -91,10 +91,9 @@ def rng_states(device: torch.device | None = None) -> dict[str, Any]:
     IR-Ring's) use the global generator of the training device, so a resumed run restores these too.
 
     On CUDA, the generator of the training GPU only (``cuda_device``; ``device``, by default the current
-    GPU, which torchrun's processes set to their own): under torchrun each process draws
-    on its own GPU, every rank's generator is seeded alike and consumed alike (same ops, same shapes), so
-    the state rank 0 saves is every rank's. All GPUs' states (as older checkpoints hold, ``cuda``) would give
-    rank r the state of rank 0's never-used generator of GPU r."""
+    GPU, which torchrun's processes set to their own). Under torchrun every rank's generator is seeded and
+    consumed alike (same ops, same shapes), so the state rank 0 saves is every rank's; all GPUs' states (as
+    older checkpoints hold, ``cuda``) would give rank r rank 0's never-used generator of GPU r."""
     states = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         states["cuda_device"] = torch.cuda.get_rng_state(_cuda(device))
