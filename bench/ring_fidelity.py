@@ -1,6 +1,6 @@
 """How far the suite's Ring forms are from the authors' computations, on identical inputs.
 
-For MoCo-Ring, SimCLR-Ring and IR-Ring (and the IR-Ball) at several sizes, runs the suite's real code path
+For MoCo-Ring (also with neighbour views), SimCLR-Ring and IR-Ring (and the IR-Ball) at several sizes, runs the suite's real code path
 (the RingSampler on a queue as MoCo calls it; SimCLR with ``form=ring_code``; InstanceRecognition over
 the whole bank with the same resampling draws) and the float64 transcriptions of the Ring code in
 tests/test_ring.py, and prints the relative loss difference and the largest gradient difference
@@ -21,7 +21,8 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from helpers import RawFeatures, simclr_on_raw_embeddings  # noqa: E402
-from test_ring import authors_ir_ring, authors_moco_ring, authors_simclr_ring, unit  # noqa: E402
+from test_ring import (authors_ir_ring, authors_moco_ring, authors_moco_ring_neighbor_views,  # noqa: E402
+                       authors_simclr_ring, unit)
 
 from cl_suite.methods import InstanceRecognition  # noqa: E402
 from cl_suite.samplers import Contrast, RingSampler  # noqa: E402
@@ -42,6 +43,15 @@ def moco_ring(anchors: int, size: int, u: float, l: float) -> tuple[float, float
     out = RingSampler(u, l)(*leaves, None, T)
     refs = [x.double().requires_grad_() for x in (q, k, queue)]
     ref = authors_moco_ring(*refs, T, u, l)
+    return differences(out.loss, torch.autograd.grad(out.loss, leaves), ref, torch.autograd.grad(ref, refs))
+
+
+def moco_ring_neighbor_views(anchors: int, size: int, u: float, l: float, aggregate: str) -> tuple[float, float]:
+    q, k, queue = unit(torch.randn(anchors, 128)), unit(torch.randn(anchors, 128)), unit(torch.randn(size, 128))
+    leaves = [x.clone().requires_grad_() for x in (q, k, queue)]
+    out = RingSampler(u, l, neighbor_views=True, neighbor_aggregate=aggregate)(*leaves, None, T)
+    refs = [x.double().requires_grad_() for x in (q, k, queue)]
+    ref = authors_moco_ring_neighbor_views(*refs, T, u, l, aggregate)
     return differences(out.loss, torch.autograd.grad(out.loss, leaves), ref, torch.autograd.grad(ref, refs))
 
 
@@ -97,6 +107,9 @@ def main() -> None:
     for b, k, u, l in [(8, 1000, 0.37, 0.23), (16, 4096, 0.1, 0.1), (8, 65536, 0.1, 0.1), (8, 1000, 0.1, 0.0)]:
         name = "MoCo-Ball" if l == 0 else "MoCo-Ring"
         print(f"| {name} | B={b}, K={k}, u={u}, l={l} | %.1e | %.1e |" % moco_ring(b, k, u, l))
+    for aggregate in ("logsumexp", "mean"):
+        print(f"| MoCo-Ring, neighbour views ({aggregate}) | B=16, K=65536, u=0.1, l=0.1 | %.1e | %.1e |"
+              % moco_ring_neighbor_views(16, 65536, 0.1, 0.1, aggregate))
     for b, u, l in [(13, 0.5, 0.1), (64, 0.5, 0.1), (256, 0.5, 0.1), (20, 0.37, 0.23)]:
         print(f"| SimCLR-Ring | B={b} (2B={2 * b}), u={u}, l={l} | %.1e | %.1e |" % simclr_ring(b, u, l))
     for b, n, u, l, k in [(8, 333, 0.25, 0.15, 40), (8, 5000, 0.1, 0.1, 4095), (4, 50000, 0.1, 0.1, 4095),

@@ -153,11 +153,12 @@ def test_symmetric_form_ranks_only_the_negatives_of_both_views():
 IR_SIZES = [(4, 50, 0.3, 0.1, 31), (3, 200, 0.1, 0.1, 63), (5, 333, 0.25, 0.15, 40), (3, 333, 0.25, 0.0, 40)]
 
 
-@pytest.mark.parametrize("batch, bank_size, u, l, samples", IR_SIZES)
-def test_ir_ring_over_the_whole_bank_equals_the_authors_estimator(batch, bank_size, u, l, samples):
+def ir_ring_against(reference, batch, bank_size, u, l, samples, **sampler_kwargs):
+    """The real InstanceRecognition over the whole bank and ``reference`` (an authors' transcription, called as
+    ``reference(q, indices, bank, t, u, l, draws)``) on the same inputs and draws: (loss, grad, ref, ref grad)."""
     torch.manual_seed(bank_size)
-    method = InstanceRecognition(RawFeatures(10), RingSampler(u, l, num_samples=samples), num_samples=bank_size,
-                                 temperature=T, num_negatives=None, projector_dim=10)
+    method = InstanceRecognition(RawFeatures(10), RingSampler(u, l, num_samples=samples, **sampler_kwargs),
+                                 num_samples=bank_size, temperature=T, num_negatives=None, projector_dim=10)
     method.projector = nn.Identity()
     bank = method.bank.embeddings.clone()
     x = torch.randn(batch, 10)
@@ -173,10 +174,126 @@ def test_ir_ring_over_the_whole_bank_equals_the_authors_estimator(batch, bank_si
     width = outer - int(l * outer)
     draws = torch.floor(uniforms * width).long()
     c = x.double().requires_grad_()
-    ref = authors_ir_ring(unit(c), indices, bank.double(), T, u, l, draws)
+    ref = reference(unit(c), indices, bank.double(), T, u, l, draws)
     (h,) = torch.autograd.grad(ref, c)
-    assert math.isclose(out.loss.item(), ref.item(), rel_tol=1e-5)
+    return out.loss, g, ref, h
+
+
+@pytest.mark.parametrize("batch, bank_size, u, l, samples", IR_SIZES)
+def test_ir_ring_over_the_whole_bank_equals_the_authors_estimator(batch, bank_size, u, l, samples):
+    loss, g, ref, h = ir_ring_against(authors_ir_ring, batch, bank_size, u, l, samples)
+    assert math.isclose(loss.item(), ref.item(), rel_tol=1e-5)
     torch.testing.assert_close(g.double(), h, rtol=1e-4, atol=1e-6)
+
+
+# ---- neighbour views: the positive joined by the hole (the code's neighbor_views of MoCoRing / NCERing) ----
+
+def authors_neighbor_positive(pos, sorted_dps, inner_idx, aggregate):
+    """The code's neighbour-views numerator: ``cat(pos, sorted_dps[:, :inner_idx])``, then logsumexp (what
+    ``logsumexp_inner or True`` always runs) or mean."""
+    joined = torch.cat([pos[:, None], sorted_dps[:, :inner_idx]], dim=1)
+    return torch.logsumexp(joined, dim=1) if aggregate == "logsumexp" else joined.mean(dim=1)
+
+
+def authors_moco_ring_neighbor_views(q, k, queue, t, u, l, aggregate):
+    """MoCoRing.get_loss with neighbor_views=True (dynamic_inner, self_negative: both always on)."""
+    pos = (q * k).sum(dim=1) / t
+    sorted_dps, _ = torch.sort(q @ queue.T / t, dim=1, descending=True)
+    outer_dps = sorted_dps[:, :int(u * queue.shape[0])]
+    inner_idx = int(l * outer_dps.shape[1])
+    ring = torch.cat([pos[:, None], outer_dps[:, inner_idx:]], dim=1)
+    return -(authors_neighbor_positive(pos, sorted_dps, inner_idx, aggregate) - torch.logsumexp(ring, dim=1)).mean()
+
+
+def authors_ir_ring_neighbor_views(q, indices, bank, t, u, l, draws, aggregate):
+    """NCERing.get_loss with neighbor_views=True: the hole of the top int(u N), never resampled."""
+    pos = (q * bank[indices]).sum(dim=1) / t
+    sorted_dps, _ = torch.topk(q @ bank.T / t, int(u * bank.shape[0]), dim=1)
+    inner_idx = int(l * sorted_dps.shape[1])
+    picked = sorted_dps[:, inner_idx:].gather(1, draws)
+    ring = torch.cat([pos[:, None], picked], dim=1)
+    return -(authors_neighbor_positive(pos, sorted_dps, inner_idx, aggregate) - torch.logsumexp(ring, dim=1)).mean()
+
+
+@pytest.mark.parametrize("aggregate", ["logsumexp", "mean"])
+@pytest.mark.parametrize("anchors, size, u, l", [(5, 15, 0.1, 0.1), (4, 123, 0.1, 0.1), (3, 1000, 0.37, 0.23),
+                                                 (2, 4096, 0.1, 0.1)])
+def test_moco_ring_neighbor_views_equal_the_authors_loss(anchors, size, u, l, aggregate):
+    torch.manual_seed(size + 1)
+    q, k, queue = unit(torch.randn(anchors, 16)), unit(torch.randn(anchors, 16)), unit(torch.randn(size, 16))
+    sampler = RingSampler(u, l, neighbor_views=True, neighbor_aggregate=aggregate)
+    leaves = [x.clone().float().requires_grad_() for x in (q, k, queue)]
+    out = sampler(*leaves, None, T)
+    grads = torch.autograd.grad(out.loss, leaves)
+    ref_leaves = [x.double().requires_grad_() for x in (q, k, queue)]
+    ref = authors_moco_ring_neighbor_views(*ref_leaves, T, u, l, aggregate)
+    ref_grads = torch.autograd.grad(ref, ref_leaves)
+    assert math.isclose(out.loss.item(), ref.item(), rel_tol=1e-5, abs_tol=1e-6)
+    for g, h in zip(grads, ref_grads):
+        torch.testing.assert_close(g.double(), h, rtol=1e-4, atol=1e-6)
+    if int(l * int(u * size)) > 0:  # a hole exists: the numerator, and with it the loss, changed
+        plain = RingSampler(u, l)(*leaves, None, T).loss
+        assert plain.item() > out.loss.item() + 1e-3
+
+
+@pytest.mark.parametrize("aggregate", ["logsumexp", "mean"])
+@pytest.mark.parametrize("batch, bank_size, u, l, samples", [(4, 50, 0.3, 0.2, 31), (3, 333, 0.25, 0.15, 40)])
+def test_ir_ring_neighbor_views_equal_the_authors_estimator(batch, bank_size, u, l, samples, aggregate):
+    def reference(*args):
+        return authors_ir_ring_neighbor_views(*args, aggregate)
+
+    loss, g, ref, h = ir_ring_against(reference, batch, bank_size, u, l, samples, neighbor_views=True,
+                                      neighbor_aggregate=aggregate)
+    assert math.isclose(loss.item(), ref.item(), rel_tol=1e-5, abs_tol=1e-6)
+    torch.testing.assert_close(g.double(), h, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("aggregate", ["logsumexp", "mean"])
+def test_neighbor_views_with_a_mask_equal_a_slow_loop_over_anchors(aggregate):
+    """Anchors with different candidate counts (a mask): each anchor's own hole, I = int(l int(u m_a)),
+    computed one anchor at a time from the equations."""
+    torch.manual_seed(11)
+    anchors, positives, pool = unit(torch.randn(4, 6)), unit(torch.randn(4, 6)), unit(torch.randn(60, 6))
+    mask = torch.ones(4, 60, dtype=torch.bool)
+    mask[1, :25] = False  # 35 candidates: O = 10, I = 3 (u = 0.3, l = 0.3); the others O = 18, I = 5
+    mask[2, 40:] = False  # 40 candidates: O = 12, I = 3
+    out = RingSampler(0.3, 0.3, neighbor_views=True, neighbor_aggregate=aggregate)(anchors, positives, pool, mask, T)
+    total = 0.0
+    for a in range(4):
+        pos = float(anchors[a] @ positives[a]) / T
+        logits = sorted((float(anchors[a] @ pool[j]) / T for j in range(60) if mask[a, j]), reverse=True)
+        outer = int(0.3 * len(logits))
+        inner = int(0.3 * outer)
+        hole, ring = [pos, *logits[:inner]], [pos, *logits[inner:outer]]
+        numerator = math.log(sum(math.exp(v) for v in hole)) if aggregate == "logsumexp" else sum(hole) / len(hole)
+        total += math.log(sum(math.exp(v) for v in ring)) - numerator
+    assert math.isclose(out.loss.item(), total / 4, rel_tol=1e-5)
+
+
+def test_neighbor_views_need_a_hole_and_a_known_aggregate():
+    with pytest.raises(ValueError, match=r"sampler.neighbor_views=true with sampler.inner_fraction=0.0"):
+        RingSampler(0.1, 0.0, neighbor_views=True)
+    with pytest.raises(ValueError, match=r"sampler.neighbor_aggregate='max' is not allowed"):
+        RingSampler(neighbor_aggregate="max")
+    with pytest.raises(ValueError, match=r"sampler.neighbor_views='yes' is not allowed"):
+        RingSampler(neighbor_views="yes")
+
+
+def test_moco_ring_with_neighbor_views_trains_from_the_config(tmp_path):
+    """A real run: the option reaches the sampler from the command line, and the loss, which may be
+    negative with neighbour views, stays finite."""
+    import json
+
+    from cl_suite.engine.trainer import train
+    from helpers import TINY
+
+    cfg = compose_train(TINY + ["method=moco_ring", "dataset=synthetic", "sampler.neighbor_views=true",
+                                "sampler.neighbor_aggregate=mean", "method.queue_size=64", "trainer.epochs=2",
+                                "trainer.eval_at_init=false", "evaluation.linear.epochs=1"], tmp_path)
+    assert cfg.sampler.neighbor_views is True
+    final = train(cfg)
+    records = json.loads((tmp_path / "metrics.json").read_text())["epochs"]
+    assert final["step"] == 4 and all(math.isfinite(r["train/epoch_loss"]) for r in records)
 
 
 def test_resampled_ring_draws_cover_the_ring_uniformly_and_nothing_else():

@@ -22,6 +22,8 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
+from cl_suite.errors import as_written
+
 # A finite stand-in for -inf in RINCE's masked logits: exp() of it is exactly 0 in fp32, and unlike -inf it
 # keeps logsumexp and its gradient finite on rows with nothing unmasked (those rows are then dropped).
 MASKED = -1.0e9
@@ -208,13 +210,15 @@ def resampled_ranks(inner: torch.Tensor, outer: torch.Tensor, uniforms: torch.Te
 
 class RingSelection(NamedTuple):
     """The negatives Ring keeps per anchor: candidate indices ``index`` (A, K) and ``keep`` (A, K) bool
-    (None: every column is kept), with the borders ``inner``, ``outer`` and candidate ``counts`` (A,)."""
+    (None: every column is kept), with the borders ``inner``, ``outer`` and candidate ``counts`` (A,), and
+    ``ranked`` (A, max O): each anchor's closest candidates by rank (rank 0 first), the hole included."""
 
     index: torch.Tensor
     keep: torch.Tensor | None
     inner: torch.Tensor
     outer: torch.Tensor
     counts: torch.Tensor
+    ranked: torch.Tensor
 
 
 def ring_selection(cand_sim: torch.Tensor, mask: torch.Tensor, outer_fraction: float, inner_fraction: float,
@@ -238,8 +242,8 @@ def ring_selection(cand_sim: torch.Tensor, mask: torch.Tensor, outer_fraction: f
     sim = cand_sim.detach().masked_fill(~mask, float("-inf"))
     best = sim.topk(max_outer, dim=1, sorted=True).indices  # (A, max_outer) candidate index by rank
     if uniforms is None:
-        return RingSelection(best, ring_positions(inner, outer, max_outer), inner, outer, counts)
-    return RingSelection(best.gather(1, resampled_ranks(inner, outer, uniforms)), None, inner, outer, counts)
+        return RingSelection(best, ring_positions(inner, outer, max_outer), inner, outer, counts, best)
+    return RingSelection(best.gather(1, resampled_ranks(inner, outer, uniforms)), None, inner, outer, counts, best)
 
 
 def ring_log_mass(cand_sim: torch.Tensor, selection: RingSelection, temperature: float) -> torch.Tensor:
@@ -249,6 +253,46 @@ def ring_log_mass(cand_sim: torch.Tensor, selection: RingSelection, temperature:
     if selection.keep is not None:
         logits = logits.masked_fill(~selection.keep, float("-inf"))
     return torch.logsumexp(logits, dim=1)
+
+
+NEIGHBOR_AGGREGATES = ("logsumexp", "mean")
+
+
+def ring_neighbor_positive_logit(pos_sim: torch.Tensor, cand_sim: torch.Tensor, selection: RingSelection,
+                                 inner_fraction: float, temperature: float, aggregate: str = "logsumexp"
+                                 ) -> torch.Tensor:
+    """The positive logit of Ring's neighbour-views variant (Wu et al. 2021; the Ring code's
+    ``neighbor_views`` option of MoCoRing and NCERing, a Local-Aggregation-like objective): the anchor's
+    positive logit p = s+/t joined by its I closest candidates, the ring's hole (ranks 0 .. I-1, every one
+    of them, never resampled):
+
+        logsumexp:  LSE(p, s_(1)/t, ..., s_(I)/t)        mean:  (p + sum_{r <= I} s_(r)/t) / (1 + I).
+
+    Only the numerator changes: the partition keeps the plain positive, so the loss per anchor is
+    LSE(p, ring) - (this), which can be negative. With I = 0 both forms are p. The hole's logits carry
+    the gradient, as the positive's does. (A,)."""
+    # every anchor's hole lies in the first floor(l * max O) ranks: I = floor(l * O) with O <= max O
+    width = int(inner_fraction * selection.ranked.shape[1])
+    logits = cand_sim.gather(1, selection.ranked[:, :width]) / temperature
+    in_hole = ring_positions(torch.zeros_like(selection.inner), selection.inner, width)
+    positive = pos_sim / temperature
+    if aggregate == "logsumexp":
+        hole = logits.masked_fill(~in_hole, float("-inf"))
+        return torch.logsumexp(torch.cat([positive[:, None], hole], dim=1), dim=1)
+    if aggregate == "mean":
+        total = positive + torch.where(in_hole, logits, torch.zeros_like(logits)).sum(dim=1)
+        return total / (1 + selection.inner).to(total.dtype)
+    raise ValueError(f"aggregate={as_written(aggregate)} is not allowed: expected one of {', '.join(NEIGHBOR_AGGREGATES)}")
+
+
+def infonce_with_positive_logit(pos_sim: torch.Tensor, log_neg_mass: torch.Tensor, positive_logit: torch.Tensor,
+                                temperature: float) -> torch.Tensor:
+    """The loss when the numerator's logit is not the partition's positive (Ring's neighbour views,
+    ``ring_neighbor_positive_logit``): mean_a [ LSE(s+_a/t, log N_a) - positive_logit_a ], computed as
+    softplus(log N_a - s+_a/t) + s+_a/t - positive_logit_a (exact; equal to ``infonce_from_log_mass`` when
+    positive_logit = s+/t). Returns a scalar."""
+    positive = pos_sim / temperature
+    return (F.softplus(log_neg_mass - positive) + positive - positive_logit).mean()
 
 
 # ----------------------------------------------------------------------------------------------- MoCHi

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from cl_suite.errors import ConfigError
-from cl_suite.objectives import infonce_from_log_mass
+from cl_suite.objectives import infonce_from_log_mass, infonce_with_positive_logit
 
 HISTOGRAM_BINS = 50  # similarity histograms over [-1, 1]
 
@@ -60,6 +60,9 @@ class NegativeTerm:
     # Only read when ``Contrast.with_diagnostics`` (a sampler may leave it None otherwise).
     weights: torch.Tensor | None = None
     extra_stats: dict[str, torch.Tensor] = field(default_factory=dict)
+    # (A,) the numerator's logit, when it is not the positive's s+/t (Ring's neighbour views: the positive
+    # joined by the closest candidates); the partition keeps the plain positive. None: s+/t.
+    positive_logit: torch.Tensor | None = None
 
 
 @dataclass
@@ -131,7 +134,10 @@ class NegativeSampler(nn.Module):
                            with_diagnostics=self.record_diagnostics)
             term = self.negative_term(ctx)
             check_term(self, term, tuple(cand_sim.shape))
-            loss = infonce_from_log_mass(pos_sim, term.log_mass, temperature)
+            if term.positive_logit is None:
+                loss = infonce_from_log_mass(pos_sim, term.log_mass, temperature)
+            else:
+                loss = infonce_with_positive_logit(pos_sim, term.log_mass, term.positive_logit, temperature)
         if not self.record_diagnostics:
             return SamplerOutput(loss=loss)
         stats = diagnostics(ctx, term, anchor_labels, candidate_labels)
@@ -148,8 +154,9 @@ def class_name(obj: object) -> str:
 
 def check_term(sampler: NegativeSampler, term: Any, shape: tuple[int, int]) -> None:
     """What ``negative_term`` returned must be a ``NegativeTerm`` with one log mass per anchor and, if set,
-    one weight per (anchor, candidate): a (A, 1) or scalar log mass would broadcast against the (A,)
-    positives into a loss that is silently wrong. Shapes only (no host sync)."""
+    one positive logit per anchor and one weight per (anchor, candidate): a (A, 1) or scalar log mass
+    would broadcast against the (A,) positives into a loss that is silently wrong. Shapes only (no host
+    sync)."""
     if not isinstance(term, NegativeTerm):
         raise ConfigError(f"sampler._target_={class_name(sampler)!r}: negative_term returned {type(term).__name__}; "
                           "expected cl_suite.samplers.base.NegativeTerm(log_mass=<(A,) log N_a>)")
@@ -157,6 +164,12 @@ def check_term(sampler: NegativeSampler, term: Any, shape: tuple[int, int]) -> N
         got = tuple(term.log_mass.shape) if isinstance(term.log_mass, torch.Tensor) else type(term.log_mass).__name__
         raise ConfigError(f"sampler._target_={class_name(sampler)!r}: negative_term returned log_mass of shape {got}; "
                           f"expected {shape[:1]}, one log N_a per anchor")
+    if term.positive_logit is not None and (not isinstance(term.positive_logit, torch.Tensor)
+                                            or tuple(term.positive_logit.shape) != shape[:1]):
+        got = (tuple(term.positive_logit.shape) if isinstance(term.positive_logit, torch.Tensor)
+               else type(term.positive_logit).__name__)
+        raise ConfigError(f"sampler._target_={class_name(sampler)!r}: negative_term returned positive_logit of shape "
+                          f"{got}; expected {shape[:1]}, one logit per anchor, or None")
     if term.weights is not None and tuple(term.weights.shape) != shape:
         raise ConfigError(f"sampler._target_={class_name(sampler)!r}: negative_term returned weights of shape "
                           f"{tuple(term.weights.shape)}; expected {shape} (anchors x candidates) or None")

@@ -22,6 +22,15 @@ Two estimators of the negative mass (the loss is -log P / (P + N) with the posit
 * ``num_samples = k``: k ring elements drawn uniformly with replacement per anchor (IR-Ring, whose code
   draws k - 1 = 4,095 of them): N = sum over the draws of exp(s/t).
 
+Neighbour views (``neighbor_views=true``, the Ring code's option of the same name, off in every public
+config): the numerator's positive logit p is joined by the anchor's I closest candidates, the ring's hole,
+as LSE(p, hole) (``neighbor_aggregate=logsumexp``) or mean(p, hole) (``mean``); the partition keeps the
+plain positive, so the loss LSE(p, ring) - LSE(p, hole) pulls the nearest neighbours closer, a
+Local-Aggregation-like objective (``ring_neighbor_positive_logit``). The code exposes the choice as
+``logsumexp_inner`` but passes ``logsumexp_inner or True``, so it always runs the log-sum-exp form; the
+mean is its unreachable branch, offered here as written. The hole needs ``inner_fraction > 0``: the code's
+Ball variant takes its neighbours from the ball with a separate fraction, which is not implemented.
+
 The outer fraction can be annealed from 1 (every candidate) down to u, as the code's threshold policies
 do, indexed by the optimizer step s with A = int(anneal_epochs * steps_per_epoch) annealing steps
 (``anneal_outer_fraction``); the inner fraction stays constant, as in the code.
@@ -37,7 +46,8 @@ import math
 import torch
 
 from cl_suite.errors import ConfigError, as_written
-from cl_suite.objectives import ring_log_mass, ring_selection, ring_width
+from cl_suite.objectives import (NEIGHBOR_AGGREGATES, ring_log_mass, ring_neighbor_positive_logit, ring_selection,
+                                 ring_width)
 from cl_suite.samplers.base import Contrast, NegativeSampler, NegativeTerm, config_value
 
 ANNEAL_SCHEDULES = ("linear", "step", "exponential")
@@ -89,11 +99,13 @@ class RingSampler(NegativeSampler):
     with replacement per anchor (IR-Ring: 4,095), from torch's global generator (seeded and checkpointed).
     ``anneal``: None (constant) | ``linear`` | ``step`` | ``exponential`` over ``anneal_epochs`` epochs
     (``anneal_step_size`` for ``step``, ``anneal_decay`` per step for ``exponential``).
+    ``neighbor_views``: the positive joined by the hole (module docstring), aggregated by
+    ``neighbor_aggregate`` (``logsumexp``, what the code always runs, or ``mean``).
     """
 
     def __init__(self, outer_fraction: float = 0.1, inner_fraction: float = 0.1, num_samples: int | None = None,
                  anneal: str | None = None, anneal_epochs: float = 100.0, anneal_step_size: float = 0.1,
-                 anneal_decay: float = 0.1):
+                 anneal_decay: float = 0.1, neighbor_views: bool = False, neighbor_aggregate: str = "logsumexp"):
         super().__init__()
         if not 0.0 < outer_fraction <= 1.0:
             raise ValueError(f"sampler.outer_fraction={outer_fraction} is not allowed: expected a fraction in (0, 1] "
@@ -114,6 +126,17 @@ class RingSampler(NegativeSampler):
             raise ValueError(f"sampler.anneal_step_size={anneal_step_size} is not allowed: expected a finite number > 0")
         if not (math.isfinite(anneal_decay) and anneal_decay > 0):
             raise ValueError(f"sampler.anneal_decay={anneal_decay} is not allowed: expected a finite number > 0")
+        if not isinstance(neighbor_views, bool):
+            raise ValueError(f"sampler.neighbor_views={as_written(neighbor_views)} is not allowed: expected true or "
+                             "false")
+        if neighbor_aggregate not in NEIGHBOR_AGGREGATES:
+            raise ValueError(f"sampler.neighbor_aggregate={as_written(neighbor_aggregate)} is not allowed: expected "
+                             f"one of {', '.join(NEIGHBOR_AGGREGATES)}")
+        if neighbor_views and inner_fraction == 0.0:
+            raise ValueError("sampler.neighbor_views=true with sampler.inner_fraction=0.0 is not allowed: the "
+                             "neighbours are the ring's hole (the closest floor(l floor(u m)) candidates), and with "
+                             "l = 0 there is none; set inner_fraction > 0 (the Ring code's Ball variant, which takes "
+                             "them from the ball with a separate fraction, is not implemented)")
         self.outer_fraction = float(outer_fraction)
         self.inner_fraction = float(inner_fraction)
         self.num_samples = num_samples
@@ -121,6 +144,8 @@ class RingSampler(NegativeSampler):
         self.anneal_epochs = float(anneal_epochs)
         self.anneal_step_size = float(anneal_step_size)
         self.anneal_decay = float(anneal_decay)
+        self.neighbor_views = neighbor_views
+        self.neighbor_aggregate = neighbor_aggregate
         self._checked_counts = False
         if anneal is not None:
             _run_annealed_ring_eagerly()
@@ -169,8 +194,12 @@ class RingSampler(NegativeSampler):
                                   dtype=torch.float64)
         selection = ring_selection(ctx.cand_sim, ctx.mask, outer_fraction, self.inner_fraction, uniforms)
         log_mass = ring_log_mass(ctx.cand_sim, selection, ctx.temperature)
+        positive_logit = None
+        if self.neighbor_views:
+            positive_logit = ring_neighbor_positive_logit(ctx.pos_sim, ctx.cand_sim, selection, self.inner_fraction,
+                                                          ctx.temperature, self.neighbor_aggregate)
         if not ctx.with_diagnostics:  # the weights and stats below are read by the diagnostics only
-            return NegativeTerm(log_mass=log_mass)
+            return NegativeTerm(log_mass=log_mass, positive_logit=positive_logit)
         if selection.keep is not None:
             weights = torch.zeros_like(ctx.mask).scatter_(1, selection.index, selection.keep).float()
         else:
@@ -179,6 +208,7 @@ class RingSampler(NegativeSampler):
         width = (selection.outer - selection.inner).float()
         return NegativeTerm(
             log_mass=log_mass,
+            positive_logit=positive_logit,
             weights=weights,
             extra_stats={"ring/kept_fraction": (width / selection.counts.clamp(min=1)).mean(),
                          "ring/width": width.mean(),
