@@ -22,9 +22,10 @@ SAMPLERS = {
     "ring": lambda: RingSampler(outer_fraction=0.7, inner_fraction=0.3),
 }
 # (sampler, SimCLR form): every sampler on NT-Xent's candidates, plus the Ring code's SimCLR-Ring form
-# (view-1 anchors ranking all 2B gathered views).
+# (view-1 anchors ranking all 2B gathered views) and its SimCLR baseline's (the positive masked out).
 CASES = {name: (make, "nt_xent") for name, make in SAMPLERS.items()}
 CASES["ring_code"] = (lambda: RingSampler(outer_fraction=0.5, inner_fraction=0.1), "ring_code")
+CASES["ring_code_simclr"] = (UniformSampler, "ring_code_simclr")  # the Ring code's SimCLR: the positive masked
 
 
 def main(out_path: str) -> None:

@@ -42,7 +42,7 @@ def test_every_sampler_on_two_processes_equals_one_process(tmp_path):
     over a shared queue (its random mixing draws included): 2 processes x B/2 against 1 x B (the
     1-process numbers are checked against the papers' equations elsewhere)."""
     one, two = one_and_two_processes("ddp_sampler_script.py", tmp_path)
-    assert set(one) == {"uniform", "debiased", "hard", "ring", "ring_code", "mixing_queue"}
+    assert set(one) == {"uniform", "debiased", "hard", "ring", "ring_code", "ring_code_simclr", "mixing_queue"}
     for name in one:
         for key in ("loss", "grad", "false_negative_rate"):
             torch.testing.assert_close(two[name][key], one[name][key], rtol=1e-5, atol=1e-7, msg=f"{name} {key}")

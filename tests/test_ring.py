@@ -129,6 +129,59 @@ def test_simclr_ring_code_form_with_every_candidate_keeps_self_and_positive_in_t
                         rel_tol=1e-6)
 
 
+def authors_simclr(out1, out2, t):
+    """SimCLR.get_loss (initial commit): view-1 anchors, the partition the logsumexp over all 2B outputs
+    (self and positive included once), nothing prepended."""
+    z1, z2 = unit(out1), unit(out2)
+    pos = (z1 * z2).sum(dim=1)
+    partition = torch.logsumexp(z1 @ torch.cat([z1, z2]).T / t, dim=1)
+    return -(pos / t - partition).mean()
+
+
+@pytest.mark.parametrize("t", [T, 0.5])
+@pytest.mark.parametrize("batch", [1, 5, 16])
+def test_ring_baseline_form_equals_the_authors_simclr(batch, t):
+    """form=ring_code_simclr with the uniform sampler is the Ring code's SimCLR baseline, loss and gradients;
+    form=ring_code would count the positive twice (what SimCLRRing does with a ring that keeps everything):
+    0.02-0.2 more loss at t = 0.5, ~1e-7 relative at t = 0.07, where the self-similarity 1/t dominates."""
+    torch.manual_seed(batch)
+    x1, x2 = torch.randn(batch, 12), torch.randn(batch, 12)
+    method = simclr_on_raw_embeddings(12, t)
+    method.form = "ring_code_simclr"
+    a, b = x1.clone().requires_grad_(), x2.clone().requires_grad_()
+    out = method((a, b), labels=torch.zeros(batch, dtype=torch.long))
+    ga, gb = torch.autograd.grad(out.loss, (a, b))
+    c, d = x1.double().requires_grad_(), x2.double().requires_grad_()
+    ref = authors_simclr(c, d, t)
+    ha, hb = torch.autograd.grad(ref, (c, d))
+    assert math.isclose(out.loss.item(), ref.item(), rel_tol=1e-5)
+    torch.testing.assert_close(ga.double(), ha, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(gb.double(), hb, rtol=1e-4, atol=1e-6)
+    method.form = "ring_code"  # the same partition with the positive prepended once more
+    z1, z2 = unit(x1.double()), unit(x2.double())
+    pos = (z1 * z2).sum(dim=1) / t
+    twice = torch.logsumexp(torch.cat([pos[:, None], z1 @ torch.cat([z1, z2]).T / t], dim=1), dim=1) - pos
+    assert math.isclose(method((x1, x2), labels=torch.zeros(batch, dtype=torch.long)).loss.item(), twice.mean().item(),
+                        rel_tol=1e-5)
+    if t == 0.5:
+        assert twice.mean().item() > ref.item() + 0.01  # far outside the comparison's tolerance
+
+
+def test_ring_baseline_preset_and_recipe_compose_the_authors_simclr():
+    cfg = compose_train(["method=ring_baseline"])
+    assert cfg.method.form == "ring_code_simclr" and cfg.method.temperature == 0.07
+    assert cfg.sampler._target_.endswith("UniformSampler")
+    recipe = compose_train(["experiment=simclr_ring_baseline_cifar10"])
+    ring = compose_train(["experiment=simclr_ring_cifar10"])
+    assert recipe.method.form == "ring_code_simclr" and recipe.trainer.batch_size == 128
+    assert recipe.sampler._target_.endswith("UniformSampler") and ring.trainer.batch_size == 256
+    # the same setting otherwise: data, backbone, head, optimizer, schedule, epochs
+    for key in ("dataset", "backbone", "optimizer", "scheduler", "evaluation"):
+        assert recipe[key] == ring[key], key
+    assert recipe.method.projector_hidden_dims == ring.method.projector_hidden_dims == [512]
+    assert recipe.trainer.epochs == ring.trainer.epochs == 200
+
+
 def test_symmetric_form_ranks_only_the_negatives_of_both_views():
     """The suite's symmetric variant (nt_xent form): 2B anchors, each ranking its 2B-2 negatives."""
     torch.manual_seed(2)

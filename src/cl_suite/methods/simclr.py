@@ -4,16 +4,16 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from cl_suite.distributed import gather_no_grad, gather_with_grad
+from cl_suite.distributed import gather_no_grad, gather_with_grad, get_rank
 from cl_suite.errors import as_written
-from cl_suite.losses import two_view_contrast
+from cl_suite.losses import in_batch_negatives, two_view_contrast
 from cl_suite.methods.base import ContrastiveMethod, MethodOutput, unit_projection
 from cl_suite.models.heads import mlp
 from cl_suite.objectives import checked_temperature
 from cl_suite.samplers.base import NegativeSampler, config_value
 
 
-SIMCLR_FORMS = ("nt_xent", "ring_code")
+SIMCLR_FORMS = ("nt_xent", "ring_code", "ring_code_simclr")
 
 
 class SimCLR(ContrastiveMethod):
@@ -27,6 +27,11 @@ class SimCLR(ContrastiveMethod):
       self-similarity (1/t, the largest) and its positive included; with the ring sampler they are ranked
       with the rest and normally fall in the hole. The loss is LSE(s+/t, kept candidates) - s+/t with the
       positive prepended, as the code's ``self_negative``.
+    * ``ring_code_simclr`` (the Ring code's SimCLR baseline, its class ``SimCLR``): view-1 anchors, and
+      the partition is the LSE over the 2B similarities, which hold the positive once and the
+      self-similarity: the candidates are the 2B views but the anchor's positive (it is the numerator),
+      so with the uniform sampler the loss is the code's LSE_j(q_i . [q; k]_j / t) - s+/t exactly.
+      (``ring_code`` with every candidate kept counts the positive twice, as SimCLRRing does.)
 
     Under DDP the candidates are all-gathered with gradients, so W processes x B/W images give the loss
     and gradients of one process x B images.
@@ -37,13 +42,18 @@ class SimCLR(ContrastiveMethod):
 
     @classmethod
     def candidates_per_anchor(cls, method_cfg, batch_size: int, dataset_size: int | None = None) -> int:
-        """2B-2 in-batch views (nt_xent); all 2B views with ``form=ring_code``."""
-        return 2 * batch_size if config_value(cls, method_cfg, "form") == "ring_code" else 2 * batch_size - 2
+        """2B-2 in-batch views (nt_xent); all 2B views with ``form=ring_code``, 2B-1 with ``ring_code_simclr``."""
+        form = config_value(cls, method_cfg, "form")
+        return {"ring_code": 2 * batch_size, "ring_code_simclr": 2 * batch_size - 1}.get(form, 2 * batch_size - 2)
 
     @classmethod
     def candidates_source(cls, method_cfg, batch_size: int, dataset_size: int | None = None) -> str:
-        if config_value(cls, method_cfg, "form") == "ring_code":
+        form = config_value(cls, method_cfg, "form")
+        if form == "ring_code":
             return f"method={cls.__name__} (form=ring_code) with trainer.batch_size={batch_size} (all 2B views)"
+        if form == "ring_code_simclr":
+            return (f"method={cls.__name__} (form=ring_code_simclr) with trainer.batch_size={batch_size} (the 2B "
+                    "views but the positive)")
         return f"method={cls.__name__} with trainer.batch_size={batch_size} (2B-2 in-batch views)"
 
     def __init__(
@@ -74,9 +84,13 @@ class SimCLR(ContrastiveMethod):
         b = views[0].shape[0]
         h, z = embed_two_views(self.backbone, self.projector, views, self.concat_views)
 
-        if self.form == "ring_code":
+        if self.form in ("ring_code", "ring_code_simclr"):
             view_labels = labels.repeat(2)
-            out = self.sampler(anchors=z[:b], positives=z[b:], candidates=gather_with_grad(z), candidate_mask=None,
+            candidates = gather_with_grad(z)  # rank-major, each rank's block laid out like z: [view 1; view 2]
+            mask = None
+            if self.form == "ring_code_simclr":  # anchor i's positive: this rank's view-2 row i
+                mask = in_batch_negatives(b, candidates.shape[0], get_rank() * 2 * b + b, (0,), z.device)
+            out = self.sampler(anchors=z[:b], positives=z[b:], candidates=candidates, candidate_mask=mask,
                                temperature=self.temperature, anchor_labels=labels,
                                candidate_labels=gather_no_grad(view_labels))
             return MethodOutput(loss=out.loss, features=h.detach(), feature_labels=view_labels, stats=out.stats)
