@@ -7,6 +7,7 @@ descending order, ``O = int(u * size)``, ``I = int(l * O)``, keep ``sorted[:, I:
 logit, ``loss = -mean(pos - logsumexp(...))``. They never call the suite's ring arithmetic.
 """
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -522,6 +523,92 @@ def test_ir_ring_trains_with_linear_annealing_and_logs_the_outer_fraction(tmp_pa
     assert final["step"] == 6
     assert [r["diag/ring/outer_fraction"] for r in records] == pytest.approx(expected)
     assert all(math.isfinite(r["train/epoch_loss"]) for r in records)
+
+
+# ---- the adaptive policy: adaptive_anneal_on_loss ----
+
+class AuthorsAdaptivePolicy:
+    """The Ring code's AdaptiveThresholdPolicy as its system builds it for adaptive_anneal_on_loss
+    (lower_is_better, init 1.0, min 0.1, max 1.0, delta 0.01, window 10), restated."""
+
+    def __init__(self):
+        self.thres, self.metrics = 1.0, []
+
+    def record(self, metric):
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # the mean of no metrics: nan, as in the code
+            record = np.mean(self.metrics[-10:])
+        if metric > record:
+            self.thres += 0.01
+        elif metric < record:
+            self.thres -= 0.01
+        self.thres = max(0.1, self.thres)
+        self.thres = min(1.0, self.thres)
+        self.metrics.append(metric)
+
+
+def adaptive_losses(n, seed):
+    """Losses that drift down with noise and repeat now and then (ties with the window mean are rare but
+    a repeated constant stretch makes them certain)."""
+    rng = np.random.default_rng(seed)
+    losses = [float(np.float32(5.0 - 0.01 * i + rng.normal(0, 0.05))) for i in range(n)]
+    losses[40:55] = [losses[40]] * 15  # a flat stretch: equal to its window mean, u stays
+    return losses
+
+
+def test_adaptive_outer_fraction_follows_the_authors_policy_step_by_step_and_through_a_checkpoint():
+    losses = adaptive_losses(300, 0)
+    authors, sampler = AuthorsAdaptivePolicy(), RingSampler(0.1, 0.1, anneal="adaptive_loss")
+    resumed = None
+    for step, loss in enumerate(losses):
+        assert sampler.current_outer_fraction() == authors.thres  # exact: the values decide integer borders
+        sampler.observe_loss(loss)
+        authors.record(loss)
+        if step == 150:  # a fresh sampler from the checkpointed state continues identically
+            resumed = RingSampler(0.1, 0.1, anneal="adaptive_loss")
+            resumed.load_state_dict(sampler.state_dict())
+        elif resumed is not None:
+            resumed.observe_loss(loss)
+            assert resumed.current_outer_fraction() == sampler.current_outer_fraction()
+    assert authors.thres < 1.0  # the drifting loss narrowed the ring
+    assert sampler.current_outer_fraction() == authors.thres
+
+
+def test_adaptive_outer_fraction_stays_within_its_floor_and_one():
+    sampler = RingSampler(0.3, 0.1, anneal="adaptive_loss")
+    for loss in range(100, 0, -1):  # always lower than the window: narrows to the floor and stays
+        sampler.observe_loss(float(loss))
+    assert sampler.current_outer_fraction() == 0.3
+    for loss in range(200):  # always higher: widens back to 1 and stays
+        sampler.observe_loss(float(loss))
+    assert sampler.current_outer_fraction() == 1.0
+    assert "adaptive_state" not in RingSampler(0.1, 0.1, anneal="linear").state_dict()  # other rings: no new keys
+
+
+def test_ir_ring_trains_with_the_adaptive_policy_on_its_losses(tmp_path):
+    """A real run: the loop reports each step's loss, and the outer fraction of every step is the policy's
+    value after the steps before it (log_every_steps=1: every step's loss is logged and every step
+    records the diagnostics, which each epoch record averages)."""
+    import csv
+
+    from cl_suite.engine.trainer import train
+    from helpers import TINY
+
+    cfg = compose_train(TINY + ["method=ir_ring", "dataset=synthetic", "sampler.anneal=adaptive_loss",
+                                "trainer.epochs=3", "trainer.eval_at_init=false", "trainer.log_every_steps=1",
+                                "evaluation.linear.epochs=1", "logger=csv"], tmp_path)
+    assert train(cfg)["step"] == 6
+    logged = {}
+    with open(tmp_path / "metrics.csv", newline="") as f:
+        for row in csv.DictReader(f):
+            logged.setdefault(int(row["step"]), {})[row["key"]] = float(row["value"])
+    authors, used = AuthorsAdaptivePolicy(), {}
+    for step in range(1, 7):  # step s runs with the value after the losses of steps 1 .. s-1
+        used[step] = authors.thres
+        authors.record(logged[step]["train/loss"])
+    for end in (2, 4, 6):  # an epoch record averages the outer fraction over its two (recorded) steps
+        assert logged[end]["diag/ring/outer_fraction"] == pytest.approx((used[end - 1] + used[end]) / 2, abs=1e-6)
+    assert authors.thres < 1.0  # the falling loss narrowed the ring
 
 
 def test_annealed_ring_under_torch_compile_does_not_recompile_every_step():

@@ -136,6 +136,16 @@ def cleanup_distributed(wait_for_all: bool = False) -> None:
         dist.destroy_process_group()
 
 
+def mean_over_processes(value: torch.Tensor) -> float:
+    """The mean of a scalar tensor over all processes, as a Python float (a collective: every process must
+    call it; one host sync)."""
+    if not is_distributed():
+        return float(value)
+    total = value.detach().reshape(1).clone()
+    dist.all_reduce(total, op=dist.ReduceOp.SUM)
+    return float(total) / get_world_size()
+
+
 def any_process(flag: bool) -> bool:
     """Whether ``flag`` is true on any process (a collective: every process must call it; one host sync)."""
     if not is_distributed():

@@ -560,6 +560,7 @@ class Trainer:
         self.scheduler.step()
         self._sync_probe_lr()
         self.method.after_step(out.memory, self.step, self.schedule_steps)  # memory writes, momentum updates
+        self.method.observe_loss(out.loss)  # a no-op unless a schedule follows the loss (ring adaptive_loss)
         self.step += 1
         return out, probe_logits
 

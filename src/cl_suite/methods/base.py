@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cl_suite.distributed import mean_over_processes
 from cl_suite.errors import ConfigError
 from cl_suite.samplers.base import NegativeSampler, class_name
 
@@ -104,6 +105,15 @@ class ContrastiveMethod(nn.Module):
         """Called by the loop after each optimizer step with the step's ``MethodOutput.memory``: memory
         writes (enqueueing, bank updates) and momentum updates go here, never in forward, so the loss and
         its backward saw the memory as it was before the step."""
+
+    def observe_loss(self, loss: torch.Tensor) -> None:
+        """Called by the loop after each optimizer step (after ``after_step``) with the step's loss. A sampler
+        whose schedule follows the loss (``NegativeSampler.follows_loss``: the ring's ``anneal=adaptive_loss``)
+        gets its mean over all processes, the global batch's loss (an all-reduce and a host sync per step,
+        only then); nothing happens otherwise."""
+        sampler = getattr(self, "sampler", None)
+        if isinstance(sampler, NegativeSampler) and sampler.follows_loss:
+            sampler.observe_loss(mean_over_processes(loss.detach().float()))
 
     def epoch_diagnostics(self) -> dict[str, float]:
         """Method-specific numbers for the epoch record (e.g. k-means cluster usage), read once per epoch."""

@@ -146,6 +146,13 @@ class NegativeSampler(nn.Module):
     def negative_term(self, ctx: Contrast) -> NegativeTerm:
         raise NotImplementedError
 
+    # Whether the loop must report each optimizer step's loss (``observe_loss``: a host sync per step).
+    follows_loss = False
+
+    def observe_loss(self, loss: float) -> None:
+        """After each optimizer step, when ``follows_loss``: the step's loss (over the global batch), for a
+        schedule that follows it (the ring's ``anneal=adaptive_loss``)."""
+
 
 def class_name(obj: object) -> str:
     """``module.Class`` of ``obj``: how a config's ``_target_`` names it."""

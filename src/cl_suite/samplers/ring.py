@@ -33,7 +33,13 @@ Ball variant takes its neighbours from the ball with a separate fraction, which 
 
 The outer fraction can be annealed from 1 (every candidate) down to u, as the code's threshold policies
 do, indexed by the optimizer step s with A = int(anneal_epochs * steps_per_epoch) annealing steps
-(``anneal_outer_fraction``); the inner fraction stays constant, as in the code.
+(``anneal_outer_fraction``); the inner fraction stays constant, as in the code. ``anneal=adaptive_loss`` is
+the code's ``adaptive_anneal_on_loss`` policy instead (``adapt_outer_fraction``): u starts at 1 and after
+every optimizer step moves by 0.01 against the step's loss compared with the mean of the previous 10
+(a higher loss widens the ring, a lower one narrows it), within [u_final, 1]. It costs a host sync and,
+under DDP, an all-reduce of the loss per step, and its state (u and the last 10 losses) is checkpointed.
+The code's ``adaptive_anneal_on_acc`` (the same on the epoch's validation accuracy) is not offered: the
+suite has no per-epoch validation accuracy during pre-training.
 
 The rank window, the draws' mapping to ranks and the negative mass are ``ring_borders``,
 ``ring_selection`` and ``ring_log_mass`` of ``cl_suite.objectives``; this module holds the settings, the
@@ -43,6 +49,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 from cl_suite.errors import ConfigError, as_written
@@ -50,8 +57,30 @@ from cl_suite.objectives import (NEIGHBOR_AGGREGATES, ring_log_mass, ring_neighb
                                  ring_width)
 from cl_suite.samplers.base import Contrast, NegativeSampler, NegativeTerm, config_value
 
-ANNEAL_SCHEDULES = ("linear", "step", "exponential")
+ANNEAL_SCHEDULES = ("linear", "step", "exponential", "adaptive_loss")
 ANNEAL_START = 1.0  # the code's init_thres: annealing starts from the whole candidate pool
+# the code's AdaptiveThresholdPolicy for adaptive_anneal_on_loss: delta 0.01, window 10, lower is better
+ADAPTIVE_DELTA = 0.01
+ADAPTIVE_WINDOW = 10
+
+
+def adapt_outer_fraction(outer: float, previous_losses: list[float], loss: float, final: float,
+                         delta: float = ADAPTIVE_DELTA, window: int = ADAPTIVE_WINDOW) -> float:
+    """One step of the Ring code's ``adaptive_anneal_on_loss`` policy (its ``AdaptiveThresholdPolicy`` with
+    ``lower_is_better``): the outer fraction after a step whose loss is ``loss``, given the losses of
+    the steps before it. Against the mean of the last ``window`` of those (numpy's mean, as the code), a
+    higher loss widens the ring by ``delta`` ("make the problem easier"), a lower one narrows it, an
+    equal one leaves it; then it is clipped to [final, 1] (the code's floor is 0.1, its
+    ``min_thres``, whatever ``thres_outer`` says: the same at the default u = 0.1). The first step has
+    no previous loss (the code's mean of nothing is nan, and both comparisons are false): no move. The
+    same float operations as the code, so the integer borders are the code's."""
+    if previous_losses:
+        reference = float(np.mean(previous_losses[-window:]))
+        if loss > reference:
+            outer += delta
+        elif loss < reference:
+            outer -= delta
+    return min(ANNEAL_START, max(final, outer))
 
 
 def anneal_outer_fraction(schedule: str | None, final: float, step: int, anneal_steps: int,
@@ -98,7 +127,8 @@ class RingSampler(NegativeSampler):
     ``num_samples``: None = use every ring element once (MoCo-Ring); k = draw k ring elements uniformly
     with replacement per anchor (IR-Ring: 4,095), from torch's global generator (seeded and checkpointed).
     ``anneal``: None (constant) | ``linear`` | ``step`` | ``exponential`` over ``anneal_epochs`` epochs
-    (``anneal_step_size`` for ``step``, ``anneal_decay`` per step for ``exponential``).
+    (``anneal_step_size`` for ``step``, ``anneal_decay`` per step for ``exponential``) | ``adaptive_loss``
+    (the loss-driven policy: module docstring; the loop reports each step's loss, ``observe_loss``).
     ``neighbor_views``: the positive joined by the hole (module docstring), aggregated by
     ``neighbor_aggregate`` (``logsumexp``, what the code always runs, or ``mean``).
     """
@@ -147,6 +177,12 @@ class RingSampler(NegativeSampler):
         self.neighbor_views = neighbor_views
         self.neighbor_aggregate = neighbor_aggregate
         self._checked_counts = False
+        if anneal == "adaptive_loss":
+            # [u, number of losses kept, the last ADAPTIVE_WINDOW losses oldest first]: a buffer, so checkpoints
+            # restore the policy (only such rings have it: other checkpoints keep their keys)
+            state = torch.zeros(2 + ADAPTIVE_WINDOW, dtype=torch.float64)
+            state[0] = ANNEAL_START
+            self.register_buffer("adaptive_state", state)
         if anneal is not None:
             _run_annealed_ring_eagerly()
 
@@ -162,9 +198,26 @@ class RingSampler(NegativeSampler):
                               ".. floor(u m) - 1): raise the outer fraction, lower the inner one or use more "
                               "candidates")
 
+    @property
+    def follows_loss(self) -> bool:
+        """Whether the loop must report each step's loss (``observe_loss``): the adaptive policy."""
+        return self.anneal == "adaptive_loss"
+
+    def observe_loss(self, loss: float) -> None:
+        """After an optimizer step: move the adaptive outer fraction by the step's (global batch) loss."""
+        state = self.adaptive_state.tolist()
+        kept = int(state[1])
+        previous = state[2:2 + kept]
+        outer = adapt_outer_fraction(state[0], previous, float(loss), self.outer_fraction)
+        recent = (previous + [float(loss)])[-ADAPTIVE_WINDOW:]
+        new = [outer, len(recent), *recent] + [0.0] * (ADAPTIVE_WINDOW - len(recent))
+        self.adaptive_state.copy_(torch.tensor(new, dtype=torch.float64))
+
     def current_outer_fraction(self) -> float:
         if self.anneal is None:  # not reading the step keeps torch.compile from guarding on it
             return self.outer_fraction
+        if self.anneal == "adaptive_loss":
+            return float(self.adaptive_state[0])
         anneal_steps = int(self.anneal_epochs * self.steps_per_epoch)
         return anneal_outer_fraction(self.anneal, self.outer_fraction, self.step, anneal_steps,
                                      self.anneal_step_size, self.anneal_decay)
