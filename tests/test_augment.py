@@ -402,6 +402,20 @@ def test_eval_transform_identity_and_centre_crop():
     torch.testing.assert_close(out, normalize(ref, CIFAR_MEAN, CIFAR_STD), atol=1e-5, rtol=0)
 
 
+def test_second_images_are_the_second_views_source_with_the_same_random_draws():
+    """Oracle positives (trainer.positive_pairs=same_class): view 2 is augmented from ``second_images`` with
+    exactly the draws view 2 would have had, and view 1 is unchanged."""
+    cfg = AugmentConfig.from_dict({"blur": {"p": [1.0, 0.1]}, "solarize": {"p": [0.0, 0.2]}}, CIFAR_MEAN, CIFAR_STD)
+    images = torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8)
+    others = torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8)
+    aug = TwoViewAugment(cfg)
+    v1, v2 = aug(images, torch.Generator().manual_seed(4), others)
+    assert torch.equal(v1, aug(images, torch.Generator().manual_seed(4))[0])
+    assert torch.equal(v2, aug(others, torch.Generator().manual_seed(4))[1])
+    with pytest.raises(ValueError, match="second_images must match images"):
+        aug(images, torch.Generator(), others[:3])
+
+
 # ------------------------------------------------------------------------------------------------
 # Config
 # ------------------------------------------------------------------------------------------------

@@ -186,6 +186,7 @@ def test_recipe_trains_two_steps_on_the_digits_stand_in(name, tmp_path):
       "evaluation.batch_size=64", "evaluation.embedding_snapshot=0", "+dataset.num_workers=4"], None),  # the same
     (["probe.lr=0.5"], "probe.lr=0.5"),  # the solo_* recipes publish the online probe's number
     (["trainer.overfit_batches=2"], "trainer.overfit_batches=2"),
+    (["trainer.positive_pairs=same_class"], "trainer.positive_pairs=same_class"),  # oracle positives
     (["trainer.epochs=10"], "trainer.epochs=10"),
     (["trainer.batch_size=128"], "trainer.batch_size=128"),
     (["trainer.max_steps=100"], "trainer.max_steps=100"),  # a run cut short is not the recipe's length

@@ -80,6 +80,8 @@ def test_resume_mid_epoch_equals_uninterrupted_run(tmp_path, method):
     ["method=ring_symmetric", "sampler.anneal=linear", "sampler.anneal_epochs=2"],  # the annealed ring
     ["method=ir_ring"],  # the ring's draws with replacement over the whole bank
     ["method=moco_ring", "sampler.anneal=adaptive_loss", "sampler.outer_fraction=0.3"],  # u and the last losses
+    ["method=moco_ring", "sampler.anneal=adaptive_accuracy", "sampler.outer_fraction=0.3",
+     "trainer.eval_every_epochs=1"],  # u and the last accuracies
     ["method=supervised"],
 ], ids=lambda overrides: "-".join(o.split("=", 1)[1] for o in overrides)[:40])
 def test_every_kind_of_method_state_resumes_mid_epoch_as_the_uninterrupted_run(tmp_path, overrides):

@@ -38,7 +38,8 @@ def override_values(overrides: list[str]) -> dict[str, Any]:
 # solo_* recipes publish the online probe's number; study.sh sets published=null for its grids instead).
 # Where the data lies and how it is read do not count.
 SETTING_GROUPS = ("dataset", "backbone", "method", "sampler", "optimizer", "scheduler", "evaluation", "debug")
-SETTING_KEYS = ("trainer.epochs", "trainer.batch_size", "trainer.max_steps", "trainer.overfit_batches")
+SETTING_KEYS = ("trainer.epochs", "trainer.batch_size", "trainer.max_steps", "trainer.overfit_batches",
+                "trainer.positive_pairs")
 SETTING_PREFIXES = ("dataset.", "backbone.", "method.", "sampler.", "optimizer.", "scheduler.",
                     "evaluation.knn.", "evaluation.linear.", "probe.")
 DATA_LOCATION_KEYS = ("dataset.root", "dataset.download", "dataset.verify_integrity", "dataset.cache",

@@ -651,15 +651,22 @@ class TwoViewAugment:
 
     ``view1, view2 = TwoViewAugment(config)(images, generator)``; ``generator`` must live on the
     images' device. Both views are processed as one batch of 2N (half the kernel launches); per-view
-    probabilities (blur, solarize) are applied per half.
+    probabilities (blur, solarize) are applied per half. ``second_images`` (same shape): the second
+    view is augmented from these instead (oracle positives: another image of the same class).
     """
 
     def __init__(self, config: AugmentConfig) -> None:
         self.config = config
 
-    def __call__(self, images: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, images: torch.Tensor, generator: torch.Generator,
+                 second_images: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         cfg = self.config
         _check_images(images, cfg)
+        if second_images is not None and (second_images.shape != images.shape or second_images.dtype != images.dtype
+                                          or second_images.device != images.device):
+            raise ValueError(f"second_images must match images: got {second_images.dtype} "
+                             f"{tuple(second_images.shape)} on {second_images.device}, images are {images.dtype} "
+                             f"{tuple(images.shape)} on {images.device}")
         if torch.device(generator.device).type != images.device.type:
             raise ValueError(
                 f"generator is on {generator.device} but the images are on {images.device}; "
@@ -668,7 +675,8 @@ class TwoViewAugment:
         n = images.shape[0]
         # Autocast off: under bf16/fp16 autocast the resize matmuls would lose a grey level or more.
         with torch.autocast(device_type=images.device.type, enabled=False):
-            x = images.repeat(2, 1, 1, 1).to(torch.float32).div_(255.0)
+            pair = images.repeat(2, 1, 1, 1) if second_images is None else torch.cat([images, second_images])
+            x = pair.to(torch.float32).div_(255.0)
             out = self._augment(x, generator, n)
         return out[:n], out[n:]
 

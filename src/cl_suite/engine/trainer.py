@@ -312,7 +312,7 @@ class Trainer:
         self.augment = TwoViewAugment(self.aug_cfg)
         self.batches = TrainBatches(self.data.pretrain, t.batch_size, device, cfg.seed, self.rank, self.world,
                                     num_workers=t.num_workers, data_on_device=t.data_on_device,
-                                    overfit_batches=t.overfit_batches)
+                                    overfit_batches=t.overfit_batches, positive_pairs=t.positive_pairs)
         self.steps_per_epoch = len(self.batches)
         self.schedule_steps = t.epochs * self.steps_per_epoch
         self.stop_step = stop_step(t.epochs, t.max_steps, self.steps_per_epoch)
@@ -403,6 +403,7 @@ class Trainer:
             improved = False
             if finished_epoch and not last and t.eval_every_epochs and (epoch + 1) % t.eval_every_epochs == 0:
                 record.update(self.evaluate(with_linear=False))
+                self.method.observe_accuracy(record["knn/top1"])  # a no-op unless a schedule follows it
                 improved = self._improves_best(record)
             self.history["epochs"].append(record)
             self.logger.log(record, step=self.step)
@@ -538,7 +539,7 @@ class Trainer:
 
     def train_step(self, batch, generator: torch.Generator):
         t = self.cfg.trainer
-        views = self.augment(batch.images, generator)
+        views = self.augment(batch.images, generator, batch.pair_images)
         if self.channels_last:
             views = tuple(v.contiguous(memory_format=torch.channels_last) for v in views)
         with autocast(t.precision, self.device):

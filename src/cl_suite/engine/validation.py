@@ -27,6 +27,7 @@ import torch
 from hydra.utils import get_class, get_object
 from omegaconf import DictConfig, OmegaConf
 
+from cl_suite.data.loader import POSITIVE_PAIRS
 from cl_suite.engine.config_arguments import ArgumentError, check_group_arguments, value_fits
 from cl_suite.engine.logger import LOGGER_ARGUMENTS, check_logger_config
 from cl_suite.engine.numerics import MODES as NONFINITE_MODES
@@ -273,6 +274,7 @@ def _check_trainer(cfg: DictConfig) -> None:
         raise ConfigError(f"trainer.channels_last={as_written(t.channels_last)} is not allowed: expected auto, true "
                           "or false")
     _choice(t, "trainer.compile_mode", COMPILE_MODES)
+    _choice(t, "trainer.positive_pairs", POSITIVE_PAIRS)
     if t.compile_mode != "default" and not t.compile:
         raise ConfigError(f"trainer.compile_mode={t.compile_mode} has no effect with trainer.compile=false (nothing is "
                           "compiled): add trainer.compile=true, or leave compile_mode at default")
@@ -435,9 +437,13 @@ def _check_sampler_values(cfg: DictConfig) -> None:
     from cl_suite.engine.build import instantiate_unwrapped
 
     try:
-        instantiate_unwrapped(cfg.sampler, _convert_="all")
+        sampler = instantiate_unwrapped(cfg.sampler, _convert_="all")
     except ValueError as err:
         raise ConfigError(str(err)) from None
+    if getattr(sampler, "follows_accuracy", False) and not cfg.trainer.eval_every_epochs:
+        raise ConfigError(f"sampler.anneal={as_written(cfg.sampler.get('anneal'))} follows the kNN accuracy of the "
+                          "evaluations during training, but trainer.eval_every_epochs=0 runs none: set "
+                          "trainer.eval_every_epochs=1 (the Ring code validates every epoch)")
 
 
 def _check_method_sizes(m: DictConfig) -> None:
@@ -495,6 +501,7 @@ def _check_method_and_sampler_classes(cfg: DictConfig) -> None:
     ``candidates_per_anchor`` / ``check_candidates``, the loop its ``forward`` and ``negative_term``): one that
     is no subclass, or a sampler without ``negative_term``, would fail later with an AttributeError or a
     bare NotImplementedError."""
+    from cl_suite.methods import SimCLR
     from cl_suite.methods.base import ContrastiveMethod
     from cl_suite.samplers.base import NegativeSampler
 
@@ -504,6 +511,11 @@ def _check_method_and_sampler_classes(cfg: DictConfig) -> None:
         if not (isinstance(classes[group], type) and issubclass(classes[group], base)):
             raise ConfigError(f"{group}._target_={cfg[group]._target_!r} is not a subclass of "
                               f"{base.__module__}.{base.__name__}: a {group} of your own must subclass it")
+    if cfg.trainer.positive_pairs == "same_class" and not issubclass(classes["method"], SimCLR):
+        raise ConfigError(f"trainer.positive_pairs=same_class is not allowed with method._target_="
+                          f"{cfg.method._target_!r}: the second view from another image of the class is offered for "
+                          "the SimCLR family (simclr, dcl, hcl, ring, ...: in-batch pairs and nothing keyed on "
+                          "the image index), as HCL's cifar100_true_label")
     if classes["sampler"].negative_term is NegativeSampler.negative_term:
         raise ConfigError(f"sampler._target_={cfg.sampler._target_!r} does not implement negative_term(ctx): a "
                           "sampler returns its negative term, a NegativeTerm with one log N_a per anchor")

@@ -115,6 +115,16 @@ class ContrastiveMethod(nn.Module):
         if isinstance(sampler, NegativeSampler) and sampler.follows_loss:
             sampler.observe_loss(mean_over_processes(loss.detach().float()))
 
+    def observe_accuracy(self, accuracy: float) -> None:
+        """Called by the loop after each evaluation during training with its kNN top-1 (%): handed to a
+        sampler that follows it (``NegativeSampler.follows_accuracy``: the ring's
+        ``anneal=adaptive_accuracy``), averaged over the processes, which evaluate the same weights on
+        the same data, so that a last-bit difference between devices cannot split their rings."""
+        sampler = getattr(self, "sampler", None)
+        if isinstance(sampler, NegativeSampler) and sampler.follows_accuracy:
+            value = torch.tensor(float(accuracy), dtype=torch.float64, device=next(self.parameters()).device)
+            sampler.observe_accuracy(mean_over_processes(value))
+
     def epoch_diagnostics(self) -> dict[str, float]:
         """Method-specific numbers for the epoch record (e.g. k-means cluster usage), read once per epoch."""
         return {}

@@ -153,6 +153,13 @@ class NegativeSampler(nn.Module):
         """After each optimizer step, when ``follows_loss``: the step's loss (over the global batch), for a
         schedule that follows it (the ring's ``anneal=adaptive_loss``)."""
 
+    # Whether the loop must report each evaluation's kNN top-1 during training (``observe_accuracy``).
+    follows_accuracy = False
+
+    def observe_accuracy(self, accuracy: float) -> None:
+        """After each evaluation during training, when ``follows_accuracy``: its kNN top-1 (%), for a
+        schedule that follows it (the ring's ``anneal=adaptive_accuracy``)."""
+
 
 def class_name(obj: object) -> str:
     """``module.Class`` of ``obj``: how a config's ``_target_`` names it."""

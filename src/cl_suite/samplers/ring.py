@@ -33,13 +33,17 @@ Ball variant takes its neighbours from the ball with a separate fraction, which 
 
 The outer fraction can be annealed from 1 (every candidate) down to u, as the code's threshold policies
 do, indexed by the optimizer step s with A = int(anneal_epochs * steps_per_epoch) annealing steps
-(``anneal_outer_fraction``); the inner fraction stays constant, as in the code. ``anneal=adaptive_loss`` is
-the code's ``adaptive_anneal_on_loss`` policy instead (``adapt_outer_fraction``): u starts at 1 and after
-every optimizer step moves by 0.01 against the step's loss compared with the mean of the previous 10
-(a higher loss widens the ring, a lower one narrows it), within [u_final, 1]. It costs a host sync and,
-under DDP, an all-reduce of the loss per step, and its state (u and the last 10 losses) is checkpointed.
-The code's ``adaptive_anneal_on_acc`` (the same on the epoch's validation accuracy) is not offered: the
-suite has no per-epoch validation accuracy during pre-training.
+(``anneal_outer_fraction``); the inner fraction stays constant, as in the code. The code's two adaptive
+policies move u instead by a metric (``adapt_outer_fraction``), starting from 1, within [u_final, 1]:
+
+* ``anneal=adaptive_loss`` (``adaptive_anneal_on_loss``): after every optimizer step, 0.01 wider when the
+  step's loss is above the mean of the previous 10 losses, 0.01 narrower when below (a host sync and,
+  under DDP, an all-reduce of the loss per step);
+* ``anneal=adaptive_accuracy`` (``adaptive_anneal_on_acc``): after every evaluation during training (the
+  kNN monitor's top-1, every ``trainer.eval_every_epochs``; the code validates every epoch), 0.05
+  narrower when the accuracy is above the mean of the previous 5, 0.05 wider when below.
+
+Their state (u and the last losses or accuracies) is a buffer: checkpoints restore it.
 
 The rank window, the draws' mapping to ranks and the negative mass are ``ring_borders``,
 ``ring_selection`` and ``ring_log_mass`` of ``cl_suite.objectives``; this module holds the settings, the
@@ -57,28 +61,29 @@ from cl_suite.objectives import (NEIGHBOR_AGGREGATES, ring_log_mass, ring_neighb
                                  ring_width)
 from cl_suite.samplers.base import Contrast, NegativeSampler, NegativeTerm, config_value
 
-ANNEAL_SCHEDULES = ("linear", "step", "exponential", "adaptive_loss")
+ANNEAL_SCHEDULES = ("linear", "step", "exponential", "adaptive_loss", "adaptive_accuracy")
 ANNEAL_START = 1.0  # the code's init_thres: annealing starts from the whole candidate pool
-# the code's AdaptiveThresholdPolicy for adaptive_anneal_on_loss: delta 0.01, window 10, lower is better
-ADAPTIVE_DELTA = 0.01
-ADAPTIVE_WINDOW = 10
+# The code's AdaptiveThresholdPolicy as its system builds it for each flag: (lower_is_better, delta, window).
+ADAPTIVE_POLICIES = {"adaptive_loss": (True, 0.01, 10), "adaptive_accuracy": (False, 0.05, 5)}
 
 
-def adapt_outer_fraction(outer: float, previous_losses: list[float], loss: float, final: float,
-                         delta: float = ADAPTIVE_DELTA, window: int = ADAPTIVE_WINDOW) -> float:
-    """One step of the Ring code's ``adaptive_anneal_on_loss`` policy (its ``AdaptiveThresholdPolicy`` with
-    ``lower_is_better``): the outer fraction after a step whose loss is ``loss``, given the losses of
-    the steps before it. Against the mean of the last ``window`` of those (numpy's mean, as the code), a
-    higher loss widens the ring by ``delta`` ("make the problem easier"), a lower one narrows it, an
-    equal one leaves it; then it is clipped to [final, 1] (the code's floor is 0.1, its
-    ``min_thres``, whatever ``thres_outer`` says: the same at the default u = 0.1). The first step has
-    no previous loss (the code's mean of nothing is nan, and both comparisons are false): no move. The
-    same float operations as the code, so the integer borders are the code's."""
-    if previous_losses:
-        reference = float(np.mean(previous_losses[-window:]))
-        if loss > reference:
+def adapt_outer_fraction(outer: float, previous: list[float], metric: float, final: float, delta: float,
+                         window: int, lower_is_better: bool) -> float:
+    """One update of the Ring code's ``AdaptiveThresholdPolicy``: the outer fraction after a new ``metric``,
+    given the metrics recorded before it. Against the mean of the last ``window`` of those (numpy's
+    mean, as the code), a worse metric (higher loss, lower accuracy) widens the ring by ``delta`` ("make
+    the problem easier"), a better one narrows it, an equal one leaves it; then it is clipped to
+    [final, 1] (the code's floor is 0.1, its ``min_thres``, whatever ``thres_outer`` says: the same at
+    the default u = 0.1). The first metric has nothing before it (the code's mean of nothing is nan,
+    and both comparisons are false): no move. The same float operations as the code, so the integer
+    borders are the code's."""
+    if previous:
+        reference = float(np.mean(previous[-window:]))
+        worse = metric > reference if lower_is_better else metric < reference
+        better = metric < reference if lower_is_better else metric > reference
+        if worse:
             outer += delta
-        elif loss < reference:
+        elif better:
             outer -= delta
     return min(ANNEAL_START, max(final, outer))
 
@@ -128,7 +133,8 @@ class RingSampler(NegativeSampler):
     with replacement per anchor (IR-Ring: 4,095), from torch's global generator (seeded and checkpointed).
     ``anneal``: None (constant) | ``linear`` | ``step`` | ``exponential`` over ``anneal_epochs`` epochs
     (``anneal_step_size`` for ``step``, ``anneal_decay`` per step for ``exponential``) | ``adaptive_loss``
-    (the loss-driven policy: module docstring; the loop reports each step's loss, ``observe_loss``).
+    | ``adaptive_accuracy`` (the metric-driven policies: module docstring; the loop reports each step's
+    loss, ``observe_loss``, or each evaluation's kNN top-1, ``observe_accuracy``).
     ``neighbor_views``: the positive joined by the hole (module docstring), aggregated by
     ``neighbor_aggregate`` (``logsumexp``, what the code always runs, or ``mean``).
     """
@@ -177,10 +183,10 @@ class RingSampler(NegativeSampler):
         self.neighbor_views = neighbor_views
         self.neighbor_aggregate = neighbor_aggregate
         self._checked_counts = False
-        if anneal == "adaptive_loss":
-            # [u, number of losses kept, the last ADAPTIVE_WINDOW losses oldest first]: a buffer, so checkpoints
+        if anneal in ADAPTIVE_POLICIES:
+            # [u, number of metrics kept, the last `window` metrics oldest first]: a buffer, so checkpoints
             # restore the policy (only such rings have it: other checkpoints keep their keys)
-            state = torch.zeros(2 + ADAPTIVE_WINDOW, dtype=torch.float64)
+            state = torch.zeros(2 + ADAPTIVE_POLICIES[anneal][2], dtype=torch.float64)
             state[0] = ANNEAL_START
             self.register_buffer("adaptive_state", state)
         if anneal is not None:
@@ -200,23 +206,37 @@ class RingSampler(NegativeSampler):
 
     @property
     def follows_loss(self) -> bool:
-        """Whether the loop must report each step's loss (``observe_loss``): the adaptive policy."""
+        """Whether the loop must report each step's loss (``observe_loss``)."""
         return self.anneal == "adaptive_loss"
 
+    @property
+    def follows_accuracy(self) -> bool:
+        """Whether the loop must report each evaluation's accuracy (``observe_accuracy``)."""
+        return self.anneal == "adaptive_accuracy"
+
     def observe_loss(self, loss: float) -> None:
-        """After an optimizer step: move the adaptive outer fraction by the step's (global batch) loss."""
+        """After an optimizer step: move the outer fraction by the step's (global batch) loss."""
+        if self.follows_loss:
+            self._adapt(float(loss))
+
+    def observe_accuracy(self, accuracy: float) -> None:
+        """After an evaluation during training: move the outer fraction by its accuracy."""
+        if self.follows_accuracy:
+            self._adapt(float(accuracy))
+
+    def _adapt(self, metric: float) -> None:
+        lower_is_better, delta, window = ADAPTIVE_POLICIES[self.anneal]
         state = self.adaptive_state.tolist()
-        kept = int(state[1])
-        previous = state[2:2 + kept]
-        outer = adapt_outer_fraction(state[0], previous, float(loss), self.outer_fraction)
-        recent = (previous + [float(loss)])[-ADAPTIVE_WINDOW:]
-        new = [outer, len(recent), *recent] + [0.0] * (ADAPTIVE_WINDOW - len(recent))
+        previous = state[2:2 + int(state[1])]
+        outer = adapt_outer_fraction(state[0], previous, metric, self.outer_fraction, delta, window, lower_is_better)
+        recent = (previous + [metric])[-window:]
+        new = [outer, len(recent), *recent] + [0.0] * (window - len(recent))
         self.adaptive_state.copy_(torch.tensor(new, dtype=torch.float64))
 
     def current_outer_fraction(self) -> float:
         if self.anneal is None:  # not reading the step keeps torch.compile from guarding on it
             return self.outer_fraction
-        if self.anneal == "adaptive_loss":
+        if self.anneal in ADAPTIVE_POLICIES:
             return float(self.adaptive_state[0])
         anneal_steps = int(self.anneal_epochs * self.steps_per_epoch)
         return anneal_outer_fraction(self.anneal, self.outer_fraction, self.step, anneal_steps,
