@@ -607,6 +607,17 @@ def test_adaptive_outer_fraction_stays_within_its_floor_and_one():
     assert accuracy.current_outer_fraction() == 0.3
 
 
+@pytest.mark.parametrize("position, value", [(0, 1.5), (0, 0.05), (0, float("nan")), (1, 2.5), (1, 11.0),
+                                             (3, float("inf"))])
+def test_a_corrupted_adaptive_state_is_refused_at_load(position, value):
+    state = RingSampler(0.1, 0.1, anneal="adaptive_loss").state_dict()
+    state["adaptive_state"][position] = value
+    target = RingSampler(0.1, 0.1, anneal="adaptive_loss")
+    with pytest.raises(RuntimeError, match=r"adaptive_state = .* is not a state of sampler.anneal=adaptive_loss"):
+        target.load_state_dict(state)
+    assert target.current_outer_fraction() == 1.0  # nothing of it was used
+
+
 def test_adaptive_accuracy_needs_evaluations_during_training():
     from cl_suite.engine.validation import validate_train_config
     from cl_suite.errors import ConfigError

@@ -224,6 +224,25 @@ class RingSampler(NegativeSampler):
         if self.follows_accuracy:
             self._adapt(float(accuracy))
 
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        """A checkpoint's adaptive state must be one this policy can have written (a checkpoint is untrusted
+        input): finite, u in [outer_fraction, 1], a whole count of at most the window's metrics."""
+        state = state_dict.get(prefix + "adaptive_state")
+        if self.anneal in ADAPTIVE_POLICIES and isinstance(state, torch.Tensor) and state.shape == (
+                self.adaptive_state.shape):
+            values = state.detach().double().cpu()
+            count = float(values[1])
+            window = ADAPTIVE_POLICIES[self.anneal][2]
+            if not (bool(torch.isfinite(values).all()) and self.outer_fraction <= float(values[0]) <= ANNEAL_START
+                    and count == int(count) and 0 <= count <= window):
+                error_msgs.append(f"{prefix}adaptive_state = {values.tolist()} is not a state of sampler.anneal="
+                                  f"{self.anneal} (expected finite values, u in [{self.outer_fraction}, 1] and a "
+                                  f"count of 0 .. {window} metrics)")
+                return
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+
     def _adapt(self, metric: float) -> None:
         lower_is_better, delta, window = ADAPTIVE_POLICIES[self.anneal]
         state = self.adaptive_state.tolist()
