@@ -1,6 +1,6 @@
 """How far the suite's Ring forms are from the authors' computations, on identical inputs.
 
-For MoCo-Ring (also with neighbour views), SimCLR-Ring and IR-Ring (and the IR-Ball) at several sizes, runs the suite's real code path
+For MoCo-Ring (also with neighbour views), SimCLR-Ring and its SimCLR baseline, and IR-Ring (and the IR-Ball) at several sizes, runs the suite's real code path
 (the RingSampler on a queue as MoCo calls it; SimCLR with ``form=ring_code``; InstanceRecognition over
 the whole bank with the same resampling draws) and the float64 transcriptions of the Ring code in
 tests/test_ring.py, and prints the relative loss difference and the largest gradient difference
@@ -22,7 +22,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from helpers import RawFeatures, simclr_on_raw_embeddings  # noqa: E402
 from test_ring import (authors_ir_ring, authors_moco_ring, authors_moco_ring_neighbor_views,  # noqa: E402
-                       authors_simclr_ring, unit)
+                       authors_simclr, authors_simclr_ring, unit)
 
 from cl_suite.methods import InstanceRecognition  # noqa: E402
 from cl_suite.samplers import Contrast, RingSampler  # noqa: E402
@@ -63,6 +63,18 @@ def simclr_ring(batch: int, u: float, l: float) -> tuple[float, float]:
     out = method((a, b), labels=torch.zeros(batch, dtype=torch.long))
     c, d = x1.double().requires_grad_(), x2.double().requires_grad_()
     ref = authors_simclr_ring(c, d, T, u, l)
+    return differences(out.loss, torch.autograd.grad(out.loss, (a, b)), ref, torch.autograd.grad(ref, (c, d)))
+
+
+def simclr_baseline(batch: int) -> tuple[float, float]:
+    """The code's SimCLR (``method=ring_baseline``: form ring_code_simclr, uniform sampler)."""
+    x1, x2 = torch.randn(batch, 128), torch.randn(batch, 128)
+    method = simclr_on_raw_embeddings(128, T)
+    method.form = "ring_code_simclr"
+    a, b = x1.clone().requires_grad_(), x2.clone().requires_grad_()
+    out = method((a, b), labels=torch.zeros(batch, dtype=torch.long))
+    c, d = x1.double().requires_grad_(), x2.double().requires_grad_()
+    ref = authors_simclr(c, d, T)
     return differences(out.loss, torch.autograd.grad(out.loss, (a, b)), ref, torch.autograd.grad(ref, (c, d)))
 
 
@@ -112,6 +124,8 @@ def main() -> None:
               % moco_ring_neighbor_views(16, 65536, 0.1, 0.1, aggregate))
     for b, u, l in [(13, 0.5, 0.1), (64, 0.5, 0.1), (256, 0.5, 0.1), (20, 0.37, 0.23)]:
         print(f"| SimCLR-Ring | B={b} (2B={2 * b}), u={u}, l={l} | %.1e | %.1e |" % simclr_ring(b, u, l))
+    for b in (128, 256):
+        print(f"| SimCLR (the code's baseline) | B={b} (2B={2 * b}) | %.1e | %.1e |" % simclr_baseline(b))
     for b, n, u, l, k in [(8, 333, 0.25, 0.15, 40), (8, 5000, 0.1, 0.1, 4095), (4, 50000, 0.1, 0.1, 4095),
                           (4, 50000, 0.1, 0.0, 4095)]:
         name = "IR-Ball" if l == 0 else "IR-Ring"
