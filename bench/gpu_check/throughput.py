@@ -185,7 +185,7 @@ def peers(trainer: Trainer, args) -> tuple[list[list[object]], float]:
     alone = steps * args.batch / (time.perf_counter() - start)
 
     real_augment, gen = trainer.augment, torch.Generator(device=device).manual_seed(0)
-    trainer.augment = lambda images, generator: images  # the loader's views go straight to the step
+    trainer.augment = lambda images, generator, pair_images=None: images  # the loader's views go straight to the step
     try:
         def fed_step() -> None:
             v1, v2, labels, idx = next(it)

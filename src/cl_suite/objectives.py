@@ -282,7 +282,8 @@ def ring_neighbor_positive_logit(pos_sim: torch.Tensor, cand_sim: torch.Tensor, 
     if aggregate == "mean":
         total = positive + torch.where(in_hole, logits, torch.zeros_like(logits)).sum(dim=1)
         return total / (1 + selection.inner).to(total.dtype)
-    raise ValueError(f"aggregate={as_written(aggregate)} is not allowed: expected one of {', '.join(NEIGHBOR_AGGREGATES)}")
+    raise ValueError(f"aggregate={as_written(aggregate)} is not allowed: expected one of "
+                     f"{', '.join(NEIGHBOR_AGGREGATES)}")
 
 
 def infonce_with_positive_logit(pos_sim: torch.Tensor, log_neg_mass: torch.Tensor, positive_logit: torch.Tensor,
