@@ -23,7 +23,7 @@ from helpers import CONF, ROOT, compose_train, group_options, run_cli
 RECIPES = group_options("experiment")
 PINNED_GROUPS = ("dataset", "backbone", "method", "optimizer", "scheduler", "evaluation")
 UNIFORM = "cl_suite.samplers.UniformSampler"
-STUDIES = ("tau_plus.sh", "hcl_beta.sh", "ring_fractions.sh", "mochi.sh", "temperature.sh")
+STUDIES = ("tau_plus.sh", "hcl_beta.sh", "ring_fractions.sh", "mochi.sh", "temperature.sh", "ring_anneal.sh")
 
 
 def recipe_text(name: str) -> str:
