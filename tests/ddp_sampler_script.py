@@ -12,7 +12,7 @@ sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from helpers import simclr_on_raw_embeddings  # noqa: E402
 
 from cl_suite.distributed import cleanup_distributed, gather_no_grad, get_rank, get_world_size  # noqa: E402
-from cl_suite.distributed import init_distributed  # noqa: E402
+from cl_suite.distributed import init_distributed, mean_over_processes  # noqa: E402
 from cl_suite.samplers import DebiasedSampler, HardSampler, MixingSampler, RingSampler, UniformSampler  # noqa: E402
 
 SAMPLERS = {
@@ -47,6 +47,8 @@ def main(out_path: str) -> None:
             "loss": gather_no_grad(out.loss.detach().view(1)).mean(),
             "grad": gather_no_grad(torch.cat([a.grad, b.grad], dim=1)) / world,
             "false_negative_rate": gather_no_grad(out.stats["negatives/false_negative_rate"].view(1)).mean(),
+            # what a schedule that follows the loss is told (the ring's adaptive_loss): the global batch's loss
+            "mean_over_processes": torch.tensor(mean_over_processes(out.loss.detach())),
         }
     # MoCHi over a queue-like pool shared by all processes, anchors rank-major as in MoCo: the random
     # mixing draws too must be those of the 1-process run.
@@ -60,7 +62,8 @@ def main(out_path: str) -> None:
     results["mixing_queue"] = {"loss": gather_no_grad(out.loss.detach().view(1)).mean(),
                                "grad": gather_no_grad(torch.cat([a.grad, b.grad], dim=1)) / world,
                                "false_negative_rate": gather_no_grad(
-                                   out.stats["negatives/false_negative_rate"].view(1)).mean()}
+                                   out.stats["negatives/false_negative_rate"].view(1)).mean(),
+                               "mean_over_processes": torch.tensor(mean_over_processes(out.loss.detach()))}
     if rank == 0:
         torch.save(results, out_path)
     cleanup_distributed(wait_for_all=True)  # rank 0 has written its file before any process exits

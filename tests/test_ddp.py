@@ -39,12 +39,13 @@ def one_and_two_processes(script_name, tmp_path):
 def test_every_sampler_on_two_processes_equals_one_process(tmp_path):
     """Loss and input gradients of uniform, DCL, HCL and ring with all-gathered candidates (and the ring in
     SimCLR's ``ring_code`` form, view-1 anchors only), and of MoCHi
-    over a shared queue (its random mixing draws included): 2 processes x B/2 against 1 x B (the
-    1-process numbers are checked against the papers' equations elsewhere)."""
+    over a shared queue (its random mixing draws included), and the loss a schedule that follows it is told
+    (``mean_over_processes``: the global batch's): 2 processes x B/2 against 1 x B (the 1-process numbers
+    are checked against the papers' equations elsewhere)."""
     one, two = one_and_two_processes("ddp_sampler_script.py", tmp_path)
     assert set(one) == {"uniform", "debiased", "hard", "ring", "ring_code", "ring_code_simclr", "mixing_queue"}
     for name in one:
-        for key in ("loss", "grad", "false_negative_rate"):
+        for key in ("loss", "grad", "false_negative_rate", "mean_over_processes"):
             torch.testing.assert_close(two[name][key], one[name][key], rtol=1e-5, atol=1e-7, msg=f"{name} {key}")
 
 
