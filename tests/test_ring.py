@@ -302,6 +302,37 @@ def test_ir_ring_neighbor_views_equal_the_authors_estimator(batch, bank_size, u,
     torch.testing.assert_close(g.double(), h, rtol=1e-4, atol=1e-6)
 
 
+def authors_simclr_ring_neighbor_views(out1, out2, t, u, l, aggregate):
+    """SimCLRRing.get_loss (initial commit) with neighbor_views=True: the hole of the 2B ranked similarities
+    (the anchor's self-similarity, 1/t, first among them) joins the positive."""
+    z1, z2 = unit(out1), unit(out2)
+    pos = (z1 * z2).sum(dim=1) / t
+    sorted_dps, _ = torch.sort(z1 @ torch.cat([z1, z2]).T / t, dim=1, descending=True)
+    outer_dps = sorted_dps[:, :int(u * sorted_dps.shape[1])]
+    inner_idx = int(l * outer_dps.shape[1])
+    ring = torch.cat([pos[:, None], outer_dps[:, inner_idx:]], dim=1)
+    return -(authors_neighbor_positive(pos, sorted_dps, inner_idx, aggregate) - torch.logsumexp(ring, dim=1)).mean()
+
+
+@pytest.mark.parametrize("aggregate", ["logsumexp", "mean"])
+@pytest.mark.parametrize("batch, u, l", [(13, 0.5, 0.1), (20, 0.37, 0.23)])
+def test_simclr_ring_neighbor_views_equal_the_authors_loss(batch, u, l, aggregate):
+    torch.manual_seed(batch + 7)
+    x1, x2 = torch.randn(batch, 12), torch.randn(batch, 12)
+    method = simclr_on_raw_embeddings(12, T)
+    method.form = "ring_code"
+    method.sampler = RingSampler(u, l, neighbor_views=True, neighbor_aggregate=aggregate)
+    a, b = x1.clone().requires_grad_(), x2.clone().requires_grad_()
+    out = method((a, b), labels=torch.zeros(batch, dtype=torch.long))
+    ga, gb = torch.autograd.grad(out.loss, (a, b))
+    c, d = x1.double().requires_grad_(), x2.double().requires_grad_()
+    ref = authors_simclr_ring_neighbor_views(c, d, T, u, l, aggregate)
+    ha, hb = torch.autograd.grad(ref, (c, d))
+    assert math.isclose(out.loss.item(), ref.item(), rel_tol=1e-5, abs_tol=1e-6)
+    torch.testing.assert_close(ga.double(), ha, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(gb.double(), hb, rtol=1e-4, atol=1e-6)
+
+
 @pytest.mark.parametrize("aggregate", ["logsumexp", "mean"])
 def test_neighbor_views_with_a_mask_equal_a_slow_loop_over_anchors(aggregate):
     """Anchors with different candidate counts (a mask): each anchor's own hole, I = int(l int(u m_a)),
