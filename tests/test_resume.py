@@ -107,6 +107,7 @@ def copied_run(finished_run, run_dir):
     ("method=dcl", "sampler._target_: checkpoint 'cl_suite.samplers.UniformSampler', this run "
                    "'cl_suite.samplers.DebiasedSampler'"),
     ("method.temperature=0.1", "method.temperature: checkpoint 0.5, this run 0.1"),
+    ("trainer.positive_pairs=same_class", "trainer.positive_pairs: checkpoint 'same_image', this run 'same_class'"),
 ])
 def test_a_reused_run_folder_with_another_objective_is_refused_under_resume_auto(finished_run, tmp_path, override,
                                                                                   named):
@@ -198,7 +199,7 @@ def test_a_checkpoint_written_before_newer_settings_existed_resumes_without_fals
     current = OmegaConf.to_container(compose_train(RUN + ["optimizer=lars"]), resolve=True)
     saved = json.loads(json.dumps(current))
     for group, key in [("optimizer", "clip_lr"), ("optimizer", "trust_denominator"), ("scheduler", "warmup_prefix"),
-                       ("probe", "optimizer"), ("probe", "schedule")]:
+                       ("probe", "optimizer"), ("probe", "schedule"), ("trainer", "positive_pairs")]:
         del saved[group][key]
     assert ckpt.continuation_differences(saved, current)  # without the defaults: false "changes"
     assert ckpt.continuation_differences(ckpt.with_added_defaults(saved, current), current) == []

@@ -374,11 +374,11 @@ _MODEL_KEYS = ("method._target_", "backbone", "dataset.name", "optimizer._target
 # Keys whose change loads fine but breaks an exact continuation (data order, schedule, step <-> epoch).
 # (trainer.max_steps is not one: it stops a run early without changing its schedule, so a run split into
 # max_steps pieces continues exactly.)
-_CONTINUATION_KEYS = ("seed", "trainer.batch_size", "trainer.epochs", "dataset", "optimizer", "scheduler", "method",
-                      "sampler", "probe")
+_CONTINUATION_KEYS = ("seed", "trainer.batch_size", "trainer.epochs", "trainer.positive_pairs", "dataset", "optimizer",
+                      "scheduler", "method", "sampler", "probe")
 # Keys that say which objective a run trains: with resume=auto (the run folder's own checkpoint) a change
 # means the folder is being reused by another configuration, not continued.
-_OBJECTIVE_KEYS = ("method", "sampler")
+_OBJECTIVE_KEYS = ("method", "sampler", "trainer.positive_pairs")
 
 
 # Settings added after checkpoints were first written, with the value those checkpoints were trained with:
@@ -388,6 +388,7 @@ _ADDED_DEFAULTS = (
     ("optimizer", "LARS", {"clip_lr": False, "trust_denominator": "update_norm"}),
     ("scheduler", "warmup_cosine", {"warmup_prefix": True}),
     ("method", "MoCo", {"queue_per_view": False}),
+    ("trainer", None, {"positive_pairs": "same_image"}),
 )
 
 
