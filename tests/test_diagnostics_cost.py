@@ -144,7 +144,8 @@ def test_a_real_run_records_diagnostics_on_its_log_steps_and_epoch_ends(tmp_path
     assert len(calls) == len(recorded)  # simclr: one sampler call per step, diagnostics only when recorded
     for record in records:
         for key in ("diag/sim/positive_mean", "diag/sim/negative_mean", "diag/negatives/effective",
-                    "diag/negatives/effective_fraction", "diag/negatives/false_negative_rate"):
+                    "diag/negatives/effective_fraction", "diag/negatives/false_negative_rate",
+                    "diag/instance/top1", "diag/instance/top5"):
             assert math.isfinite(record[key]), key
         assert sum(record["diag/hist/negative"]["counts"]) > 0
     # epoch 1 recorded 6 steps (4 .. 22), epoch 2 three (24, 28, 30): one histogram of 2B = 128 positives each

@@ -395,6 +395,25 @@ def test_hcl_weights_are_normalised_by_their_mean_not_their_sum():
     assert out.stats["negatives/effective"].item() == pytest.approx(50.0, rel=1e-5)
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_instance_accuracy_is_the_positives_rank_among_the_unmasked_candidates(seed):
+    """instance/top1 and top5: per anchor, count the unmasked candidates more similar than its positive
+    (a slow loop); top-1 when none is, top-5 when at most four are; the same for every sampler."""
+    anchors, positives, candidates, mask = ragged_batch(seed, n_anchors=8, n_candidates=30)  # 30 .. 9 candidates
+    positives = F.normalize(anchors + (seed + 1) * 0.4 * torch.randn_like(anchors), dim=1)  # some win, some lose
+    ranks = []
+    for a in range(8):
+        p = float(anchors[a] @ positives[a])
+        ranks.append(sum(1 for j in range(30) if mask[a, j] and float(anchors[a] @ candidates[j]) > p))
+    top1 = 100 * sum(r == 0 for r in ranks) / 8
+    top5 = 100 * sum(r < 5 for r in ranks) / 8
+    for sampler in (UniformSampler(), HardSampler(beta=1.0, tau_plus=0.1), RingSampler(0.5, 0.1)):
+        stats = sampler(anchors, positives, candidates, mask, T).stats
+        assert stats["instance/top1"].item() == pytest.approx(top1) and stats["instance/top5"].item() == pytest.approx(top5)
+    assert 0 < top5 and top1 < 100  # the case is not trivial
+    assert "instance/top1" not in UniformSampler()(anchors, positives, candidates, mask, T, rank_positive=False).stats
+
+
 @pytest.mark.parametrize("beta", [0.5, 2.0])
 def test_hcl_effective_negatives_are_the_ess_of_its_importance_weights_per_anchor(beta):
     # negatives/effective = mean over anchors of (sum w)^2 / sum w^2, w_j = exp(beta s_j / t) over the

@@ -92,7 +92,8 @@ class SimCLR(ContrastiveMethod):
                 mask = in_batch_negatives(b, candidates.shape[0], get_rank() * 2 * b + b, (0,), z.device)
             out = self.sampler(anchors=z[:b], positives=z[b:], candidates=candidates, candidate_mask=mask,
                                temperature=self.temperature, anchor_labels=labels,
-                               candidate_labels=gather_no_grad(view_labels))
+                               candidate_labels=gather_no_grad(view_labels),
+                               rank_positive=False)  # the anchor itself is a candidate here
             return MethodOutput(loss=out.loss, features=h.detach(), feature_labels=view_labels, stats=out.stats)
         out = two_view_contrast(z, self.sampler, self.temperature, labels)  # NT-Xent's layout (cl_suite.losses)
         return MethodOutput(loss=out.loss, features=h.detach(), feature_labels=labels.repeat(2), stats=out.stats)

@@ -50,6 +50,9 @@ class Contrast:
     # False on the steps that record no diagnostics: a sampler then skips what only the diagnostics read
     # (``NegativeTerm.weights``, ``extra_stats``); the loss must not depend on it.
     with_diagnostics: bool = True
+    # Whether the diagnostics rank the positive among the candidates (``instance/top1``, ``top5``): False
+    # where the anchor itself is a candidate (the Ring code's SimCLR forms), which would always outrank it.
+    rank_positive: bool = True
 
 
 @dataclass
@@ -122,6 +125,7 @@ class NegativeSampler(nn.Module):
         temperature: float,
         anchor_labels: torch.Tensor | None = None,  # (A,) class labels (-1 unknown), diagnostics only
         candidate_labels: torch.Tensor | None = None,  # (M,)
+        rank_positive: bool = True,  # diagnostics only: see ``Contrast.rank_positive``
     ) -> SamplerOutput:
         # Casting alone is not enough: autocast would run the matmul in bf16/fp16 again.
         with torch.autocast(device_type=anchors.device.type, enabled=False):
@@ -131,7 +135,7 @@ class NegativeSampler(nn.Module):
             if candidate_mask is None:
                 candidate_mask = torch.ones_like(cand_sim, dtype=torch.bool)
             ctx = Contrast(anchors, candidates, pos_sim, cand_sim, candidate_mask, float(temperature),
-                           with_diagnostics=self.record_diagnostics)
+                           with_diagnostics=self.record_diagnostics, rank_positive=rank_positive)
             term = self.negative_term(ctx)
             check_term(self, term, tuple(cand_sim.shape))
             if term.positive_logit is None:
@@ -199,6 +203,11 @@ def diagnostics(ctx: Contrast, term: NegativeTerm, anchor_labels: torch.Tensor |
     averaged over anchors: the candidate count for InfoNCE, the kept count for the ring, fewer for
     peaked HCL weights. ``negatives/false_negative_rate`` is the share of that weight on candidates of
     the anchor's own class (unlabelled anchors and candidates are left out).
+
+    ``instance/top1`` and ``instance/top5`` (%, with ``ctx.rank_positive``): the instance-discrimination
+    accuracy MoCo's and MoCHi's code print, the share of anchors whose positive is more similar than every
+    candidate, or than all but at most four; over the framework's candidates (the mask), whatever the
+    sampler keeps, and without MoCHi's synthetic negatives. A tie goes to the positive.
     """
     mask = ctx.mask.float()
     weights = mask if term.weights is None else term.weights.detach().float() * mask
@@ -217,6 +226,10 @@ def diagnostics(ctx: Contrast, term: NegativeTerm, anchor_labels: torch.Tensor |
                                      min=-1, max=1),
         **{k: v.detach() for k, v in term.extra_stats.items()},
     }
+    if ctx.rank_positive:
+        outranking = ((ctx.cand_sim > ctx.pos_sim[:, None]) & ctx.mask).sum(dim=1)  # candidates above the positive
+        stats["instance/top1"] = (outranking == 0).float().mean() * 100
+        stats["instance/top5"] = (outranking < 5).float().mean() * 100
     if anchor_labels is not None and candidate_labels is not None:
         same = (anchor_labels[:, None] == candidate_labels[None, :]) & (anchor_labels[:, None] >= 0)
         known = (candidate_labels[None, :] >= 0) & (anchor_labels[:, None] >= 0)
