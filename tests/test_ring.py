@@ -727,3 +727,30 @@ def test_annealed_ring_under_torch_compile_does_not_recompile_every_step():
                             eager(anchors, anchors, pool, None, 0.1).loss.item(), rel_tol=1e-6)
     assert dynamo.utils.counters["stats"]["unique_graphs"] <= 6
     dynamo.reset()
+
+
+@pytest.mark.parametrize("anneal", [None, "adaptive_loss"])
+def test_neighbor_views_and_the_adaptive_ring_under_torch_compile_equal_eager(anneal):
+    """The neighbour-views term traces (its hole width is a shape, not a tensor value), and the adaptive
+    ring, whose outer fraction moves with the observed losses, runs its term eagerly: the compiled sampler
+    gives the eager losses step after step, with few graphs."""
+    import torch._dynamo as dynamo
+
+    dynamo.reset()
+    dynamo.utils.counters.clear()
+    settings = dict(outer_fraction=0.3, inner_fraction=0.2, anneal=anneal, neighbor_views=True)
+    sampler, eager = RingSampler(**settings), RingSampler(**settings)
+    compiled = torch.compile(sampler, backend="eager")
+    torch.manual_seed(3)
+    anchors, positives, pool = unit(torch.randn(8, 16)), unit(torch.randn(8, 16)), unit(torch.randn(200, 16))
+    graphs = []
+    for step in range(10):
+        ours, theirs = compiled(anchors, positives, pool, None, 0.1).loss, eager(anchors, positives, pool, None, 0.1).loss
+        assert math.isclose(ours.item(), theirs.item(), rel_tol=1e-6, abs_tol=1e-7)
+        for s in (sampler, eager):
+            s.observe_loss(10.0 - step if step % 3 else 20.0)  # moves u: narrower, and wider every third step
+        graphs.append(dynamo.utils.counters["stats"]["unique_graphs"])
+    if anneal is not None:
+        assert sampler.current_outer_fraction() == eager.current_outer_fraction() < 1.0
+    assert graphs[3] == graphs[-1]  # after the first steps' checks, no step compiles anew
+    dynamo.reset()
