@@ -184,11 +184,11 @@ class RingSampler(NegativeSampler):
         self.neighbor_aggregate = neighbor_aggregate
         self._checked_counts = False
         if anneal in ADAPTIVE_POLICIES:
-            # [u, number of metrics kept, the last `window` metrics oldest first]: a buffer, so checkpoints
-            # restore the policy (only such rings have it: other checkpoints keep their keys)
-            state = torch.zeros(2 + ADAPTIVE_POLICIES[anneal][2], dtype=torch.float64)
-            state[0] = ANNEAL_START
-            self.register_buffer("adaptive_state", state)
+            # [u, number of metrics kept, the last `window` metrics oldest first]. The Python list is what the
+            # steps read (no device read per step); the buffer, written at each update, is what checkpoints
+            # save and restore (only such rings have it: other checkpoints keep their keys).
+            self._adaptive_values = [ANNEAL_START] + [0.0] * (1 + ADAPTIVE_POLICIES[anneal][2])
+            self.register_buffer("adaptive_state", torch.tensor(self._adaptive_values, dtype=torch.float64))
         if anneal is not None:
             _run_annealed_ring_eagerly()
 
@@ -240,23 +240,24 @@ class RingSampler(NegativeSampler):
                                   f"{self.anneal} (expected finite values, u in [{self.outer_fraction}, 1] and a "
                                   f"count of 0 .. {window} metrics)")
                 return
+            self._adaptive_values = values.tolist()
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
 
     def _adapt(self, metric: float) -> None:
         lower_is_better, delta, window = ADAPTIVE_POLICIES[self.anneal]
-        state = self.adaptive_state.tolist()
+        state = self._adaptive_values
         previous = state[2:2 + int(state[1])]
         outer = adapt_outer_fraction(state[0], previous, metric, self.outer_fraction, delta, window, lower_is_better)
         recent = (previous + [metric])[-window:]
-        new = [outer, len(recent), *recent] + [0.0] * (window - len(recent))
-        self.adaptive_state.copy_(torch.tensor(new, dtype=torch.float64))
+        self._adaptive_values = [outer, float(len(recent)), *recent] + [0.0] * (window - len(recent))
+        self.adaptive_state.copy_(torch.tensor(self._adaptive_values, dtype=torch.float64))
 
     def current_outer_fraction(self) -> float:
         if self.anneal is None:  # not reading the step keeps torch.compile from guarding on it
             return self.outer_fraction
         if self.anneal in ADAPTIVE_POLICIES:
-            return float(self.adaptive_state[0])
+            return self._adaptive_values[0]
         anneal_steps = int(self.anneal_epochs * self.steps_per_epoch)
         return anneal_outer_fraction(self.anneal, self.outer_fraction, self.step, anneal_steps,
                                      self.anneal_step_size, self.anneal_decay)
